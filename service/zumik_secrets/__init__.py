@@ -1,0 +1,1 @@
+"""Zumik Secrets: a gRPC secrets service."""

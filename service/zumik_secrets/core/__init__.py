@@ -1,0 +1,1 @@
+"""The pure core: domain rules, formats and crypto (stdlib and `cryptography` only)."""

@@ -1,0 +1,346 @@
+"""Resource names and identifier grammar.
+
+Grammar (this module owns it):
+
+- tenant id, project id: ``^[a-z0-9][a-z0-9-]{0,62}$``
+- handles: ``<kind>_<22 base62>`` (see :mod:`zumik_secrets.core.handles`)
+- scopes: ``^[a-z][a-z0-9_.:-]{0,63}$``
+- names::
+
+    tenants/{tenant}
+    tenants/{tenant}/projects/{project}
+    tenants/{tenant}/projects/{project}/apiKeys/key_{id}
+    tenants/{tenant}/projects/{project}/sessions/ses_{id}
+    tenants/{tenant}/projects/{project}/secrets/sec_{id}
+    tenants/{tenant}/handles/{kind}_{id}
+    tenants/{tenant}/purgeReceipts/rcp_{id}
+
+Every parser raises ``InvalidArgument`` with reason ``INVALID_NAME`` (``INVALID_SCOPE`` for
+scopes), metadata ``{"field": field}`` and one field violation; the message states the expected
+pattern and never echoes the input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from zumik_secrets.core import handles
+from zumik_secrets.core.errors import FieldViolation, InvalidArgument
+
+REASON_INVALID_NAME = "INVALID_NAME"
+REASON_INVALID_SCOPE = "INVALID_SCOPE"
+
+MAX_NAME_LENGTH = 256
+"""Longer inputs are rejected before any regex work (the longest valid name is ~190)."""
+
+ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+SCOPE_RE = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
+_ID = r"[a-z0-9][a-z0-9-]{0,62}"
+_BODY = r"[0-9A-Za-z]{22}"
+
+TENANT_PATTERN = "tenants/{tenant}"
+PROJECT_PATTERN = "tenants/{tenant}/projects/{project}"
+API_KEY_PATTERN = "tenants/{tenant}/projects/{project}/apiKeys/key_{id}"
+SESSION_PATTERN = "tenants/{tenant}/projects/{project}/sessions/ses_{id}"
+SECRET_PATTERN = "tenants/{tenant}/projects/{project}/secrets/sec_{id}"  # noqa: S105
+HANDLE_PATTERN = "tenants/{tenant}/handles/{kind}_{id}"
+PURGE_RECEIPT_PATTERN = "tenants/{tenant}/purgeReceipts/rcp_{id}"
+
+_TENANT_RE = re.compile(rf"tenants/({_ID})")
+_PROJECT_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})")
+_API_KEY_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})/apiKeys/(key_{_BODY})")
+_SESSION_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})/sessions/(ses_{_BODY})")
+_SECRET_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})/secrets/(sec_{_BODY})")
+_HANDLE_RE = re.compile(rf"tenants/({_ID})/handles/([a-z]{{2,8}}_{_BODY})")
+_PURGE_RECEIPT_RE = re.compile(rf"tenants/({_ID})/purgeReceipts/(rcp_{_BODY})")
+
+
+def _bad(field: str, message: str, reason: str = REASON_INVALID_NAME) -> InvalidArgument:
+    return InvalidArgument(
+        message,
+        reason=reason,
+        metadata={"field": field},
+        violations=[FieldViolation(field, message)],
+    )
+
+
+def validate_tenant_id(value: str, *, field: str = "tenant_id") -> str:
+    """Return ``value`` if it is a valid tenant id.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    if not isinstance(value, str) or len(value) > 63 or ID_RE.fullmatch(value) is None:
+        raise _bad(field, f"{field} must match ^[a-z0-9][a-z0-9-]{{0,62}}$")
+    return value
+
+
+def validate_project_id(value: str, *, field: str = "project_id") -> str:
+    """Return ``value`` if it is a valid project id.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    return validate_tenant_id(value, field=field)
+
+
+def validate_scope(value: str, *, field: str = "scope") -> str:
+    """Return ``value`` if it is a valid scope.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_SCOPE``.
+    """
+    if not isinstance(value, str) or len(value) > 64 or SCOPE_RE.fullmatch(value) is None:
+        raise _bad(field, f"{field} must match ^[a-z][a-z0-9_.:-]{{0,63}}$", REASON_INVALID_SCOPE)
+    return value
+
+
+def _validate_handle(value: str, kind: str | None, field: str, pattern: str) -> str:
+    try:
+        handles.parse_handle(value, kind, field=field)
+    except InvalidArgument:
+        raise _bad(field, f"{field} must look like {pattern}") from None
+    return value
+
+
+def _match(regex: re.Pattern[str], text: str, field: str, pattern: str) -> re.Match[str]:
+    m = regex.fullmatch(text) if isinstance(text, str) and len(text) <= MAX_NAME_LENGTH else None
+    if m is None:
+        raise _bad(field, f"{field} must look like {pattern}")
+    return m
+
+
+@dataclass(frozen=True, slots=True)
+class TenantName:
+    """``tenants/{tenant}``."""
+
+    tenant: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectName:
+    """``tenants/{tenant}/projects/{project}``."""
+
+    tenant: str
+    project: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+        validate_project_id(self.project, field="project")
+
+    @property
+    def parent(self) -> TenantName:
+        """The tenant this project belongs to."""
+        return TenantName(self.tenant)
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/projects/{self.project}"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyName:
+    """``tenants/{tenant}/projects/{project}/apiKeys/key_{id}``; ``id`` is the full handle."""
+
+    tenant: str
+    project: str
+    id: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+        validate_project_id(self.project, field="project")
+        _validate_handle(self.id, handles.KIND_API_KEY, "id", "key_{id}")
+
+    @property
+    def parent(self) -> ProjectName:
+        """The project this key belongs to."""
+        return ProjectName(self.tenant, self.project)
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/projects/{self.project}/apiKeys/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionName:
+    """``tenants/{tenant}/projects/{project}/sessions/ses_{id}``; ``id`` is the full handle."""
+
+    tenant: str
+    project: str
+    id: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+        validate_project_id(self.project, field="project")
+        _validate_handle(self.id, handles.KIND_SESSION, "id", "ses_{id}")
+
+    @property
+    def parent(self) -> ProjectName:
+        """The project this session belongs to."""
+        return ProjectName(self.tenant, self.project)
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/projects/{self.project}/sessions/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretName:
+    """``tenants/{tenant}/projects/{project}/secrets/sec_{id}``; ``id`` is the full handle."""
+
+    tenant: str
+    project: str
+    id: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+        validate_project_id(self.project, field="project")
+        _validate_handle(self.id, handles.KIND_SECRET, "id", "sec_{id}")
+
+    @property
+    def parent(self) -> ProjectName:
+        """The project this secret belongs to."""
+        return ProjectName(self.tenant, self.project)
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/projects/{self.project}/secrets/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class HandleName:
+    """``tenants/{tenant}/handles/{kind}_{id}``; ``id`` is the full handle."""
+
+    tenant: str
+    id: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+        _validate_handle(self.id, None, "id", "{kind}_{id}")
+
+    @property
+    def kind(self) -> str:
+        """The handle's kind (the part before ``_``)."""
+        return self.id.split("_", 1)[0]
+
+    @property
+    def parent(self) -> TenantName:
+        """The tenant this handle belongs to."""
+        return TenantName(self.tenant)
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/handles/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReceiptName:
+    """``tenants/{tenant}/purgeReceipts/rcp_{id}``; ``id`` is the full handle."""
+
+    tenant: str
+    id: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+        _validate_handle(self.id, handles.KIND_PURGE_RECEIPT, "id", "rcp_{id}")
+
+    @property
+    def parent(self) -> TenantName:
+        """The tenant this receipt belongs to."""
+        return TenantName(self.tenant)
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/purgeReceipts/{self.id}"
+
+
+def _reraise_as(field: str, pattern: str) -> InvalidArgument:
+    # A component passed the regex but failed a deeper check (a handle body over 128 bits):
+    # report it against the caller's field and the whole pattern.
+    return _bad(field, f"{field} must look like {pattern}")
+
+
+def parse_tenant_name(text: str, *, field: str = "name") -> TenantName:
+    """Parse ``tenants/{tenant}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_TENANT_RE, text, field, TENANT_PATTERN)
+    return TenantName(m.group(1))
+
+
+def parse_project_name(text: str, *, field: str = "name") -> ProjectName:
+    """Parse ``tenants/{tenant}/projects/{project}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_PROJECT_RE, text, field, PROJECT_PATTERN)
+    return ProjectName(m.group(1), m.group(2))
+
+
+def parse_api_key_name(text: str, *, field: str = "name") -> ApiKeyName:
+    """Parse ``tenants/{tenant}/projects/{project}/apiKeys/key_{id}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_API_KEY_RE, text, field, API_KEY_PATTERN)
+    try:
+        return ApiKeyName(m.group(1), m.group(2), m.group(3))
+    except InvalidArgument:
+        raise _reraise_as(field, API_KEY_PATTERN) from None
+
+
+def parse_session_name(text: str, *, field: str = "name") -> SessionName:
+    """Parse ``tenants/{tenant}/projects/{project}/sessions/ses_{id}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_SESSION_RE, text, field, SESSION_PATTERN)
+    try:
+        return SessionName(m.group(1), m.group(2), m.group(3))
+    except InvalidArgument:
+        raise _reraise_as(field, SESSION_PATTERN) from None
+
+
+def parse_secret_name(text: str, *, field: str = "name") -> SecretName:
+    """Parse ``tenants/{tenant}/projects/{project}/secrets/sec_{id}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_SECRET_RE, text, field, SECRET_PATTERN)
+    try:
+        return SecretName(m.group(1), m.group(2), m.group(3))
+    except InvalidArgument:
+        raise _reraise_as(field, SECRET_PATTERN) from None
+
+
+def parse_handle_name(text: str, *, field: str = "name") -> HandleName:
+    """Parse ``tenants/{tenant}/handles/{kind}_{id}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_HANDLE_RE, text, field, HANDLE_PATTERN)
+    try:
+        return HandleName(m.group(1), m.group(2))
+    except InvalidArgument:
+        raise _reraise_as(field, HANDLE_PATTERN) from None
+
+
+def parse_purge_receipt_name(text: str, *, field: str = "name") -> PurgeReceiptName:
+    """Parse ``tenants/{tenant}/purgeReceipts/rcp_{id}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_PURGE_RECEIPT_RE, text, field, PURGE_RECEIPT_PATTERN)
+    try:
+        return PurgeReceiptName(m.group(1), m.group(2))
+    except InvalidArgument:
+        raise _reraise_as(field, PURGE_RECEIPT_PATTERN) from None

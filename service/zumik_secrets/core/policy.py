@@ -1,0 +1,166 @@
+"""The authorization policy: which service identity may call which RPC. Deny by default.
+
+A policy is a mapping, normally read from TOML by the server::
+
+    trust_domain = "zumik.local"
+
+    [common]
+    # Methods every identity named below may call (reflection, for grpcurl).
+    allow = ["grpc.reflection.v1alpha.ServerReflection/*"]
+
+    [identities."spiffe://zumik.local/svc/gateway"]
+    allow = ["zumik.secrets.v1.KeyService/VerifyApiKey"]
+
+    [identities."spiffe://zumik.local/svc/control-plane"]
+    allow = ["zumik.secrets.v1.TenantService/*"]
+    # Methods this identity may call for a tenant named in the request, without a tenant claim.
+    without_claim = ["zumik.secrets.v1.TenantService/*"]
+
+A pattern is either a full method (`package.Service/Method`) or a whole service
+(`package.Service/*`). An identity or method that the policy does not name is refused; an empty
+policy refuses everything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from zumik_secrets.core.errors import InvalidArgument
+
+_SPIFFE_ID = re.compile(r"^spiffe://[a-z0-9.-]{1,255}(/[A-Za-z0-9._-]{1,128}){1,8}$")
+_PATTERN = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*/(\*|[A-Za-z_][A-Za-z0-9_]*)$"
+)
+_KNOWN_TOP_KEYS = frozenset({"trust_domain", "common", "identities"})
+_KNOWN_IDENTITY_KEYS = frozenset({"allow", "without_claim", "description"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of checking one identity against one method.
+
+    Attributes:
+        allowed: Whether the identity may call the method at all.
+        without_claim: Whether it may act for a tenant named in the request without a claim.
+        reason: UPPER_SNAKE reason for a refusal (`UNKNOWN_IDENTITY`, `METHOD_NOT_ALLOWED`).
+    """
+
+    allowed: bool
+    without_claim: bool
+    reason: str
+
+
+def _matches(patterns: frozenset[str], method: str) -> bool:
+    # method is "/pkg.Service/Method" as gRPC gives it, or "pkg.Service/Method".
+    bare = method[1:] if method.startswith("/") else method
+    if bare in patterns:
+        return True
+    service, _, _ = bare.partition("/")
+    return f"{service}/*" in patterns
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    allow: frozenset[str]
+    without_claim: frozenset[str]
+
+
+class Policy:
+    """A parsed, validated authorization policy.
+
+    Decisions are cached per (identity, method): the policy is immutable once built.
+    """
+
+    def __init__(
+        self, trust_domain: str, common: frozenset[str], identities: Mapping[str, _Identity]
+    ) -> None:
+        self.trust_domain = trust_domain
+        self._common = common
+        self._identities = dict(identities)
+        self._cache: dict[tuple[str, str], Decision] = {}
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """The SPIFFE IDs the policy names, sorted."""
+        return tuple(sorted(self._identities))
+
+    def decide(self, identity: str | None, method: str) -> Decision:
+        """Decide whether ``identity`` may call ``method`` (e.g. ``/pkg.Service/Method``)."""
+        key = (identity or "", method)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        decision = self._decide(identity, method)
+        if len(self._cache) < 100_000:
+            self._cache[key] = decision
+        return decision
+
+    def _decide(self, identity: str | None, method: str) -> Decision:
+        entry = self._identities.get(identity or "")
+        if entry is None:
+            return Decision(allowed=False, without_claim=False, reason="UNKNOWN_IDENTITY")
+        if not (_matches(entry.allow, method) or _matches(self._common, method)):
+            return Decision(allowed=False, without_claim=False, reason="METHOD_NOT_ALLOWED")
+        return Decision(
+            allowed=True, without_claim=_matches(entry.without_claim, method), reason="ALLOWED"
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Policy:
+        """Build a policy from parsed TOML.
+
+        Raises:
+            InvalidArgument: reason ``POLICY_INVALID`` naming what is wrong.
+        """
+
+        def bad(message: str) -> InvalidArgument:
+            return InvalidArgument(f"authorization policy: {message}", reason="POLICY_INVALID")
+
+        unknown = set(data) - _KNOWN_TOP_KEYS
+        if unknown:
+            raise bad(f"unknown top-level keys {sorted(unknown)}")
+        trust_domain = data.get("trust_domain", "")
+        if not isinstance(trust_domain, str) or not trust_domain:
+            raise bad("trust_domain must be a non-empty string")
+
+        def patterns(where: str, value: Any) -> frozenset[str]:
+            if value is None:
+                return frozenset()
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                raise bad(f"{where} must be a list of method patterns")
+            for p in value:
+                if not _PATTERN.match(p):
+                    raise bad(
+                        f"{where}: {p!r} is not 'package.Service/Method' or 'package.Service/*'"
+                    )
+            return frozenset(value)
+
+        common_section = data.get("common", {})
+        if not isinstance(common_section, Mapping):
+            raise bad("[common] must be a table")
+        common = patterns("common.allow", common_section.get("allow"))
+
+        identities_section = data.get("identities", {})
+        if not isinstance(identities_section, Mapping):
+            raise bad("[identities] must be a table")
+        identities: dict[str, _Identity] = {}
+        for spiffe_id, body in identities_section.items():
+            if not _SPIFFE_ID.match(spiffe_id):
+                raise bad(f"identity {spiffe_id!r} is not a spiffe:// ID")
+            if not spiffe_id.startswith(f"spiffe://{trust_domain}/"):
+                raise bad(f"identity {spiffe_id!r} is outside trust domain {trust_domain!r}")
+            if not isinstance(body, Mapping):
+                raise bad(f"identity {spiffe_id!r} must be a table")
+            unknown = set(body) - _KNOWN_IDENTITY_KEYS
+            if unknown:
+                raise bad(f"identity {spiffe_id!r} has unknown keys {sorted(unknown)}")
+            allow = patterns(f"{spiffe_id}.allow", body.get("allow"))
+            without = patterns(f"{spiffe_id}.without_claim", body.get("without_claim"))
+            stray = {p for p in without if not _matches(allow, p)}
+            if stray:
+                raise bad(f"{spiffe_id}.without_claim names methods not in allow: {sorted(stray)}")
+            identities[spiffe_id] = _Identity(allow=allow, without_claim=without)
+        return cls(trust_domain, common, identities)

@@ -1,0 +1,171 @@
+"""Resource names: round trips, error shape, and the grammar's edges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.vectors.make_vectors import fixed_rand
+from zumik_secrets.core import handles, names
+from zumik_secrets.core.errors import InvalidArgument
+
+ids = st.from_regex(r"[a-z0-9][a-z0-9-]{0,62}", fullmatch=True)
+bodies = st.binary(min_size=16, max_size=16)
+
+
+def handle(kind: str, random: bytes) -> str:
+    return handles.new_handle(kind, fixed_rand(random))
+
+
+@given(ids, ids, bodies)
+def test_project_scoped_roundtrips(tenant: str, project: str, random: bytes) -> None:
+    for cls, parse, seg, kind in [
+        (names.ApiKeyName, names.parse_api_key_name, "apiKeys", "key"),
+        (names.SessionName, names.parse_session_name, "sessions", "ses"),
+        (names.SecretName, names.parse_secret_name, "secrets", "sec"),
+    ]:
+        h = handle(kind, random)
+        text = f"tenants/{tenant}/projects/{project}/{seg}/{h}"
+        parsed: Any = parse(text)
+        assert parsed == cls(tenant, project, h)
+        assert str(parsed) == text
+        assert (parsed.tenant, parsed.project, parsed.id) == (tenant, project, h)
+        assert str(parsed.parent) == f"tenants/{tenant}/projects/{project}"
+        assert str(parsed.parent.parent) == f"tenants/{tenant}"
+
+
+@given(ids, ids, st.from_regex(r"[a-z]{2,8}", fullmatch=True), bodies)
+def test_tenant_scoped_roundtrips(tenant: str, project: str, kind: str, random: bytes) -> None:
+    assert str(names.parse_tenant_name(f"tenants/{tenant}")) == f"tenants/{tenant}"
+    p = names.parse_project_name(f"tenants/{tenant}/projects/{project}")
+    assert (p.tenant, p.project) == (tenant, project)
+    h = handle(kind, random)
+    hn = names.parse_handle_name(f"tenants/{tenant}/handles/{h}")
+    assert (hn.tenant, hn.id, hn.kind) == (tenant, h, kind)
+    assert str(hn) == f"tenants/{tenant}/handles/{h}"
+    r = handle("rcp", random)
+    rn = names.parse_purge_receipt_name(f"tenants/{tenant}/purgeReceipts/{r}")
+    assert str(rn) == f"tenants/{tenant}/purgeReceipts/{r}"
+
+
+H = "key_0000000000000000000001"
+
+BAD: list[tuple[Callable[..., Any], str]] = [
+    (names.parse_tenant_name, ""),
+    (names.parse_tenant_name, "tenants/"),
+    (names.parse_tenant_name, "tenants/Acme"),
+    (names.parse_tenant_name, "tenants/-acme"),
+    (names.parse_tenant_name, "tenants/" + "a" * 64),
+    (names.parse_tenant_name, "tenants/acme/"),
+    (names.parse_tenant_name, "/tenants/acme"),
+    (names.parse_tenant_name, "tenants/acme\n"),
+    (names.parse_tenant_name, "tenants/ac me"),
+    (names.parse_tenant_name, "tenants/\u0430cme"),  # Cyrillic a
+    (names.parse_project_name, "tenants/acme"),
+    (names.parse_project_name, "tenants/acme/project/web"),
+    (names.parse_project_name, "tenants/acme/projects/web/x"),
+    (names.parse_api_key_name, f"tenants/acme/projects/web/apiKeys/{H[:-1]}"),
+    (names.parse_api_key_name, "tenants/acme/projects/web/apiKeys/ses_0000000000000000000001"),
+    (names.parse_api_key_name, "tenants/acme/projects/web/apikeys/" + H),
+    (names.parse_api_key_name, "tenants/acme/projects/web/apiKeys/key_" + "z" * 22),
+    (names.parse_session_name, "tenants/acme/projects/web/sessions/" + H),
+    (names.parse_secret_name, "tenants/acme/projects/web/secrets/" + H),
+    (names.parse_handle_name, "tenants/acme/handles/K_0000000000000000000001"),
+    (names.parse_handle_name, "tenants/acme/handles/hdl_" + "z" * 22),
+    (names.parse_purge_receipt_name, "tenants/acme/purgeReceipts/" + H),
+    (names.parse_purge_receipt_name, "tenants/acme/purgeReceipts/rcp_1" + "x" * 300),
+]
+
+
+@pytest.mark.parametrize(("parse", "text"), BAD)
+def test_rejects(parse: Callable[..., Any], text: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse(text, field="parent")
+    err = info.value
+    assert err.reason == "INVALID_NAME"
+    assert err.metadata == {"field": "parent"}
+    assert [v.field for v in err.violations] == ["parent"]
+    assert err.message.startswith("parent must look like tenants/{tenant}")
+    if len(text) > len("tenants/"):
+        assert text not in err.message
+
+
+def test_message_names_the_pattern() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        names.parse_project_name("nope", field="parent")
+    assert info.value.message == "parent must look like tenants/{tenant}/projects/{project}"
+
+
+def test_dataclasses_validate_and_are_frozen() -> None:
+    with pytest.raises(InvalidArgument):
+        names.ProjectName("acme", "Web")
+    with pytest.raises(InvalidArgument):
+        names.ApiKeyName("acme", "web", "ses_0000000000000000000001")
+    p = names.ProjectName("acme", "web")
+    with pytest.raises(AttributeError):
+        p.tenant = "other"  # type: ignore[misc]
+    assert hash(p) == hash(names.ProjectName("acme", "web"))
+
+
+@pytest.mark.parametrize("value", ["a", "0", "a-b", "a" * 63, "9lives"])
+def test_valid_ids(value: str) -> None:
+    assert names.validate_tenant_id(value) == value
+    assert names.validate_project_id(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "-a", "A", "a_b", "a" * 64, "a.b", "\u00e9", None])
+def test_invalid_ids(value: object) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        names.validate_tenant_id(value, field="tenant_id")  # type: ignore[arg-type]
+    assert info.value.reason == "INVALID_NAME"
+    assert info.value.metadata == {"field": "tenant_id"}
+
+
+@pytest.mark.parametrize("value", ["a", "keys.read", "secrets:open", "a_b-c", "a" * 64])
+def test_valid_scopes(value: str) -> None:
+    assert names.validate_scope(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "1a", "Keys", "a" * 65, "a b", "a/b", "a\n"])
+def test_invalid_scopes(value: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        names.validate_scope(value, field="scopes[0]")
+    assert info.value.reason == "INVALID_SCOPE"
+    assert info.value.metadata == {"field": "scopes[0]"}
+
+
+PARSERS = [
+    names.parse_tenant_name,
+    names.parse_project_name,
+    names.parse_api_key_name,
+    names.parse_session_name,
+    names.parse_secret_name,
+    names.parse_handle_name,
+    names.parse_purge_receipt_name,
+]
+
+name_like = st.lists(
+    st.one_of(
+        st.sampled_from(
+            ["tenants", "projects", "apiKeys", "sessions", "secrets", "handles", "purgeReceipts"]
+        ),
+        ids,
+        st.from_regex(r"[a-z]{2,8}_[0-9A-Za-z]{21,23}", fullmatch=True),
+        st.text(max_size=5),
+    ),
+    max_size=7,
+).map("/".join)
+
+
+@given(st.sampled_from(PARSERS), st.one_of(name_like, st.text(max_size=80)))
+def test_parsers_only_raise_invalid_argument(parse: Callable[..., Any], text: str) -> None:
+    try:
+        parsed = parse(text)
+    except InvalidArgument as exc:
+        assert exc.reason == "INVALID_NAME"
+        return
+    assert str(parsed) == text

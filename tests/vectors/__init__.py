@@ -1,0 +1,1 @@
+"""Pinned format vectors and the script that generates them."""
