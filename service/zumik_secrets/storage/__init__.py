@@ -1,0 +1,1 @@
+"""Persistence for Zumik Secrets: ports (Protocols), records, and the SQLite/PostgreSQL adapters."""

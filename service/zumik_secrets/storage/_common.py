@@ -1,0 +1,123 @@
+"""Helpers shared by the adapters: time conversion, migration files, error construction."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+
+from zumik_secrets.core import errors
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def require_aware(dt: datetime) -> datetime:
+    """Return ``dt`` in UTC.
+
+    Raises:
+        ValueError: ``dt`` is naive (a programming error: every stored time must be absolute).
+    """
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("storage needs timezone-aware datetimes")
+    return dt.astimezone(UTC)
+
+
+def opt_aware(dt: datetime | None) -> datetime | None:
+    """:func:`require_aware` that lets None through."""
+    return None if dt is None else require_aware(dt)
+
+
+def to_us(dt: datetime) -> int:
+    """Integer microseconds since the Unix epoch (the SQLite representation of a time).
+
+    Raises:
+        ValueError: ``dt`` is naive.
+    """
+    delta = require_aware(dt) - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def opt_to_us(dt: datetime | None) -> int | None:
+    """:func:`to_us` that lets None through."""
+    return None if dt is None else to_us(dt)
+
+
+def from_us(value: int) -> datetime:
+    """Inverse of :func:`to_us`; returns an aware UTC datetime."""
+    return EPOCH + timedelta(microseconds=value)
+
+
+def opt_from_us(value: int | None) -> datetime | None:
+    """:func:`from_us` that lets None through."""
+    return None if value is None else from_us(value)
+
+
+def utc(dt: datetime) -> datetime:
+    """Normalise an aware datetime read from the database to UTC."""
+    return dt.astimezone(UTC)
+
+
+def opt_utc(dt: datetime | None) -> datetime | None:
+    """:func:`utc` that lets None through."""
+    return None if dt is None else dt.astimezone(UTC)
+
+
+def now() -> datetime:
+    """The current time, aware, UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One versioned migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(package: str) -> list[Migration]:
+    """Read ``<package>/migrations/NNNN_name.sql`` (package data), ascending by version.
+
+    Raises:
+        RuntimeError: Two files share a version (a packaging bug).
+    """
+    found: dict[int, Migration] = {}
+    for entry in resources.files(package).joinpath("migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise RuntimeError(f"duplicate migration version {version} in {package}")
+        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+def unavailable(backend: str) -> errors.Unavailable:
+    """The error every adapter raises when its database cannot be reached or does not answer."""
+    return errors.Unavailable(
+        "storage is unavailable, retry later",
+        reason=STORAGE_UNAVAILABLE,
+        metadata={"backend": backend},
+    )
+
+
+def already_exists() -> errors.AlreadyExists:
+    """The error for a unique-key collision. Names no value: ids may be probes."""
+    return errors.AlreadyExists("a record with this identifier already exists")
+
+
+def returned_int(row: tuple[object, ...] | None) -> int:
+    """The integer in the first column of a ``RETURNING`` or aggregate row.
+
+    Raises:
+        RuntimeError: No row came back (the statement cannot do that unless the driver is broken).
+    """
+    if row is None or not isinstance(row[0], int):
+        raise RuntimeError("statement returned no row")
+    return row[0]

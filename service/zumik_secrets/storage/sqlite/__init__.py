@@ -1,0 +1,1 @@
+"""SQLite adapter: the embedded default store (one file, WAL, synchronous=FULL)."""

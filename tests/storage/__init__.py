@@ -1,0 +1,1 @@
+"""Storage conformance suite: every test runs against each adapter through the ``store`` fixture."""
