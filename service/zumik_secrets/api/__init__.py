@@ -1,0 +1,1 @@
+"""The gRPC boundary: contract metadata, status mapping, servicers."""

@@ -1,0 +1,80 @@
+"""The audit recorder port: every security decision and key usage is reported through it.
+
+Wiring a new event is one call: ``recorder.record(AuditEntry(...), durable=...)``. ``durable``
+asks the recorder not to return until the event is stored; sensitive actions (Open, key
+creation, purge) set it and fail closed when the recorder raises ``Unavailable``.
+
+Until the tamper-evident chain lands (issue 5), :class:`LogAuditRecorder` writes each event as a
+structured line on the ``zumik.audit`` logger; it is honest about being neither durable nor
+chained (``durable`` calls still return once the line is handed to logging).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+_AUDIT_LOG = logging.getLogger("zumik.audit")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One event to record. No field may ever hold a secret.
+
+    Attributes:
+        tenant_id: Tenant whose chain the event belongs to; None for service-wide events.
+        actor: SPIFFE ID of the calling service ("" if unknown).
+        actor_subject: Subject of the caller's tenant claim, when there was one.
+        action: Dotted event type, such as ``authz.deny`` or ``api_key.create``.
+        target: Resource name or handle acted on.
+        outcome: ``success``, ``failure`` or ``denied``.
+        reason: Stable UPPER_SNAKE reason code.
+        trace_id: Trace id of the causing call.
+        attributes: Small non-secret attributes.
+    """
+
+    tenant_id: str | None
+    actor: str
+    actor_subject: str
+    action: str
+    target: str
+    outcome: str
+    reason: str
+    trace_id: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+class AuditRecorder(Protocol):
+    """Where audit events go."""
+
+    def record(self, entry: AuditEntry, *, durable: bool = False) -> None:
+        """Record one event.
+
+        Raises:
+            Unavailable: the event could not be stored (only when ``durable`` is set).
+        """
+
+
+class LogAuditRecorder:
+    """Interim recorder: one structured log line per event on ``zumik.audit``."""
+
+    def record(self, entry: AuditEntry, *, durable: bool = False) -> None:
+        """Log the event (see the module docstring for what this does not guarantee)."""
+        _AUDIT_LOG.info(
+            "audit",
+            extra={
+                "audit": {
+                    "tenant": entry.tenant_id or "-",
+                    "actor": entry.actor,
+                    "actor_subject": entry.actor_subject,
+                    "action": entry.action,
+                    "target": entry.target,
+                    "outcome": entry.outcome,
+                    "reason": entry.reason,
+                    "trace_id": entry.trace_id,
+                    "attributes": dict(entry.attributes),
+                }
+            },
+        )

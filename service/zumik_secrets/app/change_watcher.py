@@ -1,0 +1,99 @@
+"""Follows the store's change feed and tells in-memory caches what changed elsewhere.
+
+Revocations, rotations and settings changes made by any replica are appended to the change feed
+in the same transaction as the change. This watcher reads the feed after a PostgreSQL NOTIFY (or
+every ``poll_interval`` seconds, which is the only signal on SQLite and the safety net on
+PostgreSQL) and calls the subscribers registered for each kind. The propagation bound is
+therefore ``poll_interval`` plus one feed read, whichever backend is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+from zumik_secrets.core.errors import ZumikError
+from zumik_secrets.storage.ports import ChangeFeed, ChangeListener
+from zumik_secrets.storage.records import ChangeRecord
+
+_LOG = logging.getLogger("zumik.changes")
+
+Subscriber = Callable[[ChangeRecord], None]
+
+
+class ChangeWatcher:
+    """A background thread dispatching change records to subscribers."""
+
+    def __init__(self, feed: ChangeFeed, *, poll_interval: float = 0.25) -> None:
+        """Create the watcher (not started).
+
+        Args:
+            feed: The store's change feed.
+            poll_interval: Longest time between two reads of the feed, in seconds.
+        """
+        self._feed = feed
+        self._poll_interval = poll_interval
+        self._subscribers: dict[str, list[Subscriber]] = defaultdict(list)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listener: ChangeListener | None = None
+        self._seq = 0
+
+    @property
+    def poll_interval(self) -> float:
+        """The stated propagation bound, in seconds (plus one feed read)."""
+        return self._poll_interval
+
+    def subscribe(self, kind: str, subscriber: Subscriber) -> None:
+        """Call ``subscriber`` for every change of ``kind`` made from now on."""
+        self._subscribers[kind].append(subscriber)
+
+    def start(self) -> None:
+        """Start following the feed from its current end.
+
+        Raises:
+            Unavailable: storage is down.
+        """
+        self._seq = self._feed.latest_seq()
+        self._listener = self._feed.listen(self._wake.set)
+        self._thread = threading.Thread(target=self._run, name="zumik-change-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and the listener."""
+        self._stop.set()
+        self._wake.set()
+        if self._listener is not None:
+            self._listener.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def poll_once(self) -> int:
+        """Read and dispatch whatever is new; returns how many records were dispatched."""
+        dispatched = 0
+        while True:
+            batch = self._feed.since(self._seq)
+            for record in batch:
+                self._seq = max(self._seq, record.seq)
+                for subscriber in self._subscribers.get(record.kind, ()):
+                    try:
+                        subscriber(record)
+                    except Exception:  # noqa: BLE001 - one broken cache must not block the others
+                        _LOG.exception("change subscriber failed", extra={"kind": record.kind})
+                dispatched += 1
+            if len(batch) < 1000:
+                return dispatched
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._poll_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.poll_once()
+            except ZumikError:
+                _LOG.warning("change feed unavailable; retrying")

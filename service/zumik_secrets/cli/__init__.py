@@ -1,0 +1,1 @@
+"""Command-line entry points (`zumik-secrets`) and the development PKI."""

@@ -1,0 +1,180 @@
+"""`zumik-secrets`: the command line of the service.
+
+Commands: serve, migrate, keygen, dev-pki, dev-setup. Configuration comes from `ZUMIK_*`
+environment variables (and an optional TOML file named by ZUMIK_CONFIG); `--help` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zumik_secrets.cli.dev_pki import DEFAULT_ROLES, generate_dev_pki
+from zumik_secrets.core.errors import ZumikError
+from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
+from zumik_secrets.server.config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_LISTEN,
+    DEV_DIR,
+    ServerConfig,
+    settings_help,
+)
+
+_EPILOG = "configuration (environment variables):\n" + settings_help()
+
+
+def _write_secret_file(path: Path, text: str, *, overwrite: bool) -> bool:
+    """Write ``text`` to a new 0600 file; returns False if it exists and overwrite is off."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return True
+
+
+def _grpcurl_hint(listen: str, pki: Path) -> str:
+    return (
+        f"grpcurl -cacert {pki}/ca.crt -cert {pki}/console.crt -key {pki}/console.key {listen} list"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM."""
+    from zumik_secrets.server.grpc_server import serve
+    from zumik_secrets.server.log_setup import configure_logging
+    from zumik_secrets.server.runtime import Runtime
+    from zumik_secrets.server.telemetry import configure_tracing
+
+    config = ServerConfig.load()
+    configure_logging(config.log_level)
+    configure_tracing()
+    runtime = Runtime.open(config)
+    if config.dev:
+        print(
+            "Zumik Secrets (dev) on "
+            f"{config.listen}. Try:\n  {_grpcurl_hint(config.listen, DEV_DIR / 'pki')}",
+            file=sys.stderr,
+            flush=True,
+        )
+    serve(runtime, reuse_port=args.reuse_port)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply pending migrations to the configured database."""
+    from zumik_secrets.storage.factory import open_store, redact_url
+
+    url = args.database_url or os.environ.get("ZUMIK_DATABASE_URL") or DEFAULT_DATABASE_URL
+    store = open_store(url)
+    try:
+        applied = store.migrate()
+    finally:
+        store.close()
+    print(f"{redact_url(url)}: applied {applied or 'nothing (up to date)'}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write a new master keyring, or add a version to an existing one."""
+    path = Path(args.out)
+    if args.add_version:
+        ring = MasterKeyring.from_text(path.read_text(encoding="utf-8"))
+        _write_secret_file(path, ring.add_version(), overwrite=True)
+        print(f"{path}: added version {MasterKeyring.from_text(path.read_text()).primary}")
+        return 0
+    if not _write_secret_file(path, generate_keyring(), overwrite=args.force):
+        print(f"{path} exists; use --force to replace it (old data becomes unreadable)")
+        return 1
+    print(f"wrote master keyring {path} (mode 0600)")
+    return 0
+
+
+def cmd_dev_pki(args: argparse.Namespace) -> int:
+    """Write the development CA and certificates."""
+    pki = generate_dev_pki(Path(args.out), trust_domain=args.trust_domain, overwrite=args.force)
+    print(f"dev PKI in {pki.directory}: ca.crt, server.crt/.key, roles {', '.join(DEFAULT_ROLES)}")
+    return 0
+
+
+def cmd_dev_setup(args: argparse.Namespace) -> int:
+    """Prepare var/dev (PKI, keyring) and migrate the embedded store; idempotent."""
+    pki_dir = DEV_DIR / "pki"
+    generate_dev_pki(pki_dir)
+    keyring = DEV_DIR / "keyring.json"
+    if _write_secret_file(keyring, generate_keyring(), overwrite=False):
+        print(f"wrote dev master keyring {keyring}")
+    args.database_url = None
+    cmd_migrate(args)
+    hint = _grpcurl_hint(DEFAULT_LISTEN, pki_dir)
+    print(f"dev PKI in {pki_dir}; start with `make run`, then:\n  {hint}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to render the README's command list)."""
+    parser = argparse.ArgumentParser(
+        prog="zumik-secrets",
+        description="Zumik Secrets: API keys, sealed secrets, fingerprints and audit over gRPC.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the gRPC server (mTLS only)",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with sibling processes (SO_REUSEPORT)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.add_argument("--database-url", help="default: ZUMIK_DATABASE_URL or the embedded SQLite")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("keygen", help="write a master keyring (versioned 256-bit keys)")
+    p.add_argument("--out", required=True, help="keyring file to write (mode 0600)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument(
+        "--add-version",
+        action="store_true",
+        help="add a new primary version to an existing keyring",
+    )
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("dev-pki", help="write a development CA and mTLS certificates")
+    p.add_argument("--out", default=str(DEV_DIR / "pki"))
+    p.add_argument("--trust-domain", default="zumik.local")
+    p.add_argument("--force", action="store_true", help="replace an existing PKI")
+    p.set_defaults(func=cmd_dev_pki)
+
+    p = sub.add_parser("dev-setup", help="make var/dev (PKI, keyring) and migrate SQLite")
+    p.set_defaults(func=cmd_dev_setup)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except (ValueError, ZumikError) as exc:
+        print(f"zumik-secrets {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Server wiring: configuration, TLS, interceptors, health."""

@@ -1,0 +1,239 @@
+"""Server configuration: `ZUMIK_*` environment variables over an optional TOML file.
+
+Precedence: environment variable, then the TOML file named by ``ZUMIK_CONFIG`` (keys are the
+field names below), then the default. With ``ZUMIK_DEV=1`` the defaults point at the files that
+``zumik-secrets dev-setup`` writes under ``var/dev/`` and at the packaged development policy;
+without it, TLS files, the policy and the keyring must be configured explicitly (fail closed).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+DEV_DIR = Path("var/dev")
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "sqlite:///var/zumik.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """Documentation of one configuration field."""
+
+    env: str
+    help: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the server reads at start-up. Every field has an env var."""
+
+    listen: str = field(
+        default=DEFAULT_LISTEN,
+        metadata={"setting": Setting("ZUMIK_LISTEN", "host:port to serve gRPC on (mTLS only)")},
+    )
+    database_url: str = field(
+        default=DEFAULT_DATABASE_URL,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_DATABASE_URL",
+                "sqlite:///path (embedded, default) or postgresql://user@host/db",
+            )
+        },
+    )
+    tls_cert_file: str = field(
+        default="",
+        metadata={"setting": Setting("ZUMIK_TLS_CERT", "server certificate chain (PEM)")},
+    )
+    tls_key_file: str = field(
+        default="", metadata={"setting": Setting("ZUMIK_TLS_KEY", "server private key (PEM)")}
+    )
+    tls_client_ca_file: str = field(
+        default="",
+        metadata={
+            "setting": Setting("ZUMIK_TLS_CLIENT_CA", "CA bundle that client certificates chain to")
+        },
+    )
+    policy_file: str = field(
+        default="",
+        metadata={"setting": Setting("ZUMIK_POLICY_FILE", "authorization policy (TOML)")},
+    )
+    master_keyring_file: str = field(
+        default="",
+        metadata={
+            "setting": Setting(
+                "ZUMIK_MASTER_KEYRING_FILE", "master keyring file (JSON, mounted read-only)"
+            )
+        },
+    )
+    master_keyring: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_MASTER_KEYRING", "master keyring JSON inline (development only)"
+            )
+        },
+    )
+    reflection: bool = field(
+        default=True,
+        metadata={"setting": Setting("ZUMIK_REFLECTION", "serve gRPC reflection (true/false)")},
+    )
+    workers: int = field(
+        default=16, metadata={"setting": Setting("ZUMIK_WORKERS", "handler threads per process")}
+    )
+    max_message_bytes: int = field(
+        default=8 * 1024 * 1024,
+        metadata={"setting": Setting("ZUMIK_MAX_MESSAGE_BYTES", "largest request or response")},
+    )
+    max_concurrent_rpcs: int = field(
+        default=1024,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_MAX_CONCURRENT_RPCS", "calls beyond this are refused RESOURCE_EXHAUSTED"
+            )
+        },
+    )
+    claim_ttl_seconds: int = field(
+        default=300,
+        metadata={"setting": Setting("ZUMIK_CLAIM_TTL", "lifetime of minted claims (<= 300)")},
+    )
+    audience: str = field(
+        default="zumik-secrets",
+        metadata={
+            "setting": Setting("ZUMIK_AUDIENCE", "claim audience (`aud`) to mint and accept")
+        },
+    )
+    drain_seconds: float = field(
+        default=10.0,
+        metadata={
+            "setting": Setting("ZUMIK_DRAIN_SECONDS", "grace for in-flight calls on SIGTERM")
+        },
+    )
+    log_level: str = field(
+        default="INFO", metadata={"setting": Setting("ZUMIK_LOG_LEVEL", "log level")}
+    )
+    dev: bool = field(
+        default=False,
+        metadata={"setting": Setting("ZUMIK_DEV", "use the var/dev/ PKI, keyring and dev policy")},
+    )
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
+        """Read the configuration.
+
+        Raises:
+            ValueError: a value cannot be parsed or a required file is not configured.
+        """
+        env = os.environ if env is None else env
+        file_values: dict[str, Any] = {}
+        config_path = env.get("ZUMIK_CONFIG", "")
+        if config_path:
+            with open(config_path, "rb") as fh:
+                file_values = tomllib.load(fh)
+            unknown = set(file_values) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ValueError(f"{config_path}: unknown settings {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            setting: Setting = f.metadata["setting"]
+            raw: Any = env.get(setting.env)
+            if raw is None and f.name in file_values:
+                raw = file_values[f.name]
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        config = cls(**values)
+        if config.dev:
+            config = config._with_dev_defaults()
+        config.validate()
+        return config
+
+    def _with_dev_defaults(self) -> ServerConfig:
+        pki = DEV_DIR / "pki"
+        defaults = {
+            "tls_cert_file": str(pki / "server.crt"),
+            "tls_key_file": str(pki / "server.key"),
+            "tls_client_ca_file": str(pki / "ca.crt"),
+            "policy_file": str(dev_policy_path()),
+            "master_keyring_file": str(DEV_DIR / "keyring.json"),
+        }
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in defaults.items():
+            if not values[name] and not (name == "master_keyring_file" and self.master_keyring):
+                values[name] = value
+        return ServerConfig(**values)
+
+    def validate(self) -> None:
+        """Check cross-field rules.
+
+        Raises:
+            ValueError: naming the setting (by env var) that is wrong.
+        """
+        missing = [
+            _env_of(name)
+            for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "policy_file")
+            if not getattr(self, name)
+        ]
+        if not (self.master_keyring_file or self.master_keyring):
+            missing.append("ZUMIK_MASTER_KEYRING_FILE (or ZUMIK_MASTER_KEYRING)")
+        if missing:
+            raise ValueError(
+                "not configured: " + ", ".join(missing) + " (set ZUMIK_DEV=1 for the dev setup)"
+            )
+        if not 1 <= self.claim_ttl_seconds <= 300:
+            raise ValueError("ZUMIK_CLAIM_TTL must be between 1 and 300 seconds")
+        if self.workers < 1:
+            raise ValueError("ZUMIK_WORKERS must be at least 1")
+        if self.max_message_bytes < 64 * 1024:
+            raise ValueError("ZUMIK_MAX_MESSAGE_BYTES must be at least 65536")
+
+
+def _env_of(name: str) -> str:
+    for f in fields(ServerConfig):
+        if f.name == name:
+            setting: Setting = f.metadata["setting"]
+            return setting.env
+    raise KeyError(name)
+
+
+def _convert(name: str, type_name: Any, raw: Any) -> Any:
+    env_name = _env_of(name)
+    kind = str(type_name)
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except ValueError:
+        raise ValueError(f"{env_name}: cannot read {kind} value") from None
+
+
+def dev_policy_path() -> Path:
+    """The packaged development policy file."""
+    return Path(str(resources.files("zumik_secrets.server").joinpath("dev_policy.toml")))
+
+
+def settings_help() -> str:
+    """A table of every setting, for ``zumik-secrets --help`` and the README."""
+    lines = []
+    for f in fields(ServerConfig):
+        setting: Setting = f.metadata["setting"]
+        default = "" if f.name == "master_keyring" else f.default
+        lines.append(f"  {setting.env:<28} {setting.help} [default: {default!s}]")
+    return "\n".join(lines)

@@ -1,0 +1,336 @@
+"""The one server interceptor: authorize every call, map its errors, emit its telemetry.
+
+A gRPC server interceptor only sees the method name and metadata; the peer certificate
+(`context.auth_context()`) and the request message are only reachable inside the handler, so the
+interceptor returns a wrapped handler that does the work per call:
+
+1. start the span; read the peer's SPIFFE ID and TLS version from the verified handshake;
+2. authorize (identity, resource, claim, scope; see :mod:`zumik_secrets.server.authorization`),
+   auditing every denial and the allows of sensitive methods;
+3. run the servicer with the verified :class:`CallContext` installed;
+4. turn a domain error into its rich status (one table, :mod:`zumik_secrets.api.status`) and any
+   other exception into INTERNAL with a correlation id (the detail goes to the log only);
+5. end the span and write the access-log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NoReturn, cast
+
+import grpc
+from opentelemetry import trace
+
+from zumik_secrets.api.call_context import CallContext, reset_call, set_call
+from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
+from zumik_secrets.api.status import internal_status, status_code_for, to_status
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.core.errors import Unimplemented, ZumikError
+from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
+from zumik_secrets.server.telemetry import CallRecord, Telemetry
+
+_LOG = logging.getLogger("zumik.server")
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+class _Denied(Exception):
+    """Carries an authorization refusal out of the authorize step, for auditing."""
+
+    def __init__(self, error: ZumikError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service.rsplit(".", 1)[-1], name
+
+
+def _peer(context: grpc.ServicerContext) -> tuple[str, str]:
+    # grpc-stubs types values as bytes; at runtime each is a list of bytes.
+    auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
+    ids = list(auth.get("peer_spiffe_id", ()))
+    tls = list(auth.get("ssl_tls_version", ()))
+    identity = ids[0].decode("utf-8", "replace") if len(ids) == 1 else ""
+    return identity, tls[0].decode("ascii", "replace") if tls else ""
+
+
+def _claim_from(metadata: Any) -> str | None:
+    for item in metadata or ():
+        if item.key == CLAIM_METADATA_KEY:
+            value = item.value
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Authorization, error mapping and telemetry for every RPC."""
+
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        telemetry: Telemetry,
+        audit: AuditRecorder,
+        guards: dict[str, MethodGuard],
+    ) -> None:
+        """Create the interceptor.
+
+        Args:
+            authorizer: Applies the identity policy and claim rules.
+            telemetry: Span and access-log emitter.
+            audit: Where denials and sensitive allows are recorded.
+            guards: The contracts' method guards by full method name.
+        """
+        self._authorizer = authorizer
+        self._telemetry = telemetry
+        self._audit = audit
+        self._guards = guards
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Wrap the handler of the called method (or refuse a method no one serves)."""
+        method: str = handler_call_details.method
+        raw_claim = _claim_from(handler_call_details.invocation_metadata)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return grpc.unary_unary_rpc_method_handler(self._unknown_method(method))
+        guard = self._guards.get(method)
+        open_method = method in OPEN_METHODS
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, guard, raw_claim, open_method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(handler.unary_stream, method, guard, raw_claim, open_method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._streaming_in(handler.stream_stream, method, open_method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is None:
+            return handler
+        return grpc.stream_unary_rpc_method_handler(
+            self._streaming_in(handler.stream_unary, method, open_method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    # -- the per-call steps ------------------------------------------------------------------
+
+    def _authorize(
+        self,
+        context: grpc.ServicerContext,
+        record: CallRecord,
+        method: str,
+        guard: MethodGuard | None,
+        request: Any,
+        raw_claim: str | None,
+        open_method: bool,
+    ) -> CallContext:
+        identity, record.tls_version = _peer(context)
+        record.peer = identity
+        trace_id = trace.get_current_span().get_span_context().trace_id
+        trace_hex = f"{trace_id:032x}" if trace_id else ""
+        if open_method:
+            return CallContext(method, identity, None, None, None, False, trace_hex)
+        resource = ""
+        try:
+            without_claim = self._authorizer.check_identity(identity or None, method)
+            if guard is not None and guard.tenant_scoped and request is not None:
+                resource = getattr(request, guard.resource_field)
+            authz: Authorization = self._authorizer.authorize(
+                guard, without_claim, resource, raw_claim
+            )
+        except ZumikError as error:
+            self._audit_decision(identity, "", method, resource, "denied", error.reason, trace_hex)
+            raise _Denied(error) from None
+        record.tenant_id = authz.tenant_id or ""
+        record.project_id = authz.project_id or ""
+        call = CallContext(
+            method=method,
+            identity=identity,
+            claim=authz.claim,
+            tenant_id=authz.tenant_id,
+            project_id=authz.project_id,
+            without_claim=authz.without_claim,
+            trace_id=trace_hex,
+        )
+        if authz.without_claim or (guard is not None and guard.audit_allow):
+            reason = "ALLOWED_WITHOUT_CLAIM" if authz.without_claim else "ALLOWED"
+            self._audit_decision(
+                identity,
+                call.subject,
+                method,
+                resource,
+                "success",
+                reason,
+                trace_hex,
+                tenant_id=authz.tenant_id,
+            )
+        return call
+
+    def _audit_decision(
+        self,
+        identity: str,
+        subject: str,
+        method: str,
+        resource: str,
+        outcome: str,
+        reason: str,
+        trace_id: str,
+        tenant_id: str | None = None,
+    ) -> None:
+        try:
+            self._audit.record(
+                AuditEntry(
+                    tenant_id=tenant_id if tenant_id not in (None, "-") else None,
+                    actor=identity,
+                    actor_subject=subject,
+                    action="authz.allow" if outcome == "success" else "authz.deny",
+                    target=resource,
+                    outcome=outcome,
+                    reason=reason,
+                    trace_id=trace_id,
+                    attributes={"method": method.lstrip("/")},
+                )
+            )
+        except ZumikError:
+            _LOG.warning("audit of an authorization decision failed", extra={"method": method})
+
+    def _fail(
+        self, context: grpc.ServicerContext, record: CallRecord, error: Exception
+    ) -> NoReturn:
+        """Record the outcome and abort the call with its rich status (raises)."""
+        if isinstance(error, _Denied):
+            error = error.error
+        if isinstance(error, ZumikError):
+            record.code = status_code_for(error).name
+            record.reason = error.reason
+            context.abort_with_status(to_status(error))
+        correlation_id = secrets.token_hex(8)
+        record.code = "INTERNAL"
+        record.reason = "INTERNAL"
+        _LOG.error(
+            "unhandled error",
+            exc_info=error,
+            extra={"correlation_id": correlation_id, "method": record.method},
+        )
+        context.abort_with_status(internal_status(correlation_id))
+
+    def _unary(
+        self,
+        behavior: Behavior,
+        method: str,
+        guard: MethodGuard | None,
+        raw_claim: str | None,
+        open_method: bool,
+    ) -> Behavior:
+        service, name = _split(method)
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            record = CallRecord(service, name)
+            span = self._telemetry.start_span(service, name)
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    try:
+                        call = self._authorize(
+                            context, record, method, guard, request, raw_claim, open_method
+                        )
+                        record.request = request
+                        token = set_call(call)
+                        try:
+                            return behavior(request, context)
+                        finally:
+                            reset_call(token)
+                    except Exception as error:  # noqa: BLE001 - mapped to a status below
+                        self._fail(context, record, error)
+            finally:
+                self._telemetry.finish(span, record, time.perf_counter() - started)
+
+        return handle
+
+    def _unary_stream(
+        self,
+        behavior: Behavior,
+        method: str,
+        guard: MethodGuard | None,
+        raw_claim: str | None,
+        open_method: bool,
+    ) -> Behavior:
+        service, name = _split(method)
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            record = CallRecord(service, name)
+            span = self._telemetry.start_span(service, name)
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    try:
+                        call = self._authorize(
+                            context, record, method, guard, request, raw_claim, open_method
+                        )
+                        record.request = request
+                        token = set_call(call)
+                        try:
+                            yield from behavior(request, context)
+                        finally:
+                            reset_call(token)
+                    except Exception as error:  # noqa: BLE001 - mapped to a status below
+                        self._fail(context, record, error)
+            finally:
+                self._telemetry.finish(span, record, time.perf_counter() - started)
+
+        return handle
+
+    def _streaming_in(self, behavior: Behavior, method: str, open_method: bool) -> Behavior:
+        """Client-streaming methods (reflection): identity check only, no tenant resources."""
+        service, name = _split(method)
+
+        def handle(request_iterator: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            record = CallRecord(service, name)
+            span = self._telemetry.start_span(service, name)
+            try:
+                try:
+                    self._authorize(context, record, method, None, None, None, open_method)
+                except Exception as error:  # noqa: BLE001 - mapped to a status below
+                    self._fail(context, record, error)
+                return behavior(request_iterator, context)
+            finally:
+                self._telemetry.finish(span, record, time.perf_counter() - started)
+
+        return handle
+
+    def _unknown_method(self, method: str) -> Behavior:
+        """A method no servicer serves: refuse unknown identities, else UNIMPLEMENTED."""
+        service, name = _split(method)
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            record = CallRecord(service, name)
+            span = self._telemetry.start_span(service, name)
+            try:
+                try:
+                    self._authorize(context, record, method, None, None, None, False)
+                    raise Unimplemented(f"no such method: {method}", reason="METHOD_NOT_FOUND")
+                except Exception as error:  # noqa: BLE001 - mapped to a status below
+                    self._fail(context, record, error)
+            finally:
+                self._telemetry.finish(span, record, time.perf_counter() - started)
+
+        return handle
