@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
-    except (ValueError, ZumikError) as exc:
+    except (ValueError, RuntimeError, OSError, ZumikError) as exc:
         print(f"zumik-secrets {args.command}: {exc}", file=sys.stderr)
         return 2
     return result

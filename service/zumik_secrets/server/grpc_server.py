@@ -110,7 +110,10 @@ class ZumikServer:
         credentials = server_credentials(
             config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file
         )
-        self.port = self._server.add_secure_port(config.listen, credentials)
+        try:
+            self.port = self._server.add_secure_port(config.listen, credentials)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {config.listen} (in use or not an address)")
         self._stopping = threading.Event()
