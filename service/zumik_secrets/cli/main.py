@@ -1,6 +1,6 @@
 """`zumik-secrets`: the command line of the service.
 
-Commands: serve, migrate, keygen, dev-pki, dev-setup. Configuration comes from `ZUMIK_*`
+Commands: serve, migrate, keygen, health, dev-pki, dev-setup. Configuration comes from `ZUMIK_*`
 environment variables (and an optional TOML file named by ZUMIK_CONFIG); `--help` lists them.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,8 +41,11 @@ def _write_secret_file(path: Path, text: str, *, overwrite: bool) -> bool:
 
 
 def _grpcurl_hint(listen: str, pki: Path) -> str:
+    # The dev extra installs grpcurl next to this interpreter; name it so the line works as is.
+    beside = Path(sys.executable).parent / "grpcurl"
+    grpcurl = "grpcurl" if shutil.which("grpcurl") or not beside.exists() else str(beside)
     return (
-        f"grpcurl -cacert {pki}/ca.crt -cert {pki}/console.crt -key {pki}/console.key {listen} list"
+        f"{grpcurl} -cacert {pki}/ca.crt -cert {pki}/console.crt -key {pki}/console.key {listen} list"
     )
 
 
@@ -94,6 +98,30 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote master keyring {path} (mode 0600)")
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Check the local server's health over mTLS (the Kubernetes exec probe); 0 iff healthy."""
+    from zumik_secrets.cli.health_check import check_from_env, run_health_check
+    from zumik_secrets.server.tls import TlsConfigError
+
+    check = check_from_env(
+        target=args.target,
+        cert=args.cert,
+        key=args.key,
+        ca=args.ca,
+        server_name=args.server_name,
+        service=args.service,
+        timeout=args.timeout,
+        live=args.live,
+    )
+    try:
+        ok, status = run_health_check(check)
+    except TlsConfigError as exc:
+        print(f"zumik-secrets health: {exc}", file=sys.stderr)
+        return 2
+    print(f"{check.target}: {status}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def cmd_dev_pki(args: argparse.Namespace) -> int:
@@ -153,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a new primary version to an existing keyring",
     )
     p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser(
+        "health",
+        help="check the local server over mTLS; exit 0 iff SERVING (Kubernetes exec probe)",
+    )
+    p.add_argument("--target", help="host:port (default: ZUMIK_LISTEN, wildcard -> 127.0.0.1)")
+    p.add_argument("--cert", help="client certificate (default: ZUMIK_TLS_CERT)")
+    p.add_argument("--key", help="client key (default: ZUMIK_TLS_KEY)")
+    p.add_argument("--ca", help="CA of the server certificate (default: ZUMIK_TLS_CLIENT_CA)")
+    p.add_argument(
+        "--server-name", default="localhost", help="DNS SAN to verify in the server certificate"
+    )
+    p.add_argument("--service", default="", help="health service name (default: whole server)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds for the check")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="liveness: succeed on any answer, NOT_SERVING included (not only SERVING)",
+    )
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("dev-pki", help="write a development CA and mTLS certificates")
     p.add_argument("--out", default=str(DEV_DIR / "pki"))
