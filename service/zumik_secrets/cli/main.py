@@ -45,7 +45,8 @@ def _grpcurl_hint(listen: str, pki: Path) -> str:
     beside = Path(sys.executable).parent / "grpcurl"
     grpcurl = "grpcurl" if shutil.which("grpcurl") or not beside.exists() else str(beside)
     return (
-        f"{grpcurl} -cacert {pki}/ca.crt -cert {pki}/console.crt -key {pki}/console.key {listen} list"
+        f"{grpcurl} -cacert {pki}/ca.crt -cert {pki}/console.crt -key {pki}/console.key "
+        f"{listen} list"
     )
 
 
