@@ -1,0 +1,105 @@
+"""What API-key and session verification share: result codes, scope checks, the failure limiter.
+
+A failed verification is an ordinary answer (a :class:`VerifyResult`), never an exception, so a
+gateway can branch on it. Failures are charged to token buckets per calling identity and per
+credential id; when a bucket is empty the caller gets RESOURCE_EXHAUSTED (reason
+``VERIFY_RATE_LIMITED``, with a retry delay) instead of the answer, so the service cannot be
+used as a fast oracle. Valid verifications are never charged nor limited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+from zumik_secrets.app.rate_limit import BucketSpec, FailureLimiter
+from zumik_secrets.core.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from zumik_secrets.core.names import validate_scope
+
+REASON_RATE_LIMITED = "VERIFY_RATE_LIMITED"
+MAX_REQUIRED_SCOPES = 32
+
+DEFAULT_IDENTITY_FAILURES = BucketSpec(rate=50.0, burst=100.0)
+"""Failed verifications a calling identity may cause: 50 per second, bursts of 100."""
+DEFAULT_CREDENTIAL_FAILURES = BucketSpec(rate=5.0, burst=10.0)
+"""Failed verifications one credential id may cause: 5 per second, bursts of 10."""
+
+
+class VerifyResult(StrEnum):
+    """Outcome of a verification (mirrors the wire enum ``VerifyResult``)."""
+
+    VALID = "VALID"
+    MALFORMED = "MALFORMED"
+    NOT_FOUND = "NOT_FOUND"
+    EXPIRED = "EXPIRED"
+    REVOKED = "REVOKED"
+    INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
+
+
+CHARGED_RESULTS = frozenset(
+    {VerifyResult.MALFORMED, VerifyResult.NOT_FOUND, VerifyResult.EXPIRED, VerifyResult.REVOKED}
+)
+"""Results charged to the failure buckets (a missing scope is a route's choice, not a probe)."""
+
+
+def field_required(field: str) -> InvalidArgument:
+    """The error for an empty required request field (reason ``FIELD_REQUIRED``)."""
+    return InvalidArgument(
+        f"{field} is required",
+        reason="FIELD_REQUIRED",
+        metadata={"field": field},
+        violations=[FieldViolation(field, "is required")],
+    )
+
+
+def validate_scopes(
+    values: Sequence[str], field: str, *, maximum: int, required: bool
+) -> tuple[str, ...]:
+    """Validate a list of scopes; returns them de-duplicated, in first-seen order.
+
+    Raises:
+        InvalidArgument: reason ``FIELD_REQUIRED`` (empty but required), ``TOO_MANY_SCOPES``
+            or ``INVALID_SCOPE``.
+    """
+    if required and not values:
+        raise field_required(field)
+    if len(values) > maximum:
+        raise InvalidArgument(
+            f"{field} holds at most {maximum} scopes",
+            reason="TOO_MANY_SCOPES",
+            metadata={"field": field, "maximum": str(maximum)},
+            violations=[FieldViolation(field, f"at most {maximum} scopes")],
+        )
+    out = [validate_scope(v, field=f"{field}[{i}]") for i, v in enumerate(values)]
+    return tuple(dict.fromkeys(out))
+
+
+class FailureGuard:
+    """Charges failed verifications to per-identity and per-credential buckets."""
+
+    def __init__(
+        self,
+        identity: BucketSpec = DEFAULT_IDENTITY_FAILURES,
+        credential: BucketSpec = DEFAULT_CREDENTIAL_FAILURES,
+    ) -> None:
+        """Create the guard with the given bucket sizes."""
+        self.identities = FailureLimiter(identity)
+        self.credentials = FailureLimiter(credential)
+
+    def charge(self, kind: str, identity: str, credential_id: str | None) -> None:
+        """Charge one failure of ``kind`` (``api_key`` or ``session``).
+
+        Raises:
+            ResourceExhausted: reason ``VERIFY_RATE_LIMITED`` with the retry delay, when the
+                identity's or the credential's bucket is empty.
+        """
+        wait = self.identities.charge(f"{kind}|{identity}")
+        if credential_id is not None:
+            wait = max(wait, self.credentials.charge(f"{kind}|{credential_id}"))
+        if wait > 0.0:
+            raise ResourceExhausted(
+                "too many failed verifications; retry later",
+                retry_after_seconds=round(wait, 3),
+                reason=REASON_RATE_LIMITED,
+                metadata={"limit": "failed_verifications"},
+            )
