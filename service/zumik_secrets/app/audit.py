@@ -4,9 +4,10 @@ Wiring a new event is one call: ``recorder.record(AuditEntry(...), durable=...)`
 asks the recorder not to return until the event is stored; sensitive actions (Open, key
 creation, purge) set it and fail closed when the recorder raises ``Unavailable``.
 
-Until the tamper-evident chain lands (issue 5), :class:`LogAuditRecorder` writes each event as a
-structured line on the ``zumik.audit`` logger; it is honest about being neither durable nor
-chained (``durable`` calls still return once the line is handed to logging).
+The server records into :class:`zumik_secrets.app.audit_log.AuditLog` (the tamper-evident,
+hash-chained store with group commit). :class:`LogAuditRecorder` remains for unit tests that
+need a recorder without storage: it writes each event as a structured line on the
+``zumik.audit`` logger and is neither durable nor chained.
 """
 
 from __future__ import annotations

@@ -1,0 +1,703 @@
+"""The tamper-evident audit log: the real :class:`~zumik_secrets.app.audit.AuditRecorder`.
+
+Recording
+    ``record(entry, durable=...)`` cleans the entry (secret-looking values become
+    ``[REDACTED]``, see :func:`zumik_secrets.core.audit_events.sanitize`), gives it an id and a
+    time, and queues it for the writer thread.
+
+Group commit
+    One writer thread takes *everything* queued (up to ``max_batch`` events) and stores it in
+    one transaction (the store chains each tenant's events under that tenant's head lock), so
+    many events share one commit. There is no artificial delay: events that arrive while a
+    commit is in flight form the next batch. Bounds:
+
+    * ``durable=True`` callers wait for their batch's commit (one ``threading.Event`` each) at
+      most ``durable_timeout`` seconds, then get :class:`Unavailable` (reason
+      ``AUDIT_UNAVAILABLE``). If the commit fails they get it at once.
+    * ``durable=False`` callers do not wait; their events are written by the next commit (well
+      under 50 ms at the measured commit latencies). If a commit fails their events go back to
+      the head of the queue and are retried (backoff 50 ms doubling to 1 s) while the process
+      lives: never silently dropped.
+    * The queue is bounded (``queue_limit`` events, retried ones included). When it is full
+      ``durable=False`` callers block up to ``enqueue_timeout`` (1 s) for room; only if the
+      store has been failing long enough to fill it *and* the wait runs out is an event dropped,
+      and then it is counted (:attr:`AuditLog.dropped`) and logged at ERROR, with health already
+      NOT_SERVING. ``durable=True`` callers wait for room within their own deadline and get
+      Unavailable otherwise.
+
+Health
+    :attr:`healthy` turns False when a commit fails and True after the next success; while
+    unhealthy and idle the writer probes the store (an insert rolled back) every half second, so
+    health recovers without traffic and without a restart.
+
+Checkpoints
+    A background thread signs a checkpoint for every chain whose head moved, every
+    ``checkpoint_interval`` seconds, and sooner when a tenant gained ``checkpoint_every`` events
+    in this process. :meth:`create_checkpoint` signs one on demand.
+
+Retention
+    :meth:`sweep` removes, per tenant, the events older than the tenant's retention period,
+    after storing a signed checkpoint over the last removed event (the *anchor*), so what
+    remains still verifies from the anchor; the sweep itself is recorded in the tenant's chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from zumik_secrets.app.audit import AuditEntry
+from zumik_secrets.app.checkpoint_keys import CheckpointKeys
+from zumik_secrets.core import audit_chain as chain
+from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint, EventDraft
+from zumik_secrets.core.audit_events import sanitize
+from zumik_secrets.core.errors import FieldViolation, InvalidArgument, Unavailable, ZumikError
+from zumik_secrets.core.handles import new_handle
+from zumik_secrets.storage.ports import AuditFilter, AuditStore
+
+_LOG = logging.getLogger("zumik.audit")
+
+REASON_AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+SERVICE_ACTOR = "zumik-secrets"
+DEFAULT_RETENTION = timedelta(days=400)
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_READ_PAGE = 500
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def audit_unavailable() -> Unavailable:
+    """The error of a durable record that could not be made durable."""
+    return Unavailable("the audit log is unavailable, retry later", reason=REASON_AUDIT_UNAVAILABLE)
+
+
+@dataclass(eq=False)
+class _Pending:
+    draft: EventDraft
+    durable: bool
+    done: threading.Event | None = None
+    result: ChainEvent | None = None
+    error: ZumikError | None = None
+    taken: bool = False
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointKeyInfo:
+    """A checkpoint key's public half as published.
+
+    Attributes:
+        kid: Key id.
+        public_key: Raw Ed25519 public key.
+        status: ``active`` or ``retired`` (``retiring`` keys no longer sign: retired here).
+    """
+
+    kid: str
+    public_key: bytes
+    status: str
+
+
+@dataclass
+class SweepResult:
+    """What a retention sweep removed, per tenant: ``{tenant: (through_sequence, deleted)}``."""
+
+    pruned: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+class AuditLog:
+    """Records, stores, checkpoints, verifies, exports and prunes the audit chains."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        keys: CheckpointKeys,
+        *,
+        clock: Callable[[], datetime] = _now,
+        group_commit: bool = True,
+        durable_timeout: float = 5.0,
+        queue_limit: int = 10_000,
+        enqueue_timeout: float = 1.0,
+        max_batch: int = 512,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+        retention: timedelta = DEFAULT_RETENTION,
+        retention_for: Callable[[str], timedelta] | None = None,
+    ) -> None:
+        """Create the log (call :meth:`start` to run its threads).
+
+        Args:
+            store: The audit store.
+            keys: Checkpoint signing keys (loaded).
+            clock: Current time.
+            group_commit: Write through the writer thread (True) or in the caller's thread,
+                one transaction per event (False: for measurements).
+            durable_timeout: Longest a durable record waits for its commit, seconds.
+            queue_limit: Events queued (retries included) before callers block.
+            enqueue_timeout: Longest a non-durable record waits for queue room, seconds.
+            max_batch: Most events per transaction.
+            checkpoint_every: Events of one tenant (in this process) that trigger a checkpoint.
+            checkpoint_interval: Seconds between periodic checkpoints of moved heads.
+            retention: Default retention period.
+            retention_for: Per-tenant retention (defaults to ``retention`` for every tenant).
+        """
+        self._store = store
+        self._keys = keys
+        self._clock = clock
+        self._group_commit = group_commit
+        self._durable_timeout = durable_timeout
+        self._queue_limit = queue_limit
+        self._enqueue_timeout = enqueue_timeout
+        self._max_batch = max_batch
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval = checkpoint_interval
+        self._retention = retention
+        self._retention_for = retention_for or (lambda _tenant: retention)
+        self._cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._queued = 0  # queued + in flight, under _cond
+        self._stopping = False
+        self._stop = threading.Event()
+        self._checkpoint_wake = threading.Event()
+        self._since_checkpoint: defaultdict[str, int] = defaultdict(int)
+        self._healthy = True
+        self.dropped = 0
+        self.commits = 0
+        self.on_health_change: Callable[[bool], None] = lambda healthy: None
+        # Daemon: if the store is down at shutdown, stop() gives up after its timeout (and logs
+        # what was left) instead of keeping the process alive.
+        self._writer = threading.Thread(
+            target=self._write_loop, name="zumik-audit-writer", daemon=True
+        )
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="zumik-audit-checkpoints", daemon=True
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer and checkpoint threads."""
+        if self._group_commit:
+            self._writer.start()
+        self._checkpointer.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued (up to ``timeout``), then stop the threads. Idempotent."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._stop.set()
+        self._checkpoint_wake.set()
+        if self._writer.is_alive():
+            self._writer.join(timeout)
+        if self._checkpointer.is_alive():
+            self._checkpointer.join(timeout)
+        with self._cond:
+            left = [p for p in self._queue if not p.cancelled]
+        if left:
+            _LOG.error("audit events not written at shutdown", extra={"count": len(left)})
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed commit (or probe) until the next successful one."""
+        return self._healthy
+
+    def _set_healthy(self, ok: bool) -> None:
+        if ok == self._healthy:
+            return
+        self._healthy = ok
+        if ok:
+            _LOG.warning("audit store recovered")
+        else:
+            _LOG.error("audit store unavailable: durable audit records fail closed")
+        try:
+            self.on_health_change(ok)
+        except Exception:  # noqa: BLE001 - a broken observer must not stop the writer
+            _LOG.exception("audit health observer failed")
+
+    # -- recording --------------------------------------------------------------------------
+
+    def _draft(self, entry: AuditEntry) -> EventDraft:
+        target, reason, attributes = sanitize(entry.target, entry.reason, entry.attributes)
+        return EventDraft(
+            tenant=entry.tenant_id or chain.SERVICE_TENANT,
+            event_id=new_handle("evt"),
+            time=self._clock().astimezone(UTC),
+            actor=entry.actor,
+            actor_subject=entry.actor_subject,
+            action=entry.action,
+            target=target,
+            outcome=entry.outcome,
+            reason=reason,
+            trace_id=entry.trace_id,
+            attributes=tuple(sorted(attributes.items())),
+        )
+
+    def record(self, entry: AuditEntry, *, durable: bool = False) -> None:
+        """Record one event (see the module docstring for the bounds).
+
+        Raises:
+            Unavailable: reason ``AUDIT_UNAVAILABLE``, only when ``durable`` and the event
+                could not be committed within ``durable_timeout``.
+        """
+        if durable:
+            self.append(entry)
+            return
+        self._submit(_Pending(self._draft(entry), durable=False))
+
+    def append(self, entry: AuditEntry) -> ChainEvent:
+        """Record one event durably and return it as stored (with sequence and hash).
+
+        Raises:
+            Unavailable: reason ``AUDIT_UNAVAILABLE`` when it could not be committed in time.
+        """
+        pending = _Pending(self._draft(entry), durable=True, done=threading.Event())
+        deadline = time.monotonic() + self._durable_timeout
+        self._submit(pending, deadline)
+        done = pending.done
+        if done is None or not done.wait(max(0.0, deadline - time.monotonic())):
+            with self._cond:
+                if not pending.taken:
+                    pending.cancelled = True
+            if pending.result is not None:
+                return pending.result
+            raise audit_unavailable()
+        if pending.error is not None or pending.result is None:
+            raise audit_unavailable()
+        return pending.result
+
+    def _submit(self, pending: _Pending, deadline: float | None = None) -> None:
+        if deadline is None:
+            deadline = time.monotonic() + self._enqueue_timeout
+        if self._group_commit and self._enqueue(pending, deadline):
+            return
+        self._write_direct(pending)
+
+    def _enqueue(self, pending: _Pending, deadline: float) -> bool:
+        """Queue for the writer; False when stopping (the caller writes it directly).
+
+        Raises:
+            Unavailable: a durable event found no room before its deadline.
+        """
+        with self._cond:
+            while self._queued >= self._queue_limit and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            if self._stopping:
+                return False
+            if self._queued >= self._queue_limit:
+                if pending.durable:
+                    raise audit_unavailable()
+                self.dropped += 1
+                _LOG.error(
+                    "audit queue full: event dropped",
+                    extra={"action": pending.draft.action, "dropped_total": self.dropped},
+                )
+                return True
+            self._queue.append(pending)
+            self._queued += 1
+            self._cond.notify_all()
+            return True
+
+    def _write_direct(self, pending: _Pending) -> None:
+        """One event, one transaction, in the caller's thread (no group commit)."""
+        try:
+            (pending.result,) = self._store.append([pending.draft])
+        except ZumikError as exc:
+            self._set_healthy(False)
+            pending.error = exc
+            if pending.durable:
+                raise audit_unavailable() from exc
+            self.dropped += 1
+            _LOG.error("audit event not written", extra={"action": pending.draft.action})
+            return
+        self._set_healthy(True)
+        if pending.done is not None:
+            pending.done.set()
+        self._count([pending.result])
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Pending] | None:
+        """Wait for work; None when stopping with nothing left."""
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                if not self._healthy:
+                    self._cond.wait(0.5)
+                    if not self._queue:
+                        return []  # idle while unhealthy: probe
+                    break
+                self._cond.wait(1.0)
+            batch: list[_Pending] = []
+            while self._queue and len(batch) < self._max_batch:
+                pending = self._queue.popleft()
+                if pending.cancelled:
+                    self._queued -= 1
+                    continue
+                pending.taken = True
+                batch.append(pending)
+            self._cond.notify_all()
+            return batch
+
+    def _write_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if not batch:
+                self._probe()
+                continue
+            try:
+                stored = self._store.append([p.draft for p in batch])
+            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                self._failed(batch, exc)
+                if self._stop.wait(backoff):
+                    return  # stopping while the store fails: stop() reports what is left
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            self.commits += 1
+            self._set_healthy(True)
+            with self._cond:
+                self._queued -= len(batch)
+                self._cond.notify_all()
+            for pending, event in zip(batch, stored, strict=True):
+                pending.result = event
+                if pending.done is not None:
+                    pending.done.set()
+            self._count(stored)
+
+    def _failed(self, batch: list[_Pending], exc: Exception) -> None:
+        outage = isinstance(exc, Unavailable)
+        if not outage:
+            _LOG.error("audit batch failed unexpectedly", exc_info=exc)
+        self._set_healthy(False)
+        # Non-durable events are kept for the retry (unless the failure is not an outage, when
+        # retrying would fail forever); durable callers learn of the failure at once.
+        keep = [p for p in batch if not p.durable] if outage else []
+        with self._cond:
+            for pending in reversed(keep):
+                pending.taken = False
+                self._queue.appendleft(pending)
+            self._queued -= len(batch) - len(keep)
+            self._cond.notify_all()
+        if not outage:
+            self.dropped += sum(1 for p in batch if not p.durable)
+        for pending in batch:
+            if pending.durable and pending.done is not None:
+                pending.error = audit_unavailable()
+                pending.done.set()
+
+    def _probe(self) -> None:
+        try:
+            self._store.probe_write()
+        except Exception:  # noqa: BLE001 - any failure means still unhealthy
+            return
+        self._set_healthy(True)
+
+    def _count(self, stored: list[ChainEvent]) -> None:
+        due = False
+        for event in stored:
+            self._since_checkpoint[event.tenant] += 1
+            if self._since_checkpoint[event.tenant] >= self._checkpoint_every:
+                due = True
+        if due:
+            self._checkpoint_wake.set()
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stop.is_set():
+            self._checkpoint_wake.wait(self._checkpoint_interval)
+            self._checkpoint_wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.checkpoint_moved_heads()
+            except Exception:  # noqa: BLE001 - retried at the next interval
+                _LOG.warning("periodic audit checkpoint failed", exc_info=True)
+
+    def checkpoint_moved_heads(self, limit: int = 10_000) -> int:
+        """Sign a checkpoint over every head that no checkpoint covers yet.
+
+        Returns:
+            How many checkpoints were stored.
+
+        Raises:
+            Unavailable: storage is down.
+        """
+        self._since_checkpoint.clear()
+        kid, signer = self._keys.checkpoint_signer()
+        count = 0
+        for tenant, sequence, head_hash in self._store.heads_without_checkpoint(limit):
+            cp = chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, self._clock())
+            self._store.add_checkpoint(cp)
+            count += 1
+        return count
+
+    def create_checkpoint(self, tenant: str) -> Checkpoint:
+        """Sign (or return the existing) checkpoint over the tenant's current head.
+
+        Raises:
+            Unavailable: storage is down.
+        """
+        sequence, head_hash = self._store.head(tenant) or (0, chain.GENESIS_HASH)
+        kid, signer = self._keys.checkpoint_signer()
+        cp = chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, self._clock())
+        return self._store.add_checkpoint(cp)
+
+    def checkpoint_keys(self) -> list[CheckpointKeyInfo]:
+        """Every checkpoint key, newest first."""
+        return [
+            CheckpointKeyInfo(
+                rec.kid, rec.public_key, "active" if rec.state == "active" else "retired"
+            )
+            for rec in reversed(self._keys.records())
+        ]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _events(self, tenant: str, after: int, until: int | None) -> Iterator[ChainEvent]:
+        while True:
+            page = self._store.events(
+                tenant, after_sequence=after, limit=_READ_PAGE, until_sequence=until
+            )
+            yield from page
+            if len(page) < _READ_PAGE:
+                return
+            after = page[-1].sequence
+
+    def verify(self, tenant: str, start_sequence: int = 0, end_sequence: int = 0) -> ChainReport:
+        """Verify a range of a tenant's chain (0, 0: from the retained start to the head).
+
+        A range that starts after the retained start trusts the stored hash of the event
+        before it; the full check starts at the genesis or the signed retention anchor.
+
+        Raises:
+            InvalidArgument: a negative or inverted range.
+            Unavailable: storage is down.
+        """
+        if start_sequence < 0 or end_sequence < 0 or (0 < end_sequence < start_sequence):
+            raise InvalidArgument(
+                "start_sequence and end_sequence must be >= 0 with start <= end",
+                reason="INVALID_RANGE",
+                violations=[FieldViolation("start_sequence", "invalid range")],
+            )
+        # Checkpoints first, then the head, then events up to that head: heads only grow, so
+        # every checkpoint read is at or below the head unless the head row was tampered with,
+        # and events appended meanwhile (this very call's audit record) stay out of the range.
+        all_checkpoints = self._store.checkpoints(tenant)
+        head_sequence = (self._store.head(tenant) or (0, b""))[0]
+        first = self._store.first_sequence(tenant)
+        retained_start = first if first is not None else head_sequence + 1
+        anchor: tuple[int, bytes] | None = None
+        after = retained_start - 1
+        if start_sequence > retained_start:
+            before = self._store.event(tenant, start_sequence - 1)
+            after = start_sequence - 1
+            if before is not None:
+                anchor = (before.sequence, before.hash)
+        to_head = end_sequence == 0 or end_sequence >= head_sequence
+        until = head_sequence if to_head else end_sequence
+        checkpoints = [
+            cp
+            for cp in all_checkpoints
+            if cp.sequence >= max(0, after) and (to_head or cp.sequence <= until)
+        ]
+        keys = self._keys.verification_keys(refresh_for=frozenset(cp.kid for cp in checkpoints))
+        return chain.verify_chain(
+            self._events(tenant, after, until),
+            tenant=tenant,
+            checkpoints=checkpoints,
+            keys=keys,
+            anchor=anchor,
+            first_sequence=after + 1,
+            head_sequence=head_sequence if to_head else end_sequence,
+            to_head=to_head,
+        )
+
+    def export(self, tenant: str, start_sequence: int = 0) -> Iterator[str]:
+        """The tenant's chain as export lines (see :mod:`zumik_secrets.core.audit_chain`).
+
+        Starts at ``start_sequence`` (0 or 1: the retained start, led by the retention anchor
+        when there is one; later: led by a ``resume`` line naming the link it continues from).
+
+        Raises:
+            InvalidArgument: a negative start.
+            Unavailable: storage is down.
+        """
+        if start_sequence < 0:
+            raise InvalidArgument(
+                "start_sequence must be >= 0",
+                reason="INVALID_RANGE",
+                violations=[FieldViolation("start_sequence", "must be >= 0")],
+            )
+        head_sequence = (self._store.head(tenant) or (0, b""))[0]
+        first = self._store.first_sequence(tenant)
+        retained_start = first if first is not None else head_sequence + 1
+        after = retained_start - 1
+        resume: str | None = None
+        if start_sequence > retained_start:
+            after = start_sequence - 1
+            before = self._store.event(tenant, after)
+            if before is not None:
+                resume = chain.resume_line(tenant, before.sequence, before.hash)
+        checkpoints = {
+            cp.sequence: cp for cp in self._store.checkpoints(tenant, from_sequence=after)
+        }
+        return self._export_lines(tenant, after, resume, checkpoints)
+
+    def _export_lines(
+        self, tenant: str, after: int, resume: str | None, checkpoints: dict[int, Checkpoint]
+    ) -> Iterator[str]:
+        if resume is not None:
+            yield resume
+        anchor = checkpoints.pop(after, None)
+        if anchor is not None:
+            yield chain.checkpoint_line(anchor)
+        last = after
+        for event in self._events(tenant, after, None):
+            yield chain.event_line(event)
+            last = event.sequence
+            cp = checkpoints.pop(event.sequence, None)
+            if cp is not None:
+                yield chain.checkpoint_line(cp)
+        for seq in sorted(checkpoints):
+            if seq > last:
+                yield chain.checkpoint_line(checkpoints[seq])
+
+    def query(
+        self, tenant: str, flt: AuditFilter, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[ChainEvent], str]:
+        """One page of a tenant's events matching ``flt``, oldest first (AIP-158).
+
+        Returns:
+            ``(events, next_page_token)``; the token is empty on the last page.
+
+        Raises:
+            InvalidArgument: a bad page size or a token from another query.
+            Unavailable: storage is down.
+        """
+        if page_size < 0:
+            raise InvalidArgument(
+                "page_size must not be negative",
+                reason="INVALID_PAGE_SIZE",
+                violations=[FieldViolation("page_size", "must not be negative")],
+            )
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        digest = _filter_digest(tenant, flt)
+        after = _read_token(page_token, digest) if page_token else 0
+        rows = self._store.query(tenant, flt, after_sequence=after, limit=size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        token = _make_token(rows[-1].sequence, digest) if more and rows else ""
+        return rows, token
+
+    # -- retention --------------------------------------------------------------------------
+
+    def sweep(self, now: datetime | None = None, tenants: list[str] | None = None) -> SweepResult:
+        """Remove events past each tenant's retention, keeping a signed anchor.
+
+        The later retention job calls this; it is safe to run on several replicas at once.
+
+        Args:
+            now: The time to measure retention from (default: the clock).
+            tenants: Only these tenants (default: every tenant with an event older than the
+                default retention period).
+
+        Returns:
+            What was pruned, per tenant.
+
+        Raises:
+            Unavailable: storage is down.
+        """
+        now = now or self._clock()
+        result = SweepResult()
+        candidates = (
+            tenants
+            if tenants is not None
+            else self._store.tenants_with_events_before(now - self._retention)
+        )
+        for tenant in candidates:
+            retention = self._retention_for(tenant)
+            point = self._store.prune_point(tenant, now - retention)
+            if point is None:
+                continue
+            sequence, head_hash = point
+            kid, signer = self._keys.checkpoint_signer()
+            anchor = chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, now)
+            deleted = self._store.prune(anchor)
+            result.pruned[tenant] = (sequence, deleted)
+            self.record(
+                AuditEntry(
+                    tenant_id=None if tenant == chain.SERVICE_TENANT else tenant,
+                    actor=SERVICE_ACTOR,
+                    actor_subject="",
+                    action="audit.pruned",
+                    target=f"tenants/{tenant}",
+                    outcome="success",
+                    reason="RETENTION",
+                    attributes={
+                        "through_sequence": str(sequence),
+                        "deleted": str(deleted),
+                        "retention_days": str(retention.days),
+                    },
+                ),
+                durable=True,
+            )
+        return result
+
+
+def _filter_digest(tenant: str, flt: AuditFilter) -> str:
+    text = json.dumps(
+        [
+            tenant,
+            flt.action,
+            flt.actor,
+            flt.target,
+            flt.outcome,
+            flt.start_time.isoformat() if flt.start_time else "",
+            flt.end_time.isoformat() if flt.end_time else "",
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _make_token(after_sequence: int, digest: str) -> str:
+    raw = f"v1.{after_sequence}.{digest}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _bad_token() -> InvalidArgument:
+    return InvalidArgument(
+        "page_token is not valid for this query (it must come from the same query)",
+        reason="INVALID_PAGE_TOKEN",
+        violations=[FieldViolation("page_token", "not from this query")],
+    )
+
+
+def _read_token(token: str, digest: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        version, after, token_digest = raw.split(".")
+        value = int(after)
+    except ValueError:
+        raise _bad_token() from None
+    if version != "v1" or token_digest != digest or value < 0:
+        raise _bad_token()
+    return value

@@ -1,0 +1,82 @@
+"""`zumik-secrets audit verify FILE --keys KEYS_FILE`: check an audit export offline.
+
+FILE is what ExportEvents streamed, one line per message (``zumik-audit-export/1``, see
+:mod:`zumik_secrets.core.audit_chain`); ``-`` reads standard input. KEYS_FILE is the
+ListCheckpointKeys response saved as JSON (``{"keys": [{"kid", "x", "status"}, ...]}``, the
+protobuf JSON form; a bare list of keys is accepted too). The verifier runs the same code as
+the server's VerifyChain: every link, every sequence number and every checkpoint signature.
+
+Exit status: 0 when the export verifies, 1 when it does not (the first failing sequence number
+and why are printed), 2 when a file cannot be read or parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from zumik_secrets.core.audit_chain import verify_export
+from zumik_secrets.core.encoding import b64url_decode
+
+
+def load_keys(path: Path) -> dict[str, bytes]:
+    """Checkpoint public keys by kid from a saved ListCheckpointKeys response.
+
+    Raises:
+        ValueError: unreadable, not JSON, or a key that is not base64url Ed25519.
+    """
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read keys file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError:
+        raise ValueError(f"keys file {path} is not JSON") from None
+    items = data.get("keys", []) if isinstance(data, dict) else data
+    keys: dict[str, bytes] = {}
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("kid"), str):
+            raise ValueError(f"keys file {path}: every key needs a kid and x")
+        try:
+            public = b64url_decode(str(item.get("x", "")))
+        except ValueError:
+            raise ValueError(f"keys file {path}: key {item['kid']} is not base64url") from None
+        if len(public) != 32:
+            raise ValueError(f"keys file {path}: key {item['kid']} is not an Ed25519 key")
+        keys[item["kid"]] = public
+    if not keys:
+        raise ValueError(f"keys file {path} holds no keys")
+    return keys
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Verify an export file; prints OK or the first failure."""
+    keys = load_keys(Path(args.keys))
+    if args.file == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read export {args.file}: {exc.strerror}") from None
+    report = verify_export(lines, keys)
+    if report.ok:
+        print(f"OK: {report.checked_count} events verified, head {report.head_sequence}")
+        return 0
+    failure = report.failure.value if report.failure else "UNKNOWN"
+    print(f"FAILED at sequence {report.first_bad_sequence}: {failure} ({report.detail})")
+    return 1
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``audit`` command group to the CLI's subparsers."""
+    audit = sub.add_parser("audit", help="audit log tools (offline verification of an export)")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    p = audit_sub.add_parser(
+        "verify", help="verify an ExportEvents file offline; exit 0 if it verifies, 1 if not"
+    )
+    p.add_argument("file", help="export file, one JSON line per event or checkpoint (- = stdin)")
+    p.add_argument("--keys", required=True, help="ListCheckpointKeys response saved as JSON")
+    p.set_defaults(func=cmd_audit_verify)

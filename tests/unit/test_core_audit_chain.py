@@ -1,0 +1,239 @@
+"""The audit chain core: canonical form, links, checkpoints, failure classification, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from zumik_secrets.core import audit_chain as ac
+from zumik_secrets.core import primitives
+from zumik_secrets.core.audit_events import (
+    REDACTED,
+    sanitize,
+    validate_appended,
+)
+from zumik_secrets.core.errors import InvalidArgument
+
+T0 = datetime(2025, 1, 31, 12, 0, 0, 123, tzinfo=UTC)
+SEED = bytes(range(32))
+
+
+def _drafts(n: int, tenant: str = "acme") -> list[ac.EventDraft]:
+    return [
+        ac.EventDraft(
+            tenant=tenant,
+            event_id=f"evt_{i:022d}",
+            time=T0 + timedelta(seconds=i),
+            actor="spiffe://zumik.local/svc/billing",
+            actor_subject="",
+            action="billing.invoice_paid",
+            target=f"invoices/{i}",
+            outcome="success",
+            reason="",
+            trace_id="",
+            attributes=(("amount", str(i)), ("currency", "EUR")),
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def _chain(n: int) -> list[ac.ChainEvent]:
+    return ac.extend_chain(0, ac.GENESIS_HASH, _drafts(n))
+
+
+def _keys() -> tuple[primitives.Ed25519Signer, dict[str, bytes]]:
+    signer = primitives.Ed25519Signer(SEED)
+    return signer, {"sk_test": signer.public_raw}
+
+
+def test_canonical_form_is_pinned() -> None:
+    ev = _chain(1)[0]
+    assert ev.canonical() == (
+        b'{"action":"billing.invoice_paid","actor":"spiffe://zumik.local/svc/billing",'
+        b'"attrs":{"amount":"1","currency":"EUR"},"id":"evt_0000000000000000000001",'
+        b'"outcome":"success","reason":"","subject":"","target":"invoices/1","tenant":"acme",'
+        b'"time":"2025-01-31T12:00:01.000123Z","trace":"","v":1}'
+    )
+    assert ev.prev_hash == bytes(32)
+    assert ev.hash == primitives.sha256(bytes(32) + ev.canonical())
+    assert ev.hash.hex() == ac.link(bytes(32), ev.canonical()).hex()
+
+
+def test_unicode_is_utf8_not_escaped() -> None:
+    d = dataclasses.replace(_drafts(1)[0], target="Zürich ✓")
+    ev = ac.extend_chain(0, ac.GENESIS_HASH, [d])[0]
+    assert "Zürich ✓".encode() in ev.canonical()
+
+
+def test_intact_chain_verifies() -> None:
+    events = _chain(50)
+    signer, keys = _keys()
+    cp = ac.sign_checkpoint(signer, "sk_test", "acme", 50, events[-1].hash, T0)
+    report = ac.verify_chain(events, tenant="acme", checkpoints=[cp], keys=keys, head_sequence=50)
+    assert report.ok, report
+    assert report.checked_count == 50
+    assert report.head_sequence == 50
+
+
+def _shift(events: list[ac.ChainEvent]) -> list[ac.ChainEvent]:
+    return [dataclasses.replace(e, sequence=e.sequence + 1) for e in events]
+
+
+def _tampered(kind: str) -> tuple[list[ac.ChainEvent], int, ac.ChainFailure]:
+    events = _chain(20)
+    if kind == "edit":
+        events[6] = dataclasses.replace(events[6], target="invoices/999")
+        return events, 7, ac.ChainFailure.EDITED
+    if kind == "delete":
+        del events[9]
+        return events, 10, ac.ChainFailure.DELETED
+    if kind == "delete_renumbered":
+        del events[9]
+        events[9:] = [dataclasses.replace(e, sequence=e.sequence - 1) for e in events[9:]]
+        return events, 10, ac.ChainFailure.DELETED
+    if kind == "swap":
+        a, b = events[4], events[5]
+        events[4] = dataclasses.replace(b, sequence=5)
+        events[5] = dataclasses.replace(a, sequence=6)
+        return events, 5, ac.ChainFailure.REORDERED
+    if kind == "swap_lines":
+        events[4], events[5] = events[5], events[4]
+        return events, 5, ac.ChainFailure.REORDERED
+    if kind == "insert":
+        fake = dataclasses.replace(events[3], event_id="evt_fake", sequence=5, hash=bytes(32))
+        events = [*events[:4], fake, *_shift(events[4:])]
+        return events, 5, ac.ChainFailure.INSERTED
+    if kind == "insert_forged":
+        d = dataclasses.replace(_drafts(1)[0], event_id="evt_forged")
+        fake = ac.extend_chain(4, events[3].hash, [d])[0]
+        events = [*events[:4], fake, *_shift(events[4:])]
+        return events, 5, ac.ChainFailure.INSERTED
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["edit", "delete", "delete_renumbered", "swap", "swap_lines", "insert", "insert_forged"]
+)
+def test_tampering_is_located(kind: str) -> None:
+    events, first_bad, failure = _tampered(kind)
+    report = ac.verify_chain(events, tenant="acme")
+    assert not report.ok
+    assert (report.first_bad_sequence, report.failure) == (first_bad, failure)
+
+
+def test_truncated_tail_after_checkpoint() -> None:
+    events = _chain(20)
+    signer, keys = _keys()
+    cp = ac.sign_checkpoint(signer, "sk_test", "acme", 15, events[14].hash, T0)
+    report = ac.verify_chain(events[:12], tenant="acme", checkpoints=[cp], keys=keys)
+    assert (report.ok, report.first_bad_sequence, report.failure) == (
+        False,
+        13,
+        ac.ChainFailure.CHECKPOINT_MISMATCH,
+    )
+
+
+def test_rewritten_chain_fails_at_the_checkpoint() -> None:
+    events = _chain(10)
+    signer, keys = _keys()
+    cp = ac.sign_checkpoint(signer, "sk_test", "acme", 8, events[7].hash, T0)
+    drafts = _drafts(10)
+    drafts[2] = dataclasses.replace(drafts[2], target="rewritten")
+    rewritten = ac.extend_chain(0, ac.GENESIS_HASH, drafts)  # consistent, but not what was signed
+    report = ac.verify_chain(rewritten, tenant="acme", checkpoints=[cp], keys=keys)
+    assert (report.first_bad_sequence, report.failure) == (8, ac.ChainFailure.CHECKPOINT_MISMATCH)
+
+
+def test_forged_or_unknown_checkpoint_fails() -> None:
+    events = _chain(5)
+    signer, keys = _keys()
+    cp = ac.sign_checkpoint(signer, "sk_test", "acme", 5, events[-1].hash, T0)
+    forged = dataclasses.replace(cp, signature=bytes(64))
+    unknown = dataclasses.replace(cp, kid="sk_other")
+    for bad in (forged, unknown):
+        report = ac.verify_chain(events, tenant="acme", checkpoints=[bad], keys=keys)
+        assert report.failure is ac.ChainFailure.CHECKPOINT_MISMATCH
+
+
+def test_pruned_chain_verifies_from_its_signed_anchor() -> None:
+    events = _chain(30)
+    signer, keys = _keys()
+    anchor = ac.sign_checkpoint(signer, "sk_test", "acme", 10, events[9].hash, T0)
+    assert ac.verify_chain(events[10:], tenant="acme", checkpoints=[anchor], keys=keys).ok
+    # Without the anchor the missing start is a deletion.
+    report = ac.verify_chain(events[10:], tenant="acme", keys=keys)
+    assert (report.first_bad_sequence, report.failure) == (1, ac.ChainFailure.DELETED)
+
+
+def test_export_round_trip_and_offline_verification() -> None:
+    events = _chain(12)
+    signer, keys = _keys()
+    cps = [
+        ac.sign_checkpoint(signer, "sk_test", "acme", 6, events[5].hash, T0),
+        ac.sign_checkpoint(signer, "sk_test", "acme", 12, events[11].hash, T0),
+    ]
+    lines = [ac.event_line(e) for e in events[:6]] + [ac.checkpoint_line(cps[0])]
+    lines += [ac.event_line(e) for e in events[6:]] + [ac.checkpoint_line(cps[1])]
+    parsed = ac.parse_export(lines)
+    assert parsed.events == events
+    assert parsed.checkpoints == cps
+    assert ac.verify_export(lines, keys).ok
+    edited = json.loads(lines[3])
+    edited["attrs"]["amount"] = "1000000"
+    lines[3] = json.dumps(edited)
+    report = ac.verify_export(lines, keys)
+    assert (report.first_bad_sequence, report.failure) == (4, ac.ChainFailure.EDITED)
+
+
+def test_export_resumed_mid_chain() -> None:
+    events = _chain(10)
+    _, keys = _keys()
+    lines = [ac.resume_line("acme", 4, events[3].hash)] + [ac.event_line(e) for e in events[4:]]
+    assert ac.verify_export(lines, keys).ok
+
+
+def test_malformed_export_line_is_named() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        ac.parse_export(['{"type": "event", "tenant": "acme"}'])
+    assert info.value.reason == "INVALID_EXPORT"
+
+
+# -- AppendEvent schema -------------------------------------------------------------------------
+
+_SECRET = "zs_" + "A1b2C3d4" * 6
+
+
+@pytest.mark.parametrize(
+    ("target", "reason", "attrs", "expect"),
+    [
+        ("t", "", {"a": _SECRET}, "SECRET_IN_EVENT"),
+        (_SECRET, "", {}, "SECRET_IN_EVENT"),
+        ("t", "", {"pem": "-----BEGIN EC PRIVATE KEY-----"}, "SECRET_IN_EVENT"),
+        ("t", "", {"k": "x" * 257}, "INVALID_EVENT"),
+        ("t", "", {"Bad": "x"}, "INVALID_EVENT"),
+        ("t", "", {f"k{i}": "x" for i in range(17)}, "INVALID_EVENT"),
+        ("t" * 257, "", {}, "INVALID_EVENT"),
+        ("t", "lower", {}, "INVALID_EVENT"),
+    ],
+)
+def test_append_validation(target: str, reason: str, attrs: dict[str, str], expect: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_appended("billing.plan_changed", target, reason, attrs)
+    assert info.value.reason == expect
+    assert _SECRET not in str(info.value) and _SECRET not in repr(info.value.metadata)
+
+
+def test_append_allow_list() -> None:
+    validate_appended("billing.plan_changed", "tenants/acme", "UPGRADE", {"plan": "pro"})
+    with pytest.raises(InvalidArgument):
+        validate_appended("api_key.create", "x", "", {})
+
+
+def test_service_events_are_sanitized_not_refused() -> None:
+    target, reason, attrs = sanitize(f"tenants/{_SECRET}", "CLAIM_EXPIRED", {"method": _SECRET})
+    assert target == REDACTED
+    assert reason == "CLAIM_EXPIRED"
+    assert attrs == {"method": REDACTED, "redacted": "target,method"}
