@@ -1,0 +1,214 @@
+"""OpenBao / Vault Transit as a :class:`~zumik_secrets.app.key_wrappers.KeyWrapper`.
+
+Only the standard library: ``http.client`` over TLS with an ``ssl`` context that trusts the
+configured CA (or the system roots), one connection per call, strict timeouts, no proxies and no
+redirects. The token travels only in the ``X-Vault-Token`` header and never appears in an error,
+a log line or ``repr``.
+
+Calls: ``POST /v1/{mount}/encrypt/{key}`` and ``/decrypt/{key}`` with base64 ``plaintext`` and
+``associated_data`` (Transit's AEAD keys, such as the default ``aes256-gcm96``, authenticate it;
+no derivation ``context`` is needed). The wrapped blob is Transit's ``vault:v<n>:...`` text.
+
+Answers map to our errors: 400 with an authentication failure -> ``DecryptionFailed`` (the blob
+or associated data was altered); any other 400, 403 or 404 -> ``FailedPrecondition``
+``CUSTOMER_KEY_UNAVAILABLE`` (key disabled, deleted, or permission revoked); connection
+failures, timeouts, 429 and 5xx -> ``Unavailable`` ``CUSTOMER_KEY_UNREACHABLE``.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import re
+import ssl
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from zumik_secrets.app.key_wrappers import (
+    KIND_CUSTOMER,
+    customer_key_unavailable,
+    customer_key_unreachable,
+)
+from zumik_secrets.core.errors import DecryptionFailed, FieldViolation, InvalidArgument
+
+MAX_RESPONSE_BYTES = 1 << 20
+_MOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}){0,3}")
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
+
+
+def _bad(field: str, problem: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{field} {problem}",
+        reason="INVALID_CUSTOMER_KEY",
+        metadata={"field": field},
+        violations=[FieldViolation(field, problem)],
+    )
+
+
+class OpenBaoTransit:
+    """One Transit key reached with one token.
+
+    Args:
+        address: ``https://host[:port]`` (no path).
+        mount: Transit mount path (``transit``).
+        key_name: Transit key name.
+        token: Token with encrypt and decrypt permission on the key.
+        ca_certificate_pem: PEM CA(s) to trust for ``address``; "" for the system roots.
+        timeout: Seconds for connecting and for each read.
+        allow_http: Accept ``http://`` (tests on loopback only; never in production).
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_CUSTOMER_KEY`` naming the bad field.
+    """
+
+    kind = KIND_CUSTOMER
+
+    def __init__(
+        self,
+        address: str,
+        mount: str,
+        key_name: str,
+        token: str,
+        ca_certificate_pem: str = "",
+        *,
+        timeout: float = 5.0,
+        allow_http: bool = False,
+    ) -> None:
+        parts = urlsplit(address) if isinstance(address, str) and len(address) <= 512 else None
+        schemes = ("https", "http") if allow_http else ("https",)
+        try:
+            port = parts.port if parts is not None else None
+        except ValueError:
+            parts = None
+            port = None
+        if (
+            parts is None
+            or parts.scheme not in schemes
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username
+            or parts.password
+        ):
+            raise _bad("address", "must look like https://host[:port]")
+        if not _MOUNT_RE.fullmatch(mount):
+            raise _bad("mount", "must be a Transit mount path such as transit")
+        if not _KEY_RE.fullmatch(key_name):
+            raise _bad("key_name", "must be 1 to 128 letters, digits, '_', '.' or '-'")
+        if not _TOKEN_RE.fullmatch(token):
+            raise _bad("token", "must be 1 to 1024 printable ASCII characters")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = port
+        self._mount = mount
+        self._key = key_name
+        self._token = token
+        self._timeout = timeout
+        self._context: ssl.SSLContext | None = None
+        if self._https:
+            try:
+                if ca_certificate_pem:
+                    self._context = ssl.create_default_context(cadata=ca_certificate_pem)
+                else:
+                    self._context = ssl.create_default_context()
+            except (ssl.SSLError, ValueError):
+                raise _bad("ca_certificate_pem", "is not a PEM CA certificate") from None
+            self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def __repr__(self) -> str:
+        scheme = "https" if self._https else "http"
+        return f"OpenBaoTransit({scheme}://{self._host}:{self._port}, {self._mount}/{self._key})"
+
+    def _post(self, operation: str, body: dict[str, str]) -> dict[str, Any]:
+        path = f"/v1/{quote(self._mount)}/{operation}/{quote(self._key, safe='')}"
+        conn: http.client.HTTPConnection
+        if self._https:
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=self._context
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        try:
+            conn.request(
+                "POST",
+                path,
+                body=json.dumps(body).encode(),
+                headers={"X-Vault-Token": self._token, "Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            status = response.status
+            payload = response.read(MAX_RESPONSE_BYTES + 1)
+        except (OSError, http.client.HTTPException):
+            # Refused, reset, DNS, TLS verification and timeouts all land here.
+            raise customer_key_unreachable() from None
+        finally:
+            conn.close()
+        if len(payload) > MAX_RESPONSE_BYTES:
+            raise customer_key_unreachable()
+        try:
+            doc = json.loads(payload) if payload else {}
+        except ValueError:
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        if status == 200:
+            data = doc.get("data")
+            if not isinstance(data, dict):
+                raise customer_key_unreachable()
+            return data
+        if status in (400, 403, 404):
+            problems = doc.get("errors")
+            text = " ".join(str(p) for p in problems) if isinstance(problems, list) else ""
+            if status == 400 and "authentication failed" in text:
+                raise DecryptionFailed()
+            raise customer_key_unavailable()
+        raise customer_key_unreachable()
+
+    def wrap(self, plaintext_key: bytes, associated_data: bytes, /) -> bytes:
+        """Encrypt with the Transit key.
+
+        Raises:
+            FailedPrecondition: Reason ``CUSTOMER_KEY_UNAVAILABLE``.
+            Unavailable: Reason ``CUSTOMER_KEY_UNREACHABLE``.
+        """
+        data = self._post(
+            "encrypt",
+            {
+                "plaintext": base64.b64encode(plaintext_key).decode(),
+                "associated_data": base64.b64encode(associated_data).decode(),
+            },
+        )
+        ciphertext = data.get("ciphertext")
+        if not isinstance(ciphertext, str) or not ciphertext.startswith("vault:"):
+            raise customer_key_unreachable()
+        return ciphertext.encode("ascii")
+
+    def unwrap(self, blob: bytes, associated_data: bytes, /) -> bytes:
+        """Decrypt with the Transit key.
+
+        Raises:
+            DecryptionFailed: The blob or associated data does not authenticate.
+            FailedPrecondition: Reason ``CUSTOMER_KEY_UNAVAILABLE``.
+            Unavailable: Reason ``CUSTOMER_KEY_UNREACHABLE``.
+        """
+        try:
+            ciphertext = blob.decode("ascii")
+        except UnicodeDecodeError:
+            raise DecryptionFailed() from None
+        data = self._post(
+            "decrypt",
+            {
+                "ciphertext": ciphertext,
+                "associated_data": base64.b64encode(associated_data).decode(),
+            },
+        )
+        plaintext = data.get("plaintext")
+        if not isinstance(plaintext, str):
+            raise customer_key_unreachable()
+        try:
+            return base64.b64decode(plaintext, validate=True)
+        except ValueError:
+            raise customer_key_unreachable() from None
