@@ -1,0 +1,367 @@
+"""`python -m bench`: run the scenarios, the OpenBao peer run, scale and architecture runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.harness import (
+    REPO,
+    BenchEnv,
+    ServerGroup,
+    create_scratch_db,
+    drop_scratch_db,
+    proc_cpu_seconds,
+    proc_rss_bytes,
+)
+from bench.loadgen import Generators
+from bench.runner import Result, RunSpec, measure
+from bench.scenarios import BY_NAME, SCENARIOS, Ctx, NotServed, SetupFailed
+
+RESULTS = REPO / "bench" / "results"
+LATEST_PNG = REPO / "bench" / "latest.png"
+
+
+@dataclass
+class Settings:
+    """The knobs of one invocation."""
+
+    quick: bool
+    scenarios: list[str]
+    concurrency: list[int]
+    warmup: float
+    duration: float
+    backend: str
+    generators: int
+    generator: str
+    channels: int
+    server_procs: int
+    peer: bool
+    scale: bool
+    scale_rows: int
+    arch: bool
+    profile: bool
+    server_env: dict[str, str] = field(default_factory=dict)
+
+
+class Progress:
+    """A one-line progress indicator on stderr."""
+
+    def __init__(self, total: int) -> None:
+        """Start counting ``total`` steps."""
+        self.total = max(1, total)
+        self.done = 0
+        self.started = time.monotonic()
+
+    def step(self, text: str) -> None:
+        """Show the step about to run."""
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        line = f"[{self.done:>3}/{self.total}] {elapsed:6.0f}s  {text}"
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        """Finish the line."""
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+
+def _parse_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="short runs, no scale/arch/profile")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help=f"scenario(s) to run (repeat or comma-separate): {', '.join(BY_NAME)}",
+    )
+    p.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
+    p.add_argument("--duration", type=float, help="measured seconds per run (5; quick 1.5)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up per run (2; quick 0.5)")
+    p.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument("--generators", type=int, default=1, help="load-generator processes (1)")
+    p.add_argument(
+        "--generator", choices=("aio", "threads"), default="aio", help="client kind (aio)"
+    )
+    p.add_argument("--channels", type=int, default=4, help="channels per generator (4)")
+    p.add_argument("--server-procs", type=int, default=1, help="server processes (1)")
+    p.add_argument("--no-peer", dest="peer", action="store_false", help="skip OpenBao")
+    p.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--scale-rows", type=int, default=1_000_000)
+    p.add_argument("--arch", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra ZUMIK_* setting for the servers (repeatable)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Resolve defaults that depend on --quick."""
+    names: list[str] = []
+    for item in args.scenario:
+        names.extend(x.strip() for x in item.split(",") if x.strip())
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}")
+    selected = bool(names)
+    if not names:
+        names = [s.name for s in SCENARIOS]
+    if "empty" not in names:
+        names.insert(0, "empty")  # the ceiling every ratio is taken against
+    full = not args.quick and not selected
+    return Settings(
+        quick=args.quick,
+        scenarios=names,
+        concurrency=_parse_list(args.concurrency),
+        warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0),
+        duration=args.duration if args.duration is not None else (1.5 if args.quick else 5.0),
+        backend=args.backend,
+        generators=args.generators,
+        generator=args.generator,
+        channels=args.channels,
+        server_procs=args.server_procs,
+        peer=args.peer,
+        scale=full if args.scale is None else args.scale,
+        scale_rows=args.scale_rows,
+        arch=full if args.arch is None else args.arch,
+        profile=full if args.profile is None else args.profile,
+        server_env=dict(item.split("=", 1) for item in args.server_env),
+    )
+
+
+def plan_text(s: Settings) -> str:
+    """What the invocation will do, with a rough duration."""
+    runs = len(s.scenarios) * len(s.concurrency)
+    peer_runs = 5 * len(s.concurrency) if s.peer else 0
+    per = s.warmup + s.duration + 0.6
+    est = (runs + peer_runs) * per + 15
+    lines = [
+        f"scenarios: {', '.join(s.scenarios)}",
+        f"concurrency: {s.concurrency}; warm-up {s.warmup}s, measured {s.duration}s per run",
+        f"backend: {s.backend}; server processes: {s.server_procs}; "
+        f"generators: {s.generators} x {s.generator} ({s.channels} channels each)",
+        f"OpenBao peer: {'yes' if s.peer else 'no'}; scale: "
+        f"{f'yes ({s.scale_rows:,} rows, PostgreSQL)' if s.scale else 'no'}; "
+        f"architecture comparison: {'yes' if s.arch else 'no'}; "
+        f"profile: {'yes' if s.profile else 'no'}",
+        f"estimated time for scenarios + peer: about {est / 60:.1f} min",
+    ]
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, memory, CPU model, Python."""
+    mem = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem / 2**30, 1),
+        "cpu": model,
+        "python": platform.python_version(),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
+def database_url(env: BenchEnv, backend: str, name: str) -> str:
+    """A fresh database of the backend for one server group."""
+    if backend == "postgresql":
+        return create_scratch_db(name)
+    return f"sqlite:///{env.root / name}.db"
+
+
+def run_scenarios(
+    s: Settings,
+    env: BenchEnv,
+    gens: Generators,
+    progress: Progress,
+    results: list[Result],
+    *,
+    group: str = "zumik",
+    server_procs: int | None = None,
+    db_name: str = "zumik_bench",
+) -> None:
+    """Start a server, run every selected scenario at every concurrency, stop it."""
+    url = database_url(env, s.backend, db_name)
+    server = ServerGroup(
+        env, url, processes=server_procs or s.server_procs, extra_env=dict(s.server_env)
+    )
+    try:
+        server.start()
+    except RuntimeError as exc:
+        for name in s.scenarios:
+            for c in s.concurrency:
+                r = Result(group, name, BY_NAME[name].label, c, status=f"failed: {exc}"[:300])
+                results.append(r)
+        return
+    ctx = Ctx(env.channel(server.target), url)
+    empty_rate: dict[int, float] = {}
+    try:
+        for name in s.scenarios:
+            sc = BY_NAME[name]
+            status = ""
+            for c in s.concurrency:
+                progress.step(f"{sc.label} c={c}")
+                row = Result(group, name, sc.label, c)
+                if status:
+                    row.status = status
+                    results.append(row)
+                    continue
+                calls = int(empty_rate.get(c, 5000) * (s.warmup + s.duration) * 1.2) + 500
+                try:
+                    prep = sc.prepare(ctx, min(calls, 80_000))
+                except NotServed:
+                    status = row.status = "not yet served"
+                    results.append(row)
+                    continue
+                except SetupFailed as exc:
+                    status = row.status = f"failed: set-up {exc}"[:300]
+                    results.append(row)
+                    continue
+                server.reset_log()
+                spec = RunSpec(
+                    kind=s.generator,
+                    target=server.target,
+                    tls=env.tls(),
+                    method=prep.method,
+                    requests=prep.requests,
+                    metadata=prep.metadata,
+                    concurrency=c,
+                    warmup=s.warmup,
+                    duration=s.duration,
+                    channels_per_generator=s.channels,
+                    distinct=prep.distinct,
+                    items_per_call=prep.items_per_call,
+                )
+                measure(gens, spec, server.pids, proc_cpu_seconds, proc_rss_bytes, row)
+                logged = server.reset_log()
+                if logged:
+                    row.notes = (row.notes + f"; {logged} server ERROR log lines").lstrip("; ")
+                if name == "empty" and row.status == "ok":
+                    empty_rate[c] = row.throughput
+                results.append(row)
+    finally:
+        ctx.channel.close()
+        server.stop()
+        if s.backend == "postgresql":
+            drop_scratch_db(db_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    s = settings_from(args)
+    print(plan_text(s), flush=True)
+    if args.dry_run:
+        return 0
+    env = BenchEnv.create()
+    print(f"temp dir (PKI, keyring, policy, server logs): {env.root}", flush=True)
+    machine = machine_info()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results: list[Result] = []
+    extra: dict[str, Any] = {}
+    steps = len(s.scenarios) * len(s.concurrency) + (5 * len(s.concurrency) if s.peer else 0)
+    progress = Progress(steps)
+    gens = Generators(s.generators)
+    try:
+        run_scenarios(s, env, gens, progress, results)
+        report.set_empty_ratios(results)
+        if s.peer:
+            from bench.openbao import run_openbao
+
+            extra["openbao"] = run_openbao(s, env, gens, progress, results)
+        progress.end()
+        if s.scale:
+            from bench.scale import run_scale
+
+            extra["scale"] = run_scale(s, env, gens, results)
+        if s.arch:
+            from bench.arch import run_arch
+
+            extra["architecture"] = run_arch(s, env, gens, results)
+        if s.profile:
+            from bench.profiling import run_profile
+
+            extra["profile"] = run_profile(s, env, gens)
+    finally:
+        gens.close()
+        if not args.keep:
+            env.cleanup()
+    peers = report.peer_ratios(results)
+    targets = report.targets(results)
+    main_rows = [r for r in results if r.group in ("zumik", "openbao")]
+    print()
+    print(report.table(main_rows))
+    other = [r for r in results if r.group not in ("zumik", "openbao")]
+    if other:
+        print()
+        print(report.table(other))
+    print("\nours / OpenBao at c=64 (throughput):")
+    for p in peers:
+        ratio = "n/a (" + p.get("note", "") + ")" if p["ratio"] is None else f"{p['ratio']:.2f}x"
+        print(f"  {p['ours']:<12} vs {p['openbao']:<20} {ratio}")
+    print("\ntargets:")
+    print(report.targets_text(targets))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kind = "quick" if s.quick else ("partial" if args.scenario else "full")
+    payload = {
+        "started": started,
+        "kind": kind,
+        "machine": machine,
+        "settings": vars(s),
+        "argv": list(argv) if argv is not None else sys.argv[1:],
+        "results": [r.to_json() for r in results],
+        "peer_ratios": peers,
+        "targets": targets,
+        **extra,
+    }
+    json_path = RESULTS / f"bench-{kind}-{stamp}.json"
+    report.write_json(json_path, payload)
+    report.write_json(RESULTS / f"latest-{kind}.json", payload)
+    (RESULTS / f"latest-{kind}.md").write_text(report.markdown_report(payload))
+    png = RESULTS / f"bench-{kind}-{stamp}.png"
+    title = f"Zumik Secrets bench ({kind}, {started}, {machine['cores']} cores, {s.backend})"
+    if report.write_chart(png, main_rows, title):
+        print(f"\nchart: {png}")
+        if kind == "full":
+            shutil.copyfile(png, LATEST_PNG)
+            print(f"copied to {LATEST_PNG}")
+    print(f"json: {json_path}")
+    return 0

@@ -1,0 +1,288 @@
+"""Scale: VerifyApiKey and Open with 1,000 vs 1,000,000 stored rows on PostgreSQL.
+
+Rows go straight into the real tables of a scratch database migrated by the service itself:
+
+* API keys by ``COPY ... FROM STDIN`` from a generator: each row comes from
+  ``core.api_keys.generate_api_key`` (real salt and hash); only a sample of raw keys is kept to
+  drive the verify load.
+* Sealed secrets by cloning a secret sealed through the real Seal RPC with
+  ``INSERT ... SELECT ... generate_series`` (new ids, same ciphertext: those clones are never
+  opened, they only fill the table and its indexes; the opened ones are real).
+
+Each size is measured on a freshly started server: warm verify (a hot set of 1,000 keys) and Open
+(a hot set of 64 secrets) at c=64, then, at the large size, cold verifies over more distinct keys
+than the key cache holds, so the RSS reported is the server's with the cache at its bound.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from bench.harness import (
+    BenchEnv,
+    ServerGroup,
+    create_scratch_db,
+    drop_scratch_db,
+    pg_available,
+    proc_cpu_seconds,
+    proc_rss_bytes,
+)
+from bench.loadgen import Generators
+from bench.runner import Result, RunSpec, measure
+from bench.scenarios import PROJECT, TENANT, Ctx, NotServed, SetupFailed, _open
+
+if TYPE_CHECKING:
+    from bench.cli import Settings
+
+DB = "zumik_bench_scale"
+SMALL = 1_000
+HOT = 1_000
+KEY_CACHE_BOUND = 100_000  # app/api_keys.py ApiKeyService(cache_entries=...) default
+COLD_SAMPLE = KEY_CACHE_BOUND + 20_000
+
+_KEY_COLS = (
+    "key_id, tenant_id, project_id, display_name, env, masked_prefix, salt, secret_hash, "
+    "scopes, state, created_at"
+)
+
+
+def copy_keys(url: str, count: int, keep: int) -> list[str]:
+    """COPY ``count`` API keys into ``api_keys``; returns the first ``keep`` raw keys."""
+    import psycopg
+
+    from zumik_secrets.core.api_keys import generate_api_key
+
+    now = datetime.now(UTC).isoformat()
+    raws: list[str] = []
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY api_keys ({_KEY_COLS}) FROM STDIN") as cp:
+            buf = io.StringIO()
+            for i in range(count):
+                g = generate_api_key("live")
+                if i < keep:
+                    raws.append(g.raw)
+                buf.write(
+                    f"{g.handle}\t{TENANT}\t{PROJECT}\tscale\t{g.env}\t{g.masked_prefix}\t"
+                    f"\\\\x{g.salt.hex()}\t\\\\x{g.secret_hash.hex()}\t{{secrets.open}}\t"
+                    f"active\t{now}\n"
+                )
+                if i % 10_000 == 9_999:
+                    cp.write(buf.getvalue())
+                    buf = io.StringIO()
+            cp.write(buf.getvalue())
+        conn.commit()
+    return raws
+
+
+def clone_secrets(url: str, template_id: str, count: int) -> None:
+    """Insert ``count`` copies of one sealed secret under new ids (never opened)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name ="
+                " 'sealed_secrets' AND is_identity = 'NO' AND is_generated = 'NEVER'"
+                " ORDER BY ordinal_position"
+            )
+        ]
+        prefix = template_id.split("_", 1)[0] + "_0"
+        select = [
+            "%s || substr(md5(random()::text || g::text), 1, 21)" if c == "secret_id" else c
+            for c in cols
+        ]
+        conn.execute(
+            f"INSERT INTO sealed_secrets ({', '.join(cols)}) SELECT {', '.join(select)} "  # noqa: S608 - column names from the catalog
+            "FROM sealed_secrets, generate_series(1, %s) AS g WHERE secret_id = %s",
+            (prefix, count, template_id),
+        )
+        conn.commit()
+
+
+def _count(url: str, table: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        return int(row[0]) if row else 0
+
+
+def run_scale(
+    s: Settings, env: BenchEnv, gens: Generators, results: list[Result]
+) -> dict[str, Any]:
+    """Measure at 1,000 and at ``s.scale_rows`` rows; rows go to ``results`` (group ``scale``)."""
+    info: dict[str, Any] = {"sizes": [SMALL, s.scale_rows]}
+    if not pg_available():
+        info["status"] = "skipped: PostgreSQL not reachable at 127.0.0.1:5432"
+        for n in (SMALL, s.scale_rows):
+            results.append(
+                Result(
+                    "scale",
+                    "verify_warm",
+                    f"VerifyApiKey warm, {n:,} keys",
+                    64,
+                    status=info["status"],
+                )
+            )
+        return info
+    url = create_scratch_db(DB)
+    timings: dict[str, float] = {}
+    try:
+        from zumik_secrets.storage.factory import open_store
+
+        store = open_store(url)
+        store.migrate()
+        store.close()
+        t = time.monotonic()
+        sample = copy_keys(url, SMALL, HOT)
+        timings["copy_1k_keys_s"] = time.monotonic() - t
+        hot = sample[:HOT]
+        cold: list[str] = []
+        template = ""
+        for size in (SMALL, s.scale_rows):
+            if size != SMALL:
+                print(f"scale: loading {size:,} keys and secrets...", file=sys.stderr, flush=True)
+                t = time.monotonic()
+                cold = copy_keys(url, size - SMALL, COLD_SAMPLE)
+                timings["copy_keys_s"] = time.monotonic() - t
+                if template:
+                    t = time.monotonic()
+                    clone_secrets(url, template, size - _count(url, "sealed_secrets"))
+                    timings["clone_secrets_s"] = time.monotonic() - t
+                info["stored_keys"] = _count(url, "api_keys")
+                info["stored_secrets"] = _count(url, "sealed_secrets")
+            server = ServerGroup(env, url, extra_env=dict(s.server_env))
+            server.start()
+            ctx = Ctx(env.channel(server.target), url)
+            try:
+                template = _measure_size(
+                    s, env, gens, server, ctx, size, hot, cold, results, template
+                )
+            finally:
+                ctx.channel.close()
+                server.stop()
+    finally:
+        drop_scratch_db(DB)
+    info["timings"] = timings
+    info["ratios"] = _ratios(results, SMALL, s.scale_rows)
+    info["status"] = "ok"
+    return info
+
+
+def _run(
+    s: Settings,
+    env: BenchEnv,
+    gens: Generators,
+    server: ServerGroup,
+    row: Result,
+    method: str,
+    reqs: list[bytes],
+    md: tuple[tuple[str, str], ...] = (),
+    distinct: bool = False,
+) -> Result:
+    spec = RunSpec(
+        kind=s.generator,
+        target=server.target,
+        tls=env.tls(),
+        method=method,
+        requests=reqs,
+        metadata=md,
+        concurrency=64,
+        warmup=s.warmup,
+        duration=s.duration,
+        channels_per_generator=s.channels,
+        distinct=distinct,
+    )
+    server.reset_log()
+    return measure(gens, spec, server.pids, proc_cpu_seconds, proc_rss_bytes, row)
+
+
+def _measure_size(
+    s: Settings,
+    env: BenchEnv,
+    gens: Generators,
+    server: ServerGroup,
+    ctx: Ctx,
+    size: int,
+    hot: list[str],
+    cold: list[str],
+    results: list[Result],
+    template: str,
+) -> str:
+    from zumik.secrets.v1 import key_service_pb2
+
+    verify = "/zumik.secrets.v1.KeyService/VerifyApiKey"
+    reqs = [key_service_pb2.VerifyApiKeyRequest(key=k).SerializeToString() for k in hot]
+    row = Result("scale", "verify_warm", f"VerifyApiKey warm, {size:,} keys", 64)
+    results.append(_run(s, env, gens, server, row, verify, reqs))
+    row = Result("scale", "open_1k", f"Open 1 KiB, {size:,} secrets", 64)
+    try:
+        prep = _open(ctx, 0)
+        if not template:
+            from zumik.secrets.v1 import seal_service_pb2
+
+            name = seal_service_pb2.OpenRequest.FromString(prep.requests[0]).name
+            template = name.rsplit("/", 1)[-1]
+            clone_secrets(ctx.database_url, template, SMALL - len(prep.requests))
+        results.append(_run(s, env, gens, server, row, prep.method, prep.requests, prep.metadata))
+    except NotServed:
+        row.status = "not yet served"
+        results.append(row)
+    except SetupFailed as exc:
+        row.status = f"failed: set-up {exc}"[:200]
+        results.append(row)
+    if cold:
+        # Cold verifies over more distinct keys than the cache holds: fills it to its bound.
+        reqs = [key_service_pb2.VerifyApiKeyRequest(key=k).SerializeToString() for k in cold]
+        row = Result("scale", "verify_cold", f"VerifyApiKey cold, {size:,} keys", 64)
+        rate = max(300.0, _last_rate(results, "verify_warm") / 4)
+        spec_duration = min(240.0, len(reqs) / rate)
+        saved = s.duration
+        s.duration = spec_duration
+        try:
+            _run(s, env, gens, server, row, verify, reqs, distinct=True)
+        finally:
+            s.duration = saved
+        row.notes = (row.notes + f"; {row.calls:,} distinct keys in the window").lstrip("; ")
+        results.append(row)
+        time.sleep(1.0)
+        row.server_rss_mb = server.rss_bytes() / 2**20
+    return template
+
+
+def _last_rate(results: list[Result], scenario: str) -> float:
+    for r in reversed(results):
+        if r.group == "scale" and r.scenario == scenario and r.status == "ok":
+            return r.throughput
+    return 1500.0
+
+
+def _ratios(results: list[Result], small: int, large: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for scenario in ("verify_warm", "open_1k"):
+        rows = [
+            r for r in results if r.group == "scale" and r.scenario == scenario and r.status == "ok"
+        ]
+        if len(rows) >= 2 and rows[0].throughput:
+            ratio = rows[-1].throughput / rows[0].throughput
+            out[scenario] = {
+                "small_per_s": rows[0].throughput,
+                "large_per_s": rows[-1].throughput,
+                "ratio": ratio,
+                "flat_within_10pct": abs(1 - ratio) <= 0.10,
+            }
+        else:
+            out[scenario] = {"ratio": None}
+    cold = [
+        r
+        for r in results
+        if r.group == "scale" and r.scenario == "verify_cold" and r.status == "ok"
+    ]
+    if cold:
+        out["rss_mb_with_cache_full"] = cold[-1].server_rss_mb
+    return out
