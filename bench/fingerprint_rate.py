@@ -97,6 +97,7 @@ def serve(workdir: Path) -> None:
         "ZUMIK_POLICY_FILE": str(dev_policy_path()),
         "ZUMIK_MASTER_KEYRING_FILE": str(keyring),
         "ZUMIK_LOG_LEVEL": "WARNING",
+        "ZUMIK_WORKERS": os.environ.get("ZUMIK_WORKERS", "16"),
     }
     config = ServerConfig.load(env)
     runtime = Runtime.open(config)

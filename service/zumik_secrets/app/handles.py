@@ -1,0 +1,140 @@
+"""Opaque public handles: MintHandle and ResolveHandle.
+
+A handle is ``<kind>_`` and 22 base62 characters of 128 random bits from the injected random
+source (the OS CSPRNG in the server), never derived from the reference it stands for, so two
+mints of the same reference give unrelated handles. Handles are unique per tenant: an insert that
+collides (astronomically unlikely with real randomness; forced in tests with a seeded source) is
+retried with a fresh handle a few times, then the call fails UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from zumik_secrets.app.actor import Actor
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.core.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    resource_not_found,
+)
+from zumik_secrets.core.handles import new_handle, validate_kind
+from zumik_secrets.core.names import HandleName, TenantName
+from zumik_secrets.core.primitives import random_bytes
+from zumik_secrets.storage.ports import HandleStore
+from zumik_secrets.storage.records import HandleRecord
+
+_LOG = logging.getLogger("zumik.handles")
+
+MAX_REFERENCE = 256
+MINT_ATTEMPTS = 4
+REASON_HANDLE_COLLISION = "HANDLE_COLLISION"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_reference(reference: str) -> None:
+    """Check a handle's reference: 1 to 256 printable characters.
+
+    Raises:
+        InvalidArgument: reason ``INVALID_REFERENCE`` (the value is never echoed).
+    """
+    if not 1 <= len(reference) <= MAX_REFERENCE or not reference.isprintable():
+        problem = f"must be 1 to {MAX_REFERENCE} printable characters"
+        raise InvalidArgument(
+            f"reference {problem}",
+            reason="INVALID_REFERENCE",
+            metadata={"field": "reference"},
+            violations=[FieldViolation("reference", problem)],
+        )
+
+
+class Handles:
+    """Mint and resolve handles."""
+
+    def __init__(
+        self,
+        store: HandleStore,
+        audit: AuditRecorder,
+        *,
+        rand: Callable[[int], bytes] = random_bytes,
+        clock: Callable[[], datetime] = _now,
+        attempts: int = MINT_ATTEMPTS,
+    ) -> None:
+        """Create the service.
+
+        Args:
+            store: Handle rows.
+            audit: Where mints are recorded (not durably: a mint reveals nothing).
+            rand: Random source for handles (tests inject a seeded one).
+            clock: Current time.
+            attempts: Inserts tried before a collision streak is reported UNAVAILABLE.
+        """
+        self._store = store
+        self._audit = audit
+        self._rand = rand
+        self._clock = clock
+        self._attempts = attempts
+
+    def mint(self, parent: TenantName, kind: str, reference: str, actor: Actor) -> HandleRecord:
+        """Mint a new random handle for ``reference``.
+
+        Raises:
+            InvalidArgument: bad kind (``INVALID_HANDLE``) or reference (``INVALID_REFERENCE``).
+            Unavailable: storage, or ``HANDLE_COLLISION`` after repeated collisions.
+        """
+        validate_kind(kind)
+        check_reference(reference)
+        for _attempt in range(self._attempts):
+            rec = HandleRecord(
+                tenant_id=parent.tenant,
+                handle=new_handle(kind, self._rand),
+                kind=kind,
+                reference=reference,
+                created_at=self._clock(),
+            )
+            try:
+                self._store.insert(rec)
+            except AlreadyExists:
+                _LOG.warning("handle collision; minting another", extra={"kind": kind})
+                continue
+            self._record(actor, rec)
+            return rec
+        raise Unavailable("could not mint a unique handle; retry", reason=REASON_HANDLE_COLLISION)
+
+    def resolve(self, name: HandleName) -> HandleRecord:
+        """The handle named ``name``.
+
+        Raises:
+            NotFound: no such handle for this tenant (identical to another tenant's handle).
+            Unavailable: storage.
+        """
+        rec = self._store.get(name.tenant, name.id)
+        if rec is None:
+            raise resource_not_found(str(name))
+        return rec
+
+    def _record(self, actor: Actor, rec: HandleRecord) -> None:
+        try:
+            self._audit.record(
+                AuditEntry(
+                    tenant_id=rec.tenant_id,
+                    actor=actor.identity,
+                    actor_subject=actor.subject,
+                    action="handle.mint",
+                    target=str(HandleName(rec.tenant_id, rec.handle)),
+                    outcome="success",
+                    reason="OK",
+                    trace_id=actor.trace_id,
+                    attributes={"kind": rec.kind},
+                ),
+                durable=False,
+            )
+        except Exception:  # noqa: BLE001 - a non-durable event never fails the call
+            _LOG.warning("audit of handle.mint failed")
