@@ -1,0 +1,293 @@
+"""PostgreSQL adapter of the purge store (migration 0005): resumable purge jobs and receipts.
+
+Each phase is one transaction that locks the job row (``FOR UPDATE``), does the phase's work and
+advances the job, so a crash at any instant leaves either the whole phase or none of it, and two
+runners of one job serialise on the row. Deleted tuples stay in the heap until VACUUM reclaims
+the space (and in WAL archives and backups): what makes them useless is the shred phase, which
+deletes the wrapped data keys every ciphertext and fingerprint depended on.
+"""
+
+# The scope fragments are module constants, never input: the f-strings cannot inject.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from zumik_secrets.core import errors
+from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.postgres.store import Conn, _Db, _record_changes
+from zumik_secrets.storage.records import PurgeJob, PurgeReceiptRecord, ShreddedKey
+
+Row = tuple[Any, ...]
+_JOB_COLS = (
+    "receipt_id, tenant_id, project_id, phase, destroyed, shredded, audit_retention_s,"
+    " started_at, updated_at"
+)
+_RCP_COLS = "tenant_id, receipt_id, target, statement, kid, signature, audit_sequence, purge_time"
+
+
+def _job(row: Row) -> PurgeJob:
+    return PurgeJob(
+        receipt_id=row[0],
+        tenant_id=row[1],
+        project_id=row[2],
+        phase=row[3],
+        destroyed={str(k): int(v) for k, v in json.loads(row[4]).items()},
+        shredded=tuple(ShreddedKey(p, u, int(v), w) for p, u, v, w in json.loads(row[5])),
+        audit_retention=timedelta(seconds=int(row[6])),
+        started_at=c.utc(row[7]),
+        updated_at=c.utc(row[8]),
+    )
+
+
+def _rcp(row: Row) -> PurgeReceiptRecord:
+    return PurgeReceiptRecord(
+        tenant_id=row[0],
+        receipt_id=row[1],
+        target=row[2],
+        statement=bytes(row[3]),
+        kid=row[4],
+        signature=bytes(row[5]),
+        audit_sequence=int(row[6]),
+        purge_time=c.utc(row[7]),
+    )
+
+
+def _scope(job: PurgeJob) -> tuple[str, list[Any]]:
+    if job.project_id is None:
+        return "tenant_id = %s", [job.tenant_id]
+    return "tenant_id = %s AND project_id = %s", [job.tenant_id, job.project_id]
+
+
+def _shredded_json(keys: tuple[ShreddedKey, ...]) -> str:
+    return json.dumps([[k.project_id, k.purpose, k.version, k.was] for k in keys])
+
+
+def _counts_json(counts: dict[str, int]) -> str:
+    return json.dumps(counts, sort_keys=True)
+
+
+class PgPurgeStore:
+    """:class:`~zumik_secrets.storage.ports.PurgeStore` on PostgreSQL."""
+
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+
+    @staticmethod
+    def _locked_job(conn: Conn, receipt_id: str) -> PurgeJob:
+        row = conn.execute(
+            f"SELECT {_JOB_COLS} FROM purge_jobs WHERE receipt_id = %s FOR UPDATE", (receipt_id,)
+        ).fetchone()
+        if row is None:
+            raise errors.NotFound("purge job not found", reason="PURGE_JOB_NOT_FOUND")
+        return _job(row)
+
+    @staticmethod
+    def _advance(
+        conn: Conn,
+        job: PurgeJob,
+        phase: str,
+        destroyed: dict[str, int],
+        shredded: tuple[ShreddedKey, ...],
+        at: datetime,
+    ) -> PurgeJob:
+        conn.execute(
+            "UPDATE purge_jobs SET phase = %s, destroyed = %s, shredded = %s, updated_at = %s"
+            " WHERE receipt_id = %s",
+            (
+                phase,
+                _counts_json(destroyed),
+                _shredded_json(shredded),
+                c.require_aware(at),
+                job.receipt_id,
+            ),
+        )
+        return PurgeJob(
+            job.receipt_id,
+            job.tenant_id,
+            job.project_id,
+            phase,
+            destroyed,
+            shredded,
+            job.audit_retention,
+            job.started_at,
+            at,
+        )
+
+    def create_job(self, job: PurgeJob) -> PurgeJob:
+        with self._db.conn() as conn:
+            conn.execute(
+                f"INSERT INTO purge_jobs ({_JOB_COLS}, target)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    job.receipt_id,
+                    job.tenant_id,
+                    job.project_id,
+                    job.phase,
+                    _counts_json(job.destroyed),
+                    _shredded_json(job.shredded),
+                    int(job.audit_retention.total_seconds()),
+                    c.require_aware(job.started_at),
+                    c.require_aware(job.updated_at),
+                    job.target,
+                ),
+            )
+        return job
+
+    def open_job(self, target: str) -> PurgeJob | None:
+        row = self._db.one(
+            f"SELECT {_JOB_COLS} FROM purge_jobs WHERE target = %s AND phase <> 'done'", (target,)
+        )
+        return None if row is None else _job(row)
+
+    def get_job(self, receipt_id: str) -> PurgeJob | None:
+        row = self._db.one(
+            f"SELECT {_JOB_COLS} FROM purge_jobs WHERE receipt_id = %s", (receipt_id,)
+        )
+        return None if row is None else _job(row)
+
+    def shred(self, receipt_id: str, at: datetime) -> PurgeJob:
+        with self._db.tx() as conn:
+            job = self._locked_job(conn, receipt_id)
+            if job.phase != "started":
+                return job
+            where, params = _scope(job)
+            rows = conn.execute(
+                f"SELECT project_id, purpose, version, state FROM data_keys WHERE {where}"
+                " ORDER BY project_id, purpose, version FOR UPDATE",
+                params,
+            ).fetchall()
+            conn.execute(
+                "UPDATE data_keys SET state = 'destroyed', wrapped_key = NULL,"
+                f" destroyed_at = coalesce(destroyed_at, %s) WHERE {where}",
+                [c.require_aware(at), *params],
+            )
+            shredded = tuple(ShreddedKey(r[0], r[1], int(r[2]), r[3]) for r in rows)
+            customer = 0
+            if job.project_id is None:
+                customer = conn.execute(
+                    "DELETE FROM customer_keys WHERE tenant_id = %s", (job.tenant_id,)
+                ).rowcount
+            conn.execute(f"DELETE FROM fingerprint_key_schedule WHERE {where}", params)
+            destroyed = dict(job.destroyed)
+            destroyed["customer_keys"] = customer
+            advanced = self._advance(conn, job, "shredded", destroyed, shredded, at)
+            triples = sorted({f"{job.tenant_id}/{k.project_id}/{k.purpose}" for k in shredded})
+            _record_changes(conn, "data_key", triples)
+            if customer:
+                _record_changes(conn, "customer_key", [job.tenant_id])
+            return advanced
+
+    def delete_rows(self, receipt_id: str, at: datetime) -> PurgeJob:
+        with self._db.tx() as conn:
+            job = self._locked_job(conn, receipt_id)
+            if job.phase != "shredded":
+                return job
+            where, params = _scope(job)
+            # Versions created after the shred phase (a racing first use) lose their key here.
+            late = conn.execute(
+                f"SELECT project_id, purpose, version, state FROM data_keys WHERE {where}"
+                " AND state <> 'destroyed' ORDER BY project_id, purpose, version",
+                params,
+            ).fetchall()
+            shredded = job.shredded + tuple(ShreddedKey(r[0], r[1], int(r[2]), r[3]) for r in late)
+            key_ids = [
+                str(r[0])
+                for r in conn.execute(
+                    f"DELETE FROM api_keys WHERE {where} RETURNING key_id", params
+                ).fetchall()
+            ]
+            session_ids = [
+                str(r[0])
+                for r in conn.execute(
+                    f"DELETE FROM sessions WHERE {where} RETURNING session_id", params
+                ).fetchall()
+            ]
+            secrets = conn.execute(f"DELETE FROM sealed_secrets WHERE {where}", params).rowcount
+            conn.execute(f"DELETE FROM data_keys WHERE {where}", params)
+            conn.execute(f"DELETE FROM fingerprint_key_schedule WHERE {where}", params)
+            handles = settings = customer = 0
+            if job.project_id is None:
+                handles = conn.execute(
+                    "DELETE FROM handles WHERE tenant_id = %s", (job.tenant_id,)
+                ).rowcount
+                settings = conn.execute(
+                    "DELETE FROM tenant_settings WHERE tenant_id = %s", (job.tenant_id,)
+                ).rowcount
+                customer = conn.execute(
+                    "DELETE FROM customer_keys WHERE tenant_id = %s", (job.tenant_id,)
+                ).rowcount
+            destroyed = dict(job.destroyed)
+            destroyed.update(
+                api_keys=len(key_ids),
+                sessions=len(session_ids),
+                secrets=secrets,
+                handles=handles,
+                tenant_settings=settings,
+            )
+            advanced = self._advance(conn, job, "deleted", destroyed, shredded, at)
+            # Change records last: the advisory lock they take must follow every row lock.
+            _record_changes(conn, "api_key", sorted(key_ids))
+            _record_changes(conn, "session", sorted(session_ids))
+            if late:
+                triples = sorted({f"{job.tenant_id}/{r[0]}/{r[1]}" for r in late})
+                _record_changes(conn, "data_key", triples)
+            if customer:
+                _record_changes(conn, "customer_key", [job.tenant_id])
+            if settings:
+                _record_changes(conn, "tenant_settings", [job.tenant_id])
+            return advanced
+
+    def finish(self, receipt_id: str, receipt: PurgeReceiptRecord, at: datetime) -> PurgeJob:
+        with self._db.tx() as conn:
+            job = self._locked_job(conn, receipt_id)
+            if job.phase == "done":
+                return job
+            conn.execute(
+                f"INSERT INTO purge_receipts ({_RCP_COLS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (tenant_id, receipt_id) DO NOTHING",
+                (
+                    receipt.tenant_id,
+                    receipt.receipt_id,
+                    receipt.target,
+                    receipt.statement,
+                    receipt.kid,
+                    receipt.signature,
+                    receipt.audit_sequence,
+                    c.require_aware(receipt.purge_time),
+                ),
+            )
+            return self._advance(conn, job, "done", job.destroyed, job.shredded, at)
+
+    def scrub(self) -> None:
+        """Nothing to do here: see the module docstring for what remains and why it is inert."""
+
+    def scope_has_data(self, tenant_id: str, project_id: str | None) -> bool:
+        tables = ["api_keys", "sessions", "sealed_secrets", "data_keys", "fingerprint_key_schedule"]
+        if project_id is None:
+            where, params = "tenant_id = %s", [tenant_id]
+            tables += ["handles", "tenant_settings", "customer_keys"]
+        else:
+            where, params = "tenant_id = %s AND project_id = %s", [tenant_id, project_id]
+        query = " OR ".join(f"EXISTS (SELECT 1 FROM {t} WHERE {where})" for t in tables)
+        row = self._db.one(f"SELECT {query}", params * len(tables))
+        return bool(row and row[0])
+
+    def get_receipt(self, tenant_id: str, receipt_id: str) -> PurgeReceiptRecord | None:
+        row = self._db.one(
+            f"SELECT {_RCP_COLS} FROM purge_receipts WHERE tenant_id = %s AND receipt_id = %s",
+            (tenant_id, receipt_id),
+        )
+        return None if row is None else _rcp(row)
+
+    def latest_receipt(self, target: str) -> PurgeReceiptRecord | None:
+        row = self._db.one(
+            f"SELECT {_RCP_COLS} FROM purge_receipts WHERE target = %s"
+            " ORDER BY purge_time DESC, receipt_id DESC LIMIT 1",
+            (target,),
+        )
+        return None if row is None else _rcp(row)

@@ -1,0 +1,206 @@
+"""Purge jobs and receipts, and the per-tenant retention deletes, on both backends."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.storage.data import T0, api_key, at, handle, session
+from zumik_secrets.core.errors import AlreadyExists
+from zumik_secrets.storage.records import (
+    DataKeyRecord,
+    HandleRecord,
+    PurgeJob,
+    PurgeReceiptRecord,
+    SealedSecretRecord,
+    TenantSettings,
+)
+
+
+def _data_key(tenant: str, project: str, purpose: str = "seal") -> DataKeyRecord:
+    return DataKeyRecord(
+        tenant, project, purpose, 1, "primary", secrets.token_bytes(60), "keyring", T0, None
+    )
+
+
+def _secret(tenant: str, project: str) -> SealedSecretRecord:
+    return SealedSecretRecord(
+        secret_id=handle("sec"),
+        tenant_id=tenant,
+        project_id=project,
+        display_name="s",
+        metadata={},
+        version=1,
+        data_key_version=1,
+        size_bytes=3,
+        ciphertext=secrets.token_bytes(40),
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def _fill(store, tenant: str) -> None:  # type: ignore[no-untyped-def]
+    for project in ("p1", "p2"):
+        store.api_keys.insert(api_key(tenant, project))
+        store.sessions.insert(session(tenant, project))
+        store.sealed_secrets.insert(_secret(tenant, project))
+        store.data_keys.insert_first(_data_key(tenant, project))
+        store.data_keys.insert_first(_data_key(tenant, project, "fingerprint"))
+    store.data_keys.rotate(tenant, "p1", "seal", lambda v: (secrets.token_bytes(60), "keyring"), T0)
+    store.handles.insert(HandleRecord(tenant, handle("usr"), "usr", "users/1", T0))
+    store.tenants.put(TenantSettings(tenant, "default", T0, audit_retention=timedelta(days=9)))
+
+
+def _job(tenant: str, project: str | None = None) -> PurgeJob:
+    return PurgeJob(
+        receipt_id=handle("rcp"),
+        tenant_id=tenant,
+        project_id=project,
+        phase="started",
+        destroyed={},
+        shredded=(),
+        audit_retention=timedelta(days=9),
+        started_at=T0,
+        updated_at=T0,
+    )
+
+
+def _receipt(job: PurgeJob) -> PurgeReceiptRecord:
+    return PurgeReceiptRecord(
+        job.tenant_id, job.receipt_id, job.target, b'{"x":1}', "kid", b"s" * 64, 7, at(10)
+    )
+
+
+def test_tenant_purge_phases_are_atomic_idempotent_and_scoped(store) -> None:  # type: ignore[no-untyped-def]
+    _fill(store, "acme")
+    _fill(store, "other")
+    job = store.purges.create_job(_job("acme"))
+    with pytest.raises(AlreadyExists):
+        store.purges.create_job(_job("acme"))  # one unfinished purge per target
+    assert store.purges.open_job("tenants/acme") == job
+    seq = store.changes.latest_seq()
+
+    shredded = store.purges.shred(job.receipt_id, at(1))
+    assert shredded.phase == "shredded"
+    assert [(k.project_id, k.purpose, k.version, k.was) for k in shredded.shredded] == [
+        ("p1", "fingerprint", 1, "primary"),
+        ("p1", "seal", 1, "enabled"),
+        ("p1", "seal", 2, "primary"),
+        ("p2", "fingerprint", 1, "primary"),
+        ("p2", "seal", 1, "primary"),
+    ]
+    assert store.data_keys.list_tenant("acme") == []  # no version keeps its key material
+    assert store.data_keys.get("acme", "p1", "seal", 2).wrapped_key is None
+    assert store.api_keys.list("acme", "p1", page_size=10, after_seq=0, include_revoked=True)
+    kinds = {(r.kind, r.entity_id) for r in store.changes.since(seq)}
+    assert ("data_key", "acme/p1/seal") in kinds and ("data_key", "acme/p2/fingerprint") in kinds
+    assert store.purges.shred(job.receipt_id, at(2)) == shredded  # a phase never runs twice
+
+    deleted = store.purges.delete_rows(job.receipt_id, at(3))
+    assert deleted.phase == "deleted"
+    assert deleted.destroyed == {
+        "api_keys": 2,
+        "sessions": 2,
+        "secrets": 2,
+        "handles": 1,
+        "tenant_settings": 1,
+        "customer_keys": 0,
+    }
+    assert not store.purges.scope_has_data("acme", None)
+    assert store.tenants.get("acme") is None
+    assert store.data_keys.get("acme", "p1", "seal", 1) is None
+    kinds = {r.kind for r in store.changes.since(seq)}
+    assert {"api_key", "session", "tenant_settings"} <= kinds
+    assert store.purges.delete_rows(job.receipt_id, at(4)) == deleted
+    store.purges.scrub()
+
+    done = store.purges.finish(job.receipt_id, _receipt(job), at(5))
+    assert done.phase == "done" and store.purges.open_job("tenants/acme") is None
+    assert store.purges.get_receipt("acme", job.receipt_id) == _receipt(job)
+    assert store.purges.latest_receipt("tenants/acme") == _receipt(job)
+    assert store.purges.get_job(job.receipt_id) == done
+    store.purges.create_job(_job("acme"))  # a finished purge does not block a new one
+
+    # The other tenant is untouched.
+    assert store.purges.scope_has_data("other", None)
+    assert store.data_keys.get("other", "p1", "seal", 2).wrapped_key is not None
+    assert len(store.data_keys.list_tenant("other")) == 5
+    assert store.tenants.get("other").audit_retention == timedelta(days=9)
+
+
+def test_project_purge_keeps_the_other_projects(store) -> None:  # type: ignore[no-untyped-def]
+    _fill(store, "acme")
+    job = store.purges.create_job(_job("acme", "p1"))
+    assert job.target == "tenants/acme/projects/p1"
+    store.purges.shred(job.receipt_id, at(1))
+    deleted = store.purges.delete_rows(job.receipt_id, at(2))
+    assert deleted.destroyed["handles"] == 0 and deleted.destroyed["tenant_settings"] == 0
+    assert not store.purges.scope_has_data("acme", "p1")
+    assert store.purges.scope_has_data("acme", "p2")
+    assert store.data_keys.get("acme", "p2", "seal", 1).wrapped_key is not None
+    assert store.tenants.get("acme") is not None
+
+
+def test_late_data_key_is_destroyed_by_the_delete_phase(store) -> None:  # type: ignore[no-untyped-def]
+    _fill(store, "acme")
+    job = store.purges.create_job(_job("acme", "p2"))
+    store.purges.shred(job.receipt_id, at(1))
+    # A first use racing the purge creates a key after the shred phase.
+    store.data_keys.insert_first(replace(_data_key("acme", "p2", "seal"), version=1))
+    store.purges.delete_rows(job.receipt_id, at(2))
+    assert store.data_keys.get("acme", "p2", "seal", 1) is None
+
+
+def test_retention_settings_round_trip(store) -> None:  # type: ignore[no-untyped-def]
+    settings = TenantSettings(
+        "acme",
+        "rich",
+        T0,
+        audit_retention=timedelta(days=30),
+        revoked_key_retention=timedelta(0),
+        session_absolute_lifetime=timedelta(minutes=5),
+    )
+    store.tenants.put(settings)
+    assert store.tenants.get("acme") == settings
+    store.tenants.put(replace(settings, audit_retention=None, revoked_key_retention=None))
+    assert store.tenants.get("acme").revoked_key_retention is None
+
+
+def test_dead_keys_follow_each_tenants_retention(store) -> None:  # type: ignore[no-untyped-def]
+    store.tenants.put(TenantSettings("strict", "default", T0, revoked_key_retention=timedelta(0)))
+    strict = store.api_keys.insert(api_key("strict"))
+    lax = store.api_keys.insert(api_key("lax"))
+    expired = store.api_keys.insert(api_key("lax", expire=at(5)))
+    alive = store.api_keys.insert(api_key("lax"))
+    store.api_keys.revoke("strict", "web", strict.key_id, at(10))
+    store.api_keys.revoke("lax", "web", lax.key_id, at(10))
+    # At 11 s: strict (retention 0) goes; lax keeps its keys for the default day.
+    assert store.api_keys.delete_dead_keys(at(11), timedelta(days=1)) == 1
+    assert store.api_keys.get_by_id(strict.key_id) is None
+    assert (
+        store.api_keys.delete_dead_keys(
+            at(11) + timedelta(days=1), timedelta(days=1), tenant_id="strict"
+        )
+        == 0
+    )
+    assert store.api_keys.delete_dead_keys(at(11) + timedelta(days=1), timedelta(days=1)) == 2
+    assert store.api_keys.get_by_id(expired.key_id) is None
+    assert store.api_keys.get_by_id(alive.key_id) is not None
+
+
+def test_session_sweep_per_tenant_and_change_feed_prune(store) -> None:  # type: ignore[no-untyped-def]
+    one = store.sessions.insert(session("one", absolute=at(5)))
+    two = store.sessions.insert(session("two", absolute=at(5)))
+    assert store.sessions.delete_expired(at(6), tenant_id="one") == 1
+    assert store.sessions.get("one", "web", one.session_id) is None
+    assert store.sessions.get("two", "web", two.session_id) is not None
+    store.api_keys.revoke("x", "web", "key_none", at(1))
+    rec = store.api_keys.insert(api_key("x"))
+    store.api_keys.revoke("x", "web", rec.key_id, at(1))
+    assert store.changes.since(0)
+    assert store.changes.prune_before(datetime(2000, 1, 1, tzinfo=UTC)) == 0  # recorded now
+    assert store.changes.prune_before(at(10**10)) >= 1
+    assert store.changes.since(0) == []
