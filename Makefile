@@ -22,12 +22,15 @@ endif
 VENV_STAMP = $(VENV)/.zumik-dev.stamp
 BENCH_STAMP = $(VENV)/.zumik-bench.stamp
 NODE_STAMP = node_modules/.zumik.stamp
+DEPLOY_STAMP = $(VENV)/.zumik-deploy.stamp
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP = $(CHECKOV_VENV)/.zumik-checkov.stamp
 LINT_PATHS = $(wildcard service clients tests bench scripts)
 MYPY_PATHS = service clients/python/src/zumik_secrets_client scripts
 GENERATED = clients/python/src
 
 .PHONY: help venv node_modules proto proto-check buf-lint buf-breaking client-check lint fmt \
-	test run bench bench-quick clean distclean
+	test fuzz sbom lock run bench bench-quick clean distclean deploy-tools deploy-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -36,7 +39,7 @@ help: ## List the targets
 
 # The client is installed editable (like the service) so `make proto` takes effect at once;
 # `make client-check` installs it for real into a scratch venv to test the packaging.
-$(VENV_STAMP): pyproject.toml clients/python/pyproject.toml
+$(VENV_STAMP): pyproject.toml clients/python/pyproject.toml requirements/build.lock requirements/dev.lock
 	@if [ -z "$(PYTHON)" ] || \
 	   ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
 	  echo "error: Python 3.11+ is required but PYTHON='$(PYTHON)' is missing or older;" \
@@ -45,9 +48,16 @@ $(VENV_STAMP): pyproject.toml clients/python/pyproject.toml
 	  $(PYTHON) -m venv $(VENV); fi
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "error: $(VENV) runs Python < 3.11; remove it and rerun" >&2; exit 1; }
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ./clients/python
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# Third-party code only from the hashed locks (`make lock` regenerates them); build tools
+	@# first, so that sdists and the local packages build without fetching anything unhashed.
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes \
+	  -r requirements/build.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes \
+	  --no-build-isolation -r requirements/dev.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+	  -e ./clients/python -e '.[dev]'
+	@$(PY) -m pip check >/dev/null || { $(PY) -m pip check; \
+	  echo "error: requirements/*.lock do not satisfy pyproject.toml: run 'make lock'" >&2; exit 1; }
 	@touch $@
 
 venv: $(VENV_STAMP) ## Create/refresh the dev venv (VENV=.venv): client, service, dev tools
@@ -65,6 +75,20 @@ $(NODE_STAMP): package.json package-lock.json
 	@touch $@
 
 node_modules: $(NODE_STAMP) ## Install the pinned Node tools (buf) from package-lock.json
+
+$(DEPLOY_STAMP): $(VENV_STAMP) deploy/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
+	@touch $@
+
+# checkov gets a venv of its own (its pinned dependencies would fight the service's); about a
+# minute to install from scratch.
+$(CHECKOV_STAMP): deploy/requirements-checkov.txt
+	@if [ ! -x $(CHECKOV_VENV)/bin/python ]; then $(PYTHON) -m venv $(CHECKOV_VENV); fi
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -r deploy/requirements-checkov.txt
+	@touch $@
+
+deploy-tools: $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## Install the pinned deployment checkers
 
 # ------------------------------------------------------------------------------ contracts
 
@@ -100,6 +124,10 @@ lint: $(VENV_STAMP) $(NODE_STAMP) ## ruff check + format check, mypy --strict, b
 	echo "+ ruff format --check"; $(PY) -m ruff format --check $(LINT_PATHS) || status=1; \
 	echo "+ mypy --strict"; $(PY) -m mypy --strict $(MYPY_PATHS) || status=1; \
 	echo "+ buf-lint"; $(MAKE) buf-lint || status=1; \
+	echo "+ bandit"; $(PY) -m bandit -q -c pyproject.toml -r service \
+	  clients/python/src/zumik_secrets_client || status=1; \
+	echo "+ insecure-transport check"; \
+	  $(PY) scripts/check_no_insecure_transport.py service clients || status=1; \
 	exit $$status
 
 fmt: $(VENV_STAMP) $(NODE_STAMP) ## Apply ruff format, ruff's safe fixes and buf format
@@ -107,10 +135,38 @@ fmt: $(VENV_STAMP) $(NODE_STAMP) ## Apply ruff format, ruff's safe fixes and buf
 	$(PY) -m ruff check --fix $(LINT_PATHS) || true
 	npx --no-install buf format -w
 
-test: $(VENV_STAMP) $(NODE_STAMP) ## proto-check, lint, then the whole pytest suite
+# tests/integration/test_deploy_check.py runs deploy-check (on deploy/ and on a broken copy).
+test: $(VENV_STAMP) $(NODE_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## proto-check, lint, then the whole pytest suite
 	$(MAKE) proto-check
 	$(MAKE) lint
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# The same fuzz tests `make test` runs with 25 examples per case, with ZUMIK_FUZZ_EXAMPLES (500)
+# random examples each; see tests/security/README.md.
+ZUMIK_FUZZ_EXAMPLES ?= 500
+fuzz: $(VENV_STAMP) ## Long fuzzing run: every RPC and core parser (ZUMIK_FUZZ_EXAMPLES=500 each)
+	ZUMIK_FUZZ_PROFILE=long ZUMIK_FUZZ_EXAMPLES=$(ZUMIK_FUZZ_EXAMPLES) \
+	  $(PY) -m pytest -p no:cacheprovider -m fuzz -q -rA tests/security $(PYTEST_ARGS)
+
+# ------------------------------------------------------------------------------ supply chain
+
+SBOM ?= build/sbom.cdx.json
+sbom: $(VENV_STAMP) ## CycloneDX SBOM of the dev venv (what was installed from the locks) in build/
+	@mkdir -p $(dir $(SBOM))
+	$(VENV)/bin/cyclonedx-py environment --output-reproducible --of JSON -o $(SBOM) $(PY)
+	@echo "sbom: $(SBOM) ($$(grep -c '"bom-ref"' $(SBOM)) components)"
+
+LOCK_FLAGS = --quiet --generate-hashes --python-version 3.11 --universal
+lock: $(VENV_STAMP) ## Regenerate requirements/*.lock (hashed pins) from requirements/*.in
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) requirements/build.in -o requirements/build.lock
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) requirements/dev.in -c requirements/build.lock \
+	  --no-emit-package zumik-secrets --no-emit-package zumik-secrets-client \
+	  -o requirements/dev.lock
+
+# ------------------------------------------------------------------------------ deploy
+
+deploy-check: $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## Build and check deploy/ offline (see deploy/README.md)
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) scripts/deploy_check.py
 
 # ------------------------------------------------------------------------------ run
 
@@ -132,5 +188,5 @@ clean: ## Remove build output and caches (keeps the venv, node_modules and var/)
 	  \( -name __pycache__ -o -name '*.egg-info' -o -name .mypy_cache -o -name .ruff_cache \
 	     -o -name .pytest_cache \) -type d -print0 | xargs -0 rm -rf
 
-distclean: clean ## Also remove the venv and node_modules
-	rm -rf $(VENV) node_modules
+distclean: clean ## Also remove the venvs and node_modules
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules

@@ -31,7 +31,23 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 BACKENDS = ("sqlite", "postgresql")
-_TABLES = ("tenant_settings", "signing_keys", "api_keys", "sessions", "changes")
+_TABLES = (
+    "tenant_settings",
+    "signing_keys",
+    "api_keys",
+    "sessions",
+    "changes",
+    "data_keys",
+    "sealed_secrets",
+    "customer_keys",
+    "audit_events",
+    "audit_heads",
+    "audit_checkpoints",
+    "fingerprint_key_schedule",
+    "handles",
+    "purge_jobs",
+    "purge_receipts",
+)
 _DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

@@ -23,6 +23,7 @@ from zumik.secrets.v1 import (
     tenant_service_pb2_grpc,
 )
 
+from tests import fix_leaks
 from zumik_secrets.cli.dev_pki import CertPair, DevPki
 from zumik_secrets.core.keyring import generate_keyring
 from zumik_secrets.server.config import ServerConfig, dev_policy_path
@@ -80,6 +81,8 @@ class RunningServer:
         creds = channel_credentials(self.pki.ca_cert, pair.cert, pair.key)
         channel = grpc.secure_channel(self.target, creds)
         self._channels.append(channel)
+        # Every request, response and error passes the leak sweep's capture (tests/fix_leaks.py).
+        channel = fix_leaks.capture(channel)
         if claim is not None:
             channel = grpc.intercept_channel(channel, _ClaimInterceptor(claim))
         return channel
@@ -108,6 +111,7 @@ class RunningServer:
         token, _ = self.runtime.claim_keys.signer.mint(
             tenant, project, subject, scopes, int(time.time()), ttl
         )
+        fix_leaks.REGISTRY.add(token, "claim minted by a test")
         return token
 
     def close(self) -> None:
@@ -126,6 +130,7 @@ def zumik_server_factory(dev_pki: DevPki, tmp_path: Path) -> Iterator[ServerFact
     started: list[RunningServer] = []
     keyring_file = tmp_path / "keyring.json"
     keyring_file.write_text(generate_keyring())
+    fix_leaks.REGISTRY.add_keyring(keyring_file.read_text())
 
     def factory(database_url: str | None = None, **overrides: Any) -> RunningServer:
         env = {

@@ -10,7 +10,11 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zumik.secrets.v1 import key_service_pb2, seal_service_pb2, tenant_service_pb2
+from zumik.secrets.v1 import (
+    key_service_pb2,
+    seal_service_pb2,
+    tenant_service_pb2,
+)
 
 from tests.fix_server import RunningServer
 from tests.grpc_errors import error_info, status_bytes
@@ -257,15 +261,18 @@ def test_malformed_resource_names_are_invalid_argument(
     assert error_info(err).reason in {"FIELD_REQUIRED", "INVALID_NAME"}
 
 
-def test_unimplemented_rpcs_say_so_after_authorization(zumik_server: RunningServer) -> None:
+def test_purge_confirmation_is_checked_after_authorization(zumik_server: RunningServer) -> None:
     stubs = zumik_server.stubs("control-plane")
     err = _fails(
-        lambda: stubs.seal.RotateDataKey(
-            seal_service_pb2.RotateDataKeyRequest(parent="tenants/a/projects/p"), timeout=5
+        lambda: stubs.tenants.PurgeProject(
+            tenant_service_pb2.PurgeProjectRequest(
+                name="tenants/a/projects/p", confirm="tenants/a/projects/q"
+            ),
+            timeout=5,
         ),
-        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert error_info(err).reason == "NOT_IMPLEMENTED_YET"
+    assert error_info(err).reason == "CONFIRMATION_MISMATCH"
 
 
 def test_missing_and_foreign_answers_are_byte_identical(zumik_server: RunningServer) -> None:
@@ -301,11 +308,10 @@ def test_telemetry_mode_update_round_trips(zumik_server: RunningServer) -> None:
     assert answer.settings.telemetry_mode == tenant_service_pb2.TELEMETRY_MODE_RICH
     again = _settings_call(zumik_server, "control-plane", "tenants/acme/settings", None)
     assert again.settings.telemetry_mode == tenant_service_pb2.TELEMETRY_MODE_RICH  # type: ignore[attr-defined]
-    request.update_mask.paths[:] = ["audit_retention"]
-    _fails(
-        lambda: stubs.tenants.UpdateTenantSettings(request, timeout=5),
-        grpc.StatusCode.UNIMPLEMENTED,
-    )
+    request.update_mask.paths[:] = ["audit_retention"]  # named but unset: back to the default
+    reset = stubs.tenants.UpdateTenantSettings(request, timeout=5)
+    assert reset.settings.audit_retention.seconds == 400 * 86400
+    assert reset.settings.telemetry_mode == tenant_service_pb2.TELEMETRY_MODE_RICH
     request.update_mask.paths[:] = []
     _fails(
         lambda: stubs.tenants.UpdateTenantSettings(request, timeout=5),

@@ -11,22 +11,22 @@ import pytest
 from google.protobuf import field_mask_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from zumik.secrets.v1 import key_service_pb2, seal_service_pb2, tenant_service_pb2
 
+from tests import fix_leaks
 from tests.fix_server import RunningServer
 from zumik_secrets.server.log_setup import JsonFormatter, RedactionFilter
 
 pytestmark = pytest.mark.integration
 
-_EXPORTER = InMemorySpanExporter()
+# The session-wide provider of the leak sweep (tests/fix_leaks.py) feeds this exporter too: a
+# process has one tracer provider, so both share it.
+_EXPORTER = fix_leaks.TEST_SPAN_EXPORTER
 
 
 def _install_provider() -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    trace.set_tracer_provider(provider)
+    fix_leaks.install_tracer_provider()
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         pytest.skip("another tracer provider was installed first in this process")
 

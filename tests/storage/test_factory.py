@@ -87,5 +87,7 @@ def test_migrations_ship_as_package_data():
 
     for pkg in ("zumik_secrets.storage.sqlite", "zumik_secrets.storage.postgres"):
         migrations = load_migrations(pkg)
-        assert [m.version for m in migrations] == [1]
+        versions = [m.version for m in migrations]
+        assert versions == list(range(1, len(versions) + 1))  # gapless, from 1
+        assert 3 in versions  # data keys and sealed secrets
         assert "CREATE TABLE api_keys" in migrations[0].sql

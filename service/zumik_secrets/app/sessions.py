@@ -139,6 +139,7 @@ class SessionService:
         *,
         idle_timeout: timedelta = DEFAULT_IDLE_TIMEOUT,
         absolute_timeout: timedelta = DEFAULT_ABSOLUTE_TIMEOUT,
+        absolute_timeout_for: Callable[[str], timedelta] | None = None,
         cache_entries: int = 100_000,
         positive_ttl: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -153,6 +154,8 @@ class SessionService:
             guard: Failure rate limiter (charged per identity only: a token has no public id).
             idle_timeout: Default idle timeout of new sessions.
             absolute_timeout: Default absolute lifetime of new sessions.
+            absolute_timeout_for: The default absolute lifetime of a tenant's new sessions
+                (its ``session_absolute_lifetime`` setting); overrides ``absolute_timeout``.
             cache_entries: Bound on cached sessions.
             positive_ttl: Longest a cached session is trusted without a re-read.
             clock: Unix time in seconds.
@@ -164,6 +167,7 @@ class SessionService:
         self._guard = guard
         self._default_idle = idle_timeout
         self._default_absolute = absolute_timeout
+        self._absolute_for = absolute_timeout_for
         self._max = cache_entries
         self._positive_ttl = positive_ttl
         self._clock = clock
@@ -379,8 +383,11 @@ class SessionService:
         subject = validate_user_subject(user_subject)
         granted = validate_scopes(scopes, "scopes", maximum=MAX_SESSION_SCOPES, required=True)
         idle = _timeout(idle_timeout, self._default_idle, MAX_IDLE_TIMEOUT, "idle_timeout")
+        default_absolute = (
+            self._absolute_for(parent.tenant) if self._absolute_for else self._default_absolute
+        )
         absolute = _timeout(
-            absolute_timeout, self._default_absolute, MAX_ABSOLUTE_TIMEOUT, "absolute_timeout"
+            absolute_timeout, default_absolute, MAX_ABSOLUTE_TIMEOUT, "absolute_timeout"
         )
         now = _dt(self._clock())
         raw, token_hash = session_tokens.new_session_token()

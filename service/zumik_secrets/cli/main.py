@@ -1,7 +1,9 @@
 """`zumik-secrets`: the command line of the service.
 
-Commands: serve, migrate, keygen, health, dev-pki, dev-setup. Configuration comes from `ZUMIK_*`
-environment variables (and an optional TOML file named by ZUMIK_CONFIG); `--help` lists them.
+Commands: serve, migrate, keygen, rewrap-data-keys, health, dev-pki, dev-setup, audit verify,
+purge verify-receipt, retention run.
+Configuration comes from `ZUMIK_*` environment variables (and an optional TOML file named by
+ZUMIK_CONFIG); `--help` lists them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from zumik_secrets.cli import audit_verify, lifecycle
 from zumik_secrets.cli.dev_pki import DEFAULT_ROLES, generate_dev_pki
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
@@ -89,6 +92,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write a new master keyring, or add a version to an existing one."""
     path = Path(args.out)
+    if args.retire is not None:
+        ring = MasterKeyring.from_text(path.read_text(encoding="utf-8"))
+        _write_secret_file(path, ring.retire(args.retire), overwrite=True)
+        print(f"{path}: version {args.retire} retired (it only unwraps now)")
+        return 0
     if args.add_version:
         ring = MasterKeyring.from_text(path.read_text(encoding="utf-8"))
         _write_secret_file(path, ring.add_version(), overwrite=True)
@@ -99,6 +107,32 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote master keyring {path} (mode 0600)")
     return 0
+
+
+def cmd_rewrap_data_keys(args: argparse.Namespace) -> int:
+    """Rewrap every keyring-wrapped data key and signing key under the keyring's primary."""
+    from zumik_secrets.app.master_rewrap import rewrap_under_primary
+    from zumik_secrets.storage.factory import open_store, redact_url
+
+    url = args.database_url or os.environ.get("ZUMIK_DATABASE_URL") or DEFAULT_DATABASE_URL
+    keyring_file = args.keyring or os.environ.get("ZUMIK_MASTER_KEYRING_FILE", "")
+    if not keyring_file:
+        raise ValueError("give --keyring or set ZUMIK_MASTER_KEYRING_FILE")
+    ring = MasterKeyring.from_text(Path(keyring_file).read_text(encoding="utf-8"))
+    store = open_store(url)
+    try:
+        store.migrate()
+        report = rewrap_under_primary(store, ring)
+    finally:
+        store.close()
+    print(
+        f"{redact_url(url)}: keyring primary {ring.primary}: rewrapped "
+        f"{report.data_keys_rewrapped} data keys and {report.signing_keys_rewrapped} signing "
+        f"keys; {report.already_current} already current, {report.customer_wrapped} wrapped by "
+        f"customer keys (untouched), {report.raced} changed meanwhile"
+        + (" (run again)" if report.raced else "")
+    )
+    return 1 if report.raced else 0
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -181,7 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add a new primary version to an existing keyring",
     )
+    p.add_argument(
+        "--retire",
+        type=int,
+        metavar="VERSION",
+        help="retire a non-primary version (after rewrap-data-keys): it only unwraps",
+    )
     p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser(
+        "rewrap-data-keys",
+        help="rewrap data keys and signing keys under the keyring's primary version",
+    )
+    p.add_argument("--database-url", help="default: ZUMIK_DATABASE_URL or the embedded SQLite")
+    p.add_argument("--keyring", help="keyring file (default: ZUMIK_MASTER_KEYRING_FILE)")
+    p.set_defaults(func=cmd_rewrap_data_keys)
 
     p = sub.add_parser(
         "health",
@@ -211,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev-setup", help="make var/dev (PKI, keyring) and migrate SQLite")
     p.set_defaults(func=cmd_dev_setup)
+
+    audit_verify.add_parser(sub)
+    lifecycle.add_parsers(sub)
     return parser
 
 

@@ -109,6 +109,180 @@ class ServerConfig:
             "setting": Setting("ZUMIK_AUDIENCE", "claim audience (`aud`) to mint and accept")
         },
     )
+    session_idle_timeout: int = field(
+        default=1800,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_SESSION_IDLE_TIMEOUT",
+                "default session idle timeout in seconds (60..604800; sliding)",
+            )
+        },
+    )
+    session_absolute_timeout: int = field(
+        default=43200,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_SESSION_ABSOLUTE_TIMEOUT",
+                "default session absolute lifetime in seconds (60..2592000)",
+            )
+        },
+    )
+    verify_identity_failure_rate: float = field(
+        default=50.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_VERIFY_IDENTITY_FAILURE_RATE",
+                "failed key/session verifications per second one calling identity may cause",
+            )
+        },
+    )
+    verify_identity_failure_burst: float = field(
+        default=100.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_VERIFY_IDENTITY_FAILURE_BURST",
+                "burst of failed verifications per calling identity",
+            )
+        },
+    )
+    verify_key_failure_rate: float = field(
+        default=5.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_VERIFY_KEY_FAILURE_RATE",
+                "failed verifications per second of one API key id",
+            )
+        },
+    )
+    verify_key_failure_burst: float = field(
+        default=10.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_VERIFY_KEY_FAILURE_BURST", "burst of failed verifications per API key id"
+            )
+        },
+    )
+    usage_flush_interval: float = field(
+        default=1.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_USAGE_FLUSH_INTERVAL",
+                "seconds between batched writes of key last-used and session last-seen times",
+            )
+        },
+    )
+    session_sweep_interval: float = field(
+        default=300.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_SESSION_SWEEP_INTERVAL", "seconds between sweeps of dead sessions"
+            )
+        },
+    )
+    seal_max_plaintext_bytes: int = field(
+        default=64 * 1024,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_SEAL_MAX_PLAINTEXT_BYTES", "largest plaintext Seal accepts (bytes)"
+            )
+        },
+    )
+    data_key_cache_size: int = field(
+        default=10_000,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_DATA_KEY_CACHE_SIZE", "unwrapped data keys kept in memory (LRU)"
+            )
+        },
+    )
+    data_key_cache_ttl: float = field(
+        default=300.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_DATA_KEY_CACHE_TTL",
+                "seconds an unwrapped data key is kept (bounds customer-key revocation delay)",
+            )
+        },
+    )
+    fingerprint_sweep_interval: float = field(
+        default=5.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_FINGERPRINT_SWEEP_INTERVAL",
+                "seconds between sweeps destroying fingerprint keys whose rotation overlap ended",
+            )
+        },
+    )
+    customer_key_timeout: float = field(
+        default=5.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_CUSTOMER_KEY_TIMEOUT", "seconds for each call to a tenant's OpenBao/Vault"
+            )
+        },
+    )
+    audit_retention_days: int = field(
+        default=400,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_AUDIT_RETENTION_DAYS",
+                "default days audit events are kept (tenants may set their own, 1 to 3650)",
+            )
+        },
+    )
+    audit_checkpoint_seconds: float = field(
+        default=60.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_AUDIT_CHECKPOINT_SECONDS", "seconds between signed audit checkpoints"
+            )
+        },
+    )
+    audit_checkpoint_events: int = field(
+        default=1000,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_AUDIT_CHECKPOINT_EVENTS", "events of a tenant that trigger a checkpoint"
+            )
+        },
+    )
+    audit_durable_timeout: float = field(
+        default=5.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_AUDIT_DURABLE_TIMEOUT",
+                "seconds a sensitive call waits for its audit event to commit (then UNAVAILABLE)",
+            )
+        },
+    )
+    revoked_key_retention_days: int = field(
+        default=30,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_REVOKED_KEY_RETENTION_DAYS",
+                "default days revoked or expired API keys are kept (tenants may set their own)",
+            )
+        },
+    )
+    retention_interval: float = field(
+        default=3600.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_RETENTION_INTERVAL",
+                "seconds between retention runs (sessions, revoked keys, old audit events)",
+            )
+        },
+    )
+    test_purge_pause_after: str = field(
+        default="",
+        metadata={
+            "setting": Setting(
+                "ZUMIK_TEST_PURGE_PAUSE_AFTER",
+                "tests only: 'shred' or 'delete' makes a purge sleep 60 s after that phase"
+                " commits, so a test can kill the process there (empty: off)",
+            )
+        },
+    )
     drain_seconds: float = field(
         default=10.0,
         metadata={
@@ -121,6 +295,15 @@ class ServerConfig:
     dev: bool = field(
         default=False,
         metadata={"setting": Setting("ZUMIK_DEV", "use the var/dev/ PKI, keyring and dev policy")},
+    )
+    bench_empty_rpc: bool = field(
+        default=False,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_BENCH_EMPTY_RPC",
+                "serve zumik.bench.v1.BenchService/Empty, the benchmarks' no-op ceiling",
+            )
+        },
     )
 
     @classmethod
@@ -188,10 +371,55 @@ class ServerConfig:
             )
         if not 1 <= self.claim_ttl_seconds <= 300:
             raise ValueError("ZUMIK_CLAIM_TTL must be between 1 and 300 seconds")
+        if not 60 <= self.session_idle_timeout <= 7 * 86400:
+            raise ValueError("ZUMIK_SESSION_IDLE_TIMEOUT must be between 60 and 604800 seconds")
+        if not 60 <= self.session_absolute_timeout <= 30 * 86400:
+            raise ValueError(
+                "ZUMIK_SESSION_ABSOLUTE_TIMEOUT must be between 60 and 2592000 seconds"
+            )
+        for name in ("verify_identity_failure_rate", "verify_key_failure_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{_env_of(name)} must be positive")
+        for name in ("verify_identity_failure_burst", "verify_key_failure_burst"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{_env_of(name)} must be at least 1")
+        if not 0.05 <= self.usage_flush_interval <= 60:
+            raise ValueError("ZUMIK_USAGE_FLUSH_INTERVAL must be between 0.05 and 60 seconds")
+        if not 1 <= self.session_sweep_interval <= 86400:
+            raise ValueError("ZUMIK_SESSION_SWEEP_INTERVAL must be between 1 and 86400 seconds")
         if self.workers < 1:
             raise ValueError("ZUMIK_WORKERS must be at least 1")
+        if self.audit_retention_days < 1:
+            raise ValueError("ZUMIK_AUDIT_RETENTION_DAYS must be at least 1")
+        if not 0.1 <= self.audit_checkpoint_seconds <= 86400:
+            raise ValueError("ZUMIK_AUDIT_CHECKPOINT_SECONDS must be between 0.1 and 86400")
+        if self.audit_checkpoint_events < 1:
+            raise ValueError("ZUMIK_AUDIT_CHECKPOINT_EVENTS must be at least 1")
+        if not 0.1 <= self.audit_durable_timeout <= 60:
+            raise ValueError("ZUMIK_AUDIT_DURABLE_TIMEOUT must be between 0.1 and 60 seconds")
         if self.max_message_bytes < 64 * 1024:
             raise ValueError("ZUMIK_MAX_MESSAGE_BYTES must be at least 65536")
+        if not 1 <= self.seal_max_plaintext_bytes <= self.max_message_bytes - 4096:
+            raise ValueError(
+                "ZUMIK_SEAL_MAX_PLAINTEXT_BYTES must be positive and leave 4 KiB of"
+                " ZUMIK_MAX_MESSAGE_BYTES for the rest of the message"
+            )
+        if self.data_key_cache_size < 1:
+            raise ValueError("ZUMIK_DATA_KEY_CACHE_SIZE must be at least 1")
+        if not 0.1 <= self.data_key_cache_ttl <= 3600:
+            raise ValueError("ZUMIK_DATA_KEY_CACHE_TTL must be between 0.1 and 3600 seconds")
+        if not 0.1 <= self.fingerprint_sweep_interval <= 3600:
+            raise ValueError(
+                "ZUMIK_FINGERPRINT_SWEEP_INTERVAL must be between 0.1 and 3600 seconds"
+            )
+        if not 0 <= self.revoked_key_retention_days <= 3650:
+            raise ValueError("ZUMIK_REVOKED_KEY_RETENTION_DAYS must be between 0 and 3650")
+        if not 0.5 <= self.retention_interval <= 7 * 86400:
+            raise ValueError("ZUMIK_RETENTION_INTERVAL must be between 0.5 and 604800 seconds")
+        if self.test_purge_pause_after not in ("", "shred", "delete"):
+            raise ValueError("ZUMIK_TEST_PURGE_PAUSE_AFTER must be empty, shred or delete")
+        if not 0.1 <= self.customer_key_timeout <= 60:
+            raise ValueError("ZUMIK_CUSTOMER_KEY_TIMEOUT must be between 0.1 and 60 seconds")
 
 
 def _env_of(name: str) -> str:

@@ -24,12 +24,10 @@ from zumik.secrets.v1 import (
 )
 
 from zumik_secrets.api.contracts import SERVICE_DESCRIPTORS, method_guards
+from zumik_secrets.api.servicers.audit import AuditServicer
+from zumik_secrets.api.servicers.fingerprints import FingerprintServicer
 from zumik_secrets.api.servicers.keys import KeyServicer
-from zumik_secrets.api.servicers.placeholders import (
-    AuditServicer,
-    FingerprintServicer,
-    SealServicer,
-)
+from zumik_secrets.api.servicers.seal import SealServicer
 from zumik_secrets.api.servicers.tenant import TenantServicer
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.server.authorization import Authorizer
@@ -41,6 +39,22 @@ from zumik_secrets.server.tls import server_credentials
 _LOG = logging.getLogger("zumik.server")
 
 _SERVICE_NAMES = tuple(s.full_name for s in SERVICE_DESCRIPTORS)
+
+#: The benchmarks' ceiling (opt-in, ZUMIK_BENCH_EMPTY_RPC=1): a no-op RPC behind the same
+#: interceptor. Raw bytes in and out, not in the contracts; the policy must still allow it.
+BENCH_EMPTY_METHOD = "/zumik.bench.v1.BenchService/Empty"
+
+
+def bench_empty_handler() -> grpc.GenericRpcHandler[bytes, bytes]:
+    """The generic handler of :data:`BENCH_EMPTY_METHOD` (echoes nothing, costs nothing)."""
+
+    def empty(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b""
+
+    service, method = BENCH_EMPTY_METHOD.lstrip("/").split("/")
+    return grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(empty)}
+    )
 
 
 class ZumikServer:
@@ -80,29 +94,33 @@ class ZumikServer:
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
-        # Servicer classes get their not-yet-built RPCs from fill_unimplemented at import time,
-        # which mypy cannot see: hence the abstract-instantiation ignores below.
+        # Every servicer implements every RPC of its service: the generated bases declare them
+        # abstract, so mypy refuses a servicer with a missing RPC at type-check time.
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-            KeyServicer(runtime.claim_keys),  # type: ignore[abstract]
+            KeyServicer(runtime.claim_keys, runtime.api_keys, runtime.sessions),
             self._server,
         )
         seal_service_pb2_grpc.add_SealServiceServicer_to_server(
-            SealServicer(),  # type: ignore[abstract]
+            SealServicer(runtime.sealed_secrets),
             self._server,
         )
         fingerprint_service_pb2_grpc.add_FingerprintServiceServicer_to_server(
-            FingerprintServicer(),  # type: ignore[abstract]
+            FingerprintServicer(runtime.fingerprints, runtime.handles),
             self._server,
         )
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(),  # type: ignore[abstract]
+            AuditServicer(runtime.audit_log),
             self._server,
         )
         tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
-            TenantServicer(runtime.tenant_settings),  # type: ignore[abstract]
+            TenantServicer(
+                runtime.tenant_settings, runtime.customer_keys, runtime.purges, runtime.retention
+            ),
             self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if config.bench_empty_rpc:
+            self._server.add_generic_rpc_handlers((bench_empty_handler(),))
         if config.reflection:
             reflection.enable_server_reflection(
                 (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -138,6 +156,9 @@ class ZumikServer:
                 ok = True
             except ZumikError:
                 ok = False
+            # A store that answers SELECT 1 but refuses audit writes must not look healthy:
+            # sensitive calls would all fail closed.
+            ok = ok and self.runtime.audit_log.healthy
             if ok != healthy and not self._stopping.is_set():
                 healthy = ok
                 _LOG.warning("storage %s", "recovered" if ok else "unavailable")

@@ -28,7 +28,7 @@ from zumik_secrets.api.call_context import CallContext, reset_call, set_call
 from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder
-from zumik_secrets.core.errors import Unimplemented, ZumikError
+from zumik_secrets.core.errors import InvalidArgument, Unimplemented, ZumikError
 from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
 
@@ -37,12 +37,48 @@ _LOG = logging.getLogger("zumik.server")
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
+class _Malformed(Exception):
+    """Carries the refusal of an undecodable body past the denial audit (it is not a denial)."""
+
+    def __init__(self, error: ZumikError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
 class _Denied(Exception):
     """Carries an authorization refusal out of the authorize step, for auditing."""
 
     def __init__(self, error: ZumikError) -> None:
         super().__init__(error.reason)
         self.error = error
+
+
+class _Undecodable:
+    """Stands in for a request body the protobuf parser refused (see :func:`_tolerant`)."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so a malformed body reaches the handler as a marker.
+
+    grpcio answers INTERNAL when the deserializer raises; a body that is not a valid message
+    (truncated, wrong wire type, invalid UTF-8 in a string field) is bad input, so the handler
+    refuses it with INVALID_ARGUMENT instead, after the identity check.
+    """
+    if deserializer is None:
+        return None
+
+    def parse(body: bytes) -> Any:
+        try:
+            return deserializer(body)
+        except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others
+            return _UNDECODABLE
+
+    return parse
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -106,13 +142,13 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method, guard, raw_claim, open_method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._unary_stream(handler.unary_stream, method, guard, raw_claim, open_method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
@@ -150,6 +186,13 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         resource = ""
         try:
             without_claim = self._authorizer.check_identity(identity or None, method)
+            if request is _UNDECODABLE:
+                raise _Malformed(
+                    InvalidArgument(
+                        "the request body is not a valid message of this method's request type",
+                        reason="MALFORMED_REQUEST",
+                    )
+                )
             if guard is not None and guard.tenant_scoped and request is not None:
                 resource = getattr(request, guard.resource_field)
             authz: Authorization = self._authorizer.authorize(
@@ -215,7 +258,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self, context: grpc.ServicerContext, record: CallRecord, error: Exception
     ) -> NoReturn:
         """Record the outcome and abort the call with its rich status (raises)."""
-        if isinstance(error, _Denied):
+        if isinstance(error, _Denied | _Malformed):
             error = error.error
         if isinstance(error, ZumikError):
             record.code = status_code_for(error).name

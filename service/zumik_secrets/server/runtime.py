@@ -9,12 +9,28 @@ import logging
 import time
 import tomllib
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
-from zumik_secrets.app.audit import AuditRecorder, LogAuditRecorder
+from zumik_secrets.app.api_keys import ApiKeyService
+from zumik_secrets.app.audit import AuditRecorder
+from zumik_secrets.app.audit_log import AuditLog
 from zumik_secrets.app.change_watcher import ChangeWatcher
+from zumik_secrets.app.checkpoint_keys import CheckpointKeys
+from zumik_secrets.app.claim_issuer import ClaimIssuer
+from zumik_secrets.app.customer_keys import CustomerKeys
+from zumik_secrets.app.data_keys import DataKeys
+from zumik_secrets.app.fingerprints import Fingerprints, Sweeper
+from zumik_secrets.app.handles import Handles
+from zumik_secrets.app.purge import PurgeService
+from zumik_secrets.app.rate_limit import BucketSpec
+from zumik_secrets.app.retention import Retention, RetentionScheduler
+from zumik_secrets.app.sealed_secrets import SealedSecrets
+from zumik_secrets.app.sessions import SessionService
 from zumik_secrets.app.signing_keys import ISSUER, SigningKeys
-from zumik_secrets.app.tenant_settings import TenantSettingsService
+from zumik_secrets.app.tenant_settings import RetentionDefaults, TenantSettingsService
+from zumik_secrets.app.usage_recorder import UsageFlusher
+from zumik_secrets.app.verification import FailureGuard
 from zumik_secrets.core.claims import ClaimVerifier, TenantClaim
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.core.policy import Policy
@@ -72,6 +88,19 @@ class Runtime:
     tenant_settings: TenantSettingsService
     audit: AuditRecorder
     watcher: ChangeWatcher
+    api_keys: ApiKeyService
+    sessions: SessionService
+    usage: UsageFlusher
+    customer_keys: CustomerKeys
+    data_keys: DataKeys
+    sealed_secrets: SealedSecrets
+    audit_log: AuditLog
+    fingerprints: Fingerprints
+    fingerprint_sweeper: Sweeper
+    handles: Handles
+    purges: PurgeService
+    retention: Retention
+    retention_scheduler: RetentionScheduler
 
     @classmethod
     def open(cls, config: ServerConfig, *, migrate: bool = True) -> Runtime:
@@ -104,11 +133,113 @@ class Runtime:
                 issuer=ISSUER,
             )
             claim_keys.on_key_removed = verifier.forget_key
-            tenant_settings = TenantSettingsService(store.tenants)
+            tenant_settings = TenantSettingsService(
+                store.tenants,
+                defaults=RetentionDefaults(
+                    audit_retention=timedelta(days=config.audit_retention_days),
+                    revoked_key_retention=timedelta(days=config.revoked_key_retention_days),
+                    session_absolute_lifetime=timedelta(seconds=config.session_absolute_timeout),
+                ),
+                receipts=store.purges,
+            )
+            audit_keys = CheckpointKeys(store.signing_keys, keyring)
+            audit_keys.load()
+            audit_log = AuditLog(
+                store.audit,
+                audit_keys,
+                durable_timeout=config.audit_durable_timeout,
+                checkpoint_every=config.audit_checkpoint_events,
+                checkpoint_interval=config.audit_checkpoint_seconds,
+                retention=timedelta(days=config.audit_retention_days),
+                retention_for=tenant_settings.audit_retention_for,
+            )
+            audit_log.start()
+            audit: AuditRecorder = audit_log
+            tenant_settings.audit = audit
+            claims = ClaimIssuer(lambda: claim_keys.signer, config.claim_ttl_seconds)
+            guard = FailureGuard(
+                identity=BucketSpec(
+                    config.verify_identity_failure_rate, config.verify_identity_failure_burst
+                ),
+                credential=BucketSpec(
+                    config.verify_key_failure_rate, config.verify_key_failure_burst
+                ),
+            )
+            api_keys = ApiKeyService(store.api_keys, claims, audit, guard)
+            sessions = SessionService(
+                store.sessions,
+                claims,
+                audit,
+                guard,
+                idle_timeout=timedelta(seconds=config.session_idle_timeout),
+                absolute_timeout=timedelta(seconds=config.session_absolute_timeout),
+                absolute_timeout_for=tenant_settings.session_absolute_lifetime,
+            )
+            usage = UsageFlusher(
+                [api_keys.flush_last_used, sessions.flush_touches],
+                [sessions.sweep],
+                flush_interval=config.usage_flush_interval,
+                sweep_interval=config.session_sweep_interval,
+            )
+            customer_keys = CustomerKeys(
+                store.customer_keys,
+                store.data_keys,
+                keyring,
+                audit,
+                timeout=config.customer_key_timeout,
+                cache_ttl=config.data_key_cache_ttl,
+            )
+            data_keys = DataKeys(
+                store.data_keys,
+                customer_keys,
+                cache_entries=config.data_key_cache_size,
+                cache_ttl=config.data_key_cache_ttl,
+            )
+            sealed_secrets = SealedSecrets(
+                store.sealed_secrets,
+                data_keys,
+                audit,
+                max_plaintext_bytes=config.seal_max_plaintext_bytes,
+            )
+            fingerprints = Fingerprints(
+                data_keys,
+                store.fingerprint_schedule,
+                audit,
+                cache_entries=config.data_key_cache_size,
+                cache_ttl=config.data_key_cache_ttl,
+            )
+            fingerprint_sweeper = Sweeper(fingerprints, config.fingerprint_sweep_interval)
+            handles = Handles(store.handles, audit)
             watcher = ChangeWatcher(store.changes)
+            watcher.subscribe("data_key", data_keys.on_change)
+            watcher.subscribe("customer_key", customer_keys.on_change)
             watcher.subscribe("signing_key", lambda _record: claim_keys.refresh())
+            watcher.subscribe("signing_key", lambda _record: audit_keys.refresh())
             watcher.subscribe("tenant_settings", tenant_settings.on_change)
+            watcher.subscribe("api_key", api_keys.on_change)
+            watcher.subscribe("session", sessions.on_change)
+            purges = PurgeService(
+                store.purges,
+                audit_log,
+                audit_keys,
+                tenant_settings,
+                after_change=watcher.poll_once,
+                pause_after=config.test_purge_pause_after,
+            )
+            retention = Retention(
+                sessions=store.sessions,
+                api_keys=store.api_keys,
+                changes=store.changes,
+                audit_store=store.audit,
+                audit_log=audit_log,
+                settings=tenant_settings,
+                before_session_sweep=sessions.flush_touches,
+            )
+            retention_scheduler = RetentionScheduler(retention, config.retention_interval)
             watcher.start()
+            usage.start()
+            fingerprint_sweeper.start()
+            retention_scheduler.start()
         except BaseException:
             store.close()
             raise
@@ -129,8 +260,21 @@ class Runtime:
             claim_keys=claim_keys,
             claim_verifier=verifier,
             tenant_settings=tenant_settings,
-            audit=LogAuditRecorder(),
+            audit=audit,
             watcher=watcher,
+            api_keys=api_keys,
+            sessions=sessions,
+            usage=usage,
+            customer_keys=customer_keys,
+            data_keys=data_keys,
+            sealed_secrets=sealed_secrets,
+            audit_log=audit_log,
+            fingerprints=fingerprints,
+            fingerprint_sweeper=fingerprint_sweeper,
+            handles=handles,
+            purges=purges,
+            retention=retention,
+            retention_scheduler=retention_scheduler,
         )
 
     def verify_claim(self, token: str) -> TenantClaim:
@@ -142,6 +286,10 @@ class Runtime:
         return self.claim_verifier.verify(token, int(time.time()))
 
     def close(self) -> None:
-        """Stop background work and close storage."""
+        """Stop background work (flushing pending usage) and close storage."""
+        self.usage.stop()
+        self.retention_scheduler.stop()
+        self.fingerprint_sweeper.stop()
         self.watcher.stop()
+        self.audit_log.stop()
         self.store.close()

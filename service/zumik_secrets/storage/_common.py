@@ -56,6 +56,16 @@ def opt_from_us(value: int | None) -> datetime | None:
     return None if value is None else from_us(value)
 
 
+def opt_seconds(value: int | None) -> timedelta | None:
+    """Whole seconds stored in a column as a timedelta (None stays None)."""
+    return None if value is None else timedelta(seconds=int(value))
+
+
+def opt_to_seconds(value: timedelta | None) -> int | None:
+    """A timedelta as whole seconds for a column (None stays None)."""
+    return None if value is None else int(value.total_seconds())
+
+
 def utc(dt: datetime) -> datetime:
     """Normalise an aware datetime read from the database to UTC."""
     return dt.astimezone(UTC)

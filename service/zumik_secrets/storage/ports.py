@@ -13,13 +13,22 @@ transaction, so the change feed never reports a change that did not commit nor m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from zumik_secrets.core.audit_chain import ChainEvent, Checkpoint, EventDraft
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
+    CustomerKeyRecord,
+    DataKeyRecord,
+    HandleRecord,
+    PurgeJob,
+    PurgeReceiptRecord,
+    ScheduledDestroy,
+    SealedSecretRecord,
     SessionRecord,
     SigningKeyRecord,
     TenantSettings,
@@ -34,7 +43,8 @@ class TenantSettingsStore(Protocol):
         ...
 
     def put(self, settings: TenantSettings) -> None:
-        """Insert or replace the tenant's settings; records a ``tenant_settings`` change."""
+        """Insert or replace the tenant's settings (every field, retention included); records a
+        ``tenant_settings`` change."""
         ...
 
 
@@ -60,6 +70,16 @@ class SigningKeyStore(Protocol):
 
         Returns:
             The updated record, or None if no such kid.
+        """
+        ...
+
+    def replace_wrapped(
+        self, kid: str, old_wrapped: bytes, new_wrapped: bytes, keyring_version: int
+    ) -> bool:
+        """Swap a key's wrapped private half if it is still ``old_wrapped`` (KEK rotation).
+
+        Returns:
+            Whether the row was updated (False: no such kid, or it changed meanwhile).
         """
         ...
 
@@ -145,6 +165,14 @@ class ApiKeyStore(Protocol):
         """Delete keys revoked, or expired, before ``cutoff``. Returns how many were deleted."""
         ...
 
+    def delete_dead_keys(
+        self, now: datetime, default_retention: timedelta, *, tenant_id: str | None = None
+    ) -> int:
+        """Delete keys revoked, or expired, longer ago than their tenant's revoked-key retention
+        (``tenant_settings.revoked_key_retention``, else ``default_retention``), optionally of
+        one tenant only. Returns how many were deleted."""
+        ...
+
 
 class SessionStore(Protocol):
     """User sessions."""
@@ -208,8 +236,219 @@ class SessionStore(Protocol):
         """Revoke every active session of a user; one ``session`` change each. Returns the count."""
         ...
 
-    def delete_expired(self, now: datetime) -> int:
-        """Delete sessions past their absolute expiry, idle too long, or revoked. Returns count."""
+    def delete_expired(self, now: datetime, *, tenant_id: str | None = None) -> int:
+        """Delete sessions past their absolute expiry, idle too long, or revoked (optionally of
+        one tenant only). Returns count."""
+        ...
+
+
+DataKeyId = tuple[str, str, str, int]
+"""(tenant_id, project_id, purpose, version): a data key version's primary key."""
+
+
+class DataKeyStore(Protocol):
+    """Versioned data keys, wrapped. Changes of state record a ``data_key`` change whose
+    entity id is ``tenant/project/purpose``."""
+
+    def insert_first(self, rec: DataKeyRecord) -> None:
+        """Insert version 1 as primary unless the triple already has a key (race-safe: the
+        loser of a concurrent first use inserts nothing and re-reads)."""
+        ...
+
+    def get(
+        self, tenant_id: str, project_id: str, purpose: str, version: int
+    ) -> DataKeyRecord | None:
+        """One version, or None."""
+        ...
+
+    def primary(self, tenant_id: str, project_id: str, purpose: str) -> DataKeyRecord | None:
+        """The primary version, or None if the triple has no key yet."""
+        ...
+
+    def list(
+        self, tenant_id: str, project_id: str, purpose: str, *, page_size: int, after_version: int
+    ) -> list[DataKeyRecord]:
+        """Up to ``page_size`` versions above ``after_version``, ascending."""
+        ...
+
+    def rotate(
+        self,
+        tenant_id: str,
+        project_id: str,
+        purpose: str,
+        make_wrapped: Callable[[int], tuple[bytes, str]],
+        at: datetime,
+    ) -> DataKeyRecord:
+        """Add version max+1 as primary and demote the old primary to enabled, atomically.
+
+        ``make_wrapped(version)`` is called inside the transaction (once the new version number
+        is known and reserved) and returns ``(wrapped_key, wrapped_by)``.
+
+        Returns:
+            The new primary version.
+        """
+        ...
+
+    def destroy(
+        self, tenant_id: str, project_id: str, purpose: str, version: int, at: datetime
+    ) -> DataKeyRecord | None:
+        """Delete a version's key material and mark it destroyed. Idempotent.
+
+        Returns:
+            The version afterwards, or None if it does not exist.
+
+        Raises:
+            FailedPrecondition: Reason ``DATA_KEY_PRIMARY``: the primary cannot be destroyed.
+        """
+        ...
+
+    def list_wrapped(self, *, after: DataKeyId | None, limit: int) -> Sequence[DataKeyRecord]:
+        """Every non-destroyed version of every tenant, by primary key (KEK rotation scans)."""
+        ...
+
+    def list_tenant(self, tenant_id: str) -> Sequence[DataKeyRecord]:
+        """Every non-destroyed version of one tenant."""
+        ...
+
+    def replace_wrapped(
+        self, key: DataKeyId, old_wrapped: bytes, new_wrapped: bytes, wrapped_by: str
+    ) -> bool:
+        """Swap a version's wrapped key if it is still ``old_wrapped`` (and not destroyed).
+
+        Returns:
+            Whether the row was updated.
+        """
+        ...
+
+
+class FingerprintScheduleStore(Protocol):
+    """When fingerprint-key versions are to be destroyed (rotation overlap windows).
+
+    Sweepers on several replicas claim due rows with a lease, so one destroys and audits a
+    version while the others skip it; a sweeper that dies leaves the row to be claimed again
+    when its lease runs out.
+    """
+
+    def schedule(
+        self, tenant_id: str, project_id: str, versions: Sequence[int], destroy_at: datetime
+    ) -> None:
+        """Schedule each version's destruction at ``destroy_at``, or keep an earlier time already
+        scheduled; records a ``data_key`` change (entity ``tenant/project/fingerprint``)."""
+        ...
+
+    def pending(self, tenant_id: str, project_id: str) -> list[ScheduledDestroy]:
+        """The project's scheduled destructions, by version."""
+        ...
+
+    def claim_due(
+        self,
+        now: datetime,
+        lease_until: datetime,
+        *,
+        tenant_id: str | None = None,
+        project_id: str | None = None,
+        limit: int = 100,
+    ) -> list[ScheduledDestroy]:
+        """Lease up to ``limit`` rows due at ``now`` whose lease is free or expired (optionally
+        of one project), oldest first."""
+        ...
+
+    def done(self, tenant_id: str, project_id: str, version: int) -> None:
+        """Remove a row once its version is destroyed and the event is durable."""
+        ...
+
+
+class HandleStore(Protocol):
+    """Opaque public handles."""
+
+    def insert(self, rec: HandleRecord) -> HandleRecord:
+        """Store a new handle.
+
+        Raises:
+            AlreadyExists: The tenant already has this handle (a collision: mint another).
+        """
+        ...
+
+    def get(self, tenant_id: str, handle: str) -> HandleRecord | None:
+        """The tenant's handle, or None (missing, or another tenant's)."""
+        ...
+
+
+class SealedSecretStore(Protocol):
+    """Sealed secrets (metadata and ciphertext)."""
+
+    def insert(self, rec: SealedSecretRecord) -> SealedSecretRecord:
+        """Store a new secret; the copy returned carries ``seq``.
+
+        Raises:
+            AlreadyExists: The secret_id exists.
+        """
+        ...
+
+    def get(self, tenant_id: str, project_id: str, secret_id: str) -> SealedSecretRecord | None:
+        """The secret if it belongs to this tenant and project, else None."""
+        ...
+
+    def list(
+        self,
+        tenant_id: str,
+        project_id: str,
+        *,
+        page_size: int,
+        after_seq: int,
+        not_on_version: int | None = None,
+    ) -> list[SealedSecretRecord]:
+        """Up to ``page_size`` secrets with seq > after_seq, ascending; with ``not_on_version``,
+        only those sealed under another data-key version (the rewrap scan)."""
+        ...
+
+    def replace_ciphertext(
+        self,
+        rec: SealedSecretRecord,
+        *,
+        version: int,
+        data_key_version: int,
+        size_bytes: int,
+        ciphertext: bytes,
+        at: datetime,
+    ) -> SealedSecretRecord | None:
+        """Replace the ciphertext if the row still has ``rec.version`` and
+        ``rec.data_key_version`` (compare-and-swap against concurrent writers).
+
+        Returns:
+            The row afterwards, or None if it is gone or changed meanwhile.
+        """
+        ...
+
+    def delete(self, tenant_id: str, project_id: str, secret_id: str) -> bool:
+        """Delete the row. Returns whether it existed."""
+        ...
+
+    def count_by_data_key_version(self, tenant_id: str, project_id: str) -> dict[int, int]:
+        """How many of the project's secrets each data-key version seals."""
+        ...
+
+
+class CustomerKeyStore(Protocol):
+    """Per-tenant customer-managed key configuration (token stored wrapped)."""
+
+    def get(self, tenant_id: str) -> CustomerKeyRecord | None:
+        """The tenant's configuration, or None."""
+        ...
+
+    def put(
+        self,
+        rec: CustomerKeyRecord,
+        rewrapped: Sequence[tuple[DataKeyId, bytes, bytes]],
+    ) -> None:
+        """Store the configuration and, in the same transaction, swap the tenant's data keys
+        to the given ``(id, old_wrapped, new_wrapped)`` wrapped by ``customer``.
+
+        Records a ``customer_key`` change (entity: the tenant).
+
+        Raises:
+            FailedPrecondition: Reason ``DATA_KEYS_CHANGED``: a data key changed meanwhile.
+        """
         ...
 
 
@@ -232,6 +471,14 @@ class ChangeFeed(Protocol):
         """Return up to ``limit`` changes with seq > ``seq``, ascending."""
         ...
 
+    def prune_before(self, cutoff: datetime) -> int:
+        """Delete change records older than ``cutoff`` (every replica read them long ago).
+
+        Returns:
+            How many were deleted.
+        """
+        ...
+
     def listen(self, callback: Callable[[], None]) -> ChangeListener | None:
         """Call ``callback`` (from a background thread) soon after any change commits.
 
@@ -242,6 +489,184 @@ class ChangeFeed(Protocol):
             A listener to stop, or None when the backend cannot push (SQLite: poll
             :meth:`latest_seq` instead).
         """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Filters of an audit query; empty or None fields do not filter.
+
+    Attributes:
+        action: Exact action.
+        actor: Exact actor (SPIFFE ID).
+        target: Exact target.
+        outcome: ``success``, ``failure`` or ``denied``.
+        start_time: Events at or after this time.
+        end_time: Events before this time.
+    """
+
+    action: str = ""
+    actor: str = ""
+    target: str = ""
+    outcome: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+class AuditStore(Protocol):
+    """The audit chains: events, chain heads and signed checkpoints.
+
+    Appends serialise per tenant *in the database* (a row lock on the tenant's head on
+    PostgreSQL, the write lock on SQLite), so several server processes appending to one tenant
+    at once still produce one gapless chain. Writes fail fast (bounded lock and statement
+    timeouts) with Unavailable rather than hang.
+    """
+
+    def append(self, drafts: Sequence[EventDraft]) -> list[ChainEvent]:
+        """Chain and store ``drafts`` (any tenants) in one transaction.
+
+        Returns:
+            The stored events, in the order of ``drafts``.
+
+        Raises:
+            Unavailable: The database is down, refuses the write, or a lock or statement
+                timeout expired. Nothing was stored.
+        """
+        ...
+
+    def probe_write(self) -> None:
+        """Try an audit insert and roll it back (health probe that stores nothing).
+
+        Raises:
+            Unavailable: An append would fail now.
+        """
+        ...
+
+    def head(self, tenant: str) -> tuple[int, bytes] | None:
+        """The tenant's head ``(sequence, hash)``, or None if it never had an event."""
+        ...
+
+    def first_sequence(self, tenant: str) -> int | None:
+        """Lowest retained sequence number, or None when no event is retained."""
+        ...
+
+    def events(
+        self, tenant: str, *, after_sequence: int, limit: int, until_sequence: int | None = None
+    ) -> list[ChainEvent]:
+        """Up to ``limit`` events with ``after < sequence <= until``, ascending."""
+        ...
+
+    def event(self, tenant: str, sequence: int) -> ChainEvent | None:
+        """One event by position."""
+        ...
+
+    def query(
+        self, tenant: str, flt: AuditFilter, *, after_sequence: int, limit: int
+    ) -> list[ChainEvent]:
+        """Up to ``limit`` events matching ``flt`` with ``sequence > after_sequence``, ascending."""
+        ...
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Store a checkpoint; if one exists at that tenant and sequence, return it instead."""
+        ...
+
+    def checkpoints(
+        self, tenant: str, *, from_sequence: int = 0, to_sequence: int | None = None
+    ) -> list[Checkpoint]:
+        """Checkpoints with ``from <= sequence <= to``, ascending."""
+        ...
+
+    def heads_without_checkpoint(self, limit: int) -> list[tuple[str, int, bytes]]:
+        """Heads ``(tenant, sequence, hash)`` that no checkpoint covers yet."""
+        ...
+
+    def tenants_with_events_before(self, cutoff: datetime) -> list[str]:
+        """Tenants (including ``-``) that retain an event older than ``cutoff``."""
+        ...
+
+    def prune_point(self, tenant: str, cutoff: datetime) -> tuple[int, bytes] | None:
+        """``(sequence, hash)`` of the newest event older than ``cutoff``, or None."""
+        ...
+
+    def prune(self, anchor: Checkpoint) -> int:
+        """Store ``anchor``, then delete the tenant's events up to and including its sequence
+        and the checkpoints before it, in one transaction.
+
+        Returns:
+            How many events were deleted.
+        """
+        ...
+
+
+class PurgeStore(Protocol):
+    """Purge jobs (resumable, one transaction per phase) and signed purge receipts.
+
+    A scope is a tenant (``project_id`` None) or one of its projects. Each phase re-reads the
+    job under a lock and does nothing if the job already passed that phase, so two runners of
+    one job (a retry racing a slow first attempt) never apply a phase twice.
+    """
+
+    def create_job(self, job: PurgeJob) -> PurgeJob:
+        """Store a new job in phase ``started``.
+
+        Raises:
+            AlreadyExists: An unfinished job exists for the same target.
+        """
+        ...
+
+    def open_job(self, target: str) -> PurgeJob | None:
+        """The unfinished job of ``target``, if any."""
+        ...
+
+    def get_job(self, receipt_id: str) -> PurgeJob | None:
+        """A job by id."""
+        ...
+
+    def shred(self, receipt_id: str, at: datetime) -> PurgeJob:
+        """Phase 1, one transaction: destroy every data-key version of the scope (delete the
+        wrapped key, state ``destroyed``), the tenant's customer-key binding (tenant scope) and
+        the scope's scheduled fingerprint-key destructions; record a ``data_key`` change per
+        (tenant, project, purpose) and a ``customer_key`` change; move the job to ``shredded``.
+
+        Returns:
+            The job afterwards (unchanged if it was past ``started``).
+        """
+        ...
+
+    def delete_rows(self, receipt_id: str, at: datetime) -> PurgeJob:
+        """Phase 2, one transaction: delete the scope's API keys, sessions, sealed secrets, data-key
+        rows, scheduled destructions and, for a tenant scope, its handles and settings; record an
+        ``api_key`` change per key, a ``session`` change per session and a ``tenant_settings``
+        change; move the job to ``deleted``.
+
+        Returns:
+            The job afterwards (unchanged if it was past ``shredded``).
+        """
+        ...
+
+    def finish(self, receipt_id: str, receipt: PurgeReceiptRecord, at: datetime) -> PurgeJob:
+        """Phase 3, one transaction: store the receipt and move the job to ``done``.
+
+        Returns:
+            The job afterwards.
+        """
+        ...
+
+    def scrub(self) -> None:
+        """Best effort: push deleted bytes out of places a file scan could find them (SQLite:
+        a TRUNCATE checkpoint of the write-ahead log). A no-op where the backend cannot."""
+        ...
+
+    def scope_has_data(self, tenant_id: str, project_id: str | None) -> bool:
+        """Whether any row of the scope exists outside the audit and purge tables."""
+        ...
+
+    def get_receipt(self, tenant_id: str, receipt_id: str) -> PurgeReceiptRecord | None:
+        """A receipt, or None."""
+        ...
+
+    def latest_receipt(self, target: str) -> PurgeReceiptRecord | None:
+        """The newest receipt of ``target``, or None."""
         ...
 
 
@@ -274,8 +699,43 @@ class Store(Protocol):
         ...
 
     @property
+    def data_keys(self) -> DataKeyStore:
+        """Data keys."""
+        ...
+
+    @property
+    def sealed_secrets(self) -> SealedSecretStore:
+        """Sealed secrets."""
+        ...
+
+    @property
+    def customer_keys(self) -> CustomerKeyStore:
+        """Customer-managed key configuration."""
+        ...
+
+    @property
+    def fingerprint_schedule(self) -> FingerprintScheduleStore:
+        """Scheduled fingerprint-key destructions."""
+        ...
+
+    @property
+    def handles(self) -> HandleStore:
+        """Opaque public handles."""
+        ...
+
+    @property
     def changes(self) -> ChangeFeed:
         """Change feed."""
+        ...
+
+    @property
+    def purges(self) -> PurgeStore:
+        """Purge jobs and receipts."""
+        ...
+
+    @property
+    def audit(self) -> AuditStore:
+        """Audit chains."""
         ...
 
     def migrate(self) -> list[int]:

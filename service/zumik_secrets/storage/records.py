@@ -9,14 +9,24 @@ ends up in a log line or a traceback leaks nothing useful.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 TELEMETRY_MODES = ("default", "rich")
 SIGNING_KEY_PURPOSES = ("claims", "audit")
 SIGNING_KEY_STATES = ("active", "retiring", "retired")
 API_KEY_STATES = ("active", "revoked")
 SESSION_STATES = ("active", "revoked")
-CHANGE_KINDS = ("api_key", "session", "signing_key", "tenant_settings")
+CHANGE_KINDS = (
+    "api_key",
+    "session",
+    "signing_key",
+    "tenant_settings",
+    "data_key",
+    "customer_key",
+)
+DATA_KEY_PURPOSES = ("seal", "fingerprint")
+DATA_KEY_STATES = ("primary", "enabled", "destroyed")
+DATA_KEY_WRAPPERS = ("keyring", "customer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +37,17 @@ class TenantSettings:
         tenant_id: The tenant.
         telemetry_mode: ``"default"`` or ``"rich"`` (non-sensitive request fields in spans).
         updated_at: When the settings last changed.
+        audit_retention: How long the tenant's audit events are kept (None: the default).
+        revoked_key_retention: How long revoked or expired API keys are kept (None: default).
+        session_absolute_lifetime: Default absolute lifetime of new sessions (None: default).
     """
 
     tenant_id: str
     telemetry_mode: str
     updated_at: datetime
+    audit_retention: timedelta | None = None
+    revoked_key_retention: timedelta | None = None
+    session_absolute_lifetime: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +166,203 @@ class ChangeRecord:
     kind: str
     entity_id: str
     at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DataKeyRecord:
+    """One version of a per-(tenant, project, purpose) data key, stored only wrapped.
+
+    Attributes:
+        tenant_id: Owning tenant.
+        project_id: Owning project.
+        purpose: ``"seal"`` or ``"fingerprint"``.
+        version: 1, 2, ... per (tenant, project, purpose).
+        state: ``"primary"`` (one per triple), ``"enabled"`` or ``"destroyed"``.
+        wrapped_key: The key wrapped by ``wrapped_by``; None once destroyed (crypto-shredded).
+        wrapped_by: ``"keyring"`` (master keyring) or ``"customer"`` (the tenant's own KMS key).
+        created_at: Creation time.
+        destroyed_at: When it was destroyed, if it was.
+    """
+
+    tenant_id: str
+    project_id: str
+    purpose: str
+    version: int
+    state: str
+    wrapped_key: bytes | None = field(repr=False)
+    wrapped_by: str
+    created_at: datetime
+    destroyed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSecretRecord:
+    """A sealed secret: metadata and ciphertext (never plaintext).
+
+    Attributes:
+        secret_id: Handle ``sec_<22 base62>``; unique.
+        tenant_id: Owning tenant.
+        project_id: Owning project.
+        display_name: Human label.
+        metadata: Non-secret key/value pairs.
+        version: Version of the plaintext, from 1.
+        data_key_version: Version of the seal data key the ciphertext is under.
+        size_bytes: Plaintext length.
+        ciphertext: The sealed blob (``core.sealing`` format).
+        created_at: Creation time.
+        updated_at: When the plaintext was last replaced (or rewrapped).
+        seq: Insertion order assigned by the store; the pagination cursor.
+    """
+
+    secret_id: str
+    tenant_id: str
+    project_id: str
+    display_name: str
+    metadata: dict[str, str]
+    version: int
+    data_key_version: int
+    size_bytes: int
+    ciphertext: bytes = field(repr=False)
+    created_at: datetime
+    updated_at: datetime
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerKeyRecord:
+    """Where a tenant's customer-managed key lives (OpenBao/Vault Transit).
+
+    Attributes:
+        tenant_id: The tenant.
+        address: ``https://host:port`` of the tenant's OpenBao or Vault.
+        mount: Transit mount path.
+        key_name: Transit key name.
+        wrapped_token: The access token, wrapped by the master keyring (never stored raw).
+        ca_certificate_pem: CA to trust for ``address`` ("" for the system roots).
+        updated_at: When the configuration last changed.
+    """
+
+    tenant_id: str
+    address: str
+    mount: str
+    key_name: str
+    wrapped_token: bytes = field(repr=False)
+    ca_certificate_pem: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledDestroy:
+    """A fingerprint-key version due to be destroyed when its rotation overlap window ends.
+
+    Attributes:
+        tenant_id: Owning tenant.
+        project_id: Owning project.
+        version: The data-key version (purpose ``fingerprint``) to destroy.
+        destroy_at: When the window ends and linkage breaks.
+    """
+
+    tenant_id: str
+    project_id: str
+    version: int
+    destroy_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HandleRecord:
+    """An opaque public handle minted for one of a tenant's internal references.
+
+    Attributes:
+        tenant_id: Owning tenant (handles are unique per tenant).
+        handle: ``<kind>_<22 base62>``, 128 random bits, never derived from the reference.
+        kind: The kind prefix.
+        reference: The caller's internal reference (1 to 256 printable characters).
+        created_at: When it was minted.
+    """
+
+    tenant_id: str
+    handle: str
+    kind: str
+    reference: str
+    created_at: datetime
+
+
+PURGE_PHASES = ("started", "shredded", "deleted", "done")
+
+
+@dataclass(frozen=True, slots=True)
+class ShreddedKey:
+    """One data-key version a purge destroyed.
+
+    Attributes:
+        project_id: Its project.
+        purpose: ``"seal"`` or ``"fingerprint"``.
+        version: The version.
+        was: Its state before the purge (``"destroyed"``: its material was already gone).
+    """
+
+    project_id: str
+    purpose: str
+    version: int
+    was: str
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeJob:
+    """The progress of one purge, so an interrupted purge resumes where it stopped.
+
+    Attributes:
+        receipt_id: ``rcp_<22 base62>``: the job's id and its receipt's.
+        tenant_id: The tenant purged (or whose project is purged).
+        project_id: The project purged, or None for a whole-tenant purge.
+        phase: ``started`` -> ``shredded`` (data keys destroyed) -> ``deleted`` (rows deleted)
+            -> ``done`` (audited, receipt stored).
+        destroyed: Counts by kind, filled in by the phases.
+        shredded: The data-key versions destroyed by the shred phase.
+        audit_retention: The tenant's audit retention when the purge began (the receipt promises
+            the scope's audit events are kept that long; the settings row itself is purged).
+        started_at: When the job was created.
+        updated_at: When it last advanced.
+    """
+
+    receipt_id: str
+    tenant_id: str
+    project_id: str | None
+    phase: str
+    destroyed: dict[str, int]
+    shredded: tuple[ShreddedKey, ...]
+    audit_retention: timedelta
+    started_at: datetime
+    updated_at: datetime
+
+    @property
+    def target(self) -> str:
+        """``tenants/{t}`` or ``tenants/{t}/projects/{p}``."""
+        if self.project_id is None:
+            return f"tenants/{self.tenant_id}"
+        return f"tenants/{self.tenant_id}/projects/{self.project_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReceiptRecord:
+    """A signed purge receipt as stored (kept after the tenant is gone; it holds no secret).
+
+    Attributes:
+        tenant_id: The tenant.
+        receipt_id: ``rcp_<22 base62>``.
+        target: What was purged.
+        statement: The canonical statement (UTF-8 JSON, see ``core.purge_receipts``).
+        kid: The audit checkpoint key that signed it.
+        signature: Ed25519 over ``statement``.
+        audit_sequence: Sequence number of the purge event in the tenant's audit chain.
+        purge_time: When the purge completed.
+    """
+
+    tenant_id: str
+    receipt_id: str
+    target: str
+    statement: bytes
+    kid: str
+    signature: bytes
+    audit_sequence: int
+    purge_time: datetime

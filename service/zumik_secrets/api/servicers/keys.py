@@ -15,10 +15,8 @@ from zumik.secrets.v1 import key_service_pb2 as _pb
 from zumik.secrets.v1 import key_service_pb2_grpc as _grpc
 
 from zumik_secrets.api.call_context import CallContext, current_call
-from zumik_secrets.api.contracts import SERVICE_DESCRIPTORS
 from zumik_secrets.api.convert import duration, read_duration, timestamp
 from zumik_secrets.api.servicers.signing_keys import signing_key_proto
-from zumik_secrets.api.servicers.unimplemented import fill_unimplemented
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.api_keys import MAX_GRACE, MAX_TTL, ApiKeyService, api_key_name, key_state
 from zumik_secrets.app.claim_issuer import IssuedClaim
@@ -329,6 +327,3 @@ class KeyServicer(_grpc.KeyServiceServicer):
             key=signing_key_proto(new),
             previous_key=signing_key_proto(previous) if previous is not None else None,
         )
-
-
-fill_unimplemented(KeyServicer, SERVICE_DESCRIPTORS[0])

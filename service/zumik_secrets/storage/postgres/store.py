@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -28,6 +28,7 @@ import psycopg_pool
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.postgres.audit import PgAuditStore
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
@@ -120,22 +121,32 @@ class PgTenantSettingsStore:
 
     def get(self, tenant_id: str) -> TenantSettings | None:
         row = self._db.one(
-            "SELECT tenant_id, telemetry_mode, updated_at FROM tenant_settings"
+            "SELECT tenant_id, telemetry_mode, updated_at, audit_retention_s,"
+            " revoked_key_retention_s, session_absolute_lifetime_s FROM tenant_settings"
             " WHERE tenant_id = %s",
             (tenant_id,),
         )
-        return None if row is None else TenantSettings(row[0], row[1], c.utc(row[2]))
+        if row is None:
+            return None
+        return TenantSettings(row[0], row[1], c.utc(row[2]), *(c.opt_seconds(v) for v in row[3:6]))
 
     def put(self, settings: TenantSettings) -> None:
         with self._db.tx() as conn:
             conn.execute(
-                "INSERT INTO tenant_settings (tenant_id, telemetry_mode, updated_at)"
-                " VALUES (%s, %s, %s) ON CONFLICT (tenant_id) DO UPDATE SET"
-                " telemetry_mode = excluded.telemetry_mode, updated_at = excluded.updated_at",
+                "INSERT INTO tenant_settings (tenant_id, telemetry_mode, updated_at,"
+                " audit_retention_s, revoked_key_retention_s, session_absolute_lifetime_s)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id) DO UPDATE SET"
+                " telemetry_mode = excluded.telemetry_mode, updated_at = excluded.updated_at,"
+                " audit_retention_s = excluded.audit_retention_s,"
+                " revoked_key_retention_s = excluded.revoked_key_retention_s,"
+                " session_absolute_lifetime_s = excluded.session_absolute_lifetime_s",
                 (
                     settings.tenant_id,
                     settings.telemetry_mode,
                     c.require_aware(settings.updated_at),
+                    c.opt_to_seconds(settings.audit_retention),
+                    c.opt_to_seconds(settings.revoked_key_retention),
+                    c.opt_to_seconds(settings.session_absolute_lifetime),
                 ),
             )
             _record_changes(conn, "tenant_settings", [settings.tenant_id])
@@ -202,6 +213,17 @@ class PgSigningKeyStore:
                 return None
             _record_changes(conn, "signing_key", [kid])
             return _sk(row)
+
+    def replace_wrapped(
+        self, kid: str, old_wrapped: bytes, new_wrapped: bytes, keyring_version: int
+    ) -> bool:
+        with self._db.conn() as conn:
+            cur = conn.execute(
+                "UPDATE signing_keys SET wrapped_private_key = %s, keyring_version = %s"
+                " WHERE kid = %s AND wrapped_private_key = %s",
+                (new_wrapped, keyring_version, kid, old_wrapped),
+            )
+            return cur.rowcount == 1
 
 
 _AK_COLS = (
@@ -390,6 +412,28 @@ class PgApiKeyStore:
             )
             return cur.rowcount
 
+    def delete_dead_keys(
+        self, now: datetime, default_retention: timedelta, *, tenant_id: str | None = None
+    ) -> int:
+        # The cutoff is per row: now minus its tenant's retention (or the default).
+        cutoff = (
+            "(%(now)s - make_interval(secs => coalesce((SELECT ts.revoked_key_retention_s"
+            " FROM tenant_settings ts WHERE ts.tenant_id = api_keys.tenant_id), %(default)s)))"
+        )
+        where = (
+            f"((state = 'revoked' AND revoke_time < {cutoff})"
+            f" OR (expire_time IS NOT NULL AND expire_time < {cutoff}))"
+        )
+        params: dict[str, Any] = {
+            "now": c.require_aware(now),
+            "default": int(default_retention.total_seconds()),
+        }
+        if tenant_id is not None:
+            where += " AND tenant_id = %(tenant)s"
+            params["tenant"] = tenant_id
+        with self._db.conn() as conn:
+            return conn.execute(f"DELETE FROM api_keys WHERE {where}", params).rowcount
+
 
 _SE_COLS = (
     "session_id, token_hash, tenant_id, project_id, user_subject, scopes, state, created_at,"
@@ -540,15 +584,18 @@ class PgSessionStore:
             _record_changes(conn, "session", ids)
             return len(ids)
 
-    def delete_expired(self, now: datetime) -> int:
+    def delete_expired(self, now: datetime, *, tenant_id: str | None = None) -> int:
         when = c.require_aware(now)
+        where = (
+            "(state = 'revoked' OR absolute_expire_time <= %s"
+            " OR last_seen_at + make_interval(secs => idle_timeout_seconds) <= %s)"
+        )
+        params: list[Any] = [when, when]
+        if tenant_id is not None:
+            where += " AND tenant_id = %s"
+            params.append(tenant_id)
         with self._db.conn() as conn:
-            cur = conn.execute(
-                "DELETE FROM sessions WHERE state = 'revoked' OR absolute_expire_time <= %s"
-                " OR last_seen_at + make_interval(secs => idle_timeout_seconds) <= %s",
-                (when, when),
-            )
-            return cur.rowcount
+            return conn.execute(f"DELETE FROM sessions WHERE {where}", params).rowcount
 
 
 class PgChangeListener:
@@ -631,6 +678,12 @@ class PgChangeFeed:
         )
         return [ChangeRecord(int(r[0]), r[1], r[2], c.utc(r[3])) for r in rows]
 
+    def prune_before(self, cutoff: datetime) -> int:
+        with self._db.conn() as conn:
+            return conn.execute(
+                "DELETE FROM changes WHERE at < %s", (c.require_aware(cutoff),)
+            ).rowcount
+
     def listen(self, callback: Callable[[], None]) -> PgChangeListener:
         """Start a listener; waits (up to the connect timeout) for its first connection attempt.
 
@@ -692,6 +745,20 @@ class PgStore:
         self.api_keys = PgApiKeyStore(self._db)
         self.sessions = PgSessionStore(self._db)
         self.changes = PgChangeFeed(self._db, conninfo, listen_kwargs, float(connect_timeout))
+        self.audit = PgAuditStore(self._db)
+        # Imported here: the sealing adapters build on this module's helpers.
+        from zumik_secrets.storage.postgres import sealing
+
+        self.data_keys = sealing.PgDataKeyStore(self._db)
+        self.sealed_secrets = sealing.PgSealedSecretStore(self._db)
+        self.customer_keys = sealing.PgCustomerKeyStore(self._db)
+        from zumik_secrets.storage.postgres import fingerprints
+
+        self.fingerprint_schedule = fingerprints.PgFingerprintScheduleStore(self._db)
+        self.handles = fingerprints.PgHandleStore(self._db)
+        from zumik_secrets.storage.postgres import purge
+
+        self.purges = purge.PgPurgeStore(self._db)
 
     def migrate(self) -> list[int]:
         """Apply pending migrations in one transaction under an advisory lock.

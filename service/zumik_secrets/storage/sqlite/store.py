@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from zumik_secrets.storage.records import (
     SigningKeyRecord,
     TenantSettings,
 )
+from zumik_secrets.storage.sqlite.audit import SqliteAuditStore
 
 BACKEND = "sqlite"
 Row = tuple[Any, ...]
@@ -74,6 +75,9 @@ class _Db:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows are overwritten with zeros, not left in free pages: a purge must leave
+        # nothing of a tenant in the file (the WAL is truncated after a purge, see purge.py).
+        conn.execute("PRAGMA secure_delete = ON")
         return conn
 
     def init_file(self) -> None:
@@ -172,18 +176,35 @@ class SqliteTenantSettingsStore:
 
     def get(self, tenant_id: str) -> TenantSettings | None:
         row = self._db.one(
-            "SELECT tenant_id, telemetry_mode, updated_at FROM tenant_settings WHERE tenant_id = ?",
+            "SELECT tenant_id, telemetry_mode, updated_at, audit_retention_s,"
+            " revoked_key_retention_s, session_absolute_lifetime_s FROM tenant_settings"
+            " WHERE tenant_id = ?",
             (tenant_id,),
         )
-        return None if row is None else TenantSettings(row[0], row[1], c.from_us(row[2]))
+        if row is None:
+            return None
+        return TenantSettings(
+            row[0], row[1], c.from_us(row[2]), *(c.opt_seconds(v) for v in row[3:6])
+        )
 
     def put(self, settings: TenantSettings) -> None:
         with self._db.write() as conn:
             conn.execute(
-                "INSERT INTO tenant_settings (tenant_id, telemetry_mode, updated_at)"
-                " VALUES (?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET"
-                " telemetry_mode = excluded.telemetry_mode, updated_at = excluded.updated_at",
-                (settings.tenant_id, settings.telemetry_mode, c.to_us(settings.updated_at)),
+                "INSERT INTO tenant_settings (tenant_id, telemetry_mode, updated_at,"
+                " audit_retention_s, revoked_key_retention_s, session_absolute_lifetime_s)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET"
+                " telemetry_mode = excluded.telemetry_mode, updated_at = excluded.updated_at,"
+                " audit_retention_s = excluded.audit_retention_s,"
+                " revoked_key_retention_s = excluded.revoked_key_retention_s,"
+                " session_absolute_lifetime_s = excluded.session_absolute_lifetime_s",
+                (
+                    settings.tenant_id,
+                    settings.telemetry_mode,
+                    c.to_us(settings.updated_at),
+                    c.opt_to_seconds(settings.audit_retention),
+                    c.opt_to_seconds(settings.revoked_key_retention),
+                    c.opt_to_seconds(settings.session_absolute_lifetime),
+                ),
             )
             _record_changes(conn, "tenant_settings", [settings.tenant_id])
 
@@ -249,6 +270,17 @@ class SqliteSigningKeyStore:
                 return None
             _record_changes(conn, "signing_key", [kid])
             return _sk(row)
+
+    def replace_wrapped(
+        self, kid: str, old_wrapped: bytes, new_wrapped: bytes, keyring_version: int
+    ) -> bool:
+        with self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE signing_keys SET wrapped_private_key = ?, keyring_version = ?"
+                " WHERE kid = ? AND wrapped_private_key = ?",
+                (new_wrapped, keyring_version, kid, old_wrapped),
+            )
+            return cur.rowcount == 1
 
 
 _AK_COLS = (
@@ -433,6 +465,26 @@ class SqliteApiKeyStore:
             )
             return cur.rowcount
 
+    def delete_dead_keys(
+        self, now: datetime, default_retention: timedelta, *, tenant_id: str | None = None
+    ) -> int:
+        # The cutoff is per row: now minus its tenant's retention (or the default).
+        cutoff = (
+            "(? - coalesce((SELECT ts.revoked_key_retention_s FROM tenant_settings ts"
+            " WHERE ts.tenant_id = api_keys.tenant_id), ?) * 1000000)"
+        )
+        where = (
+            f"((state = 'revoked' AND revoke_time < {cutoff})"
+            f" OR (expire_time IS NOT NULL AND expire_time < {cutoff}))"
+        )
+        now_us, default_s = c.to_us(now), int(default_retention.total_seconds())
+        params: list[Any] = [now_us, default_s, now_us, default_s]
+        if tenant_id is not None:
+            where += " AND tenant_id = ?"
+            params.append(tenant_id)
+        with self._db.write() as conn:
+            return conn.execute(f"DELETE FROM api_keys WHERE {where}", params).rowcount
+
 
 _SE_COLS = (
     "session_id, token_hash, tenant_id, project_id, user_subject, scopes, state, created_at,"
@@ -570,15 +622,18 @@ class SqliteSessionStore:
             _record_changes(conn, "session", ids)
             return len(ids)
 
-    def delete_expired(self, now: datetime) -> int:
+    def delete_expired(self, now: datetime, *, tenant_id: str | None = None) -> int:
         now_us = c.to_us(now)
+        where = (
+            "(state = 'revoked' OR absolute_expire_time <= ?"
+            " OR last_seen_at + idle_timeout_seconds * 1000000 <= ?)"
+        )
+        params: list[Any] = [now_us, now_us]
+        if tenant_id is not None:
+            where += " AND tenant_id = ?"
+            params.append(tenant_id)
         with self._db.write() as conn:
-            cur = conn.execute(
-                "DELETE FROM sessions WHERE state = 'revoked' OR absolute_expire_time <= ?"
-                " OR last_seen_at + idle_timeout_seconds * 1000000 <= ?",
-                (now_us, now_us),
-            )
-            return cur.rowcount
+            return conn.execute(f"DELETE FROM sessions WHERE {where}", params).rowcount
 
 
 class SqliteChangeFeed:
@@ -598,6 +653,10 @@ class SqliteChangeFeed:
             (seq, limit),
         )
         return [ChangeRecord(r[0], r[1], r[2], c.from_us(r[3])) for r in rows]
+
+    def prune_before(self, cutoff: datetime) -> int:
+        with self._db.write() as conn:
+            return conn.execute("DELETE FROM changes WHERE at < ?", (c.to_us(cutoff),)).rowcount
 
     def listen(self, callback: Callable[[], None]) -> None:
         """SQLite cannot push: always None (poll :meth:`latest_seq`)."""
@@ -639,6 +698,20 @@ class SqliteStore:
         self.api_keys = SqliteApiKeyStore(self._db)
         self.sessions = SqliteSessionStore(self._db)
         self.changes = SqliteChangeFeed(self._db)
+        self.audit = SqliteAuditStore(self._db)
+        # Imported here: the sealing adapters build on this module's helpers.
+        from zumik_secrets.storage.sqlite import sealing
+
+        self.data_keys = sealing.SqliteDataKeyStore(self._db)
+        self.sealed_secrets = sealing.SqliteSealedSecretStore(self._db)
+        self.customer_keys = sealing.SqliteCustomerKeyStore(self._db)
+        from zumik_secrets.storage.sqlite import fingerprints
+
+        self.fingerprint_schedule = fingerprints.SqliteFingerprintScheduleStore(self._db)
+        self.handles = fingerprints.SqliteHandleStore(self._db)
+        from zumik_secrets.storage.sqlite import purge
+
+        self.purges = purge.SqlitePurgeStore(self._db)
 
     @property
     def path(self) -> str:
