@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import queue
 import re
 import sys
+import threading
 import time
 from typing import Any
 
@@ -102,13 +104,87 @@ class RedactionFilter(logging.Filter):
         return True
 
 
+class BackgroundJsonHandler(logging.Handler):
+    """Formats and writes records on one background thread, in batches.
+
+    Every RPC logs an access line. With a plain StreamHandler each of the server's worker
+    threads takes the handler lock, formats, and issues a write and a flush for its own line;
+    measured under load that cost about a quarter of an empty RPC's server CPU (lock contention
+    and one syscall per line). Here a worker only runs the filters (redaction of the message)
+    and enqueues the record; the writer thread formats whatever is queued and writes it with one
+    write and one flush per batch, so a line reaches the stream within one batch (milliseconds).
+    Records still queued when the process is killed with SIGKILL are lost: the access log is
+    operational, the audit log is the durable record. :meth:`close` (run by
+    ``logging.shutdown`` at exit) drains the queue.
+    """
+
+    _STOP = object()
+
+    def __init__(self, stream: Any, *, max_batch: int = 512) -> None:
+        """Start the writer thread over ``stream`` (a text stream)."""
+        super().__init__()
+        self._stream = stream
+        self._max_batch = max_batch
+        #: Lines that could not be written (the stream failed); nothing else reports it.
+        self.lost_lines = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="zumik-log-writer", daemon=True)
+        self._thread.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter in the caller's thread, then enqueue (no handler lock taken)."""
+        if not self.filter(record):
+            return False
+        self._queue.put(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Enqueue ``record`` (used when called directly)."""
+        self._queue.put(record)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            stop = False
+            for record in batch:
+                if record is self._STOP:
+                    stop = True
+                    continue
+                try:
+                    lines.append(self.format(record))
+                except Exception:  # noqa: BLE001 - one bad record must not stop the log
+                    self.handleError(record)
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except Exception:  # noqa: BLE001 - stderr gone: count what could not be written
+                    self.lost_lines += len(lines)
+            if stop:
+                return
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer thread."""
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join(timeout=5)
+        super().close()
+
+
 def configure_logging(level: str = "INFO") -> None:
-    """Send every log record to stderr as redacted JSON lines."""
+    """Send every log record to stderr as redacted JSON lines (written by a background thread)."""
     # The JSON lines carry none of these; not collecting them saves work on every access line.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BackgroundJsonHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactionFilter())
     root = logging.getLogger()
