@@ -10,6 +10,7 @@ import contextvars
 from dataclasses import dataclass
 
 from zumik_secrets.core.claims import TenantClaim
+from zumik_secrets.core.errors import resource_not_found
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +62,23 @@ def set_call(call: CallContext) -> contextvars.Token[CallContext]:
 def reset_call(token: contextvars.Token[CallContext]) -> None:
     """Undo :func:`set_call`."""
     _CURRENT.reset(token)
+
+
+def require_in_scope(name: str, tenant: str, project: str | None = None) -> CallContext:
+    """Check that a parsed resource belongs to the tenant (and project) the call acts for.
+
+    Args:
+        name: The resource name as the caller sent it (echoed in the NOT_FOUND answer).
+        tenant: The tenant segment parsed from ``name``.
+        project: The project segment, for project-scoped resources.
+
+    Returns:
+        The current call.
+
+    Raises:
+        NotFound: the one answer for a missing resource, so a foreign one looks the same.
+    """
+    call = _CURRENT.get()
+    if call.tenant_id != tenant or (project is not None and call.project_id != project):
+        raise resource_not_found(name)
+    return call

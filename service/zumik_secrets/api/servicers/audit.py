@@ -15,14 +15,14 @@ from google.protobuf import timestamp_pb2
 from zumik.secrets.v1 import audit_service_pb2 as _pb
 from zumik.secrets.v1 import audit_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call
+from zumik_secrets.api.call_context import current_call, require_in_scope
 from zumik_secrets.api.convert import timestamp
 from zumik_secrets.app.audit import AuditEntry
 from zumik_secrets.app.audit_log import AuditLog
 from zumik_secrets.core.audit_chain import SERVICE_TENANT, ChainEvent, ChainFailure, Checkpoint
 from zumik_secrets.core.audit_events import validate_appended
 from zumik_secrets.core.encoding import b64url_encode
-from zumik_secrets.core.errors import FieldViolation, InvalidArgument, resource_not_found
+from zumik_secrets.core.errors import FieldViolation, InvalidArgument
 from zumik_secrets.storage.ports import AuditFilter
 
 _OUTCOME_OUT = {
@@ -62,10 +62,8 @@ def _parent_tenant(parent: str, *, allow_service_chain: bool = True) -> str:
             metadata={"field": "parent"},
             violations=[FieldViolation("parent", "must name one tenant")],
         )
-    tenant = current_call().tenant_id
-    if tenant != parts[1]:
-        raise resource_not_found(parent)
-    return tenant
+    require_in_scope(parent, parts[1])
+    return parts[1]
 
 
 def _ts(value: timestamp_pb2.Timestamp, field: str, present: bool) -> datetime | None:

@@ -12,12 +12,11 @@ import grpc
 from zumik.secrets.v1 import fingerprint_service_pb2 as _pb
 from zumik.secrets.v1 import fingerprint_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call
+from zumik_secrets.api.call_context import current_call, require_in_scope
 from zumik_secrets.api.convert import read_duration, timestamp
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.fingerprints import MAX_OVERLAP, Fingerprints, MatchResult
 from zumik_secrets.app.handles import Handles
-from zumik_secrets.core.errors import resource_not_found
 from zumik_secrets.core.names import (
     HandleName,
     ProjectName,
@@ -42,23 +41,19 @@ def _actor() -> Actor:
 
 def _project(parent: str) -> ProjectName:
     parsed = parse_project_name(parent, field="parent")
-    call = current_call()
-    if call.tenant_id != parsed.tenant or call.project_id != parsed.project:
-        raise resource_not_found(parent)
+    require_in_scope(parent, parsed.tenant, parsed.project)
     return parsed
 
 
 def _tenant(parent: str) -> TenantName:
     parsed = parse_tenant_name(parent, field="parent")
-    if current_call().tenant_id != parsed.tenant:
-        raise resource_not_found(parent)
+    require_in_scope(parent, parsed.tenant)
     return parsed
 
 
 def _handle_name(name: str) -> HandleName:
     parsed = parse_handle_name(name)
-    if current_call().tenant_id != parsed.tenant:
-        raise resource_not_found(name)
+    require_in_scope(name, parsed.tenant)
     return parsed
 
 

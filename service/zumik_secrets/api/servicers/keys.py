@@ -14,7 +14,7 @@ from zumik.secrets.v1 import common_pb2 as _common
 from zumik.secrets.v1 import key_service_pb2 as _pb
 from zumik.secrets.v1 import key_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import CallContext, current_call
+from zumik_secrets.api.call_context import CallContext, current_call, require_in_scope
 from zumik_secrets.api.convert import duration, read_duration, timestamp
 from zumik_secrets.api.servicers.signing_keys import signing_key_proto
 from zumik_secrets.app.actor import Actor
@@ -29,7 +29,6 @@ from zumik_secrets.app.sessions import (
 from zumik_secrets.app.signing_keys import ISSUER, SigningKeys
 from zumik_secrets.app.verification import VerifyResult
 from zumik_secrets.core import names
-from zumik_secrets.core.errors import resource_not_found
 from zumik_secrets.storage.records import ApiKeyRecord, SessionRecord
 
 _STATES = {
@@ -51,27 +50,21 @@ def _actor(call: CallContext) -> Actor:
     return Actor(identity=call.identity, subject=call.subject, trace_id=call.trace_id)
 
 
-def _own(call: CallContext, tenant: str, project: str, raw_name: str) -> None:
-    """The name must be in the tenant and project the call acts for (NOT_FOUND otherwise)."""
-    if call.tenant_id != tenant or call.project_id != project:
-        raise resource_not_found(raw_name)
-
-
 def _project(field: str, value: str) -> names.ProjectName:
     parent = names.parse_project_name(value, field=field)
-    _own(current_call(), parent.tenant, parent.project, value)
+    require_in_scope(value, parent.tenant, parent.project)
     return parent
 
 
 def _key_name(value: str) -> names.ApiKeyName:
     name = names.parse_api_key_name(value)
-    _own(current_call(), name.tenant, name.project, value)
+    require_in_scope(value, name.tenant, name.project)
     return name
 
 
 def _session_name(value: str) -> names.SessionName:
     name = names.parse_session_name(value)
-    _own(current_call(), name.tenant, name.project, value)
+    require_in_scope(value, name.tenant, name.project)
     return name
 
 

@@ -12,11 +12,11 @@ from zumik.secrets.v1 import common_pb2 as _common
 from zumik.secrets.v1 import seal_service_pb2 as _pb
 from zumik.secrets.v1 import seal_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call
+from zumik_secrets.api.call_context import current_call, require_in_scope
 from zumik_secrets.api.convert import timestamp
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.sealed_secrets import SealedSecrets
-from zumik_secrets.core.errors import FieldViolation, InvalidArgument, resource_not_found
+from zumik_secrets.core.errors import FieldViolation, InvalidArgument
 from zumik_secrets.core.names import ProjectName, SecretName, parse_project_name, parse_secret_name
 from zumik_secrets.core.sealing import PURPOSE_FINGERPRINT, PURPOSE_SEAL
 from zumik_secrets.storage.records import DataKeyRecord, SealedSecretRecord
@@ -41,21 +41,15 @@ def _actor() -> Actor:
     return Actor(identity=call.identity, subject=call.subject, trace_id=call.trace_id)
 
 
-def _mine(tenant: str, project: str, name: str) -> None:
-    call = current_call()
-    if call.tenant_id != tenant or call.project_id != project:
-        raise resource_not_found(name)
-
-
 def _secret_name(name: str) -> SecretName:
     parsed = parse_secret_name(name)
-    _mine(parsed.tenant, parsed.project, name)
+    require_in_scope(name, parsed.tenant, parsed.project)
     return parsed
 
 
 def _project(parent: str) -> ProjectName:
     parsed = parse_project_name(parent, field="parent")
-    _mine(parsed.tenant, parsed.project, parent)
+    require_in_scope(parent, parsed.tenant, parsed.project)
     return parsed
 
 

@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2
 from zumik.secrets.v1 import tenant_service_pb2 as _pb
 from zumik.secrets.v1 import tenant_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call
+from zumik_secrets.api.call_context import current_call, require_in_scope
 from zumik_secrets.api.convert import duration, timestamp
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.customer_keys import CustomerKeys
@@ -23,7 +23,7 @@ from zumik_secrets.app.tenant_settings import (
     retention_out_of_range,
 )
 from zumik_secrets.core import purge_receipts
-from zumik_secrets.core.errors import FieldViolation, InvalidArgument, resource_not_found
+from zumik_secrets.core.errors import FieldViolation, InvalidArgument
 from zumik_secrets.core.names import (
     parse_project_name,
     parse_purge_receipt_name,
@@ -53,16 +53,8 @@ def _settings_tenant(name: str, *, allow_any: bool = False) -> str:
     parts = name.split("/")
     if len(parts) != 3 or parts[2] != "settings" or (parts[1] == _ANY_TENANT and not allow_any):
         raise _bad_settings_name()
-    tenant = current_call().tenant_id
-    if tenant != parts[1]:  # the interceptor derived tenant_id from this very name
-        raise resource_not_found(name)
-    return tenant
-
-
-def _scope_check(name: str, tenant: str, project: str | None = None) -> None:
-    call = current_call()
-    if call.tenant_id != tenant or (project is not None and call.project_id != project):
-        raise resource_not_found(name)
+    require_in_scope(name, parts[1])
+    return parts[1]
 
 
 def _actor() -> Actor:
@@ -214,7 +206,7 @@ class TenantServicer(_grpc.TenantServiceServicer):
     ) -> _pb.PurgeProjectResponse:
         """Crypto-shred and delete one project; answer with the signed receipt."""
         name = parse_project_name(request.name)
-        _scope_check(request.name, name.tenant, name.project)
+        require_in_scope(request.name, name.tenant, name.project)
         rec = self._purges.purge_project(name, request.confirm, _actor())
         return _pb.PurgeProjectResponse(receipt=receipt_to_proto(rec))
 
@@ -223,7 +215,7 @@ class TenantServicer(_grpc.TenantServiceServicer):
     ) -> _pb.PurgeTenantResponse:
         """Crypto-shred and delete a whole tenant; answer with the signed receipt."""
         name = parse_tenant_name(request.name)
-        _scope_check(request.name, name.tenant)
+        require_in_scope(request.name, name.tenant)
         rec = self._purges.purge_tenant(name, request.confirm, _actor())
         return _pb.PurgeTenantResponse(receipt=receipt_to_proto(rec))
 
@@ -232,5 +224,5 @@ class TenantServicer(_grpc.TenantServiceServicer):
     ) -> _pb.GetPurgeReceiptResponse:
         """Return a stored receipt (available after the tenant is gone)."""
         name = parse_purge_receipt_name(request.name)
-        _scope_check(request.name, name.tenant)
+        require_in_scope(request.name, name.tenant)
         return _pb.GetPurgeReceiptResponse(receipt=receipt_to_proto(self._purges.get_receipt(name)))
