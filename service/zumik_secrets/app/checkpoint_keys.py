@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from zumik_secrets.app.signing_keys import SigningKeys, _aad
+from zumik_secrets.app.signing_keys import SigningKeys, signing_key_aad
 from zumik_secrets.core import primitives
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.storage.ports import SigningKeyStore
@@ -53,7 +53,7 @@ class CheckpointKeys(SigningKeys):
             if cached is not None and cached[0] == kid:
                 return cached
             rec = next(r for r in self.records() if r.kid == kid)
-            private = self._keyring.unwrap(rec.wrapped_private_key, _aad(PURPOSE, kid))
+            private = self._keyring.unwrap(rec.wrapped_private_key, signing_key_aad(PURPOSE, kid))
             cached = (kid, primitives.Ed25519Signer(private))
             self._raw = cached
             return cached

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zumik_secrets.app.key_wrappers import KIND_KEYRING
-from zumik_secrets.app.signing_keys import _aad as signing_key_aad
+from zumik_secrets.app.signing_keys import signing_key_aad
 from zumik_secrets.core.keyring import MasterKeyring, blob_version
 from zumik_secrets.core.sealing import data_key_aad
 from zumik_secrets.storage.ports import DataKeyId, Store

@@ -30,7 +30,8 @@ ISSUER = "zumik-secrets"
 _LEEWAY = timedelta(seconds=30)
 
 
-def _aad(purpose: str, kid: str) -> bytes:
+def signing_key_aad(purpose: str, kid: str) -> bytes:
+    """Associated data binding a wrapped signing key to its purpose and kid."""
     return f"zumik/signing-key/v1|{purpose}|{kid}".encode()
 
 
@@ -113,7 +114,7 @@ class SigningKeys:
         if active:
             newest = active[-1]
             private = self._keyring.unwrap(
-                newest.wrapped_private_key, _aad(self._purpose, newest.kid)
+                newest.wrapped_private_key, signing_key_aad(self._purpose, newest.kid)
             )
             signer = ClaimSigner(newest.kid, private, ISSUER, self._audience)
         with self._lock:
@@ -129,7 +130,7 @@ class SigningKeys:
     def _create_key(self) -> SigningKeyRecord:
         private = primitives.generate_ed25519()
         kid = new_handle("sk")
-        wrapped = self._keyring.wrap(private, _aad(self._purpose, kid))
+        wrapped = self._keyring.wrap(private, signing_key_aad(self._purpose, kid))
         rec = SigningKeyRecord(
             kid=kid,
             purpose=self._purpose,
