@@ -15,7 +15,6 @@ UNIMPLEMENTED is skipped with a reason (detected at run time), so it turns on by
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import socket
@@ -181,16 +180,6 @@ def _wait_serving(cluster: Cluster) -> None:
         pytest.fail(f"replicas {sorted(pending)} not SERVING in {START_TIMEOUT_S}s:\n{tails}")
 
 
-def _or_skip(what: str, call: Callable[[], T]) -> T:
-    """Run ``call``; skip the test if the RPC is not implemented yet."""
-    try:
-        return call()
-    except grpc.RpcError as exc:
-        if getattr(exc, "code", lambda: None)() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip(f"{what} not implemented yet")
-        raise
-
-
 # ------------------------------------------------------------------------------ requests
 
 
@@ -283,13 +272,9 @@ def test_replicas_migrate_one_database_together_and_serve(cluster: Cluster) -> N
 
 
 def test_key_created_through_one_replica_verifies_through_the_others(cluster: Cluster) -> None:
-    created = _or_skip(
-        "KeyService.CreateApiKey", lambda: _create_key(cluster, 0, "acme", "scale-out")
-    )
+    created = _create_key(cluster, 0, "acme", "scale-out")
     for index in (1, 2):
-        answer = _or_skip(
-            "KeyService.VerifyApiKey", functools.partial(_verify, cluster, index, created.raw_key)
-        )
+        answer = _verify(cluster, index, created.raw_key)
         assert answer.result == common_pb2.VERIFY_RESULT_VALID, index
         assert answer.tenant == "acme"
         assert answer.api_key == created.api_key.name
@@ -298,20 +283,14 @@ def test_key_created_through_one_replica_verifies_through_the_others(cluster: Cl
 def test_revocation_through_one_replica_reaches_the_others_within_the_bound(
     cluster: Cluster,
 ) -> None:
-    created = _or_skip("KeyService.CreateApiKey", lambda: _create_key(cluster, 0, "acme", "revoke"))
+    created = _create_key(cluster, 0, "acme", "revoke")
     # Warm every replica's cache, so a stale cache entry is what the revocation must beat.
     for _ in range(3):
         for index in range(REPLICAS):
-            answer = _or_skip(
-                "KeyService.VerifyApiKey",
-                functools.partial(_verify, cluster, index, created.raw_key),
-            )
+            answer = _verify(cluster, index, created.raw_key)
             assert answer.result == common_pb2.VERIFY_RESULT_VALID
-    _or_skip(
-        "KeyService.RevokeApiKey",
-        lambda: cluster.keys(0, "control-plane").RevokeApiKey(
-            key_service_pb2.RevokeApiKeyRequest(name=created.api_key.name), timeout=RPC_TIMEOUT_S
-        ),
+    cluster.keys(0, "control-plane").RevokeApiKey(
+        key_service_pb2.RevokeApiKeyRequest(name=created.api_key.name), timeout=RPC_TIMEOUT_S
     )
     revoked_at = time.monotonic()
     assert _verify(cluster, 0, created.raw_key).result == common_pb2.VERIFY_RESULT_REVOKED
@@ -331,8 +310,8 @@ def test_revocation_through_one_replica_reaches_the_others_within_the_bound(
 
 def test_audit_appends_from_every_replica_form_one_verifiable_chain(cluster: Cluster) -> None:
     tenant = "chain-co"
-    _or_skip("AuditService.AppendEvent", lambda: _append(cluster, 0, tenant, 0))
-    _or_skip("AuditService.VerifyChain", lambda: _verify_chain(cluster, 0, tenant))
+    _append(cluster, 0, tenant, 0)
+    _verify_chain(cluster, 0, tenant)
     per_replica = 15
     sequences: list[int] = []
     errors: list[BaseException] = []
@@ -414,8 +393,8 @@ def _run_load_and_kill(
 
 def test_sigkill_mid_load_loses_no_acknowledged_audit_event(cluster: Cluster) -> None:
     tenant = "kill-audit"
-    _or_skip("AuditService.AppendEvent", lambda: _append(cluster, 0, tenant, -1))
-    _or_skip("AuditService.QueryEvents", lambda: _events(cluster, 0, tenant))
+    _append(cluster, 0, tenant, -1)
+    _events(cluster, 0, tenant)
 
     def write(index: int, n: int) -> tuple[str, str]:
         event = _append(cluster, index, tenant, n).event
@@ -431,8 +410,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_audit_event(cluster: Cluster) ->
 
 
 def test_sigkill_mid_load_loses_no_acknowledged_api_key(cluster: Cluster) -> None:
-    _or_skip("KeyService.CreateApiKey", lambda: _create_key(cluster, 0, "kill-keys", "probe"))
-    _or_skip("KeyService.VerifyApiKey", lambda: _verify(cluster, 0, "zk_live_x"))
+    _create_key(cluster, 0, "kill-keys", "probe")
 
     def write(index: int, n: int) -> tuple[str, str]:
         created = _create_key(cluster, index, "kill-keys", f"load-{index}-{n}")

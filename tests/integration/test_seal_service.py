@@ -403,10 +403,10 @@ def test_plaintext_never_at_rest_in_logs_spans_or_errors(
         "UPDATE sealed_secrets SET project_id = 'zz' WHERE secret_id = %s",
         (names[2].rsplit("/", 1)[1],),
     )
-    try:
+    with pytest.raises(grpc.RpcError) as moved:
         _open(server, f"tenants/{T}/projects/zz/secrets/{names[2].rsplit('/', 1)[1]}")
-    except grpc.RpcError as err:
-        errors.append(f"{err.code()} {err.details()} {err.trailing_metadata()!r}")  # type: ignore[attr-defined]
+    err = moved.value
+    errors.append(f"{err.code()} {err.details()} {err.trailing_metadata()!r}")  # type: ignore[attr-defined]
 
     needles = [s for s in secrets] + [secrets[1] + b"-v2"]
     cells = list(_every_cell(server))
