@@ -102,10 +102,3 @@ def internal_status(correlation_id: str) -> grpc.Status:
         ],
     )
     return rpc_status.to_status(proto)
-
-
-def apply_status(context: grpc.ServicerContext, status: grpc.Status) -> None:
-    """Set a rich status on a call without raising (works with grpc_testing contexts too)."""
-    context.set_trailing_metadata(status.trailing_metadata)
-    context.set_code(status.code)
-    context.set_details(status.details)

@@ -87,11 +87,6 @@ class CustomerKeys:
         self._clock = clock
         self._wrappers: TtlLru[str, KeyWrapper] = TtlLru(10_000, cache_ttl)
 
-    @property
-    def keyring_wrapper(self) -> KeyringWrapper:
-        """The master keyring's wrapper."""
-        return self._keyring_wrapper
-
     def _build(self, rec: CustomerKeyRecord, token: str) -> KeyWrapper:
         return OpenBaoTransit(
             rec.address,

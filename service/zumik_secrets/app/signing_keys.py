@@ -111,7 +111,10 @@ class SigningKeys:
         }
         active = [rec for rec in records if rec.state == "active"]
         signer: ClaimSigner | None = None
-        if active:
+        current = self._signer
+        if active and current is not None and current.kid == active[-1].kid:
+            signer = current  # unchanged: no unwrap (reloads follow unknown kids, at most 1/s)
+        elif active:
             newest = active[-1]
             private = self._keyring.unwrap(
                 newest.wrapped_private_key, signing_key_aad(self._purpose, newest.kid)

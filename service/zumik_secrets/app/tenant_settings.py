@@ -150,15 +150,6 @@ class TenantSettingsService:
             ),
         )
 
-    def set_telemetry_mode(self, tenant_id: str, mode: str) -> TenantSettings:
-        """Switch a tenant's telemetry mode (``default`` or ``rich``).
-
-        Raises:
-            InvalidArgument: bad tenant id.
-            Unavailable: storage is down.
-        """
-        return self.update(tenant_id, {"telemetry_mode": mode}, Actor())
-
     def update(
         self, tenant_id: str, changes: Mapping[str, str | timedelta | None], actor: Actor
     ) -> TenantSettings:

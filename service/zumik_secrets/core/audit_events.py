@@ -42,7 +42,6 @@ MAX_TARGET_LENGTH = 256
 MAX_SERVICE_TARGET_LENGTH = 1024
 ATTRIBUTE_KEY_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 REASON_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-ACTION_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 REDACTED = "[REDACTED]"
 REASON_SECRET_IN_EVENT = "SECRET_IN_EVENT"  # noqa: S105 - a reason code
 REASON_INVALID_EVENT = "INVALID_EVENT"

@@ -23,12 +23,10 @@ KIND_API_KEY = "key"
 KIND_SESSION = "ses"
 KIND_SECRET = "sec"  # noqa: S105 (a handle kind, not a password)
 KIND_PURGE_RECEIPT = "rcp"
-KIND_HANDLE = "hdl"
 
 REASON_INVALID_HANDLE = "INVALID_HANDLE"
 
 KIND_RE = re.compile(r"[a-z]{2,8}")
-BODY_RE = re.compile(r"[0-9A-Za-z]{22}")
 HANDLE_RE = re.compile(r"([a-z]{2,8})_([0-9A-Za-z]{22})")
 """A whole handle (use with ``fullmatch``); groups: kind, body."""
 

@@ -45,14 +45,12 @@ class Authorization:
         project_id: Project of the resource, when it has one.
         claim: The verified claim, when present.
         without_claim: A privileged identity acting for a tenant named in the request.
-        resource: The resource name the checks were made against ("" when none).
     """
 
     tenant_id: str | None
     project_id: str | None
     claim: TenantClaim | None
     without_claim: bool
-    resource: str
 
 
 def resource_scope(name: str, field: str) -> tuple[str, str | None]:
@@ -131,7 +129,7 @@ class Authorizer:
         """
         claim = self._verify_claim(raw_claim) if raw_claim else None
         if guard is None or not guard.tenant_scoped:
-            return Authorization(None, None, claim, False, "")
+            return Authorization(None, None, claim, False)
         if not resource:
             raise InvalidArgument(
                 f"{guard.resource_field} is required",
@@ -148,10 +146,10 @@ class Authorizer:
                     reason="MISSING_SCOPE",
                     metadata={"scope": guard.scope},
                 )
-            return Authorization(tenant, project, claim, False, resource)
+            return Authorization(tenant, project, claim, False)
         if not without_claim_allowed:
             raise Unauthenticated(
                 f"this method needs a tenant claim in the {CLAIM_METADATA_KEY!r} metadata",
                 reason="CLAIM_MISSING",
             )
-        return Authorization(tenant, project, None, True, resource)
+        return Authorization(tenant, project, None, True)

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from zumik_secrets.app.purge import PAUSE_PHASES
+
 DEV_DIR = Path("var/dev")
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/zumik.db"
@@ -416,7 +418,7 @@ class ServerConfig:
             raise ValueError("ZUMIK_REVOKED_KEY_RETENTION_DAYS must be between 0 and 3650")
         if not 0.5 <= self.retention_interval <= 7 * 86400:
             raise ValueError("ZUMIK_RETENTION_INTERVAL must be between 0.5 and 604800 seconds")
-        if self.test_purge_pause_after not in ("", "shred", "delete"):
+        if self.test_purge_pause_after not in ("", *PAUSE_PHASES):
             raise ValueError("ZUMIK_TEST_PURGE_PAUSE_AFTER must be empty, shred or delete")
         if not 0.1 <= self.customer_key_timeout <= 60:
             raise ValueError("ZUMIK_CUSTOMER_KEY_TIMEOUT must be between 0.1 and 60 seconds")
