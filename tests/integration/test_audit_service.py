@@ -12,7 +12,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from zumik.secrets.v1 import audit_service_pb2 as apb
-from zumik.secrets.v1 import common_pb2, key_service_pb2, tenant_service_pb2
+from zumik.secrets.v1 import common_pb2, key_service_pb2, seal_service_pb2, tenant_service_pb2
 
 from tests.fix_server import RunningServer
 from tests.grpc_errors import error_info, status_bytes
@@ -143,6 +143,41 @@ def test_billing_append_is_durable_and_recorded_with_its_authorization(
     allows = find(zumik_server, "acme", action="authz.allow", actor=BILLING)
     assert allows and allows[0].reason == "ALLOWED_WITHOUT_CLAIM"
     assert allows[0].attributes["method"] == "zumik.secrets.v1.AuditService/AppendEvent"
+
+
+def test_a_sensitive_call_leaves_one_event_and_the_allow_when_it_records_none(
+    zumik_server: RunningServer,
+) -> None:
+    """Open is ``audit_allow``: its own durable ``secret.open`` event is the record of the
+    allowed call (no second ``authz.allow``); a call that records nothing of its own (a bad
+    name refused by the servicer) still leaves its ``authz.allow``."""
+    parent = "tenants/acme/projects/web"
+    console = zumik_server.stubs(
+        "console", claim=zumik_server.mint_claim("acme", "web", ("secrets.seal",))
+    )
+    name = console.seal.Seal(
+        seal_service_pb2.SealRequest(parent=parent, plaintext=b"provider-key"), timeout=5
+    ).secret.name
+    executor = zumik_server.stubs(
+        "executor", claim=zumik_server.mint_claim("acme", "web", ("secrets.open",))
+    ).seal
+    assert executor.Open(seal_service_pb2.OpenRequest(name=name), timeout=5).plaintext
+    opened = find(zumik_server, "acme", action="secret.open", target=name)
+    assert [e.outcome for e in opened] == [apb.AUDIT_OUTCOME_SUCCESS]
+    assert opened[0].actor == "spiffe://zumik.local/svc/executor"
+    sealed = find(zumik_server, "acme", action="secret.seal", target=name)
+    assert len(sealed) == 1 and sealed[0].actor == "spiffe://zumik.local/svc/console"
+    bad = f"{parent}/secrets/not-a-handle"
+    with pytest.raises(grpc.RpcError) as refused:
+        executor.Open(seal_service_pb2.OpenRequest(name=bad), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    allows = find(zumik_server, "acme", action="authz.allow", timeout=3.0)
+    by_target = {e.target: e for e in allows}
+    assert name not in by_target  # the Open and the Seal were recorded by their own events
+    assert by_target[bad].reason == "ALLOWED"
+    assert by_target[bad].actor == "spiffe://zumik.local/svc/executor"
+    assert by_target[bad].attributes["method"] == "zumik.secrets.v1.SealService/Open"
+    assert by_target[bad].actor_subject  # the claim's subject
 
 
 def test_api_key_verification_outcomes_are_recorded(zumik_server: RunningServer) -> None:

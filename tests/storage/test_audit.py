@@ -178,6 +178,49 @@ def test_non_durable_events_land_within_a_short_bound(store: Store, audit_log: A
         time.sleep(0.002)
 
 
+def test_linger_gathers_non_durable_events_into_one_commit(store: Store) -> None:
+    log = make_log(store, linger=0.3)
+    try:
+        commits = log.commits
+        started = time.monotonic()
+        for i in range(20):
+            log.record(entry(i=i))
+        time.sleep(0.1)
+        assert store.audit.head("acme") is None  # still lingering: nothing committed yet
+        while (store.audit.head("acme") or (0, b""))[0] < 20:
+            assert time.monotonic() - started < 2.0
+            time.sleep(0.01)
+        assert log.commits - commits == 1
+        assert log.verify("acme").ok
+    finally:
+        log.stop()
+
+
+def test_a_durable_event_ends_the_linger_at_once(store: Store) -> None:
+    log = make_log(store, linger=5.0)
+    try:
+        log.record(entry(i=1))
+        time.sleep(0.05)  # the writer is now lingering on the non-durable event
+        started = time.monotonic()
+        stored = log.append(entry(i=2))
+        assert time.monotonic() - started < 2.0  # not the 5 s linger
+        assert stored.sequence == 2  # the lingering event went first, in the same commit
+        assert store.audit.head("acme") == (2, stored.hash)
+    finally:
+        log.stop()
+
+
+def test_stop_writes_lingering_events(store: Store) -> None:
+    log = make_log(store, linger=30.0)
+    log.record(entry(i=1))
+    log.record(entry(i=2))
+    started = time.monotonic()
+    log.stop()
+    assert time.monotonic() - started < 5.0
+    assert store.audit.head("acme") is not None
+    assert store.audit.head("acme")[0] == 2  # type: ignore[index]
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 
 

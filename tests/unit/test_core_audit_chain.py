@@ -237,3 +237,26 @@ def test_service_events_are_sanitized_not_refused() -> None:
     assert target == REDACTED
     assert reason == "CLAIM_EXPIRED"
     assert attrs == {"method": REDACTED, "redacted": "target,method"}
+
+
+def test_sanitize_remembers_only_harmless_values() -> None:
+    from zumik_secrets.core import audit_events
+
+    harmless = "tenants/acme/projects/web/secrets/sec_0123456789ABCDEFabcdef"
+    for _ in range(3):  # the second and third calls are answered from the cache
+        assert sanitize(harmless, "OK", {"version": "1"}) == (harmless, "OK", {"version": "1"})
+        assert sanitize(_SECRET, "OK", {"v": _SECRET})[0] == REDACTED
+    assert harmless in audit_events._harmless
+    assert _SECRET not in audit_events._harmless
+    assert not any(_SECRET in value for value in audit_events._harmless)
+    long_value = "a/" * 400  # longer than the cache keeps
+    assert sanitize(long_value, "", {})[0].startswith("a/")
+    assert long_value not in audit_events._harmless
+
+
+def test_sanitize_cache_is_bounded() -> None:
+    from zumik_secrets.core import audit_events
+
+    for i in range(audit_events._HARMLESS_CACHE_SIZE + 10):
+        sanitize(f"tenants/t{i}", "", {})
+    assert len(audit_events._harmless) <= audit_events._HARMLESS_CACHE_SIZE

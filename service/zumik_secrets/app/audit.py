@@ -12,6 +12,7 @@ need a recorder without storage: it writes each event as a structured line on th
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,48 @@ class AuditEntry:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
+class CallAudit:
+    """Whether the call being served has recorded an audit event (see :func:`track_call`)."""
+
+    __slots__ = ("recorded",)
+
+    def __init__(self) -> None:
+        """Start with nothing recorded."""
+        self.recorded = False
+
+
+_CALL_AUDIT: contextvars.ContextVar[CallAudit | None] = contextvars.ContextVar(
+    "zumik_call_audit", default=None
+)
+
+
+def track_call() -> tuple[CallAudit, contextvars.Token[CallAudit | None]]:
+    """Start noting the events the current call records (the interceptor's use).
+
+    An allowed call to a method whose allows are audited needs no separate ``authz.allow``
+    event when the method records its own event of the call (same actor, subject, target and
+    trace): that event is the record of the allowed call. The interceptor tracks the call and
+    records the allow only if nothing was recorded.
+
+    Returns:
+        The tracker and the token for :func:`untrack_call`.
+    """
+    audit = CallAudit()
+    return audit, _CALL_AUDIT.set(audit)
+
+
+def untrack_call(token: contextvars.Token[CallAudit | None]) -> None:
+    """Stop tracking (undo :func:`track_call`)."""
+    _CALL_AUDIT.reset(token)
+
+
+def note_recorded() -> None:
+    """Mark the current call (if tracked) as having recorded an event; recorders call this."""
+    audit = _CALL_AUDIT.get()
+    if audit is not None:
+        audit.recorded = True
+
+
 class AuditRecorder(Protocol):
     """Where audit events go."""
 
@@ -63,6 +106,7 @@ class LogAuditRecorder:
 
     def record(self, entry: AuditEntry, *, durable: bool = False) -> None:
         """Log the event (see the module docstring for what this does not guarantee)."""
+        note_recorded()
         _AUDIT_LOG.info(
             "audit",
             extra={

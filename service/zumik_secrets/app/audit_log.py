@@ -8,14 +8,18 @@ Recording
 Group commit
     One writer thread takes *everything* queued (up to ``max_batch`` events) and stores it in
     one transaction (the store chains each tenant's events under that tenant's head lock), so
-    many events share one commit. There is no artificial delay: events that arrive while a
-    commit is in flight form the next batch. Bounds:
+    many events share one commit. Events that arrive while a commit is in flight form the next
+    batch. A durable event is committed at once; when only non-durable events are queued the
+    writer lingers up to ``linger`` (``ZUMIK_AUDIT_LINGER_MS``, 20 ms) for more, so a steady
+    stream of verification events costs one commit per linger instead of one per few events
+    (the wake-ups and commits were most of a warm VerifyApiKey's audit cost, bench/README.md).
+    Callers wake the writer only when it sleeps idle, or when their event cannot wait. Bounds:
 
-    * ``durable=True`` callers wait for their batch's commit (one ``threading.Event`` each) at
-      most ``durable_timeout`` seconds, then get :class:`Unavailable` (reason
+    * ``durable=True`` callers wait for their batch's commit (one held lock each, released by
+      the writer) at most ``durable_timeout`` seconds, then get :class:`Unavailable` (reason
       ``AUDIT_UNAVAILABLE``). If the commit fails they get it at once.
-    * ``durable=False`` callers do not wait; their events are written by the next commit (well
-      under 50 ms at the measured commit latencies). If a commit fails their events go back to
+    * ``durable=False`` callers do not wait; their events are written by the next commit, within
+      the linger plus one commit (well under 50 ms at the measured commit latencies). If a commit fails their events go back to
       the head of the queue and are retried (backoff 50 ms doubling to 1 s) while the process
       lives: never silently dropped.
     * The queue is bounded (``queue_limit`` events, retried ones included). When it is full
@@ -54,7 +58,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from zumik_secrets.app.audit import AuditEntry
+from zumik_secrets.app.audit import AuditEntry, note_recorded
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
 from zumik_secrets.core import audit_chain as chain
 from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint, EventDraft
@@ -82,15 +86,32 @@ def audit_unavailable() -> Unavailable:
     return Unavailable("the audit log is unavailable, retry later", reason=REASON_AUDIT_UNAVAILABLE)
 
 
-@dataclass(eq=False)
 class _Pending:
-    draft: EventDraft
-    durable: bool
-    done: threading.Event | None = None
-    result: ChainEvent | None = None
-    error: ZumikError | None = None
-    taken: bool = False
-    cancelled: bool = False
+    """A queued event; a durable one carries ``done``, a lock held until it is settled.
+
+    A plain lock (acquired here, released once by whoever settles the event) is the cheapest
+    way for the caller to wait: ``acquire(timeout=...)`` waits in C without the GIL, where a
+    ``threading.Event`` builds a Python condition and a waiter lock on every call.
+    """
+
+    __slots__ = ("cancelled", "done", "draft", "durable", "error", "result", "taken")
+
+    def __init__(self, draft: EventDraft, *, durable: bool) -> None:
+        self.draft = draft
+        self.durable = durable
+        self.done: threading.Lock | None = None
+        if durable:
+            self.done = threading.Lock()
+            self.done.acquire()
+        self.result: ChainEvent | None = None
+        self.error: ZumikError | None = None
+        self.taken = False
+        self.cancelled = False
+
+    def settle(self) -> None:
+        """Wake the waiting caller (durable events; called once, when stored or failed)."""
+        if self.done is not None:
+            self.done.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +150,7 @@ class AuditLog:
         queue_limit: int = 10_000,
         enqueue_timeout: float = 1.0,
         max_batch: int = 512,
+        linger: float = 0.0,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
         retention: timedelta = DEFAULT_RETENTION,
@@ -146,6 +168,10 @@ class AuditLog:
             queue_limit: Events queued (retries included) before callers block.
             enqueue_timeout: Longest a non-durable record waits for queue room, seconds.
             max_batch: Most events per transaction.
+            linger: When only non-durable events are queued, how long the writer waits for
+                more before committing, seconds (0: commit at once). A durable event or a full
+                batch ends the wait. Fewer, larger commits cost less CPU per event; nobody
+                waits for a non-durable event, so only its time to disk grows.
             checkpoint_every: Events of one tenant (in this process) that trigger a checkpoint.
             checkpoint_interval: Seconds between periodic checkpoints of moved heads.
             retention: Default retention period.
@@ -159,13 +185,22 @@ class AuditLog:
         self._queue_limit = queue_limit
         self._enqueue_timeout = enqueue_timeout
         self._max_batch = max_batch
+        self._linger = linger
         self._checkpoint_every = checkpoint_every
         self._checkpoint_interval = checkpoint_interval
         self._retention = retention
         self._retention_for = retention_for or (lambda _tenant: retention)
-        self._cond = threading.Condition()
+        # One lock, two conditions: the writer waits on ``_work``, callers waiting for queue
+        # room on ``_room``. A caller wakes the writer only when it is idle (or lingering and the
+        # event cannot wait), so a busy writer is not woken once per event.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
         self._queue: deque[_Pending] = deque()
-        self._queued = 0  # queued + in flight, under _cond
+        self._queued = 0  # queued + in flight, under _lock
+        self._durable_queued = 0  # durable events in _queue, under _lock
+        self._writer_waiting = False  # the writer sleeps on _work, under _lock
+        self._lingering = False  # ... and may sleep on until the linger ends, under _lock
         self._stopping = False
         self._stop = threading.Event()
         self._checkpoint_wake = threading.Event()
@@ -193,16 +228,17 @@ class AuditLog:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued (up to ``timeout``), then stop the threads. Idempotent."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
-            self._cond.notify_all()
+            self._work.notify_all()
+            self._room.notify_all()
         self._stop.set()
         self._checkpoint_wake.set()
         if self._writer.is_alive():
             self._writer.join(timeout)
         if self._checkpointer.is_alive():
             self._checkpointer.join(timeout)
-        with self._cond:
+        with self._lock:
             left = [p for p in self._queue if not p.cancelled]
         if left:
             _LOG.error("audit events not written at shutdown", extra={"count": len(left)})
@@ -228,6 +264,7 @@ class AuditLog:
     # -- recording --------------------------------------------------------------------------
 
     def _draft(self, entry: AuditEntry) -> EventDraft:
+        note_recorded()
         target, reason, attributes = sanitize(entry.target, entry.reason, entry.attributes)
         return EventDraft(
             tenant=entry.tenant_id or chain.SERVICE_TENANT,
@@ -261,12 +298,12 @@ class AuditLog:
         Raises:
             Unavailable: reason ``AUDIT_UNAVAILABLE`` when it could not be committed in time.
         """
-        pending = _Pending(self._draft(entry), durable=True, done=threading.Event())
+        pending = _Pending(self._draft(entry), durable=True)
         deadline = time.monotonic() + self._durable_timeout
         self._submit(pending, deadline)
         done = pending.done
-        if done is None or not done.wait(max(0.0, deadline - time.monotonic())):
-            with self._cond:
+        if done is None or not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            with self._lock:
                 if not pending.taken:
                     pending.cancelled = True
             if pending.result is not None:
@@ -289,12 +326,12 @@ class AuditLog:
         Raises:
             Unavailable: a durable event found no room before its deadline.
         """
-        with self._cond:
+        with self._lock:
             while self._queued >= self._queue_limit and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._room.wait(remaining)
             if self._stopping:
                 return False
             if self._queued >= self._queue_limit:
@@ -308,7 +345,12 @@ class AuditLog:
                 return True
             self._queue.append(pending)
             self._queued += 1
-            self._cond.notify_all()
+            if pending.durable:
+                self._durable_queued += 1
+            if self._writer_waiting and (
+                not self._lingering or pending.durable or len(self._queue) >= self._max_batch
+            ):
+                self._work.notify()
             return True
 
     def _write_direct(self, pending: _Pending) -> None:
@@ -324,34 +366,62 @@ class AuditLog:
             _LOG.error("audit event not written", extra={"action": pending.draft.action})
             return
         self._set_healthy(True)
-        if pending.done is not None:
-            pending.done.set()
+        pending.settle()
         self._count([pending.result])
 
     # -- the writer thread ------------------------------------------------------------------
 
     def _take_batch(self) -> list[_Pending] | None:
         """Wait for work; None when stopping with nothing left."""
-        with self._cond:
+        with self._lock:
             while not self._queue:
                 if self._stopping:
                     return None
                 if not self._healthy:
-                    self._cond.wait(0.5)
+                    self._sleep(0.5)
                     if not self._queue:
                         return []  # idle while unhealthy: probe
                     break
-                self._cond.wait(1.0)
+                self._sleep(1.0)
+            if self._linger > 0:
+                self._linger_for_more()
             batch: list[_Pending] = []
             while self._queue and len(batch) < self._max_batch:
                 pending = self._queue.popleft()
+                if pending.durable:
+                    self._durable_queued -= 1
                 if pending.cancelled:
                     self._queued -= 1
                     continue
                 pending.taken = True
                 batch.append(pending)
-            self._cond.notify_all()
+            self._room.notify_all()
             return batch
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait on ``_work`` (lock held) with the writer marked as waiting."""
+        self._writer_waiting = True
+        try:
+            self._work.wait(timeout)
+        finally:
+            self._writer_waiting = False
+
+    def _linger_for_more(self) -> None:
+        """With only non-durable events queued, wait up to ``linger`` for a fuller batch."""
+        deadline = time.monotonic() + self._linger
+        self._lingering = True
+        try:
+            while (
+                not self._stopping
+                and self._durable_queued == 0
+                and len(self._queue) < self._max_batch
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._sleep(remaining)
+        finally:
+            self._lingering = False
 
     def _write_loop(self) -> None:
         backoff = 0.05
@@ -373,13 +443,12 @@ class AuditLog:
             backoff = 0.05
             self.commits += 1
             self._set_healthy(True)
-            with self._cond:
+            with self._lock:
                 self._queued -= len(batch)
-                self._cond.notify_all()
+                self._room.notify_all()
             for pending, event in zip(batch, stored, strict=True):
                 pending.result = event
-                if pending.done is not None:
-                    pending.done.set()
+                pending.settle()
             self._count(stored)
 
     def _failed(self, batch: list[_Pending], exc: Exception) -> None:
@@ -390,18 +459,18 @@ class AuditLog:
         # Non-durable events are kept for the retry (unless the failure is not an outage, when
         # retrying would fail forever); durable callers learn of the failure at once.
         keep = [p for p in batch if not p.durable] if outage else []
-        with self._cond:
+        with self._lock:
             for pending in reversed(keep):
                 pending.taken = False
                 self._queue.appendleft(pending)
             self._queued -= len(batch) - len(keep)
-            self._cond.notify_all()
+            self._room.notify_all()
         if not outage:
             self.dropped += sum(1 for p in batch if not p.durable)
         for pending in batch:
-            if pending.durable and pending.done is not None:
+            if pending.durable:
                 pending.error = audit_unavailable()
-                pending.done.set()
+                pending.settle()
 
     def _probe(self) -> None:
         try:

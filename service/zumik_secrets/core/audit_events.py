@@ -95,9 +95,24 @@ def validate_appended(action: str, target: str, reason: str, attributes: Mapping
             raise _secret(where)
 
 
+_HARMLESS_CACHE_SIZE = 8192
+_HARMLESS_CACHE_VALUE = 512
+_harmless: dict[str, None] = {}
+"""Values already found to look like no secret. Service events repeat the same targets and
+attribute values call after call; the scan is the costliest part of recording one. Only
+harmless values are kept (a secret-looking value is never stored here), at most
+``_HARMLESS_CACHE_SIZE`` of them and each at most ``_HARMLESS_CACHE_VALUE`` characters long
+(bounded memory whatever callers send); the cache is emptied when full."""
+
+
 def _clean(value: str, limit: int) -> tuple[str, bool]:
-    if secret_kind(value) is not None:
-        return REDACTED, True
+    if value not in _harmless:
+        if secret_kind(value) is not None:
+            return REDACTED, True
+        if len(value) <= _HARMLESS_CACHE_VALUE:
+            if len(_harmless) >= _HARMLESS_CACHE_SIZE:
+                _harmless.clear()
+            _harmless[value] = None
     if len(value) > limit:
         return value[: limit - 1] + "\u2026", False
     return value, False

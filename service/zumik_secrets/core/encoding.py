@@ -16,6 +16,8 @@ BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 does not change the value."""
 
 _B62_INDEX = {c: i for i, c in enumerate(BASE62_ALPHABET)}
+_PAIR_BASE = 62 * 62
+_B62_PAIRS = [a + b for a in BASE62_ALPHABET for b in BASE62_ALPHABET]
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 
 
@@ -27,11 +29,13 @@ def base62_encode_int(n: int, width: int | None = None) -> str:
     """
     if n < 0:
         raise ValueError("base62 encodes non-negative integers only")
-    digits: list[str] = []
-    while n:
-        n, r = divmod(n, 62)
-        digits.append(BASE62_ALPHABET[r])
-    text = "".join(reversed(digits)) or "0"
+    # Two digits per division (handles and keys are minted on hot paths).
+    pairs: list[str] = []
+    while n >= _PAIR_BASE:
+        n, r = divmod(n, _PAIR_BASE)
+        pairs.append(_B62_PAIRS[r])
+    head = _B62_PAIRS[n].lstrip("0") if n else ("" if pairs else "0")
+    text = head + "".join(reversed(pairs))
     if width is not None:
         if len(text) > width:
             raise ValueError("value does not fit the base62 width")

@@ -257,6 +257,15 @@ class ServerConfig:
             )
         },
     )
+    audit_linger_ms: float = field(
+        default=20.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_AUDIT_LINGER_MS",
+                "ms the audit writer gathers non-durable events before a commit (0: at once)",
+            )
+        },
+    )
     revoked_key_retention_days: int = field(
         default=30,
         metadata={
@@ -399,6 +408,8 @@ class ServerConfig:
             raise ValueError("ZUMIK_AUDIT_CHECKPOINT_EVENTS must be at least 1")
         if not 0.1 <= self.audit_durable_timeout <= 60:
             raise ValueError("ZUMIK_AUDIT_DURABLE_TIMEOUT must be between 0.1 and 60 seconds")
+        if not 0 <= self.audit_linger_ms <= 1000:
+            raise ValueError("ZUMIK_AUDIT_LINGER_MS must be between 0 and 1000")
         if self.max_message_bytes < 64 * 1024:
             raise ValueError("ZUMIK_MAX_MESSAGE_BYTES must be at least 65536")
         if not 1 <= self.seal_max_plaintext_bytes <= self.max_message_bytes - 4096:

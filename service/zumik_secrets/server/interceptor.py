@@ -6,8 +6,13 @@ interceptor returns a wrapped handler that does the work per call:
 
 1. start the span; read the peer's SPIFFE ID and TLS version from the verified handshake;
 2. authorize (identity, resource, claim, scope; see :mod:`zumik_secrets.server.authorization`),
-   auditing every denial and the allows of sensitive methods;
-3. run the servicer with the verified :class:`CallContext` installed;
+   auditing every denial, every allow without a claim, and the allows of sensitive methods
+   (``audit_allow``);
+3. run the servicer with the verified :class:`CallContext` installed. The allow of a sensitive
+   method is recorded as its own ``authz.allow`` event only if the method recorded no event of
+   the call: its own event (``secret.open``, ``secret.seal``... with the same actor, subject,
+   target and trace) already is the record of the allowed call, and one event per call halves
+   the audit work of the hottest sensitive methods;
 4. turn a domain error into its rich status (one table, :mod:`zumik_secrets.api.status`) and any
    other exception into INTERNAL with a correlation id (the detail goes to the log only);
 5. end the span and write the access-log line.
@@ -27,7 +32,7 @@ from opentelemetry import trace
 from zumik_secrets.api.call_context import CallContext, reset_call, set_call
 from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, track_call, untrack_call
 from zumik_secrets.core.errors import InvalidArgument, Unimplemented, ZumikError
 from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
@@ -93,6 +98,30 @@ def _peer(context: grpc.ServicerContext) -> tuple[str, str]:
     tls = list(auth.get("ssl_tls_version", ()))
     identity = ids[0].decode("utf-8", "replace") if len(ids) == 1 else ""
     return identity, tls[0].decode("ascii", "replace") if tls else ""
+
+
+def _decision(
+    identity: str,
+    subject: str,
+    method: str,
+    resource: str,
+    outcome: str,
+    reason: str,
+    trace_id: str,
+    tenant_id: str | None = None,
+) -> AuditEntry:
+    """The audit entry of an authorization decision."""
+    return AuditEntry(
+        tenant_id=tenant_id if tenant_id not in (None, "-") else None,
+        actor=identity,
+        actor_subject=subject,
+        action="authz.allow" if outcome == "success" else "authz.deny",
+        target=resource,
+        outcome=outcome,
+        reason=reason,
+        trace_id=trace_id,
+        attributes={"method": method.lstrip("/")},
+    )
 
 
 def _claim_from(metadata: Any) -> str | None:
@@ -176,13 +205,19 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         request: Any,
         raw_claim: str | None,
         open_method: bool,
-    ) -> CallContext:
+    ) -> tuple[CallContext, AuditEntry | None]:
+        """Authorize the call.
+
+        Returns:
+            The call's context, and the ``authz.allow`` entry to record after the call unless
+            the method records an event of its own (None: nothing deferred).
+        """
         identity, record.tls_version = _peer(context)
         record.peer = identity
         trace_id = trace.get_current_span().get_span_context().trace_id
         trace_hex = f"{trace_id:032x}" if trace_id else ""
         if open_method:
-            return CallContext(method, identity, None, None, None, False, trace_hex)
+            return CallContext(method, identity, None, None, None, False, trace_hex), None
         resource = ""
         try:
             without_claim = self._authorizer.check_identity(identity or None, method)
@@ -199,7 +234,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 guard, without_claim, resource, raw_claim
             )
         except ZumikError as error:
-            self._audit_decision(identity, "", method, resource, "denied", error.reason, trace_hex)
+            self._record_decision(
+                _decision(identity, "", method, resource, "denied", error.reason, trace_hex)
+            )
             raise _Denied(error) from None
         record.tenant_id = authz.tenant_id or ""
         record.project_id = authz.project_id or ""
@@ -212,47 +249,55 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             without_claim=authz.without_claim,
             trace_id=trace_hex,
         )
-        if authz.without_claim or (guard is not None and guard.audit_allow):
-            reason = "ALLOWED_WITHOUT_CLAIM" if authz.without_claim else "ALLOWED"
-            self._audit_decision(
-                identity,
-                call.subject,
-                method,
-                resource,
-                "success",
-                reason,
-                trace_hex,
-                tenant_id=authz.tenant_id,
-            )
-        return call
+        if not (authz.without_claim or (guard is not None and guard.audit_allow)):
+            return call, None
+        allow = _decision(
+            identity,
+            call.subject,
+            method,
+            resource,
+            "success",
+            "ALLOWED_WITHOUT_CLAIM" if authz.without_claim else "ALLOWED",
+            trace_hex,
+            tenant_id=authz.tenant_id,
+        )
+        if authz.without_claim:
+            # Acting without a claim is a privilege: always its own event, before the call.
+            self._record_decision(allow)
+            return call, None
+        return call, allow
 
-    def _audit_decision(
-        self,
-        identity: str,
-        subject: str,
-        method: str,
-        resource: str,
-        outcome: str,
-        reason: str,
-        trace_id: str,
-        tenant_id: str | None = None,
-    ) -> None:
+    def _record_decision(self, entry: AuditEntry) -> None:
         try:
-            self._audit.record(
-                AuditEntry(
-                    tenant_id=tenant_id if tenant_id not in (None, "-") else None,
-                    actor=identity,
-                    actor_subject=subject,
-                    action="authz.allow" if outcome == "success" else "authz.deny",
-                    target=resource,
-                    outcome=outcome,
-                    reason=reason,
-                    trace_id=trace_id,
-                    attributes={"method": method.lstrip("/")},
-                )
-            )
+            self._audit.record(entry)
         except ZumikError:
-            _LOG.warning("audit of an authorization decision failed", extra={"method": method})
+            _LOG.warning(
+                "audit of an authorization decision failed",
+                extra={"method": entry.attributes.get("method", "")},
+            )
+
+    def _run(
+        self,
+        behavior: Behavior,
+        request: Any,
+        context: grpc.ServicerContext,
+        call: CallContext,
+        allow: AuditEntry | None,
+    ) -> Any:
+        """Run a unary-response behavior with ``call`` installed (and the allow tracked)."""
+        token = set_call(call)
+        try:
+            if allow is None:
+                return behavior(request, context)
+            tracked, audit_token = track_call()
+            try:
+                return behavior(request, context)
+            finally:
+                untrack_call(audit_token)
+                if not tracked.recorded:
+                    self._record_decision(allow)
+        finally:
+            reset_call(token)
 
     def _fail(
         self, context: grpc.ServicerContext, record: CallRecord, error: Exception
@@ -291,15 +336,11 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 with trace.use_span(span, end_on_exit=False):
                     try:
-                        call = self._authorize(
+                        call, allow = self._authorize(
                             context, record, method, guard, request, raw_claim, open_method
                         )
                         record.request = request
-                        token = set_call(call)
-                        try:
-                            return behavior(request, context)
-                        finally:
-                            reset_call(token)
+                        return self._run(behavior, request, context, call, allow)
                     except Exception as error:  # noqa: BLE001 - mapped to a status below
                         self._fail(context, record, error)
             finally:
@@ -324,15 +365,19 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 with trace.use_span(span, end_on_exit=False):
                     try:
-                        call = self._authorize(
+                        call, allow = self._authorize(
                             context, record, method, guard, request, raw_claim, open_method
                         )
                         record.request = request
                         token = set_call(call)
+                        tracked, audit_token = track_call()
                         try:
                             yield from behavior(request, context)
                         finally:
+                            untrack_call(audit_token)
                             reset_call(token)
+                            if allow is not None and not tracked.recorded:
+                                self._record_decision(allow)
                     except Exception as error:  # noqa: BLE001 - mapped to a status below
                         self._fail(context, record, error)
             finally:

@@ -148,6 +148,7 @@ class Runtime:
                 store.audit,
                 audit_keys,
                 durable_timeout=config.audit_durable_timeout,
+                linger=config.audit_linger_ms / 1000,
                 checkpoint_every=config.audit_checkpoint_events,
                 checkpoint_interval=config.audit_checkpoint_seconds,
                 retention=timedelta(days=config.audit_retention_days),

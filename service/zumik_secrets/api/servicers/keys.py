@@ -8,6 +8,7 @@ convert the answer. Raw keys and tokens appear only in Create and Rotate respons
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from zumik.secrets.v1 import common_pb2 as _common
@@ -101,6 +102,33 @@ def _claim_fields(claim: IssuedClaim | None) -> dict[str, object]:
     }
 
 
+_ANSWER_CACHE_SIZE = 4096
+
+
+class _ValidAnswers:
+    """Built VALID verify answers by claim token.
+
+    While the claim issuer hands out the same claim for a credential (it reuses one while half
+    its lifetime is left), the VALID answer is the same message, field for field; building it
+    again (protobuf fields, the expiry timestamp) was a visible part of a warm verify. The
+    token binds everything in the answer (credential, tenant, project, scopes, expiry).
+    Holds public material only (the claim is what the caller receives anyway), at most
+    ``_ANSWER_CACHE_SIZE`` answers; emptied when full. The messages are never mutated after
+    they are stored.
+    """
+
+    def __init__(self) -> None:
+        self._answers: dict[str, Any] = {}
+
+    def get(self, token: str) -> Any:
+        return self._answers.get(token)
+
+    def put(self, token: str, answer: Any) -> None:
+        if len(self._answers) >= _ANSWER_CACHE_SIZE:
+            self._answers.clear()
+        self._answers[token] = answer
+
+
 class KeyServicer(_grpc.KeyServiceServicer):
     """KeyService over gRPC."""
 
@@ -111,6 +139,8 @@ class KeyServicer(_grpc.KeyServiceServicer):
         self._claim_keys = claim_keys
         self._api_keys = api_keys
         self._sessions = sessions
+        self._key_answers = _ValidAnswers()
+        self._session_answers = _ValidAnswers()
 
     # -- API keys ------------------------------------------------------------------------------
 
@@ -144,14 +174,22 @@ class KeyServicer(_grpc.KeyServiceServicer):
         rec = answer.record
         if rec is None:
             return _pb.VerifyApiKeyResponse(result=_RESULTS[answer.result])
-        return _pb.VerifyApiKeyResponse(
+        claim = answer.claim
+        if claim is not None:
+            cached: _pb.VerifyApiKeyResponse | None = self._key_answers.get(claim.token)
+            if cached is not None:
+                return cached
+        response = _pb.VerifyApiKeyResponse(
             result=_RESULTS[answer.result],
             api_key=api_key_name(rec),
             tenant=rec.tenant_id,
             project=rec.project_id,
             scopes=list(rec.scopes),
-            **_claim_fields(answer.claim),  # type: ignore[arg-type]
+            **_claim_fields(claim),  # type: ignore[arg-type]
         )
+        if claim is not None:
+            self._key_answers.put(claim.token, response)
+        return response
 
     def GetApiKey(
         self, request: _pb.GetApiKeyRequest, context: grpc.ServicerContext
@@ -255,15 +293,23 @@ class KeyServicer(_grpc.KeyServiceServicer):
         rec = answer.record
         if rec is None:
             return _pb.VerifySessionResponse(result=_RESULTS[answer.result])
-        return _pb.VerifySessionResponse(
+        claim = answer.claim
+        if claim is not None:
+            cached: _pb.VerifySessionResponse | None = self._session_answers.get(claim.token)
+            if cached is not None:
+                return cached
+        response = _pb.VerifySessionResponse(
             result=_RESULTS[answer.result],
             session=session_name(rec),
             tenant=rec.tenant_id,
             project=rec.project_id,
             user_subject=rec.user_subject,
             scopes=list(rec.scopes),
-            **_claim_fields(answer.claim),  # type: ignore[arg-type]
+            **_claim_fields(claim),  # type: ignore[arg-type]
         )
+        if claim is not None:
+            self._session_answers.put(claim.token, response)
+        return response
 
     def GetSession(
         self, request: _pb.GetSessionRequest, context: grpc.ServicerContext

@@ -35,6 +35,33 @@ BACKEND = "sqlite"
 Row = tuple[Any, ...]
 
 
+def _domain_error(exc: sqlite3.Error) -> Exception | None:
+    """The domain error for a sqlite3 error at the adapter boundary (None: re-raise as is).
+
+    AlreadyExists for a failed UNIQUE or PRIMARY KEY constraint; Unavailable for a database
+    locked past busy_timeout, unreadable, or closed (OperationalError, ProgrammingError).
+    """
+    if isinstance(exc, sqlite3.IntegrityError):
+        if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+            return c.already_exists()
+        return None
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.ProgrammingError):
+        return c.unavailable(BACKEND)
+    return None
+
+
+def _reraise(exc: sqlite3.Error) -> Exception:
+    """What to raise for ``exc``: its domain error, or a copy of it (never ``exc`` itself).
+
+    ``raise exc from exc`` would make an error its own cause; the copy keeps the message and
+    type and chains to the original.
+    """
+    mapped = _domain_error(exc)
+    if mapped is not None:
+        return mapped
+    return type(exc)(*exc.args)
+
+
 @contextmanager
 def map_db_errors() -> Iterator[None]:
     """Translate sqlite3 errors into domain errors at the adapter boundary.
@@ -45,13 +72,60 @@ def map_db_errors() -> Iterator[None]:
     """
     try:
         yield
-    except sqlite3.IntegrityError as exc:
-        if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
-            raise c.already_exists() from exc
-        raise
-    except (sqlite3.OperationalError, sqlite3.ProgrammingError) as exc:
-        # OperationalError: locked, I/O error, cannot open. ProgrammingError: closed database.
-        raise c.unavailable(BACKEND) from exc
+    except sqlite3.Error as exc:
+        mapped = _domain_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+class _Write:
+    """``with db.write() as conn``: a pooled connection inside ``BEGIN IMMEDIATE``.
+
+    A class rather than nested generator context managers: every write and read runs through
+    here, and the generator machinery was a measurable part of a Seal (profiled in bench/).
+    """
+
+    __slots__ = ("_conn", "_db")
+
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        db = self._db
+        try:
+            conn = db.checkout()
+        except sqlite3.Error as exc:
+            raise _reraise(exc) from exc
+        try:
+            # IMMEDIATE takes the write lock up front (waiting busy_timeout), so a transaction
+            # never fails half-way trying to upgrade a read lock.
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            db.checkin(conn)
+            raise _reraise(exc) from exc
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        conn = self._conn
+        if conn is None:  # __enter__ failed: nothing borrowed
+            return
+        self._conn = None
+        try:
+            if exc is None:
+                conn.execute("COMMIT")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise _reraise(error) from (exc or error)
+        finally:
+            self._db.checkin(conn)
+        if isinstance(exc, sqlite3.Error):
+            mapped = _domain_error(exc)
+            if mapped is not None:
+                raise mapped from exc
 
 
 class _Db:
@@ -90,8 +164,13 @@ class _Db:
     def _is_closed(self) -> bool:
         return self._closed
 
-    @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
+    def checkout(self) -> sqlite3.Connection:
+        """Borrow a pooled connection (give it back with :meth:`checkin`).
+
+        Raises:
+            sqlite3.ProgrammingError: the store is closed.
+            sqlite3.OperationalError: a new connection could not be opened.
+        """
         with self._lock:
             if self._closed:
                 raise sqlite3.ProgrammingError("store is closed")
@@ -100,18 +179,27 @@ class _Db:
             conn = self._connect()
             with self._lock:
                 self._all.append(conn)
+        return conn
+
+    def checkin(self, conn: sqlite3.Connection) -> None:
+        """Return a borrowed connection (rolled back if a transaction was left open)."""
+        if conn.in_transaction:
+            conn.rollback()
+        with self._lock:
+            # Re-read under the lock: close() may have run while the caller held conn.
+            closed = self._is_closed()
+            if not closed:
+                self._idle.append(conn)
+        if closed:
+            conn.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        conn = self.checkout()
         try:
             yield conn
         finally:
-            if conn.in_transaction:
-                conn.rollback()
-            with self._lock:
-                # Re-read under the lock: close() may have run while the caller held conn.
-                closed = self._is_closed()
-                if not closed:
-                    self._idle.append(conn)
-            if closed:
-                conn.close()
+            self.checkin(conn)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -119,29 +207,30 @@ class _Db:
         with map_db_errors(), self.connection() as conn:
             yield conn
 
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> _Write:
         """A connection inside ``BEGIN IMMEDIATE``; commits on success, rolls back on error."""
-        with map_db_errors(), self.connection() as conn:
-            # IMMEDIATE takes the write lock up front (waiting busy_timeout), so a transaction
-            # never fails half-way trying to upgrade a read lock.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        return _Write(self)
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        with self.read() as conn:
-            row: Row | None = conn.execute(sql, params).fetchone()
-            return row
+        try:
+            conn = self.checkout()
+            try:
+                row: Row | None = conn.execute(sql, params).fetchone()
+                return row
+            finally:
+                self.checkin(conn)
+        except sqlite3.Error as exc:
+            raise _reraise(exc) from exc
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self.read() as conn:
-            return list(conn.execute(sql, params).fetchall())
+        try:
+            conn = self.checkout()
+            try:
+                return list(conn.execute(sql, params).fetchall())
+            finally:
+                self.checkin(conn)
+        except sqlite3.Error as exc:
+            raise _reraise(exc) from exc
 
     def close(self) -> None:
         with self._lock:
