@@ -19,9 +19,9 @@ Group commit
       the writer) at most ``durable_timeout`` seconds, then get :class:`Unavailable` (reason
       ``AUDIT_UNAVAILABLE``). If the commit fails they get it at once.
     * ``durable=False`` callers do not wait; their events are written by the next commit, within
-      the linger plus one commit (well under 50 ms at the measured commit latencies). If a commit fails their events go back to
-      the head of the queue and are retried (backoff 50 ms doubling to 1 s) while the process
-      lives: never silently dropped.
+      the linger plus one commit (well under 50 ms at the measured commit latencies). If a
+      commit fails their events go back to the head of the queue and are retried (backoff
+      50 ms doubling to 1 s) while the process lives: never silently dropped.
     * The queue is bounded (``queue_limit`` events, retried ones included). When it is full
       ``durable=False`` callers block up to ``enqueue_timeout`` (1 s) for room; only if the
       store has been failing long enough to fill it *and* the wait runs out is an event dropped,
