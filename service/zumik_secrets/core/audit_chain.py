@@ -86,7 +86,15 @@ def format_time(value: datetime) -> str:
     """
     if value.tzinfo is None:
         raise ValueError("audit times must be timezone-aware")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    if value.year < 1000:  # strftime's own rendering of short years
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The same text as strftime, several times faster (every audit event is formatted).
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}Z"
+    )
 
 
 def parse_time(text: str) -> datetime:

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 
 from zumik_secrets.api.redaction import describe_message
+from zumik_secrets.server.log_setup import submit_access_line
 
 ACCESS_LOG = logging.getLogger("zumik.access")
 _TRACER = trace.get_tracer("zumik_secrets.server")
@@ -110,4 +111,5 @@ class Telemetry:
             }
             if detail is not None:
                 extra["request"] = detail
-            ACCESS_LOG.info("rpc", extra=extra)
+            if not submit_access_line(ACCESS_LOG, "rpc", extra):
+                ACCESS_LOG.info("rpc", extra=extra)

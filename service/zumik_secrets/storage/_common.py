@@ -37,7 +37,9 @@ def to_us(dt: datetime) -> int:
     Raises:
         ValueError: ``dt`` is naive.
     """
-    delta = require_aware(dt) - EPOCH
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("storage needs timezone-aware datetimes")
+    delta = dt - EPOCH  # aware datetimes subtract in UTC whatever their zone
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 

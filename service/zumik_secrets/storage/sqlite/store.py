@@ -94,9 +94,15 @@ class _Write:
 
     def __enter__(self) -> sqlite3.Connection:
         db = self._db
+        # Writers of this process queue on a lock (woken in turn) before they ask SQLite, whose
+        # busy handler polls with growing sleeps: under contention that polling made Seal's p99
+        # hundreds of milliseconds. Other processes still meet at SQLite's lock (busy_timeout).
+        if not db.writer.acquire(timeout=db.busy_timeout_s):
+            raise c.unavailable(BACKEND)
         try:
             conn = db.checkout()
         except sqlite3.Error as exc:
+            db.writer.release()
             raise _reraise(exc) from exc
         try:
             # IMMEDIATE takes the write lock up front (waiting busy_timeout), so a transaction
@@ -104,6 +110,7 @@ class _Write:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             db.checkin(conn)
+            db.writer.release()
             raise _reraise(exc) from exc
         self._conn = conn
         return conn
@@ -122,6 +129,7 @@ class _Write:
             raise _reraise(error) from (exc or error)
         finally:
             self._db.checkin(conn)
+            self._db.writer.release()
         if isinstance(exc, sqlite3.Error):
             mapped = _domain_error(exc)
             if mapped is not None:
@@ -134,6 +142,9 @@ class _Db:
     def __init__(self, path: str, busy_timeout_ms: int) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
+        self.busy_timeout_s = busy_timeout_ms / 1000
+        #: Held by this process's one writer (see :class:`_Write`).
+        self.writer = threading.Lock()
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []

@@ -1,0 +1,101 @@
+"""The JSON log lines: the access-line fast path renders exactly what the logging path renders,
+redacts the same way, and steps aside whenever logging is not set up as the server sets it up."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from zumik_secrets.server.log_setup import (
+    BackgroundJsonHandler,
+    JsonFormatter,
+    RedactionFilter,
+    submit_access_line,
+)
+
+API_KEY = "zk_live_" + "A1b2C3d4E5f6G7h8I9j0K1" + "_" + "s3cr3tS3CR3Ts3cr3tS3CR3Tabc"
+
+
+@pytest.fixture
+def server_logging() -> Iterator[tuple[io.StringIO, BackgroundJsonHandler]]:
+    """Logging exactly as ``configure_logging`` sets it up, over a string buffer."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    stream = io.StringIO()
+    handler = BackgroundJsonHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactionFilter())
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield stream, handler
+    finally:
+        handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def _only(handler: BackgroundJsonHandler) -> None:
+    """Make ``handler`` the root's only handler for the test body (pytest adds its own
+    capturing handler around each test phase, which rightly turns the fast path off)."""
+    logging.getLogger().handlers[:] = [handler]
+
+
+def _lines(stream: io.StringIO, handler: BackgroundJsonHandler) -> list[dict[str, object]]:
+    handler.close()  # drains the queue
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_fast_path_renders_what_the_logging_path_renders(
+    server_logging: tuple[io.StringIO, BackgroundJsonHandler],
+) -> None:
+    stream, handler = server_logging
+    _only(handler)
+    logger = logging.getLogger("zumik.access")
+    fields = {"service": "SealService", "method": "Open", "code": "OK", "duration_ms": 1.25}
+    assert submit_access_line(logger, "rpc", dict(fields))
+    logger.info("rpc", extra=dict(fields))
+    fast, slow = _lines(stream, handler)
+    assert isinstance(fast.pop("ts"), str) and isinstance(slow.pop("ts"), str)
+    assert fast == slow
+    assert list(fast) == list(slow)  # same key order too
+
+
+def test_fast_path_redacts(server_logging: tuple[io.StringIO, BackgroundJsonHandler]) -> None:
+    stream, handler = server_logging
+    _only(handler)
+    logger = logging.getLogger("zumik.access")
+    assert submit_access_line(logger, "rpc", {"peer": API_KEY, "nested": {"v": [API_KEY]}})
+    lines = _lines(stream, handler)
+    text = json.dumps(lines)
+    assert API_KEY not in text and "[REDACTED]" in text
+
+
+def test_fast_path_steps_aside_when_logging_is_set_up_otherwise(
+    server_logging: tuple[io.StringIO, BackgroundJsonHandler],
+) -> None:
+    _, handler = server_logging
+    _only(handler)
+    logger = logging.getLogger("zumik.access")
+    root = logging.getLogger()
+    extra = logging.StreamHandler(io.StringIO())
+    root.addHandler(extra)  # e.g. a test capturing records
+    try:
+        assert not submit_access_line(logger, "rpc", {})
+    finally:
+        root.removeHandler(extra)
+    logger.addHandler(extra)
+    try:
+        assert not submit_access_line(logger, "rpc", {})
+    finally:
+        logger.removeHandler(extra)
+    root.setLevel(logging.WARNING)
+    assert not submit_access_line(logger, "rpc", {})
+    root.setLevel(logging.INFO)
+    assert submit_access_line(logger, "rpc", {})
+    handler.filters.clear()  # no RedactionFilter: not the server's set-up
+    assert not submit_access_line(logger, "rpc", {})
