@@ -228,6 +228,14 @@ def write_chart(path: Path, results: Sequence[Result], title: str) -> bool:
     return True
 
 
+def _shape(payload: dict[str, Any]) -> str:
+    """``1 process, sqlite`` (from the run's settings; older reports lack some keys)."""
+    settings = payload.get("settings", {})
+    procs = int(settings.get("server_procs", 1))
+    backend = settings.get("backend", "sqlite")
+    return f"{procs} process{'es' if procs != 1 else ''}, {backend}"
+
+
 def markdown_report(payload: dict[str, Any]) -> str:
     """The results section of bench/README.md, from a JSON report (``results/latest-*.md``)."""
     results = [Result(**r) for r in payload["results"]]
@@ -237,7 +245,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
         f"({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, load average at start "
         f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_start'])}.",
         "",
-        "### Scenarios (ours, threaded server, 1 process) and the OpenBao peer",
+        f"### Scenarios (ours, threaded server, {_shape(payload)}) and the OpenBao peer",
         "",
         markdown_table([r for r in results if r.group in ("zumik", "openbao")]),
         "",
