@@ -171,9 +171,18 @@ def test_a_sensitive_call_leaves_one_event_and_the_allow_when_it_records_none(
     with pytest.raises(grpc.RpcError) as refused:
         executor.Open(seal_service_pb2.OpenRequest(name=bad), timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    allows = find(zumik_server, "acme", action="authz.allow", timeout=3.0)
+    missing = f"{parent}/secrets/sec_{'0' * 22}"
+    with pytest.raises(grpc.RpcError) as not_found:
+        executor.Open(seal_service_pb2.OpenRequest(name=missing), timeout=5)
+    assert not_found.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    allows = find(zumik_server, "acme", action="authz.allow", timeout=3.0, count=2)
     by_target = {e.target: e for e in allows}
     assert name not in by_target  # the Open and the Seal were recorded by their own events
+    # A failed call keeps its allow, even though it recorded its own failure event.
+    assert by_target[missing].reason == "ALLOWED"
+    assert find(zumik_server, "acme", action="secret.open", target=missing)[0].outcome == (
+        apb.AUDIT_OUTCOME_FAILURE
+    )
     assert by_target[bad].reason == "ALLOWED"
     assert by_target[bad].actor == "spiffe://zumik.local/svc/executor"
     assert by_target[bad].attributes["method"] == "zumik.secrets.v1.SealService/Open"

@@ -179,7 +179,7 @@ def test_non_durable_events_land_within_a_short_bound(store: Store, audit_log: A
 
 
 def test_linger_gathers_non_durable_events_into_one_commit(store: Store) -> None:
-    log = make_log(store, linger=0.3)
+    log = make_log(store, linger=1.5)
     try:
         commits = log.commits
         started = time.monotonic()
@@ -188,7 +188,7 @@ def test_linger_gathers_non_durable_events_into_one_commit(store: Store) -> None
         time.sleep(0.1)
         assert store.audit.head("acme") is None  # still lingering: nothing committed yet
         while (store.audit.head("acme") or (0, b""))[0] < 20:
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 6.0
             time.sleep(0.01)
         assert log.commits - commits == 1
         assert log.verify("acme").ok

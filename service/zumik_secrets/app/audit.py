@@ -49,12 +49,14 @@ class AuditEntry:
 
 
 class CallAudit:
-    """Whether the call being served has recorded an audit event (see :func:`track_call`)."""
+    """Whether the call being served has recorded an event naming its caller (see
+    :func:`track_call`)."""
 
-    __slots__ = ("recorded",)
+    __slots__ = ("actor", "recorded")
 
-    def __init__(self) -> None:
-        """Start with nothing recorded."""
+    def __init__(self, actor: str) -> None:
+        """Start with nothing recorded for ``actor`` (the caller's SPIFFE ID)."""
+        self.actor = actor
         self.recorded = False
 
 
@@ -63,18 +65,23 @@ _CALL_AUDIT: contextvars.ContextVar[CallAudit | None] = contextvars.ContextVar(
 )
 
 
-def track_call() -> tuple[CallAudit, contextvars.Token[CallAudit | None]]:
+def track_call(actor: str) -> tuple[CallAudit, contextvars.Token[CallAudit | None]]:
     """Start noting the events the current call records (the interceptor's use).
 
     An allowed call to a method whose allows are audited needs no separate ``authz.allow``
-    event when the method records its own event of the call (same actor, subject, target and
-    trace): that event is the record of the allowed call. The interceptor tracks the call and
-    records the allow only if nothing was recorded.
+    event when the method succeeds and has recorded its own event of the call naming the same
+    caller (same actor, subject, target and trace): that event is the record of the allowed
+    call. Recorders mark the call only once an event is accepted (queued, or stored when
+    durable) and only for an event whose actor is the caller; the interceptor records the
+    allow when nothing was marked or the method failed.
+
+    Args:
+        actor: The caller's SPIFFE ID.
 
     Returns:
         The tracker and the token for :func:`untrack_call`.
     """
-    audit = CallAudit()
+    audit = CallAudit(actor)
     return audit, _CALL_AUDIT.set(audit)
 
 
@@ -83,10 +90,13 @@ def untrack_call(token: contextvars.Token[CallAudit | None]) -> None:
     _CALL_AUDIT.reset(token)
 
 
-def note_recorded() -> None:
-    """Mark the current call (if tracked) as having recorded an event; recorders call this."""
+def note_recorded(actor: str) -> None:
+    """Mark the current call (if tracked) as having recorded an event of ``actor``.
+
+    Recorders call this once the event is accepted: queued (non-durable) or stored (durable).
+    """
     audit = _CALL_AUDIT.get()
-    if audit is not None:
+    if audit is not None and actor == audit.actor:
         audit.recorded = True
 
 
@@ -106,7 +116,6 @@ class LogAuditRecorder:
 
     def record(self, entry: AuditEntry, *, durable: bool = False) -> None:
         """Log the event (see the module docstring for what this does not guarantee)."""
-        note_recorded()
         _AUDIT_LOG.info(
             "audit",
             extra={
@@ -123,3 +132,4 @@ class LogAuditRecorder:
                 }
             },
         )
+        note_recorded(entry.actor)

@@ -94,7 +94,7 @@ class _Pending:
     ``threading.Event`` builds a Python condition and a waiter lock on every call.
     """
 
-    __slots__ = ("cancelled", "done", "draft", "durable", "error", "result", "taken")
+    __slots__ = ("cancelled", "done", "draft", "dropped", "durable", "error", "result", "taken")
 
     def __init__(self, draft: EventDraft, *, durable: bool) -> None:
         self.draft = draft
@@ -107,6 +107,7 @@ class _Pending:
         self.error: ZumikError | None = None
         self.taken = False
         self.cancelled = False
+        self.dropped = False  # a non-durable event given up on (counted and logged)
 
     def settle(self) -> None:
         """Wake the waiting caller (durable events; called once, when stored or failed)."""
@@ -264,7 +265,6 @@ class AuditLog:
     # -- recording --------------------------------------------------------------------------
 
     def _draft(self, entry: AuditEntry) -> EventDraft:
-        note_recorded()
         target, reason, attributes = sanitize(entry.target, entry.reason, entry.attributes)
         return EventDraft(
             tenant=entry.tenant_id or chain.SERVICE_TENANT,
@@ -290,7 +290,10 @@ class AuditLog:
         if durable:
             self.append(entry)
             return
-        self._submit(_Pending(self._draft(entry), durable=False))
+        pending = _Pending(self._draft(entry), durable=False)
+        self._submit(pending)
+        if not pending.dropped:
+            note_recorded(entry.actor)
 
     def append(self, entry: AuditEntry) -> ChainEvent:
         """Record one event durably and return it as stored (with sequence and hash).
@@ -307,10 +310,12 @@ class AuditLog:
                 if not pending.taken:
                     pending.cancelled = True
             if pending.result is not None:
+                note_recorded(entry.actor)
                 return pending.result
             raise audit_unavailable()
         if pending.error is not None or pending.result is None:
             raise audit_unavailable()
+        note_recorded(entry.actor)
         return pending.result
 
     def _submit(self, pending: _Pending, deadline: float | None = None) -> None:
@@ -338,6 +343,7 @@ class AuditLog:
                 if pending.durable:
                     raise audit_unavailable()
                 self.dropped += 1
+                pending.dropped = True
                 _LOG.error(
                     "audit queue full: event dropped",
                     extra={"action": pending.draft.action, "dropped_total": self.dropped},
@@ -363,6 +369,7 @@ class AuditLog:
             if pending.durable:
                 raise audit_unavailable() from exc
             self.dropped += 1
+            pending.dropped = True
             _LOG.error("audit event not written", extra={"action": pending.draft.action})
             return
         self._set_healthy(True)

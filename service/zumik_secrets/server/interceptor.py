@@ -9,10 +9,12 @@ interceptor returns a wrapped handler that does the work per call:
    auditing every denial, every allow without a claim, and the allows of sensitive methods
    (``audit_allow``);
 3. run the servicer with the verified :class:`CallContext` installed. The allow of a sensitive
-   method is recorded as its own ``authz.allow`` event only if the method recorded no event of
-   the call: its own event (``secret.open``, ``secret.seal``... with the same actor, subject,
-   target and trace) already is the record of the allowed call, and one event per call halves
-   the audit work of the hottest sensitive methods;
+   method is recorded as its own ``authz.allow`` event unless the method succeeded and its own
+   event of the call, naming the caller, was accepted by the recorder (``secret.open``,
+   ``secret.seal``... with the same actor, subject, target and trace): that event already is
+   the record of the allowed call, and one event per call halves the audit work of the hottest
+   sensitive methods. A failed call, or one whose event could not be recorded, keeps its
+   ``authz.allow`` (written after the call);
 4. turn a domain error into its rich status (one table, :mod:`zumik_secrets.api.status`) and any
    other exception into INTERNAL with a correlation id (the detail goes to the log only);
 5. end the span and write the access-log line.
@@ -289,13 +291,18 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         try:
             if allow is None:
                 return behavior(request, context)
-            tracked, audit_token = track_call()
+            tracked, audit_token = track_call(call.identity)
+            succeeded = False
             try:
-                return behavior(request, context)
+                result = behavior(request, context)
+                succeeded = True
+                return result
             finally:
-                untrack_call(audit_token)
-                if not tracked.recorded:
-                    self._record_decision(allow)
+                try:
+                    if not (succeeded and tracked.recorded):
+                        self._record_decision(allow)
+                finally:
+                    untrack_call(audit_token)
         finally:
             reset_call(token)
 
@@ -344,9 +351,10 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             record = CallRecord(service, name)
             span = self._telemetry.start_span(service, name)
             try:
-                if not span.is_recording():
-                    # Tracing off (no exporter): nothing to make current; the context switch
-                    # of use_span was a visible part of every call's fixed cost.
+                if not span.get_span_context().is_valid:
+                    # Tracing off (no SDK provider): no trace to make current; the context
+                    # switch of use_span was a visible part of every call's fixed cost. A span
+                    # the SDK sampled out still has a trace id, and stays current for the audit.
                     return serve(request, context, record)
                 with trace.use_span(span, end_on_exit=False):
                     return serve(request, context, record)
@@ -377,14 +385,18 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                         )
                         record.request = request
                         token = set_call(call)
-                        tracked, audit_token = track_call()
+                        tracked, audit_token = track_call(call.identity)
+                        succeeded = False
                         try:
                             yield from behavior(request, context)
+                            succeeded = True
                         finally:
-                            untrack_call(audit_token)
-                            reset_call(token)
-                            if allow is not None and not tracked.recorded:
-                                self._record_decision(allow)
+                            try:
+                                if allow is not None and not (succeeded and tracked.recorded):
+                                    self._record_decision(allow)
+                            finally:
+                                untrack_call(audit_token)
+                                reset_call(token)
                     except Exception as error:  # noqa: BLE001 - mapped to a status below
                         self._fail(context, record, error)
             finally:

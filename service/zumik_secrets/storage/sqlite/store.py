@@ -109,8 +109,12 @@ class _Write:
             # never fails half-way trying to upgrade a read lock.
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            db.checkin(conn)
-            db.writer.release()
+            try:
+                db.checkin(conn)
+            except sqlite3.Error:
+                pass  # the original error is the one to report
+            finally:
+                db.writer.release()
             raise _reraise(exc) from exc
         self._conn = conn
         return conn
@@ -128,8 +132,12 @@ class _Write:
         except sqlite3.Error as error:
             raise _reraise(error) from (exc or error)
         finally:
-            self._db.checkin(conn)
-            self._db.writer.release()
+            try:
+                self._db.checkin(conn)
+            except sqlite3.Error as error:
+                raise _reraise(error) from error
+            finally:
+                self._db.writer.release()
         if isinstance(exc, sqlite3.Error):
             mapped = _domain_error(exc)
             if mapped is not None:
