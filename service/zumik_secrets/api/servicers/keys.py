@@ -7,8 +7,9 @@ convert the answer. Raw keys and tokens appear only in Create and Rotate respons
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from zumik.secrets.v1 import common_pb2 as _common
@@ -103,6 +104,7 @@ def _claim_fields(claim: IssuedClaim | None) -> dict[str, object]:
 
 
 _ANSWER_CACHE_SIZE = 4096
+_Answer = TypeVar("_Answer")
 
 
 class _ValidAnswers:
@@ -120,13 +122,18 @@ class _ValidAnswers:
     def __init__(self) -> None:
         self._answers: dict[str, Any] = {}
 
-    def get(self, token: str) -> Any:
-        return self._answers.get(token)
-
-    def put(self, token: str, answer: Any) -> None:
-        if len(self._answers) >= _ANSWER_CACHE_SIZE:
-            self._answers.clear()
-        self._answers[token] = answer
+    def answer(self, claim: IssuedClaim | None, build: Callable[[], _Answer]) -> _Answer:
+        """The answer for ``claim``: the stored one, or ``build()`` (stored when there is a
+        claim, i.e. only for VALID answers)."""
+        if claim is None:
+            return build()
+        cached: _Answer | None = self._answers.get(claim.token)
+        if cached is None:
+            cached = build()
+            if len(self._answers) >= _ANSWER_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[claim.token] = cached
+        return cached
 
 
 class KeyServicer(_grpc.KeyServiceServicer):
@@ -174,22 +181,17 @@ class KeyServicer(_grpc.KeyServiceServicer):
         rec = answer.record
         if rec is None:
             return _pb.VerifyApiKeyResponse(result=_RESULTS[answer.result])
-        claim = answer.claim
-        if claim is not None:
-            cached: _pb.VerifyApiKeyResponse | None = self._key_answers.get(claim.token)
-            if cached is not None:
-                return cached
-        response = _pb.VerifyApiKeyResponse(
-            result=_RESULTS[answer.result],
-            api_key=api_key_name(rec),
-            tenant=rec.tenant_id,
-            project=rec.project_id,
-            scopes=list(rec.scopes),
-            **_claim_fields(claim),  # type: ignore[arg-type]
+        return self._key_answers.answer(
+            answer.claim,
+            lambda: _pb.VerifyApiKeyResponse(
+                result=_RESULTS[answer.result],
+                api_key=api_key_name(rec),
+                tenant=rec.tenant_id,
+                project=rec.project_id,
+                scopes=list(rec.scopes),
+                **_claim_fields(answer.claim),  # type: ignore[arg-type]
+            ),
         )
-        if claim is not None:
-            self._key_answers.put(claim.token, response)
-        return response
 
     def GetApiKey(
         self, request: _pb.GetApiKeyRequest, context: grpc.ServicerContext
@@ -293,23 +295,18 @@ class KeyServicer(_grpc.KeyServiceServicer):
         rec = answer.record
         if rec is None:
             return _pb.VerifySessionResponse(result=_RESULTS[answer.result])
-        claim = answer.claim
-        if claim is not None:
-            cached: _pb.VerifySessionResponse | None = self._session_answers.get(claim.token)
-            if cached is not None:
-                return cached
-        response = _pb.VerifySessionResponse(
-            result=_RESULTS[answer.result],
-            session=session_name(rec),
-            tenant=rec.tenant_id,
-            project=rec.project_id,
-            user_subject=rec.user_subject,
-            scopes=list(rec.scopes),
-            **_claim_fields(claim),  # type: ignore[arg-type]
+        return self._session_answers.answer(
+            answer.claim,
+            lambda: _pb.VerifySessionResponse(
+                result=_RESULTS[answer.result],
+                session=session_name(rec),
+                tenant=rec.tenant_id,
+                project=rec.project_id,
+                user_subject=rec.user_subject,
+                scopes=list(rec.scopes),
+                **_claim_fields(answer.claim),  # type: ignore[arg-type]
+            ),
         )
-        if claim is not None:
-            self._session_answers.put(claim.token, response)
-        return response
 
     def GetSession(
         self, request: _pb.GetSessionRequest, context: grpc.ServicerContext
