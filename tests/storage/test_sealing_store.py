@@ -196,6 +196,41 @@ def test_sealed_secrets(store):
     assert store.sealed_secrets.get("acme", "api", other.secret_id) == other
 
 
+def test_concurrent_inserts_each_get_their_own_outcome(store):
+    """Seal's insert under contention (on SQLite concurrent inserts share one transaction, each
+    in its own savepoint): every new row is stored and readable, a duplicate id fails alone with
+    AlreadyExists, and nothing else in its batch is lost."""
+    existing = store.sealed_secrets.insert(secret())
+    records = [secret() for _ in range(63)] + [
+        dataclasses.replace(secret(), secret_id=existing.secret_id)
+    ]
+    barrier = threading.Barrier(16)
+    outcomes: dict[str, object] = {}
+
+    def work(chunk: list[SealedSecretRecord]) -> None:
+        barrier.wait()
+        for rec in chunk:
+            try:
+                outcomes[rec.secret_id + str(id(rec))] = store.sealed_secrets.insert(rec)
+            except AlreadyExists as exc:
+                outcomes[rec.secret_id + str(id(rec))] = exc
+
+    threads = [threading.Thread(target=work, args=(records[i::16],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failed = [o for o in outcomes.values() if isinstance(o, AlreadyExists)]
+    stored = [o for o in outcomes.values() if isinstance(o, SealedSecretRecord)]
+    assert len(failed) == 1 and len(stored) == 63
+    assert len({r.seq for r in stored} | {existing.seq}) == 64  # distinct sequence numbers
+    for rec in stored:
+        got = store.sealed_secrets.get(rec.tenant_id, rec.project_id, rec.secret_id)
+        assert got is not None and got.ciphertext == rec.ciphertext and got.seq == rec.seq
+    original = store.sealed_secrets.get("acme", "web", existing.secret_id)
+    assert original is not None and original.ciphertext == existing.ciphertext
+
+
 def test_customer_keys(store):
     store.data_keys.insert_first(dk("acme", "p"))
     old = store.data_keys.get("acme", "p", "seal", 1).wrapped_key

@@ -229,26 +229,31 @@ class SqliteSealedSecretStore:
         self._db = db
 
     def insert(self, rec: SealedSecretRecord) -> SealedSecretRecord:
-        with self._db.write() as conn:
-            row = conn.execute(
-                "INSERT INTO sealed_secrets (secret_id, tenant_id, project_id, display_name,"
-                " metadata, version, data_key_version, size_bytes, ciphertext, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-                (
-                    rec.secret_id,
-                    rec.tenant_id,
-                    rec.project_id,
-                    rec.display_name,
-                    json.dumps(rec.metadata, sort_keys=True, separators=(",", ":")),
-                    rec.version,
-                    rec.data_key_version,
-                    rec.size_bytes,
-                    rec.ciphertext,
-                    c.to_us(rec.created_at),
-                    c.to_us(rec.updated_at),
-                ),
-            ).fetchone()
-            return dataclasses.replace(rec, seq=c.returned_int(row))
+        # Group commit: concurrent Seals share one transaction and one fsync.
+        seq: int = self._db.write_combined(lambda conn: self._insert(conn, rec))
+        return dataclasses.replace(rec, seq=seq)
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rec: SealedSecretRecord) -> int:
+        row = conn.execute(
+            "INSERT INTO sealed_secrets (secret_id, tenant_id, project_id, display_name,"
+            " metadata, version, data_key_version, size_bytes, ciphertext, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (
+                rec.secret_id,
+                rec.tenant_id,
+                rec.project_id,
+                rec.display_name,
+                json.dumps(rec.metadata, sort_keys=True, separators=(",", ":")),
+                rec.version,
+                rec.data_key_version,
+                rec.size_bytes,
+                rec.ciphertext,
+                c.to_us(rec.created_at),
+                c.to_us(rec.updated_at),
+            ),
+        ).fetchone()
+        return c.returned_int(row)
 
     def get(self, tenant_id: str, project_id: str, secret_id: str) -> SealedSecretRecord | None:
         row = self._db.one(
