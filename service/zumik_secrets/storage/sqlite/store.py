@@ -117,8 +117,9 @@ def _settle(batch: list[_Combined], failure: BaseException | None) -> None:
 class _Write:
     """``with db.write() as conn``: a pooled connection inside ``BEGIN IMMEDIATE``.
 
-    A class rather than nested generator context managers: every write and read runs through
-    here, and the generator machinery was a measurable part of a Seal (profiled in bench/).
+    A class rather than nested generator context managers: every write runs through here (reads
+    through :meth:`_Db.one` and :meth:`_Db.all`, also without them), and the generator machinery
+    was a measurable part of a Seal (profiled in bench/).
     """
 
     __slots__ = ("_conn", "_db")
