@@ -284,6 +284,15 @@ def _fingerprint(batch: int) -> Callable[[Ctx, int], Prepared]:
     return prepare
 
 
+def _create_key(ctx: Ctx, calls: int) -> Prepared:
+    """CreateApiKey as the control plane calls it (no claim): a state change with its audit."""
+    req = key_service_pb2.CreateApiKeyRequest(
+        parent=PARENT, display_name="bench-create", scopes=["secrets.open"]
+    )
+    ctx.call(ctx.keys.CreateApiKey, req)
+    return Prepared("/zumik.secrets.v1.KeyService/CreateApiKey", [req.SerializeToString()])
+
+
 def _audit_append(ctx: Ctx, calls: int) -> Prepared:
     stub = audit_service_pb2_grpc.AuditServiceStub(ctx.channel)
     req = audit_service_pb2.AppendEventRequest(
@@ -309,6 +318,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("fp_1", "Fingerprint batch 1", _fingerprint(1)),
     Scenario("fp_100", "Fingerprint batch 100", _fingerprint(100), items_per_call=100),
     Scenario("audit_append", "Audit Append", _audit_append),
+    Scenario("create_key", "CreateApiKey (+audit of the change)", _create_key),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}
