@@ -7,6 +7,7 @@ import io
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -442,6 +443,13 @@ class _Recorder:
         if durable and self.fail_durable:
             raise Unavailable("audit store down", reason="AUDIT_STORE_UNAVAILABLE")
         self.entries.append((entry, durable))
+
+    @contextmanager
+    def change(self, *entries: AuditEntry, record_unchanged: bool = True) -> Iterator[None]:
+        if self.fail_durable:  # the event cannot be written: the change does not happen
+            raise Unavailable("audit store down", reason="AUDIT_STORE_UNAVAILABLE")
+        yield
+        self.entries.extend((entry, True) for entry in entries)
 
 
 def test_every_open_is_audited_durably_and_fails_closed(zumik_server: RunningServer) -> None:

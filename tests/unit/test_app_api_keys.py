@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ class Audit:
 
     def record(self, entry: AuditEntry, *, durable: bool = False) -> None:
         self.entries.append(entry)
+
+    @contextmanager
+    def change(self, *entries: AuditEntry, record_unchanged: bool = True) -> Iterator[None]:
+        yield
+        self.entries.extend(entries)
 
 
 @pytest.fixture

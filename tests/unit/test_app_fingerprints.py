@@ -10,6 +10,7 @@ import hashlib
 import random
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,6 +49,13 @@ class Recorder:
         if self.fail:
             raise Unavailable("down", reason="AUDIT_STORE_UNAVAILABLE")
         self.entries.append((entry, durable))
+
+    @contextmanager
+    def change(self, *entries: AuditEntry, record_unchanged: bool = True) -> Iterator[None]:
+        if self.fail:  # the event cannot be written: the change does not happen
+            raise Unavailable("down", reason="AUDIT_STORE_UNAVAILABLE")
+        yield
+        self.entries.extend((entry, True) for entry in entries)
 
     def actions(self, action: str) -> list[AuditEntry]:
         return [e for e, _ in self.entries if e.action == action]
@@ -329,13 +337,18 @@ def test_second_rotation_during_a_window_keeps_one_previous(env: Env) -> None:
 def test_rotation_fails_closed_when_audit_is_down(env: Env) -> None:
     env.fps.fingerprint(A, "email", [b"a"])
     env.audit.fail = True
-    with pytest.raises(Unavailable) as caught:
+    with pytest.raises(Unavailable):
         env.fps.rotate(A, timedelta(0), ADMIN)
-    assert caught.value.reason == "AUDIT_UNAVAILABLE"
-    # The rotation happened; the destruction waits for a durable event, done by the sweep.
-    assert env.store.fingerprint_schedule.pending(A.tenant, A.project)[0].version == 1
+    # The event is written with the change or the change does not happen (issue 24): no new
+    # version, nothing scheduled, nothing destroyed.
+    states = {
+        v.version: v.state for v in env.data_keys.versions(A.tenant, A.project, "fingerprint")
+    }
+    assert states == {1: "primary"}
+    assert env.store.fingerprint_schedule.pending(A.tenant, A.project) == []
     env.audit.fail = False
-    assert env.fps.sweep() == 1
+    env.fps.rotate(A, timedelta(0), ADMIN)
+    assert len(env.audit.actions("fingerprint_key.rotate")) == 1
     assert len(env.audit.actions("fingerprint_key.linkage_broken")) == 1
 
 

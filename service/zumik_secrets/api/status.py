@@ -70,7 +70,7 @@ def to_status(error: errors.ZumikError) -> grpc.Status:
                 )
             )
         )
-    if isinstance(error, errors.ResourceExhausted):
+    if isinstance(error, errors.ResourceExhausted | errors.Unavailable):
         seconds = max(0.0, error.retry_after_seconds)
         whole = math.floor(seconds)
         details.append(

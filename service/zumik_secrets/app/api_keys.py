@@ -414,45 +414,38 @@ class ApiKeyService:
             raise _bad("ttl", "must be positive and at most 3650 days", "INVALID_DURATION")
         now = _dt(self._clock())
         generated = key_format.generate_api_key(env)
-        rec = self._store.insert(
-            ApiKeyRecord(
-                key_id=generated.handle,
-                tenant_id=parent.tenant,
-                project_id=parent.project,
-                display_name=display_name,
-                env=env,
-                masked_prefix=generated.masked_prefix,
-                salt=generated.salt,
-                secret_hash=generated.secret_hash,
-                scopes=granted,
-                state="active",
-                created_at=now,
-                expire_time=None if ttl is None else now + ttl,
-                revoke_time=None,
-                last_used_at=None,
-                rotated_from=None,
-            )
+        draft = ApiKeyRecord(
+            key_id=generated.handle,
+            tenant_id=parent.tenant,
+            project_id=parent.project,
+            display_name=display_name,
+            env=env,
+            masked_prefix=generated.masked_prefix,
+            salt=generated.salt,
+            secret_hash=generated.secret_hash,
+            scopes=granted,
+            state="active",
+            created_at=now,
+            expire_time=None if ttl is None else now + ttl,
+            revoke_time=None,
+            last_used_at=None,
+            rotated_from=None,
         )
-        self._audit_issue("api_key.create", rec, actor)
+        with self._audit.change(self._issue_entry("api_key.create", draft, actor)):
+            rec = self._store.insert(draft)
         return CreatedApiKey(rec, generated.raw)
 
-    def _audit_issue(self, action: str, rec: ApiKeyRecord, actor: Actor) -> None:
-        """Durable audit of a key issued; if it fails the key is revoked (nobody got it)."""
-        try:
-            self._record(
-                action,
-                rec.tenant_id,
-                api_key_name(rec),
-                "success",
-                "OK",
-                actor,
-                durable=True,
-                attributes={"scopes": " ".join(rec.scopes), "env": rec.env},
-            )
-        except Unavailable:
-            self._store.revoke(rec.tenant_id, rec.project_id, rec.key_id, _dt(self._clock()))
-            self.invalidate(rec.key_id)
-            raise
+    def _issue_entry(self, action: str, rec: ApiKeyRecord, actor: Actor) -> AuditEntry:
+        """The event of a key issued (written in the transaction that stores the key)."""
+        return self._audit_entry(
+            action,
+            rec.tenant_id,
+            api_key_name(rec),
+            "success",
+            "OK",
+            actor,
+            attributes={"scopes": " ".join(rec.scopes), "env": rec.env},
+        )
 
     def get(self, name: ApiKeyName) -> ApiKeyRecord:
         """The key named ``name``.
@@ -495,13 +488,14 @@ class ApiKeyService:
         Raises:
             NotFound: no such key in this tenant and project.
         """
-        rec = self._store.revoke(name.tenant, name.project, name.id, _dt(self._clock()))
-        self.invalidate(name.id)
-        if rec is None:
-            raise resource_not_found(str(name))
-        self._record(
-            "api_key.revoke", rec.tenant_id, str(name), "success", "OK", actor, durable=False
-        )
+        entry = self._audit_entry("api_key.revoke", name.tenant, str(name), "success", "OK", actor)
+        try:
+            with self._audit.change(entry):
+                rec = self._store.revoke(name.tenant, name.project, name.id, _dt(self._clock()))
+                if rec is None:
+                    raise resource_not_found(str(name))
+        finally:
+            self.invalidate(name.id)
         return self._overlay(rec)
 
     def rotate(self, name: ApiKeyName, grace: timedelta, actor: Actor) -> RotatedApiKey:
@@ -545,16 +539,39 @@ class ApiKeyService:
             seq=0,
         )
         try:
-            inserted = self._store.insert_rotation(new_rec, old.key_id, now + grace)
+            with self._audit.change(self._issue_entry("api_key.rotate", new_rec, actor)):
+                inserted = self._store.insert_rotation(new_rec, old.key_id, now + grace)
         except NotFound:
             raise resource_not_found(str(name)) from None
         finally:
             self.invalidate(old.key_id)
         previous = self._store.get(name.tenant, name.project, name.id) or old
-        self._audit_issue("api_key.rotate", inserted, actor)
         return RotatedApiKey(inserted, generated.raw, self._overlay(previous))
 
     # -- audit ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit_entry(
+        action: str,
+        tenant_id: str | None,
+        target: str,
+        outcome: str,
+        reason: str,
+        actor: Actor,
+        *,
+        attributes: dict[str, str] | None = None,
+    ) -> AuditEntry:
+        return AuditEntry(
+            tenant_id=tenant_id,
+            actor=actor.identity,
+            actor_subject=actor.subject,
+            action=action,
+            target=target,
+            outcome=outcome,
+            reason=reason,
+            trace_id=actor.trace_id,
+            attributes=attributes or {},
+        )
 
     def _record(
         self,

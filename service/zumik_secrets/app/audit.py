@@ -1,8 +1,18 @@
 """The audit recorder port: every security decision and key usage is reported through it.
 
-Wiring a new event is one call: ``recorder.record(AuditEntry(...), durable=...)``. ``durable``
-asks the recorder not to return until the event is stored; sensitive actions (Open, key
-creation, purge) set it and fail closed when the recorder raises ``Unavailable``.
+Two ways to record:
+
+* **A change** (create/rotate/revoke a key or session, seal/update/delete a secret, data-key and
+  fingerprint-key lifecycle, settings, customer keys, handles, purge steps): wrap the one
+  storage call that makes it in ``with recorder.change(AuditEntry(...)):``. The event is
+  written in that call's database transaction (the audit outbox, drained into the hash chain
+  by the writer thread), so after any crash the change and its event are both there or both
+  absent. A change whose event cannot be written does not happen (fail closed).
+* **No change** (verifications, denials, Open, failures): ``recorder.record(AuditEntry(...),
+  durable=...)``. ``durable`` asks the recorder not to return until the event is stored;
+  sensitive reads (Open) set it and fail closed when the recorder raises ``Unavailable``.
+  Non-durable events are group-committed within tens of milliseconds; a crash in that window
+  loses them, which is why no change is recorded that way.
 
 The server records into :class:`zumik_secrets.app.audit_log.AuditLog` (the tamper-evident,
 hash-chained store with group commit). :class:`LogAuditRecorder` remains for unit tests that
@@ -14,7 +24,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -110,6 +121,18 @@ class AuditRecorder(Protocol):
             Unavailable: the event could not be stored (only when ``durable`` is set).
         """
 
+    def change(
+        self, *entries: AuditEntry, record_unchanged: bool = True
+    ) -> AbstractContextManager[None]:
+        """Record ``entries`` with the change the block's one storage call makes.
+
+        A block that made no change records them durably (``record_unchanged``) or not at all.
+
+        Raises:
+            Unavailable: the events could not be stored (the change did not happen, or, when
+                the call changed nothing, a durable record of them failed).
+        """
+
 
 class LogAuditRecorder:
     """Interim recorder: one structured log line per event on ``zumik.audit``."""
@@ -133,3 +156,10 @@ class LogAuditRecorder:
             },
         )
         note_recorded(entry.actor)
+
+    @contextmanager
+    def change(self, *entries: AuditEntry, record_unchanged: bool = True) -> Iterator[None]:
+        """Log ``entries`` after the block succeeds (no transaction: unit tests only)."""
+        yield
+        for entry in entries:
+            self.record(entry, durable=True)

@@ -21,7 +21,7 @@ Group commit
     * ``durable=False`` callers do not wait; their events are written by the next commit, within
       the linger plus one commit (well under 50 ms at the measured commit latencies). If a
       commit fails their events go back to the head of the queue and are retried (backoff
-      50 ms doubling to 1 s) while the process lives: never silently dropped.
+      50 ms doubling to 0.5 s) while the process lives: never silently dropped.
     * The queue is bounded (``queue_limit`` events, retried ones included). When it is full
       ``durable=False`` callers block up to ``enqueue_timeout`` (1 s) for room; only if the
       store has been failing long enough to fill it *and* the wait runs out is an event dropped,
@@ -48,6 +48,7 @@ Retention
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -55,16 +56,19 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.audit import AuditEntry, note_recorded
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
 from zumik_secrets.core import audit_chain as chain
+from zumik_secrets.core import deadlines
 from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint, EventDraft
 from zumik_secrets.core.audit_events import sanitize
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument, Unavailable, ZumikError
 from zumik_secrets.core.handles import new_handle
+from zumik_secrets.storage import outbox
 from zumik_secrets.storage.ports import AuditFilter, AuditStore
 
 _LOG = logging.getLogger("zumik.audit")
@@ -75,6 +79,8 @@ DEFAULT_RETENTION = timedelta(days=400)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _READ_PAGE = 500
+_MAX_BACKOFF = 0.5
+"""Longest pause of the writer between attempts while the store fails, seconds."""
 
 
 def _now() -> datetime:
@@ -147,7 +153,7 @@ class AuditLog:
         *,
         clock: Callable[[], datetime] = _now,
         group_commit: bool = True,
-        durable_timeout: float = 5.0,
+        durable_timeout: float = 3.0,
         queue_limit: int = 10_000,
         enqueue_timeout: float = 1.0,
         max_batch: int = 512,
@@ -156,6 +162,7 @@ class AuditLog:
         checkpoint_interval: float = 60.0,
         retention: timedelta = DEFAULT_RETENTION,
         retention_for: Callable[[str], timedelta] | None = None,
+        outbox_poll: float = 1.0,
     ) -> None:
         """Create the log (call :meth:`start` to run its threads).
 
@@ -165,7 +172,9 @@ class AuditLog:
             clock: Current time.
             group_commit: Write through the writer thread (True) or in the caller's thread,
                 one transaction per event (False: for measurements).
-            durable_timeout: Longest a durable record waits for its commit, seconds.
+            durable_timeout: Longest a durable record waits for its commit, seconds (and never
+                past the caller's deadline minus a margin). Below the client's default
+                deadline (5 s), so a durable call fails UNAVAILABLE rather than time out.
             queue_limit: Events queued (retries included) before callers block.
             enqueue_timeout: Longest a non-durable record waits for queue room, seconds.
             max_batch: Most events per transaction.
@@ -177,6 +186,8 @@ class AuditLog:
             checkpoint_interval: Seconds between periodic checkpoints of moved heads.
             retention: Default retention period.
             retention_for: Per-tenant retention (defaults to ``retention`` for every tenant).
+            outbox_poll: Seconds between looks at the outbox for events this process did not
+                write (another replica's, or one killed before its writer drained them).
         """
         self._store = store
         self._keys = keys
@@ -191,6 +202,11 @@ class AuditLog:
         self._checkpoint_interval = checkpoint_interval
         self._retention = retention
         self._retention_for = retention_for or (lambda _tenant: retention)
+        self._outbox_poll = outbox_poll
+        self._outbox_due = True  # drain leftovers at start
+        self._next_outbox_poll = 0.0
+        self._drain_lock = threading.Lock()
+        self.drained = 0
         # One lock, two conditions: the writer waits on ``_work``, callers waiting for queue
         # room on ``_room``. A caller wakes the writer only when it is idle (or lingering and the
         # event cannot wait), so a busy writer is not woken once per event.
@@ -239,6 +255,10 @@ class AuditLog:
             self._writer.join(timeout)
         if self._checkpointer.is_alive():
             self._checkpointer.join(timeout)
+        try:
+            self.drain_outbox()
+        except Exception:  # noqa: BLE001 - what is left is drained at the next start
+            _LOG.warning("audit outbox not drained at shutdown (drained at the next start)")
         with self._lock:
             left = [p for p in self._queue if not p.cancelled]
         if left:
@@ -295,14 +315,92 @@ class AuditLog:
         if not pending.dropped:
             note_recorded(entry.actor)
 
+    @contextmanager
+    def change(self, *entries: AuditEntry, record_unchanged: bool = True) -> Iterator[None]:
+        """Record ``entries`` in the transaction of the change the block makes (issue 24).
+
+        Wrap exactly the one storage call that makes the change. The events are written to the
+        outbox in that call's transaction, so after any crash the change and its events are
+        both there or both absent; the writer thread moves them into the chain (at once, and
+        at the next start for leftovers). Nobody waits for the chain.
+
+        If the block raises, nothing is recorded (the caller records a failure if it wants).
+        If the block made no change (a revoke of an already revoked key), the events are
+        recorded durably instead (:meth:`append`), unless ``record_unchanged`` is False (a
+        caller that retries a lost race records nothing for the attempt).
+
+        Raises:
+            Unavailable: reason ``AUDIT_UNAVAILABLE``, only on that durable fallback.
+        """
+        drafts = [self._draft(entry) for entry in entries]
+        with outbox.staged(drafts) as holder:
+            yield
+        if holder.taken:
+            self._outbox_written()
+            for entry in entries:
+                note_recorded(entry.actor)
+            return
+        if record_unchanged:
+            for entry in entries:
+                self.append(entry)
+
+    def _outbox_written(self) -> None:
+        """Wake the writer to chain the outbox (events of this process just committed)."""
+        if self._outbox_due:
+            return
+        with self._lock:
+            self._outbox_due = True
+            if self._writer_waiting and not self._lingering:
+                self._work.notify()
+
+    def drain_outbox(self, wait: float = -1) -> int:
+        """Move every outbox event into the chains now; returns how many.
+
+        Serialised within this process (``wait``: longest wait for another drain of this
+        process, seconds; -1 waits for it); other processes drain their share in parallel.
+
+        Raises:
+            Unavailable: storage is down (what was moved stays moved), or ``wait`` ran out.
+        """
+        moved = 0
+        if not self._drain_lock.acquire(timeout=wait):
+            raise audit_unavailable()
+        try:
+            self._outbox_due = False
+            while True:
+                try:
+                    events = self._store.drain_outbox(self._max_batch)
+                except BaseException:
+                    self._outbox_due = True
+                    raise
+                moved += len(events)
+                self.drained += len(events)
+                if events:
+                    self.commits += 1
+                    self._count(events)
+                if len(events) < self._max_batch:
+                    return moved
+        finally:
+            self._drain_lock.release()
+
+    def _read_barrier(self) -> None:
+        """Before a read of the chain: chain what waits in the outbox (read your changes)."""
+        # On failure the read itself reports the outage, or shows what is chained.
+        with contextlib.suppress(ZumikError):
+            self.drain_outbox(wait=deadlines.budget(1.0))
+
     def append(self, entry: AuditEntry) -> ChainEvent:
         """Record one event durably and return it as stored (with sequence and hash).
 
         Raises:
             Unavailable: reason ``AUDIT_UNAVAILABLE`` when it could not be committed in time.
         """
+        try:
+            wait = deadlines.budget(self._durable_timeout)
+        except Unavailable:
+            raise audit_unavailable() from None
         pending = _Pending(self._draft(entry), durable=True)
-        deadline = time.monotonic() + self._durable_timeout
+        deadline = time.monotonic() + wait
         self._submit(pending, deadline)
         done = pending.done
         if done is None or not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -384,12 +482,14 @@ class AuditLog:
             while not self._queue:
                 if self._stopping:
                     return None
+                if self._outbox_due or time.monotonic() >= self._next_outbox_poll:
+                    return []  # the outbox first
                 if not self._healthy:
                     self._sleep(0.5)
                     if not self._queue:
                         return []  # idle while unhealthy: probe
                     break
-                self._sleep(1.0)
+                self._sleep(max(0.0, min(1.0, self._next_outbox_poll - time.monotonic())))
             if self._linger > 0:
                 self._linger_for_more()
             batch: list[_Pending] = []
@@ -430,14 +530,35 @@ class AuditLog:
         finally:
             self._lingering = False
 
+    def _drain_in_writer(self) -> bool:
+        """Drain the outbox when due; False if the store failed (the writer backs off)."""
+        now = time.monotonic()
+        if not self._outbox_due and now < self._next_outbox_poll:
+            return True
+        self._next_outbox_poll = now + self._outbox_poll
+        try:
+            self.drain_outbox()
+        except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+            if not isinstance(exc, Unavailable):
+                _LOG.error("audit outbox drain failed unexpectedly", exc_info=exc)
+            self._set_healthy(False)
+            return False
+        self._set_healthy(True)
+        return True
+
     def _write_loop(self) -> None:
         backoff = 0.05
         while True:
+            if not self._drain_in_writer():
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, _MAX_BACKOFF)
             batch = self._take_batch()
             if batch is None:
                 return
             if not batch:
-                self._probe()
+                if not self._healthy:
+                    self._probe()
                 continue
             try:
                 stored = self._store.append([p.draft for p in batch])
@@ -445,7 +566,7 @@ class AuditLog:
                 self._failed(batch, exc)
                 if self._stop.wait(backoff):
                     return  # stopping while the store fails: stop() reports what is left
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             backoff = 0.05
             self.commits += 1
@@ -480,11 +601,17 @@ class AuditLog:
                 pending.settle()
 
     def _probe(self) -> None:
+        self.probe()
+
+    def probe(self) -> bool:
+        """Try an audit write (rolled back); update and return :attr:`healthy`."""
         try:
-            self._store.probe_write()
+            with deadlines.bounded(1.0):
+                self._store.probe_write()
         except Exception:  # noqa: BLE001 - any failure means still unhealthy
-            return
+            return False
         self._set_healthy(True)
+        return True
 
     def _count(self, stored: list[ChainEvent]) -> None:
         due = False
@@ -532,6 +659,7 @@ class AuditLog:
         Raises:
             Unavailable: storage is down.
         """
+        self._read_barrier()
         sequence, head_hash = self._store.head(tenant) or (0, chain.GENESIS_HASH)
         kid, signer = self._keys.checkpoint_signer()
         cp = chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, self._clock())
@@ -574,6 +702,7 @@ class AuditLog:
                 reason="INVALID_RANGE",
                 violations=[FieldViolation("start_sequence", "invalid range")],
             )
+        self._read_barrier()
         # Checkpoints first, then the head, then events up to that head: heads only grow, so
         # every checkpoint read is at or below the head unless the head row was tampered with,
         # and events appended meanwhile (this very call's audit record) stay out of the range.
@@ -623,6 +752,7 @@ class AuditLog:
                 reason="INVALID_RANGE",
                 violations=[FieldViolation("start_sequence", "must be >= 0")],
             )
+        self._read_barrier()
         head_sequence = (self._store.head(tenant) or (0, b""))[0]
         first = self._store.first_sequence(tenant)
         retained_start = first if first is not None else head_sequence + 1
@@ -678,6 +808,7 @@ class AuditLog:
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         digest = _filter_digest(tenant, flt)
         after = _read_token(page_token, digest) if page_token else 0
+        self._read_barrier()
         rows = self._store.query(tenant, flt, after_sequence=after, limit=size + 1)
         more = len(rows) > size
         rows = rows[:size]

@@ -28,7 +28,7 @@ from zumik_secrets.app.key_wrappers import (
 from zumik_secrets.app.openbao import OpenBaoTransit
 from zumik_secrets.app.ttl_cache import TtlLru
 from zumik_secrets.core import primitives
-from zumik_secrets.core.errors import DecryptionFailed, ZumikError
+from zumik_secrets.core.errors import DecryptionFailed
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.core.names import validate_tenant_id
 from zumik_secrets.core.sealing import data_key_aad
@@ -196,25 +196,20 @@ class CustomerKeys:
                 )
             )
             del key
-        self._store.put(rec, rewrapped)
+        entry = AuditEntry(
+            tenant_id=tenant_id,
+            actor=actor.identity,
+            actor_subject=actor.subject,
+            action="customer_key.configure",
+            target=f"tenants/{tenant_id}/settings",
+            outcome="success",
+            reason="OK",
+            trace_id=actor.trace_id,
+            attributes={"data_keys_rewrapped": str(len(rewrapped))},
+        )
+        with self._audit.change(entry):
+            self._store.put(rec, rewrapped)
         self._wrappers.pop(tenant_id)
-        try:
-            self._audit.record(
-                AuditEntry(
-                    tenant_id=tenant_id,
-                    actor=actor.identity,
-                    actor_subject=actor.subject,
-                    action="customer_key.configure",
-                    target=f"tenants/{tenant_id}/settings",
-                    outcome="success",
-                    reason="OK",
-                    trace_id=actor.trace_id,
-                    attributes={"data_keys_rewrapped": str(len(rewrapped))},
-                ),
-                durable=False,
-            )
-        except ZumikError:
-            _LOG.warning("audit of customer_key.configure failed")
 
     def on_change(self, record: ChangeRecord) -> None:
         """Change-feed subscriber (``customer_key``): forget the tenant's wrapper."""

@@ -33,6 +33,7 @@ from zumik_secrets.core import primitives
 from zumik_secrets.core.errors import DecryptionFailed, FailedPrecondition
 from zumik_secrets.core.primitives import AES_KEY_SIZE, Aead, HmacSha256
 from zumik_secrets.core.sealing import data_key_aad
+from zumik_secrets.storage import outbox
 from zumik_secrets.storage.ports import DataKeyStore
 from zumik_secrets.storage.records import ChangeRecord, DataKeyRecord
 
@@ -274,13 +275,12 @@ class DataKeys:
         Raises:
             Unavailable, FailedPrecondition: as the wrapper or storage raise them.
         """
-        rec = self._store.rotate(
-            tenant_id,
-            project_id,
-            purpose,
-            lambda version: self._new_wrapped(tenant_id, project_id, purpose, version),
-            self._clock(),
-        )
+
+        def make_wrapped(version: int) -> tuple[bytes, str]:
+            outbox.annotate("version", str(version))  # the audit event of the rotation, if any
+            return self._new_wrapped(tenant_id, project_id, purpose, version)
+
+        rec = self._store.rotate(tenant_id, project_id, purpose, make_wrapped, self._clock())
         self._forget((tenant_id, project_id, purpose))
         return rec
 

@@ -54,7 +54,6 @@ from zumik_secrets.core.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
-    Unavailable,
     ZumikError,
 )
 from zumik_secrets.core.names import ProjectName
@@ -327,8 +326,22 @@ class Fingerprints:
                 "overlap", f"must be between 0 and {MAX_OVERLAP.days} days", "INVALID_DURATION"
             )
         tenant, project = parent.tenant, parent.project
-        rec = self._data_keys.rotate(tenant, project, PURPOSE)
         break_at = self._clock() + overlap
+        current = self._data_keys.existing_primary(tenant, project, PURPOSE) or 0
+        # Written in the rotation's transaction; "version" is set there (outbox.annotate).
+        entry = self._entry(
+            actor,
+            tenant,
+            "fingerprint_key.rotate",
+            str(parent),
+            {
+                "previous_version": str(current),
+                "overlap_seconds": str(int(overlap.total_seconds())),
+                "linkage_break_time": break_at.isoformat(),
+            },
+        )
+        with self._audit.change(entry):
+            rec = self._data_keys.rotate(tenant, project, PURPOSE)
         older = [
             v.version
             for v in self._data_keys.versions(tenant, project, PURPOSE)
@@ -338,18 +351,6 @@ class Fingerprints:
         if older:
             self._schedule.schedule(tenant, project, older, break_at)
         self.forget(tenant, project)
-        self._record(
-            actor,
-            tenant,
-            "fingerprint_key.rotate",
-            str(parent),
-            {
-                "version": str(rec.version),
-                "previous_version": str(previous),
-                "overlap_seconds": str(int(overlap.total_seconds())),
-                "linkage_break_time": break_at.isoformat(),
-            },
-        )
         if older and overlap == timedelta(0):
             self._sweep(actor, tenant_id=tenant, project_id=project)
         return RotationResult(rec.version, previous, break_at)
@@ -394,27 +395,31 @@ class Fingerprints:
 
     def _destroy(self, actor: Actor, row: ScheduledDestroy) -> None:
         tenant, project = row.tenant_id, row.project_id
-        rec = self._data_keys.destroy(tenant, project, PURPOSE, row.version)
+        primary = self._data_keys.existing_primary(tenant, project, PURPOSE) or 0
+        entry = self._entry(
+            actor,
+            tenant,
+            "fingerprint_key.linkage_broken",
+            str(ProjectName(tenant, project)),
+            {
+                "destroyed_version": str(row.version),
+                "primary_version": str(primary),
+                "scheduled_time": row.destroy_at.isoformat(),
+            },
+        )
+        # Recorded in the destruction's transaction; nothing when the version was destroyed
+        # already (a retried sweep) or the project was purged meanwhile (nothing to break).
+        with self._audit.change(entry, record_unchanged=False):
+            self._data_keys.destroy(tenant, project, PURPOSE, row.version)
         self.forget(tenant, project)
-        if rec is not None:  # None: the project was purged meanwhile; nothing left to break
-            primary = self._data_keys.existing_primary(tenant, project, PURPOSE) or 0
-            self._record(
-                actor,
-                tenant,
-                "fingerprint_key.linkage_broken",
-                str(ProjectName(tenant, project)),
-                {
-                    "destroyed_version": str(row.version),
-                    "primary_version": str(primary),
-                    "scheduled_time": row.destroy_at.isoformat(),
-                },
-            )
         self._schedule.done(tenant, project, row.version)
 
-    def _record(
-        self, actor: Actor, tenant_id: str, action: str, target: str, attributes: Mapping[str, str]
-    ) -> None:
-        entry = AuditEntry(
+    @staticmethod
+    def _entry(
+        actor: Actor, tenant_id: str, action: str, target: str, attributes: Mapping[str, str]
+    ) -> AuditEntry:
+        """A successful change's event (written in the change's transaction)."""
+        return AuditEntry(
             tenant_id=tenant_id,
             actor=actor.identity,
             actor_subject=actor.subject,
@@ -425,13 +430,6 @@ class Fingerprints:
             trace_id=actor.trace_id,
             attributes=dict(attributes),
         )
-        try:
-            self._audit.record(entry, durable=True)
-        except Exception:  # noqa: BLE001 - any recorder failure: fail closed
-            raise Unavailable(
-                "the audit trail cannot record this change right now; retry later",
-                reason=REASON_AUDIT_UNAVAILABLE,
-            ) from None
 
 
 _FOREVER = float("inf")

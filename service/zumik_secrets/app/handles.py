@@ -100,11 +100,11 @@ class Handles:
                 created_at=self._clock(),
             )
             try:
-                self._store.insert(rec)
+                with self._audit.change(self._entry(actor, rec)):
+                    self._store.insert(rec)
             except AlreadyExists:
                 _LOG.warning("handle collision; minting another", extra={"kind": kind})
                 continue
-            self._record(actor, rec)
             return rec
         raise Unavailable("could not mint a unique handle; retry", reason=REASON_HANDLE_COLLISION)
 
@@ -120,21 +120,17 @@ class Handles:
             raise resource_not_found(str(name))
         return rec
 
-    def _record(self, actor: Actor, rec: HandleRecord) -> None:
-        try:
-            self._audit.record(
-                AuditEntry(
-                    tenant_id=rec.tenant_id,
-                    actor=actor.identity,
-                    actor_subject=actor.subject,
-                    action="handle.mint",
-                    target=str(HandleName(rec.tenant_id, rec.handle)),
-                    outcome="success",
-                    reason="OK",
-                    trace_id=actor.trace_id,
-                    attributes={"kind": rec.kind},
-                ),
-                durable=False,
-            )
-        except Exception:  # noqa: BLE001 - a non-durable event never fails the call
-            _LOG.warning("audit of handle.mint failed")
+    @staticmethod
+    def _entry(actor: Actor, rec: HandleRecord) -> AuditEntry:
+        """The event of a minted handle (written in the transaction that stores it)."""
+        return AuditEntry(
+            tenant_id=rec.tenant_id,
+            actor=actor.identity,
+            actor_subject=actor.subject,
+            action="handle.mint",
+            target=str(HandleName(rec.tenant_id, rec.handle)),
+            outcome="success",
+            reason="OK",
+            trace_id=actor.trace_id,
+            attributes={"kind": rec.kind},
+        )

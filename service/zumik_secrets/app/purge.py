@@ -174,11 +174,14 @@ class PurgeService:
             job = self._job(tenant, project, target)
             if isinstance(job, PurgeReceiptRecord):
                 return job
+            # Each step's event is written in the step's transaction (issue 24).
             if job.phase == "started":
-                job = self._store.shred(job.receipt_id, self._clock())
+                with self._audit.change(_step_entry(job, "purge.shred", actor)):
+                    job = self._store.shred(job.receipt_id, self._clock())
                 self._applied("shred", job)
             if job.phase == "shredded":
-                job = self._store.delete_rows(job.receipt_id, self._clock())
+                with self._audit.change(_step_entry(job, "purge.delete", actor)):
+                    job = self._store.delete_rows(job.receipt_id, self._clock())
                 self._applied("delete", job)
                 try:
                     self._store.scrub()
@@ -300,3 +303,18 @@ class PurgeService:
             ),
             now,
         )
+
+
+def _step_entry(job: PurgeJob, action: str, actor: Actor) -> AuditEntry:
+    """The event of one purge step (``purge.shred``, ``purge.delete``)."""
+    return AuditEntry(
+        tenant_id=job.tenant_id,
+        actor=actor.identity,
+        actor_subject=actor.subject,
+        action=action,
+        target=job.target,
+        outcome="success",
+        reason="OK",
+        trace_id=actor.trace_id,
+        attributes={"receipt": job.receipt_id},
+    )

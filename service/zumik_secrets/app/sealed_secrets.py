@@ -266,33 +266,26 @@ class SealedSecrets:
         secret_id = new_handle(KIND_SECRET)
         dk_version, blob = self._seal(parent.tenant, parent.project, secret_id, 1, plaintext)
         now = self._clock()
-        rec = self._store.insert(
-            SealedSecretRecord(
-                secret_id=secret_id,
-                tenant_id=parent.tenant,
-                project_id=parent.project,
-                display_name=display_name,
-                metadata=dict(metadata),
-                version=1,
-                data_key_version=dk_version,
-                size_bytes=len(plaintext),
-                ciphertext=blob,
-                created_at=now,
-                updated_at=now,
-            )
-        )
         name = SecretName(parent.tenant, parent.project, secret_id)
-        self._record(
-            actor,
-            parent.tenant,
-            "secret.seal",
-            str(name),
-            "success",
-            "OK",
-            {"data_key_version": str(dk_version)},
-            durable=False,
+        entry = _entry(
+            actor, parent.tenant, "secret.seal", str(name), {"data_key_version": str(dk_version)}
         )
-        return rec
+        with self._audit.change(entry):
+            return self._store.insert(
+                SealedSecretRecord(
+                    secret_id=secret_id,
+                    tenant_id=parent.tenant,
+                    project_id=parent.project,
+                    display_name=display_name,
+                    metadata=dict(metadata),
+                    version=1,
+                    data_key_version=dk_version,
+                    size_bytes=len(plaintext),
+                    ciphertext=blob,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
 
     def _get(self, name: SecretName) -> SealedSecretRecord:
         rec = self._store.get(name.tenant, name.project, name.id)
@@ -394,25 +387,23 @@ class SealedSecrets:
             rec = self._get(name)
             version = rec.version + 1
             dk_version, blob = self._seal(name.tenant, name.project, name.id, version, plaintext)
-            updated = self._store.replace_ciphertext(
-                rec,
-                version=version,
-                data_key_version=dk_version,
-                size_bytes=len(plaintext),
-                ciphertext=blob,
-                at=self._clock(),
+            entry = _entry(
+                actor,
+                name.tenant,
+                "secret.update",
+                str(name),
+                {"version": str(version), "data_key_version": str(dk_version)},
             )
-            if updated is not None:
-                self._record(
-                    actor,
-                    name.tenant,
-                    "secret.update",
-                    str(name),
-                    "success",
-                    "OK",
-                    {"version": str(version), "data_key_version": str(dk_version)},
-                    durable=False,
+            with self._audit.change(entry, record_unchanged=False):
+                updated = self._store.replace_ciphertext(
+                    rec,
+                    version=version,
+                    data_key_version=dk_version,
+                    size_bytes=len(plaintext),
+                    ciphertext=blob,
+                    at=self._clock(),
                 )
+            if updated is not None:
                 return updated
         raise FailedPrecondition(
             "the secret kept changing during the update; retry", reason="CONCURRENT_UPDATE"
@@ -427,11 +418,9 @@ class SealedSecrets:
         Raises:
             NotFound: no such secret.
         """
-        if not self._store.delete(name.tenant, name.project, name.id):
-            raise resource_not_found(str(name))
-        self._record(
-            actor, name.tenant, "secret.delete", str(name), "success", "OK", {}, durable=False
-        )
+        with self._audit.change(_entry(actor, name.tenant, "secret.delete", str(name), {})):
+            if not self._store.delete(name.tenant, name.project, name.id):
+                raise resource_not_found(str(name))
         if not rotate:
             return None
         return self.rotate_data_key(name.parent, PURPOSE, actor)
@@ -444,18 +433,11 @@ class SealedSecrets:
         Raises:
             Unavailable, FailedPrecondition: storage or the customer's key.
         """
-        rec = self._data_keys.rotate(parent.tenant, parent.project, purpose)
-        self._record(
-            actor,
-            parent.tenant,
-            "data_key.rotate",
-            str(parent),
-            "success",
-            "OK",
-            {"purpose": purpose, "version": str(rec.version)},
-            durable=False,
-        )
-        return rec
+        # The new version is chosen in the rotation's transaction: the data-key service sets
+        # the event's "version" there (outbox.annotate), before it is written with the change.
+        entry = _entry(actor, parent.tenant, "data_key.rotate", str(parent), {"purpose": purpose})
+        with self._audit.change(entry):
+            return self._data_keys.rotate(parent.tenant, parent.project, purpose)
 
     def list_data_keys(
         self, parent: ProjectName, purpose: str, *, size: int, token: str
@@ -561,24 +543,41 @@ class SealedSecrets:
             raise _bad("version", "must be at least 1")
         if confirm != version:
             raise _bad("confirm_version", "must repeat version exactly", "CONFIRMATION_MISMATCH")
-        rec = self._data_keys.destroy(parent.tenant, parent.project, purpose, version)
-        if rec is None:
-            raise resource_not_found(f"{parent}/dataKeys/{purpose}/versions/{version}")
         lost = 0
         if purpose == PURPOSE:
+            # Counted before the destruction (it deletes no secret; a secret sealed meanwhile
+            # is under the primary, which cannot be destroyed).
             counts = self._store.count_by_data_key_version(parent.tenant, parent.project)
             lost = counts.get(version, 0)
-        self._record(
+        entry = _entry(
             actor,
             parent.tenant,
             "data_key.destroy",
             str(parent),
-            "success",
-            "OK",
             {"purpose": purpose, "version": str(version), "unrecoverable": str(lost)},
-            durable=True,
         )
+        with self._audit.change(entry):
+            rec = self._data_keys.destroy(parent.tenant, parent.project, purpose, version)
+            if rec is None:
+                raise resource_not_found(f"{parent}/dataKeys/{purpose}/versions/{version}")
         return DestroyResult(rec, lost)
+
+
+def _entry(
+    actor: Actor, tenant_id: str, action: str, target: str, attributes: Mapping[str, str]
+) -> AuditEntry:
+    """A successful change's event."""
+    return AuditEntry(
+        tenant_id=tenant_id,
+        actor=actor.identity,
+        actor_subject=actor.subject,
+        action=action,
+        target=target,
+        outcome="success",
+        reason="OK",
+        trace_id=actor.trace_id,
+        attributes=dict(attributes),
+    )
 
 
 __all__ = [

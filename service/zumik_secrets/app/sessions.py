@@ -391,41 +391,34 @@ class SessionService:
         )
         now = _dt(self._clock())
         raw, token_hash = session_tokens.new_session_token()
-        rec = self._store.insert(
-            SessionRecord(
-                session_id=new_handle(KIND_SESSION),
-                token_hash=token_hash,
-                tenant_id=parent.tenant,
-                project_id=parent.project,
-                user_subject=subject,
-                scopes=granted,
-                state="active",
-                created_at=now,
-                last_seen_at=now,
-                idle_timeout_seconds=idle,
-                absolute_expire_time=now + timedelta(seconds=absolute),
-                revoke_time=None,
-            )
+        draft = SessionRecord(
+            session_id=new_handle(KIND_SESSION),
+            token_hash=token_hash,
+            tenant_id=parent.tenant,
+            project_id=parent.project,
+            user_subject=subject,
+            scopes=granted,
+            state="active",
+            created_at=now,
+            last_seen_at=now,
+            idle_timeout_seconds=idle,
+            absolute_expire_time=now + timedelta(seconds=absolute),
+            revoke_time=None,
         )
-        self._audit_issue("session.create", rec, actor)
+        with self._audit.change(self._issue_entry("session.create", draft, actor)):
+            rec = self._store.insert(draft)
         return IssuedSession(rec, raw)
 
-    def _audit_issue(self, action: str, rec: SessionRecord, actor: Actor) -> None:
-        try:
-            self._record(
-                action,
-                rec.tenant_id,
-                session_name(rec),
-                "success",
-                "OK",
-                actor,
-                durable=True,
-                attributes={"scopes": " ".join(rec.scopes)},
-            )
-        except Unavailable:
-            self._store.revoke(rec.tenant_id, rec.project_id, rec.session_id, _dt(self._clock()))
-            self.invalidate(rec.session_id)
-            raise
+    @staticmethod
+    def _issue_entry(action: str, rec: SessionRecord, actor: Actor) -> AuditEntry:
+        """The event of a session token issued (written in the transaction that stores it)."""
+        return _entry(
+            action,
+            rec.tenant_id,
+            session_name(rec),
+            actor,
+            attributes={"scopes": " ".join(rec.scopes)},
+        )
 
     def get(self, name: SessionName) -> SessionRecord:
         """The session named ``name``.
@@ -457,24 +450,21 @@ class SessionService:
                 metadata={"resource": str(name)},
             )
         raw, token_hash = session_tokens.new_session_token()
+        granted = new_scopes or current.scopes
+        entry = self._issue_entry("session.rotate", replace(current, scopes=granted), actor)
         try:
-            rec = self._store.replace_token(
-                name.tenant,
-                name.project,
-                name.id,
-                token_hash,
-                new_scopes or current.scopes,
-                _dt(self._clock()),
-            )
+            with self._audit.change(entry):
+                rec = self._store.replace_token(
+                    name.tenant, name.project, name.id, token_hash, granted, _dt(self._clock())
+                )
+                if rec is None:
+                    raise FailedPrecondition(
+                        "the session is no longer active and cannot be rotated",
+                        reason="SESSION_NOT_ACTIVE",
+                        metadata={"resource": str(name)},
+                    )
         finally:
             self.invalidate(name.id)
-        if rec is None:
-            raise FailedPrecondition(
-                "the session is no longer active and cannot be rotated",
-                reason="SESSION_NOT_ACTIVE",
-                metadata={"resource": str(name)},
-            )
-        self._audit_issue("session.rotate", rec, actor)
         return IssuedSession(self._overlay(rec), raw)
 
     def revoke(self, name: SessionName, actor: Actor) -> SessionRecord:
@@ -483,13 +473,13 @@ class SessionService:
         Raises:
             NotFound: no such session in this tenant and project.
         """
-        rec = self._store.revoke(name.tenant, name.project, name.id, _dt(self._clock()))
-        self.invalidate(name.id)
-        if rec is None:
-            raise resource_not_found(str(name))
-        self._record(
-            "session.revoke", rec.tenant_id, str(name), "success", "OK", actor, durable=False
-        )
+        try:
+            with self._audit.change(_entry("session.revoke", name.tenant, str(name), actor)):
+                rec = self._store.revoke(name.tenant, name.project, name.id, _dt(self._clock()))
+                if rec is None:
+                    raise resource_not_found(str(name))
+        finally:
+            self.invalidate(name.id)
         return self._overlay(rec)
 
     def revoke_user(self, parent: ProjectName, user_subject: str, actor: Actor) -> int:
@@ -499,7 +489,19 @@ class SessionService:
             InvalidArgument: bad user subject.
         """
         subject = validate_user_subject(user_subject)
-        count = self._store.revoke_user(parent.tenant, parent.project, subject, _dt(self._clock()))
+        # The count is known only after the change: the event (written with it) names the
+        # user instead; the answer carries the count.
+        entry = _entry(
+            "session.revoke_user",
+            parent.tenant,
+            str(parent),
+            actor,
+            attributes={"user_subject": subject},
+        )
+        with self._audit.change(entry):
+            count = self._store.revoke_user(
+                parent.tenant, parent.project, subject, _dt(self._clock())
+            )
         with self._lock:
             doomed = [
                 e.record.session_id
@@ -510,16 +512,6 @@ class SessionService:
             ]
         for session_id in doomed:
             self.invalidate(session_id)
-        self._record(
-            "session.revoke_user",
-            parent.tenant,
-            str(parent),
-            "success",
-            "OK",
-            actor,
-            durable=False,
-            attributes={"revoked": str(count)},
-        )
         return count
 
     # -- audit ---------------------------------------------------------------------------------
@@ -554,3 +546,25 @@ class SessionService:
             self._audit.record(entry, durable=False)
         except ZumikError:
             _LOG.warning("audit of %s failed", action)
+
+
+def _entry(
+    action: str,
+    tenant_id: str,
+    target: str,
+    actor: Actor,
+    *,
+    attributes: dict[str, str] | None = None,
+) -> AuditEntry:
+    """A successful change's event."""
+    return AuditEntry(
+        tenant_id=tenant_id,
+        actor=actor.identity,
+        actor_subject=actor.subject,
+        action=action,
+        target=target,
+        outcome="success",
+        reason="OK",
+        trace_id=actor.trace_id,
+        attributes=attributes or {},
+    )

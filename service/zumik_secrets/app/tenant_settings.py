@@ -7,7 +7,8 @@ round trip after the first.
 Retention fields are optional per tenant; unset means the service default (``RetentionDefaults``,
 from the server configuration). Bounds: audit events 1 day to 10 years, revoked or expired API
 keys 0 (delete at the next sweep) to 10 years, session absolute lifetime 5 minutes to 30 days.
-Every change is recorded in the tenant's audit chain (``tenant.settings.update``, durable).
+Every change is recorded in the tenant's audit chain (``tenant.settings.update``, written in the
+change's transaction).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder
-from zumik_secrets.core.errors import FieldViolation, InvalidArgument, Unavailable
+from zumik_secrets.core.errors import FieldViolation, InvalidArgument
 from zumik_secrets.core.names import validate_tenant_id
 from zumik_secrets.core.purge_receipts import InvalidReceipt, parse_statement
 from zumik_secrets.storage.ports import PurgeStore, TenantSettingsStore
@@ -184,28 +185,26 @@ class TenantSettingsService:
             else:
                 raise KeyError(name)
         updated = replace(current, updated_at=self._clock(), **values)  # type: ignore[arg-type]
-        self._store.put(updated)
-        self._forget(tenant_id)
-        if self.audit is not None:
+        if self.audit is None:
+            self._store.put(updated)
+        else:
+            entry = AuditEntry(
+                tenant_id=tenant_id,
+                actor=actor.identity,
+                actor_subject=actor.subject,
+                action="tenant.settings.update",
+                target=f"tenants/{tenant_id}/settings",
+                outcome="success",
+                reason="OK",
+                trace_id=actor.trace_id,
+                attributes=attributes,
+            )
             try:
-                self.audit.record(
-                    AuditEntry(
-                        tenant_id=tenant_id,
-                        actor=actor.identity,
-                        actor_subject=actor.subject,
-                        action="tenant.settings.update",
-                        target=f"tenants/{tenant_id}/settings",
-                        outcome="success",
-                        reason="OK",
-                        trace_id=actor.trace_id,
-                        attributes=attributes,
-                    ),
-                    durable=True,
-                )
-            except Unavailable:
-                self._store.put(current)  # undo: the change was not recorded
+                with self.audit.change(entry):
+                    self._store.put(updated)
+            finally:
                 self._forget(tenant_id)
-                raise
+        self._forget(tenant_id)
         return updated
 
     # -- hot-path reads ------------------------------------------------------------------------

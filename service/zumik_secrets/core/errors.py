@@ -102,9 +102,13 @@ class ResourceExhausted(ZumikError):
 
 
 class Unavailable(ZumikError):
-    """A dependency (storage, audit, customer KMS) is down; the caller may retry."""
+    """A dependency (storage, audit, customer KMS) is down; the caller may retry.
+
+    ``retry_after_seconds`` is sent as a ``RetryInfo`` hint.
+    """
 
     default_reason = "UNAVAILABLE"
+    retry_after_seconds: float = 1.0
 
 
 class Unimplemented(ZumikError):

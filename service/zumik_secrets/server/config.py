@@ -249,11 +249,12 @@ class ServerConfig:
         },
     )
     audit_durable_timeout: float = field(
-        default=5.0,
+        default=3.0,
         metadata={
             "setting": Setting(
                 "ZUMIK_AUDIT_DURABLE_TIMEOUT",
-                "seconds a sensitive call waits for its audit event to commit (then UNAVAILABLE)",
+                "seconds a sensitive call waits for its audit event to commit (then UNAVAILABLE;"
+                " never past the caller's deadline; below the client's 5 s default deadline)",
             )
         },
     )

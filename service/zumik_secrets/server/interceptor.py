@@ -35,6 +35,7 @@ from zumik_secrets.api.call_context import CallContext, reset_call, set_call
 from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, track_call, untrack_call
+from zumik_secrets.core import deadlines
 from zumik_secrets.core.errors import InvalidArgument, Unimplemented, ZumikError
 from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
@@ -86,6 +87,18 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
             return _UNDECODABLE
 
     return parse
+
+
+_NO_DEADLINE = 1e6
+"""grpcio reports a call without a deadline as a huge remaining time."""
+
+
+def _remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds to the call's deadline, None when it has none."""
+    left = context.time_remaining()
+    if left is None or left > _NO_DEADLINE:
+        return None
+    return float(left)
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -350,6 +363,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             started = time.perf_counter()
             record = CallRecord(service, name)
             span = self._telemetry.start_span(service, name)
+            # Every wait of the call (pool checkout, statements, durable audit) ends before the
+            # caller's deadline, so it gets UNAVAILABLE instead of DEADLINE_EXCEEDED.
+            deadline_token = deadlines.enter(_remaining(context))
             try:
                 if not span.get_span_context().is_valid:
                     # Tracing off (no SDK provider): no trace to make current; the context
@@ -359,6 +375,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 with trace.use_span(span, end_on_exit=False):
                     return serve(request, context, record)
             finally:
+                deadlines.leave(deadline_token)
                 self._telemetry.finish(span, record, time.perf_counter() - started)
 
         return handle

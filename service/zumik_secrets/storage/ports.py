@@ -534,6 +534,25 @@ class AuditStore(Protocol):
         """
         ...
 
+    def drain_outbox(self, limit: int) -> list[ChainEvent]:
+        """Chain up to ``limit`` outbox events (oldest first) and delete them, in one transaction.
+
+        The outbox holds the events written in the transactions of the changes they record
+        (:mod:`zumik_secrets.storage.outbox`). Each event is chained exactly once, however many
+        processes drain at the same time.
+
+        Returns:
+            The chained events (empty when the outbox is empty).
+
+        Raises:
+            Unavailable: The database is down or a timeout expired. Nothing was moved.
+        """
+        ...
+
+    def outbox_size(self) -> int:
+        """How many events wait in the outbox."""
+        ...
+
     def probe_write(self) -> None:
         """Try an audit insert and roll it back (health probe that stores nothing).
 

@@ -30,6 +30,7 @@ from zumik_secrets.core.audit_chain import (
 )
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage._audit_json import attributes_from_json, attributes_json
+from zumik_secrets.storage.outbox import OUTBOX_COLS
 from zumik_secrets.storage.ports import AuditFilter
 
 if TYPE_CHECKING:
@@ -130,6 +131,109 @@ def _insert_checkpoint(conn: Conn, cp: Checkpoint) -> Checkpoint:
     return cp if row is None else _cp(row)
 
 
+def write_outbox(conn: Conn, drafts: Sequence[EventDraft], *, only_if_changed: bool) -> bool:
+    """Write ``drafts`` to the outbox in the caller's transaction (see storage/outbox.py).
+
+    Args:
+        conn: A connection inside a transaction.
+        drafts: The events.
+        only_if_changed: Write only if the transaction has written (or locked) a row already.
+
+    Returns:
+        Whether the events were written.
+    """
+    if not drafts:
+        return False
+    columns = list(zip(*(_outbox_params(d) for d in drafts), strict=True))
+    cur = conn.execute(
+        f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[],"
+        " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+        + (" WHERE pg_current_xact_id_if_assigned() IS NOT NULL" if only_if_changed else ""),
+        [list(col) for col in columns],
+    )
+    return cur.rowcount > 0
+
+
+def _outbox_params(d: EventDraft) -> tuple[Any, ...]:
+    return (
+        d.tenant,
+        d.event_id,
+        c.require_aware(d.time),
+        d.actor,
+        d.actor_subject,
+        d.action,
+        d.target,
+        d.outcome,
+        d.reason,
+        d.trace_id,
+        attributes_json(d.attributes),
+    )
+
+
+def _draft(row: Row) -> EventDraft:
+    return EventDraft(
+        tenant=row[0],
+        event_id=row[1],
+        time=c.utc(row[2]),
+        actor=row[3],
+        actor_subject=row[4],
+        action=row[5],
+        target=row[6],
+        outcome=row[7],
+        reason=row[8],
+        trace_id=row[9],
+        attributes=attributes_from_json(row[10]),
+    )
+
+
+def _chain(conn: Conn, drafts: Sequence[EventDraft]) -> list[ChainEvent]:
+    """Chain ``drafts`` onto their tenants' heads in the caller's transaction."""
+    by_tenant: dict[str, list[int]] = {}
+    for index, draft in enumerate(drafts):
+        by_tenant.setdefault(draft.tenant, []).append(index)
+    out: list[ChainEvent | None] = [None] * len(drafts)
+    tenants = sorted(by_tenant)
+    # Three round trips per batch whatever its size and number of tenants: lock every head
+    # (sorted: one lock order for every batch), insert every event and move every head in one
+    # statement (then the caller commits).
+    rows = conn.execute(
+        "INSERT INTO audit_heads AS h (tenant, seq, hash, updated_at)"
+        " SELECT t, 0, %s, now() FROM unnest(%s::text[]) AS u(t) ORDER BY t"
+        " ON CONFLICT (tenant) DO UPDATE SET updated_at = excluded.updated_at"
+        " RETURNING h.tenant, h.seq, h.hash",
+        (GENESIS_HASH, tenants),
+    ).fetchall()
+    heads = {r[0]: (int(r[1]), bytes(r[2])) for r in rows}
+    chained_all: list[ChainEvent] = []
+    new_heads: list[ChainEvent] = []
+    for tenant in tenants:
+        indexes = by_tenant[tenant]
+        seq, head = heads[tenant]
+        chained = extend_chain(seq, head, [drafts[i] for i in indexes])
+        chained_all.extend(chained)
+        new_heads.append(chained[-1])
+        for i, ev in zip(indexes, chained, strict=True):
+            out[i] = ev
+    columns = list(zip(*(_ev_params(ev) for ev in chained_all), strict=True))
+    conn.execute(
+        f"WITH ins AS (INSERT INTO audit_events ({_EV_COLS})"  # noqa: S608
+        " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[],"
+        " %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+        " %s::text[], %s::text[], %s::text[], %s::bytea[], %s::bytea[]))"
+        " UPDATE audit_heads AS h SET seq = u.seq, hash = u.hash"
+        " FROM unnest(%s::text[], %s::bigint[], %s::bytea[]) AS u(tenant, seq, hash)"
+        " WHERE h.tenant = u.tenant",
+        [
+            *(list(col) for col in columns),
+            [ev.tenant for ev in new_heads],
+            [ev.sequence for ev in new_heads],
+            [ev.hash for ev in new_heads],
+        ],
+    )
+    return [ev for ev in out if ev is not None]
+
+
 class _Rollback(Exception):
     """Ends the probe transaction without committing it."""
 
@@ -141,51 +245,29 @@ class PgAuditStore:
         self._db = db
 
     def append(self, drafts: Sequence[EventDraft]) -> list[ChainEvent]:
-        by_tenant: dict[str, list[int]] = {}
-        for index, draft in enumerate(drafts):
-            by_tenant.setdefault(draft.tenant, []).append(index)
-        out: list[ChainEvent | None] = [None] * len(drafts)
-        tenants = sorted(by_tenant)
-        # Four round trips per batch whatever its size and number of tenants: timeouts, lock
-        # every head (sorted: one lock order for every batch), insert every event and move
-        # every head in one statement, commit.
+        with _fail_unavailable(), self._db.tx() as conn:
+            conn.execute(_TIMEOUTS)
+            return _chain(conn, drafts)
+
+    def drain_outbox(self, limit: int) -> list[ChainEvent]:
+        # Rows another replica is draining are skipped (SKIP LOCKED), so replicas drain in
+        # parallel without waiting on each other; chained and deleted in one transaction.
         with _fail_unavailable(), self._db.tx() as conn:
             conn.execute(_TIMEOUTS)
             rows = conn.execute(
-                "INSERT INTO audit_heads AS h (tenant, seq, hash, updated_at)"
-                " SELECT t, 0, %s, now() FROM unnest(%s::text[]) AS u(t) ORDER BY t"
-                " ON CONFLICT (tenant) DO UPDATE SET updated_at = excluded.updated_at"
-                " RETURNING h.tenant, h.seq, h.hash",
-                (GENESIS_HASH, tenants),
+                f"SELECT id, {OUTBOX_COLS} FROM audit_outbox"  # noqa: S608
+                " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (limit,),
             ).fetchall()
-            heads = {r[0]: (int(r[1]), bytes(r[2])) for r in rows}
-            chained_all: list[ChainEvent] = []
-            new_heads: list[ChainEvent] = []
-            for tenant in tenants:
-                indexes = by_tenant[tenant]
-                seq, head = heads[tenant]
-                chained = extend_chain(seq, head, [drafts[i] for i in indexes])
-                chained_all.extend(chained)
-                new_heads.append(chained[-1])
-                for i, ev in zip(indexes, chained, strict=True):
-                    out[i] = ev
-            columns = list(zip(*(_ev_params(ev) for ev in chained_all), strict=True))
-            conn.execute(
-                f"WITH ins AS (INSERT INTO audit_events ({_EV_COLS})"  # noqa: S608
-                " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[],"
-                " %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::text[], %s::bytea[], %s::bytea[]))"
-                " UPDATE audit_heads AS h SET seq = u.seq, hash = u.hash"
-                " FROM unnest(%s::text[], %s::bigint[], %s::bytea[]) AS u(tenant, seq, hash)"
-                " WHERE h.tenant = u.tenant",
-                [
-                    *(list(col) for col in columns),
-                    [ev.tenant for ev in new_heads],
-                    [ev.sequence for ev in new_heads],
-                    [ev.hash for ev in new_heads],
-                ],
-            )
-        return [ev for ev in out if ev is not None]
+            if not rows:
+                return []
+            events = _chain(conn, [_draft(r[1:]) for r in rows])
+            conn.execute("DELETE FROM audit_outbox WHERE id = ANY(%s)", ([r[0] for r in rows],))
+            return events
+
+    def outbox_size(self) -> int:
+        row = self._db.one("SELECT count(*) FROM audit_outbox")
+        return c.returned_int(row)
 
     def probe_write(self) -> None:
         try:

@@ -13,6 +13,7 @@ milliseconds of the commit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -25,10 +26,13 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 import psycopg_pool
+import psycopg_pool.base
 
-from zumik_secrets.core import errors
+from zumik_secrets.core import deadlines, errors
 from zumik_secrets.storage import _common as c
-from zumik_secrets.storage.postgres.audit import PgAuditStore
+from zumik_secrets.storage import outbox
+from zumik_secrets.storage.breaker import CircuitBreaker
+from zumik_secrets.storage.postgres.audit import PgAuditStore, write_outbox
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
@@ -46,12 +50,28 @@ _CHANGES_LOCK = 0x7A756D696B636867  # "zumikchg"
 Row = tuple[Any, ...]
 Conn = psycopg.Connection[Row]
 
+PROBE_TIMEOUT_S = 1.0
+"""How long the readiness probe waits for the database."""
+
+RECONNECT_INTERVAL_S = 0.5
+"""Seconds between the pool's reconnection attempts while the database is down (issue 24).
+
+psycopg_pool doubles the delay after each failed attempt (1 s, 2 s, 4 s ... up to its
+reconnect timeout), so the time to recover grew with the outage (17.6 s after a 40 s outage).
+The pool offers no cap, so the backoff policy class it uses is set to a constant interval;
+this process has no other psycopg pool.
+"""
+psycopg_pool.base.AttemptWithBackoff.INITIAL_DELAY = RECONNECT_INTERVAL_S
+psycopg_pool.base.AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
 _log = logging.getLogger(__name__)
 
 
 @contextmanager
-def map_db_errors() -> Iterator[None]:
+def map_db_errors(breaker: CircuitBreaker | None = None) -> Iterator[None]:
     """Translate psycopg errors into domain errors at the adapter boundary.
+
+    With ``breaker``: a connection failure counts against it, a success closes it.
 
     Raises:
         AlreadyExists: A unique constraint failed.
@@ -65,29 +85,88 @@ def map_db_errors() -> Iterator[None]:
     except (psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
         # OperationalError covers PoolTimeout, connection failures, admin shutdown, query
         # cancellation and transaction-rollback errors: all "try again later".
+        if breaker is not None and _is_outage(exc):
+            breaker.failure()
         raise c.unavailable(BACKEND) from exc
+    if breaker is not None:
+        breaker.success()
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (not a busy row or a timeout)."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
+        return True
+    if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+        return False  # the database answered: our statement or lock timeout fired
+    # A serialization failure or deadlock (TransactionRollback): the database is up.
+    return not isinstance(exc, psycopg.errors.TransactionRollback)
+
+
+_SHORT_DEADLINE_S = 2.0
+"""A caller with less time left than this gets a transaction-local ``statement_timeout`` (one
+more round trip, paid only by calls that are short of time)."""
+
+_CANCEL_SLACK_S = 0.05
+"""Kept back from a deadline-bound statement timeout for the round trip of the error."""
 
 
 class _Db:
-    """Pool plus read/transaction helpers."""
+    """Pool plus read/transaction helpers.
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool[Conn], pool_timeout: float) -> None:
+    Every wait is bounded by the caller's deadline (:mod:`zumik_secrets.core.deadlines`): the
+    pool checkout by the remaining time, and, when less than ``_SHORT_DEADLINE_S`` is left, the
+    statements by a transaction-local ``statement_timeout``. A circuit breaker fails calls
+    at once while the database is known to be down.
+    """
+
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool[Conn],
+        pool_timeout: float,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.pool = pool
         self._timeout = pool_timeout
+        self.breaker = breaker or CircuitBreaker(make_error=lambda: c.unavailable(BACKEND))
+
+    def _checkout_timeout(self) -> float:
+        self.breaker.before()
+        return deadlines.budget(self._timeout)
 
     @contextmanager
     def conn(self) -> Iterator[Conn]:
-        with map_db_errors(), self.pool.connection(timeout=self._timeout) as conn:
+        left = deadlines.remaining()
+        if outbox.pending() is not None or (left is not None and left < _SHORT_DEADLINE_S):
+            # Staged audit events need a transaction to commit with; a short deadline needs a
+            # transaction-local statement timeout.
+            with self.tx() as conn:
+                yield conn
+            return
+        with (
+            map_db_errors(self.breaker),
+            self.pool.connection(timeout=self._checkout_timeout()) as conn,
+        ):
             yield conn
 
     @contextmanager
     def tx(self) -> Iterator[Conn]:
+        staged: outbox.Staged | None = None
         with (
-            map_db_errors(),
-            self.pool.connection(timeout=self._timeout) as conn,
-            conn.transaction(),
+            map_db_errors(self.breaker),
+            self.pool.connection(timeout=self._checkout_timeout()) as conn,
         ):
-            yield conn
+            with conn.transaction():
+                left = deadlines.remaining()
+                if left is not None and left < _SHORT_DEADLINE_S:
+                    ms = max(1, int((left - _CANCEL_SLACK_S) * 1000))
+                    conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(ms),))
+                yield conn
+                staged = outbox.pending()
+                if staged is not None and not _write_staged(conn, staged):
+                    staged = None
+            # Committed (the transaction block would have raised otherwise).
+            if staged is not None:
+                outbox.written(staged)
 
     def one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Row | None:
         with self.conn() as conn:
@@ -96,6 +175,15 @@ class _Db:
     def all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Row]:
         with self.conn() as conn:
             return conn.execute(sql, params).fetchall()
+
+
+def _write_staged(conn: Conn, staged: outbox.Staged) -> bool:
+    """Write the staged audit events if this transaction changed anything; True if written.
+
+    A transaction is assigned an id only by its first write or row lock, so a call that found
+    nothing to change (a revoke of a missing key) writes no event.
+    """
+    return write_outbox(conn, staged.drafts, only_if_changed=True)
 
 
 def _record_changes(conn: Conn, kind: str, entity_ids: Sequence[str]) -> None:
@@ -734,11 +822,15 @@ class PgStore:
             timeout=pool_timeout,
             open=False,
             name="zumik-secrets",
+            # Never give up reconnecting (an outage longer than this would otherwise leave the
+            # pool shrunk until demand regrows it).
+            reconnect_timeout=24 * 3600.0,
         )
         # Do not wait: a store whose database is down still opens, and calls fail with
         # Unavailable until it comes back (health reports NOT_SERVING meanwhile).
         pool.open(wait=False)
         self._db = _Db(pool, pool_timeout)
+        self._connect_kwargs = {k: v for k, v in kwargs.items() if k != "connect_timeout"}
         listen_kwargs = {k: v for k, v in kwargs.items() if k != "autocommit"}
         self.tenants = PgTenantSettingsStore(self._db)
         self.signing_keys = PgSigningKeyStore(self._db)
@@ -792,13 +884,36 @@ class PgStore:
                 applied_now.append(m.version)
         return applied_now
 
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The database's circuit breaker."""
+        return self._db.breaker
+
     def check_ready(self) -> None:
-        """``SELECT 1`` through the pool.
+        """``SELECT 1`` through the pool; while the breaker is open, over a new connection.
+
+        A new connection answers as soon as PostgreSQL accepts connections again, whatever the
+        pool's reconnect schedule; on success the pool drops its broken idle connections
+        (``check``) and the breaker closes, so calls succeed from then on.
 
         Raises:
-            Unavailable: The database does not answer within the pool timeout.
+            Unavailable: The database does not answer (within about a second).
         """
-        self._db.one("SELECT 1")
+        if self._db.breaker.state == "closed":
+            with deadlines.bounded(PROBE_TIMEOUT_S):
+                self._db.one("SELECT 1")
+            return
+        try:
+            with psycopg.connect(
+                self._conninfo, connect_timeout=max(1, int(PROBE_TIMEOUT_S)), **self._connect_kwargs
+            ) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise c.unavailable(BACKEND) from exc
+        with contextlib.suppress(psycopg.Error):
+            # A connection the check could not replace is replaced by the pool later.
+            self._db.pool.check()
+        self._db.breaker.reset()
 
     def close(self) -> None:
         """Close the pool. Idempotent; later calls raise Unavailable."""

@@ -21,6 +21,7 @@ from zumik_secrets.core.audit_chain import (
 )
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage._audit_json import attributes_from_json, attributes_json
+from zumik_secrets.storage.outbox import OUTBOX_COLS
 from zumik_secrets.storage.ports import AuditFilter
 
 if TYPE_CHECKING:
@@ -90,6 +91,79 @@ def _insert_checkpoint(conn: sqlite3.Connection, cp: Checkpoint) -> Checkpoint:
     return cp if row is None else _cp(row)
 
 
+def write_outbox(conn: sqlite3.Connection, drafts: Sequence[EventDraft]) -> None:
+    """Write ``drafts`` to the outbox in the caller's transaction (see storage/outbox.py)."""
+    if not drafts:
+        return
+    conn.executemany(
+        f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                d.tenant,
+                d.event_id,
+                c.to_us(d.time),
+                d.actor,
+                d.actor_subject,
+                d.action,
+                d.target,
+                d.outcome,
+                d.reason,
+                d.trace_id,
+                attributes_json(d.attributes),
+            )
+            for d in drafts
+        ],
+    )
+
+
+def _draft(row: Row) -> EventDraft:
+    return EventDraft(
+        tenant=row[0],
+        event_id=row[1],
+        time=c.from_us(row[2]),
+        actor=row[3],
+        actor_subject=row[4],
+        action=row[5],
+        target=row[6],
+        outcome=row[7],
+        reason=row[8],
+        trace_id=row[9],
+        attributes=attributes_from_json(row[10]),
+    )
+
+
+def _chain(conn: sqlite3.Connection, drafts: Sequence[EventDraft]) -> list[ChainEvent]:
+    """Chain ``drafts`` onto their tenants' heads in the caller's write transaction."""
+    by_tenant: dict[str, list[int]] = {}
+    for index, draft in enumerate(drafts):
+        by_tenant.setdefault(draft.tenant, []).append(index)
+    out: list[ChainEvent | None] = [None] * len(drafts)
+    now = c.to_us(c.now())
+    for tenant in sorted(by_tenant):
+        indexes = by_tenant[tenant]
+        row = conn.execute(
+            "SELECT seq, hash FROM audit_heads WHERE tenant = ?", (tenant,)
+        ).fetchone()
+        seq, head = (0, GENESIS_HASH) if row is None else (int(row[0]), bytes(row[1]))
+        chained = extend_chain(seq, head, [drafts[i] for i in indexes])
+        conn.executemany(
+            f"INSERT INTO audit_events ({_EV_COLS})"  # noqa: S608
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [_ev_params(ev) for ev in chained],
+        )
+        last = chained[-1]
+        conn.execute(
+            "INSERT INTO audit_heads (tenant, seq, hash, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq,"
+            " hash = excluded.hash, updated_at = excluded.updated_at",
+            (tenant, last.sequence, last.hash, now),
+        )
+        for i, ev in zip(indexes, chained, strict=True):
+            out[i] = ev
+    return [ev for ev in out if ev is not None]
+
+
 class _Rollback(Exception):
     """Ends the probe transaction without committing it."""
 
@@ -101,34 +175,25 @@ class SqliteAuditStore:
         self._db = db
 
     def append(self, drafts: Sequence[EventDraft]) -> list[ChainEvent]:
-        by_tenant: dict[str, list[int]] = {}
-        for index, draft in enumerate(drafts):
-            by_tenant.setdefault(draft.tenant, []).append(index)
-        out: list[ChainEvent | None] = [None] * len(drafts)
-        now = c.to_us(c.now())
         with self._db.write() as conn:
-            for tenant in sorted(by_tenant):
-                indexes = by_tenant[tenant]
-                row = conn.execute(
-                    "SELECT seq, hash FROM audit_heads WHERE tenant = ?", (tenant,)
-                ).fetchone()
-                seq, head = (0, GENESIS_HASH) if row is None else (int(row[0]), bytes(row[1]))
-                chained = extend_chain(seq, head, [drafts[i] for i in indexes])
-                conn.executemany(
-                    f"INSERT INTO audit_events ({_EV_COLS})"  # noqa: S608
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_ev_params(ev) for ev in chained],
-                )
-                last = chained[-1]
-                conn.execute(
-                    "INSERT INTO audit_heads (tenant, seq, hash, updated_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq,"
-                    " hash = excluded.hash, updated_at = excluded.updated_at",
-                    (tenant, last.sequence, last.hash, now),
-                )
-                for i, ev in zip(indexes, chained, strict=True):
-                    out[i] = ev
-        return [ev for ev in out if ev is not None]
+            return _chain(conn, drafts)
+
+    def drain_outbox(self, limit: int) -> list[ChainEvent]:
+        # One writer per file: the rows read here cannot be drained by anyone else meanwhile.
+        with self._db.write() as conn:
+            rows = conn.execute(
+                f"SELECT id, {OUTBOX_COLS} FROM audit_outbox ORDER BY id LIMIT ?",  # noqa: S608
+                (limit,),
+            ).fetchall()
+            if not rows:
+                return []
+            events = _chain(conn, [_draft(r[1:]) for r in rows])
+            conn.executemany("DELETE FROM audit_outbox WHERE id = ?", [(r[0],) for r in rows])
+            return events
+
+    def outbox_size(self) -> int:
+        row = self._db.one("SELECT count(*) FROM audit_outbox")
+        return c.returned_int(row)
 
     def probe_write(self) -> None:
         try:

@@ -10,6 +10,7 @@ Representation: times are INTEGER microseconds since the Unix epoch (UTC); scope
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -21,8 +22,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from zumik_secrets.core import errors
+from zumik_secrets.core import deadlines, errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage import outbox
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
@@ -30,7 +32,7 @@ from zumik_secrets.storage.records import (
     SigningKeyRecord,
     TenantSettings,
 )
-from zumik_secrets.storage.sqlite.audit import SqliteAuditStore
+from zumik_secrets.storage.sqlite.audit import SqliteAuditStore, write_outbox
 
 BACKEND = "sqlite"
 Row = tuple[Any, ...]
@@ -83,10 +85,11 @@ def map_db_errors() -> Iterator[None]:
 class _Combined:
     """One caller's piece of work in a combined write (see :meth:`_Db.write_combined`)."""
 
-    __slots__ = ("done", "error", "result", "settled", "taken", "work")
+    __slots__ = ("done", "error", "result", "settled", "taken", "work", "wrote_outbox")
 
     def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
         self.work = work
+        self.wrote_outbox = False
         self.result: Any = None
         self.error: BaseException | None = None
         self.taken = False
@@ -100,6 +103,19 @@ class _Combined:
                 raise _reraise(self.error) from self.error
             raise self.error
         return self.result
+
+
+class _WithOutbox:
+    """``work`` carrying the staged audit events of its caller (see :meth:`_Db.write_combined`)."""
+
+    __slots__ = ("outbox_drafts", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any], staged: outbox.Staged) -> None:
+        self.work = work
+        self.outbox_drafts = staged.drafts
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        return self.work(conn)
 
 
 def _settle(batch: list[_Combined], failure: BaseException | None) -> None:
@@ -122,18 +138,19 @@ class _Write:
     was a measurable part of a Seal (profiled in bench/).
     """
 
-    __slots__ = ("_conn", "_db")
+    __slots__ = ("_changes", "_conn", "_db")
 
     def __init__(self, db: _Db) -> None:
         self._db = db
         self._conn: sqlite3.Connection | None = None
+        self._changes = 0
 
     def __enter__(self) -> sqlite3.Connection:
         db = self._db
         # Writers of this process queue on a lock (woken in turn) before they ask SQLite, whose
         # busy handler polls with growing sleeps: under contention that polling made Seal's p99
         # hundreds of milliseconds. Other processes still meet at SQLite's lock (busy_timeout).
-        if not db.writer.acquire(timeout=db.busy_timeout_s):
+        if not db.writer.acquire(timeout=deadlines.budget(db.busy_timeout_s)):
             raise c.unavailable(BACKEND)
         try:
             conn = db.checkout()
@@ -153,6 +170,7 @@ class _Write:
                 db.writer.release()
             raise _reraise(exc) from exc
         self._conn = conn
+        self._changes = conn.total_changes
         return conn
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -160,12 +178,24 @@ class _Write:
         if conn is None:  # __enter__ failed: nothing borrowed
             return
         self._conn = None
+        staged = outbox.pending() if exc is None else None
         try:
             if exc is None:
+                # The audit events staged for this change commit with it (only if it changed
+                # a row: a call that found nothing to change records no change).
+                if staged is not None and conn.total_changes != self._changes:
+                    write_outbox(conn, staged.drafts)
+                else:
+                    staged = None
                 conn.execute("COMMIT")
+                if staged is not None:
+                    outbox.written(staged)
             elif conn.in_transaction:
                 conn.execute("ROLLBACK")
         except sqlite3.Error as error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # the original error is reported
+                    conn.execute("ROLLBACK")
             raise _reraise(error) from (exc or error)
         finally:
             try:
@@ -286,11 +316,17 @@ class _Db:
                 the shared commit failed.
             AlreadyExists: ``work`` hit a UNIQUE constraint.
         """
+        staged = outbox.pending()
+        if staged is not None:
+            # The piece may run in another caller's thread: carry this caller's staged audit
+            # events into it (written in the piece's savepoint, so with its row or not at all).
+            work = _WithOutbox(work, staged)
+        wait = deadlines.budget(self.busy_timeout_s)
+        deadline = time.monotonic() + wait
         item = _Combined(work)
         with self._combine_lock:
             self._combined.append(item)
-        deadline = time.monotonic() + self.busy_timeout_s
-        if self.writer.acquire(timeout=self.busy_timeout_s):
+        if self.writer.acquire(timeout=wait):
             try:
                 if not item.taken:
                     self._run_combined()
@@ -305,7 +341,10 @@ class _Db:
         # the holder that took it is still committing.
         if not item.done.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise c.unavailable(BACKEND)
-        return item.outcome()
+        result = item.outcome()
+        if staged is not None and item.wrote_outbox:
+            outbox.written(staged)
+        return result
 
     def _run_combined(self) -> None:
         """Run every queued piece in one transaction (the writer lock is held)."""
@@ -325,10 +364,16 @@ class _Db:
             for piece in batch:
                 conn.execute("SAVEPOINT combined")
                 try:
+                    before = conn.total_changes
                     piece.result = piece.work(conn)
+                    staged_work = getattr(piece.work, "outbox_drafts", None)
+                    if staged_work is not None and conn.total_changes != before:
+                        write_outbox(conn, staged_work)
+                        piece.wrote_outbox = True
                 except Exception as exc:  # noqa: BLE001 - the piece's caller gets it
                     conn.execute("ROLLBACK TO combined")
                     piece.error = exc
+                    piece.wrote_outbox = False
                 conn.execute("RELEASE combined")
             conn.execute("COMMIT")
             committed = True
