@@ -43,6 +43,7 @@ _TABLES = (
     "audit_events",
     "audit_heads",
     "audit_checkpoints",
+    "audit_outbox",
     "fingerprint_key_schedule",
     "handles",
     "purge_jobs",
