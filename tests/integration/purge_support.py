@@ -36,10 +36,19 @@ SCOPES = (
     "handles.read",
 )
 FP_VALUE = b"alice@example.com"
-# Tables a purge keeps on purpose (audit chains, the purge's own records) or that only hold
-# short-lived invalidation notices (changes; pruned by the retention run).
+# Tables a purge keeps on purpose (audit chains and the audit events waiting in the outbox to
+# be chained, the purge's own records) or that only hold short-lived invalidation notices
+# (changes; pruned by the retention run).
 KEPT_TABLES = frozenset(
-    {"audit_events", "audit_heads", "audit_checkpoints", "purge_jobs", "purge_receipts", "changes"}
+    {
+        "audit_events",
+        "audit_heads",
+        "audit_checkpoints",
+        "audit_outbox",
+        "purge_jobs",
+        "purge_receipts",
+        "changes",
+    }
 )
 
 

@@ -537,13 +537,14 @@ class AuditLog:
             return True
         self._next_outbox_poll = now + self._outbox_poll
         try:
-            self.drain_outbox()
+            moved = self.drain_outbox()
         except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
             if not isinstance(exc, Unavailable):
                 _LOG.error("audit outbox drain failed unexpectedly", exc_info=exc)
             self._set_healthy(False)
             return False
-        self._set_healthy(True)
+        if moved:  # an empty outbox says nothing about whether the chain takes writes
+            self._set_healthy(True)
         return True
 
     def _write_loop(self) -> None:
