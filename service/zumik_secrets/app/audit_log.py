@@ -23,10 +23,11 @@ Group commit
       commit fails their events go back to the head of the queue and are retried (backoff
       50 ms doubling to 0.5 s) while the process lives: never silently dropped.
     * The queue is bounded (``queue_limit`` events, retried ones included). When it is full
-      ``durable=False`` callers block up to ``enqueue_timeout`` (1 s) for room; only if the
-      store has been failing long enough to fill it *and* the wait runs out is an event dropped,
-      and then it is counted (:attr:`AuditLog.dropped`) and logged at ERROR, with health already
-      NOT_SERVING. ``durable=True`` callers wait for room within their own deadline and get
+      ``durable=False`` callers block up to ``enqueue_timeout`` (1 s, and never past their
+      deadline) for room, and not at all while the store is unhealthy; only if the store has
+      been failing long enough to fill it *and* the wait runs out is an event dropped, and then
+      it is counted (:attr:`AuditLog.dropped`) and logged at ERROR, with health already
+      NOT_SERVING. (Events of changes never take this path: they commit with the change.) ``durable=True`` callers wait for room within their own deadline and get
       Unavailable otherwise.
 
 Health
@@ -418,7 +419,14 @@ class AuditLog:
 
     def _submit(self, pending: _Pending, deadline: float | None = None) -> None:
         if deadline is None:
-            deadline = time.monotonic() + self._enqueue_timeout
+            # A non-durable event waits for queue room only while the store works (room then
+            # comes within a commit) and never past the caller's deadline: during an outage a
+            # full queue would otherwise hold every call's worker for the whole wait.
+            wait = 0.0 if not self._healthy else self._enqueue_timeout
+            left = deadlines.remaining()
+            if left is not None:
+                wait = max(0.0, min(wait, left))
+            deadline = time.monotonic() + wait
         if self._group_commit and self._enqueue(pending, deadline):
             return
         self._write_direct(pending)

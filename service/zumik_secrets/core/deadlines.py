@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from zumik_secrets.core.errors import Unavailable
 
-MARGIN = 0.15
+MARGIN = 0.2
 """Seconds kept back from the caller's deadline to build and send the answer."""
 
 REASON_DEADLINE_TOO_SHORT = "DEADLINE_TOO_SHORT"

@@ -106,6 +106,9 @@ _SHORT_DEADLINE_S = 2.0
 """A caller with less time left than this gets a transaction-local ``statement_timeout`` (one
 more round trip, paid only by calls that are short of time)."""
 
+_TRIAL_CHECKOUT_S = 0.25
+"""Longest pool wait of the breaker's half-open trial call."""
+
 _CANCEL_SLACK_S = 0.05
 """Kept back from a deadline-bound statement timeout for the round trip of the error."""
 
@@ -131,7 +134,11 @@ class _Db:
 
     def _checkout_timeout(self) -> float:
         self.breaker.before()
-        return deadlines.budget(self._timeout)
+        wait = deadlines.budget(self._timeout)
+        if self.breaker.state != "closed":
+            # The half-open trial: the pool is still reconnecting, do not hold a worker long.
+            wait = min(wait, _TRIAL_CHECKOUT_S)
+        return wait
 
     @contextmanager
     def conn(self) -> Iterator[Conn]:
