@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from zumik_secrets.core.errors import Unavailable
 
 MARGIN = 0.2
-"""Seconds kept back from the caller's deadline to build and send the answer."""
+"""Seconds kept back from the caller's deadline to build and send the answer (a fifth of the
+time left when that is less, so a short deadline still leaves time for the work)."""
 
 REASON_DEADLINE_TOO_SHORT = "DEADLINE_TOO_SHORT"
 
@@ -42,7 +43,8 @@ def remaining() -> float | None:
     deadline = _DEADLINE.get()
     if deadline is None:
         return None
-    return deadline - MARGIN - time.monotonic()
+    left = deadline - time.monotonic()
+    return left - min(MARGIN, max(0.0, left) / 5)
 
 
 def too_short() -> Unavailable:
@@ -74,7 +76,7 @@ def bounded(seconds: float) -> Iterator[None]:
 
     ``seconds`` is work time: the margin is added so that :func:`budget` gives ``seconds``.
     """
-    deadline = time.monotonic() + seconds + MARGIN
+    deadline = time.monotonic() + seconds + min(MARGIN, seconds / 4)
     current = _DEADLINE.get()
     token = _DEADLINE.set(deadline if current is None else min(current, deadline))
     try:
