@@ -1,6 +1,16 @@
 """The tamper-evident audit log: the real :class:`~zumik_secrets.app.audit.AuditRecorder`.
 
-Recording
+Changes (the outbox)
+    ``with log.change(entry):`` around the storage call that makes a change stages the entry's
+    draft; the adapters write it to ``audit_outbox`` in that call's transaction
+    (:mod:`zumik_secrets.storage.outbox`), so the change and its event are both committed or
+    neither. The writer thread moves outbox rows into the chain (drain: chain and delete in one
+    transaction, ``max_batch`` at a time) when this process wrote some, every ``outbox_poll``
+    seconds for other processes' rows (a replica killed before its writer ran), at start and at
+    stop. Reads of the chain (query, verify, export, checkpoint) drain first. Nobody waits for
+    the chain: the caller's transaction made the event durable.
+
+Recording (events that record no change)
     ``record(entry, durable=...)`` cleans the entry (secret-looking values become
     ``[REDACTED]``, see :func:`zumik_secrets.core.audit_events.sanitize`), gives it an id and a
     time, and queues it for the writer thread.
@@ -27,7 +37,8 @@ Group commit
       deadline) for room, and not at all while the store is unhealthy; only if the store has
       been failing long enough to fill it *and* the wait runs out is an event dropped, and then
       it is counted (:attr:`AuditLog.dropped`) and logged at ERROR, with health already
-      NOT_SERVING. (Events of changes never take this path: they commit with the change.) ``durable=True`` callers wait for room within their own deadline and get
+      NOT_SERVING. (Events of changes never take this path: they commit with the change.)
+      ``durable=True`` callers wait for room within their own deadline and get
       Unavailable otherwise.
 
 Health
