@@ -12,6 +12,13 @@ Events appended by other services (AppendEvent) are checked strictly and refused
 Events the service records itself are never refused (an audit trail that drops a denial because
 a caller sent a strange resource name would be worse); :func:`sanitize` instead replaces any
 secret-looking value by ``[REDACTED]`` and truncates oversized ones.
+
+Resource names are attributed, never redacted: a value that is a whole resource name of the
+grammar (:func:`zumik_secrets.core.names.is_resource_name`: built by the service or validated
+against the grammar) is recorded as it is, whatever its ids look like (UUID, ULID, hex...), in
+service events and as an AppendEvent target. Only free text goes through the detector; the
+detector's scoring of a whole name (slashes included) as one random string redacted the target
+of every event of a tenant with a UUID-shaped id (issue 16).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 from collections.abc import Mapping
 
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
+from zumik_secrets.core.names import is_resource_name
 from zumik_secrets.core.secret_patterns import secret_kind
 
 APPENDABLE_ACTIONS: frozenset[str] = frozenset(
@@ -78,7 +86,7 @@ def validate_appended(action: str, target: str, reason: str, attributes: Mapping
         raise _invalid("action", "is not an event type other services may append")
     if len(target) > MAX_TARGET_LENGTH:
         raise _invalid("target", f"is longer than {MAX_TARGET_LENGTH} characters")
-    if secret_kind(target) is not None:
+    if not is_resource_name(target) and secret_kind(target) is not None:
         raise _secret("target")
     if reason and not REASON_RE.fullmatch(reason):
         raise _invalid("reason", "must be UPPER_SNAKE (at most 64 characters) or empty")
@@ -106,7 +114,7 @@ harmless values are kept (a secret-looking value is never stored here), at most
 
 
 def _clean(value: str, limit: int) -> tuple[str, bool]:
-    if value not in _harmless:
+    if value not in _harmless and not is_resource_name(value):
         if secret_kind(value) is not None:
             return REDACTED, True
         if len(value) <= _HARMLESS_CACHE_VALUE:

@@ -344,3 +344,31 @@ def parse_purge_receipt_name(text: str, *, field: str = "name") -> PurgeReceiptN
         return PurgeReceiptName(m.group(1), m.group(2))
     except InvalidArgument:
         raise _reraise_as(field, PURGE_RECEIPT_PATTERN) from None
+
+
+_SETTINGS_RE = re.compile(rf"tenants/({_ID})/settings")
+_SERVICE_NAME_RES = (
+    _TENANT_RE,
+    _PROJECT_RE,
+    _API_KEY_RE,
+    _SESSION_RE,
+    _SECRET_RE,
+    _HANDLE_RE,
+    _PURGE_RECEIPT_RE,
+    _SETTINGS_RE,
+)
+
+
+def is_resource_name(text: str) -> bool:
+    """Whether ``text`` is a whole resource name of this grammar (or ``tenants/{t}/settings``).
+
+    Such names are built or validated by the service: identifiers chosen under the grammar, not
+    free text. Audit events, logs and errors record them as they are (a UUID- or hex-shaped
+    tenant id must not turn an event's target into ``[REDACTED]``); only free text goes through
+    the secret detector. A grammar-valid name cannot hold an uppercase letter, ``_``, ``+``,
+    ``/`` or ``=`` inside an id, so no base64/base64url/base62 token, JWS, API key, session
+    token or PEM block fits one; the longest lowercase-hex run it can hold is one id (63).
+    """
+    if not isinstance(text, str) or len(text) > MAX_NAME_LENGTH or not text.startswith("tenants/"):
+        return False
+    return any(regex.fullmatch(text) is not None for regex in _SERVICE_NAME_RES)
