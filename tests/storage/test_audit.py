@@ -315,11 +315,22 @@ def test_range_verification_and_resumed_export(audit_log: AuditLog) -> None:
         audit_log.record(entry(i=i), durable=i == 39)
     report = audit_log.verify("acme", 10, 20)
     assert report.ok and report.checked_count == 11
+    keys = {k.kid: k.public_key for k in audit_log.checkpoint_keys()}
+    # No checkpoint before 25: the export starts with a resume line no signature confirms, so
+    # the offline verifier accepts it only when told to; it ends at a checkpoint signed now.
     lines = list(audit_log.export("acme", 25))
     assert lines[0].startswith('{"type":"resume"')
-    keys = {k.kid: k.public_key for k in audit_log.checkpoint_keys()}
-    assert ac.verify_export(lines, keys).ok
+    assert lines[-1].startswith('{"type":"checkpoint"') and '"seq":40' in lines[-1]
+    assert ac.verify_export(lines, keys).failure is ac.ChainFailure.UNANCHORED
+    assert ac.verify_export(lines, keys, allow_unanchored=True).ok
     assert len(ac.parse_export(lines).events) == 16
+    # With a checkpoint at or before 24, the export starts there and verifies on its own.
+    for i in range(40, 45):
+        audit_log.record(entry(i=i), durable=i == 44)
+    lines = list(audit_log.export("acme", 42))
+    assert lines[0].startswith('{"type":"checkpoint"') and '"seq":40' in lines[0]
+    assert ac.verify_export(lines, keys).ok
+    assert [e.sequence for e in ac.parse_export(lines).events] == [41, 42, 43, 44, 45]
 
 
 # -- retention --------------------------------------------------------------------------------
