@@ -193,3 +193,35 @@ def test_checkpoint_keys_json_shape(zumik_server: RunningServer) -> None:
     parsed = apb.ListCheckpointKeysResponse()
     json_format.ParseDict(keys, parsed)
     assert parsed.keys
+
+
+@pytest.mark.parametrize("past", [1, 2, 50])
+def test_verify_chain_start_past_the_head_is_invalid_argument(
+    zumik_server: RunningServer, past: int
+) -> None:
+    """Finding 4: a start two or more past the head answered ok=false, DELETED, first_bad=1."""
+    import grpc
+
+    from tests.grpc_errors import error_info
+
+    _append(zumik_server, "acme", 2)
+    auditor = zumik_server.stubs("auditor").audit
+    head = auditor.VerifyChain(apb.VerifyChainRequest(parent="tenants/acme"), timeout=10)
+    assert head.ok
+    start = head.head_sequence + past + 1  # the verification itself adds events: stay past
+    with pytest.raises(grpc.RpcError) as info:
+        auditor.VerifyChain(
+            apb.VerifyChainRequest(parent="tenants/acme", start_sequence=start + 5), timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert error_info(info.value).reason == "INVALID_RANGE"
+    # At the head itself (and on an empty chain, from 1) the range is valid.
+    at_head = auditor.VerifyChain(
+        apb.VerifyChainRequest(parent="tenants/acme", start_sequence=head.head_sequence),
+        timeout=10,
+    )
+    assert at_head.ok
+    empty = auditor.VerifyChain(
+        apb.VerifyChainRequest(parent="tenants/nobody-here", start_sequence=1), timeout=10
+    )
+    assert empty.ok
