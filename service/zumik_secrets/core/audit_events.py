@@ -5,7 +5,7 @@ Events appended by other services (AppendEvent) are checked strictly and refused
 * ``action`` must be on :data:`APPENDABLE_ACTIONS` (the one allow-list);
 * ``target`` at most 256 characters; ``reason`` empty or ``^[A-Z][A-Z0-9_]{0,63}$``;
 * at most 16 attributes, keys ``^[a-z][a-z0-9_.]{0,63}$``, values at most 256 characters;
-* no value (target, reason, attribute) may look like a secret
+* no value (target, reason, attribute key or value) may look like a secret
   (:mod:`zumik_secrets.core.secret_patterns`): INVALID_ARGUMENT with reason
   ``SECRET_IN_EVENT`` naming the field, never echoing the value.
 
@@ -95,6 +95,8 @@ def validate_appended(action: str, target: str, reason: str, attributes: Mapping
     for key in sorted(attributes):
         if not ATTRIBUTE_KEY_RE.fullmatch(key):
             raise _invalid("attributes", "keys must match ^[a-z][a-z0-9_.]{0,63}$")
+        if secret_kind(key) is not None:  # 64 lower-case hex digits fit the key grammar
+            raise _secret("attributes")
         value = attributes[key]
         where = f"attributes[{key}]"
         if len(value) > MAX_VALUE_LENGTH:
@@ -148,6 +150,9 @@ def sanitize(
     attrs: dict[str, str] = {}
     for key in sorted(attributes)[:MAX_ATTRIBUTES]:
         if not ATTRIBUTE_KEY_RE.fullmatch(key):
+            continue
+        if secret_kind(key) is not None:
+            redacted.append("attribute key")
             continue
         attrs[key], hit = _clean(attributes[key], MAX_VALUE_LENGTH)
         if hit:
