@@ -225,3 +225,50 @@ def test_verify_chain_start_past_the_head_is_invalid_argument(
         apb.VerifyChainRequest(parent="tenants/nobody-here", start_sequence=1), timeout=10
     )
     assert empty.ok
+
+
+def test_a_checkpoint_key_planted_in_the_database_is_not_trusted(
+    zumik_server_factory: ServerFactory, store_url: str, tmp_path: Path
+) -> None:
+    """The insider adds their own 'retired' checkpoint key row (any blob as the wrapped private
+    key), rewrites the chain and signs a checkpoint over it with their key. The key is neither
+    published by ListCheckpointKeys nor used by VerifyChain: its wrapped half does not unwrap
+    under the master keyring to the public key it claims."""
+    from datetime import UTC, datetime
+
+    from zumik_secrets.core import primitives
+    from zumik_secrets.storage.records import SigningKeyRecord
+
+    server = zumik_server_factory(store_url)
+    tenant = "initech"
+    _append(server, tenant, 4)
+    _rewrite(store_url, tenant, 2)
+    mallory = primitives.Ed25519Signer(bytes(range(32)))
+    store = open_store(store_url)
+    try:
+        store.signing_keys.add(
+            SigningKeyRecord(
+                kid="sk_mallory",
+                purpose="audit",
+                public_key=mallory.public_raw,
+                wrapped_private_key=b"\x01" * 60,
+                keyring_version=1,
+                state="retired",
+                created_at=datetime.now(UTC),
+                retire_after=None,
+            )
+        )
+        head = store.audit.head(tenant)
+        assert head is not None
+        store.audit.add_checkpoint(
+            ac.sign_checkpoint(mallory, "sk_mallory", tenant, head[0], head[1], datetime.now(UTC))
+        )
+    finally:
+        store.close()
+    server.runtime.audit._keys.refresh()
+    listed = server.stubs("auditor").audit.ListCheckpointKeys(
+        apb.ListCheckpointKeysRequest(), timeout=10
+    )
+    assert "sk_mallory" not in {k.kid for k in listed.keys}
+    report = _chain_ok(server, tenant)
+    assert not report.ok and report.failure == apb.CHAIN_FAILURE_CHECKPOINT_MISMATCH

@@ -633,7 +633,7 @@ class AuditLog:
             CheckpointKeyInfo(
                 rec.kid, rec.public_key, "active" if rec.state == "active" else "retired"
             )
-            for rec in reversed(self._keys.records())
+            for rec in reversed(self._keys.trusted_records())
         ]
 
     # -- reading ----------------------------------------------------------------------------
