@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zumik_secrets.app.audit_witness import read_witness
-from zumik_secrets.core.audit_chain import Checkpoint, verify_export
+from zumik_secrets.core.audit_chain import Checkpoint, parse_export, verify_export
 from zumik_secrets.core.encoding import b64url_decode
 
 
@@ -79,6 +79,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     )
     if report.ok:
         print(f"OK: {report.checked_count} events verified, head {report.head_sequence}")
+        tenant = parse_export(lines).tenant
+        later = max((cp.sequence for cp in witness if cp.tenant == tenant), default=0)
+        if later > report.head_sequence:
+            # Not a failure (the witness may simply be newer than the export), but an export
+            # holder can hand over a prefix ending at an older checkpoint: say so.
+            print(
+                f"note: the witness holds a checkpoint at sequence {later}, past this export's "
+                "end: the export is older than the witness, or was cut short"
+            )
         return 0
     failure = report.failure.value if report.failure else "UNKNOWN"
     print(f"FAILED at sequence {report.first_bad_sequence}: {failure} ({report.detail})")
