@@ -600,10 +600,14 @@ class AuditLog:
         if pin is None:
             return None
         pinned_sequence, pinned_hash = pin
-        if pinned_sequence > sequence:
-            return pin  # the head moved back: the tail was cut
         if pinned_sequence == sequence:
             return None if pinned_hash == head_hash else pin
+        if pinned_sequence > sequence:
+            # Either this process wrote more since the head was read (a race, not a rewrite:
+            # the head has moved on meanwhile) or the head moved back (the tail was cut).
+            current = self._store.head(tenant)
+            if current is None or current[0] < pinned_sequence:
+                return pin
         event = self._store.event(tenant, pinned_sequence)
         if event is None:
             first = self._store.first_sequence(tenant)
