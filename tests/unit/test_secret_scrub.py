@@ -39,16 +39,19 @@ def test_resource_names_are_kept(name: str) -> None:
     assert scrub_text(f"resource {name}: gone.") == f"resource {name}: gone."
 
 
-@pytest.mark.parametrize(
-    "secret",
-    [
-        secrets.token_hex(32),
-        _token(),
-        _signature_segment(),
-        "zs_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode(),
-    ],
-)
-def test_flagged_values_and_tokens_are_replaced(secret: str) -> None:
+SHAPES = {
+    "hex": lambda: secrets.token_hex(32),
+    "base64url": _token,
+    "jws-signature": _signature_segment,
+    "session-token": lambda: (
+        "zs_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_flagged_values_and_tokens_are_replaced(shape: str) -> None:
+    secret = SHAPES[shape]()
     assert scrub_value(secret) == REDACTED
     text = scrub_text(f"refused value={secret} for 'x' ({secret})")
     assert secret not in text and REDACTED in text
