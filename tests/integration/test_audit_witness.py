@@ -272,3 +272,27 @@ def test_a_checkpoint_key_planted_in_the_database_is_not_trusted(
     assert "sk_mallory" not in {k.kid for k in listed.keys}
     report = _chain_ok(server, tenant)
     assert not report.ok and report.failure == apb.CHAIN_FAILURE_CHECKPOINT_MISMATCH
+
+
+def test_witness_lines_are_not_repeated_and_an_unreadable_witness_gives_no_verdict(
+    zumik_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    import grpc
+
+    from tests.grpc_errors import error_info
+
+    witness = tmp_path / "witness"
+    server = zumik_server_factory(ZUMIK_AUDIT_WITNESS_DIR=str(witness))
+    _append(server, "hooli", 3)
+    server.runtime.audit.checkpoint_moved_heads()
+    before = (witness / WITNESS_FILE).read_text().count("\n")
+    audit = server.runtime.audit
+    for _ in range(3):  # exports over an unchanged head sign nothing new
+        list(audit.export("hooli"))
+    assert (witness / WITNESS_FILE).read_text().count("\n") == before
+    with (witness / WITNESS_FILE).open("a") as handle:
+        handle.write("not json\n")
+    with pytest.raises(grpc.RpcError) as info:
+        _chain_ok(server, "hooli")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert error_info(info.value).reason == "AUDIT_UNAVAILABLE"

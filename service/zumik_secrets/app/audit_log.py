@@ -212,6 +212,7 @@ class AuditLog:
         self._witness = witness
         self._unpublished: list[Checkpoint] = []  # witness publishes to retry, under _pin_lock
         self._pins: dict[str, tuple[int, bytes]] = {}  # last link written here, per tenant
+        self._published: dict[tuple[str, int, bytes], None] = {}  # under _pin_lock
         self._pin_lock = threading.Lock()
         #: Rewrites detected by the pin check (each logged at ERROR and signed as the truth).
         self.rewrites_detected = 0
@@ -620,7 +621,12 @@ class AuditLog:
         if self._witness is None:
             return
         with self._pin_lock:
-            batch = self._unpublished + checkpoints
+            fresh = []
+            for cp in checkpoints:
+                marker = (cp.tenant, cp.sequence, cp.head_hash)
+                if marker not in self._published:
+                    fresh.append(cp)
+            batch = self._unpublished + fresh
             self._unpublished = []
         if not batch:
             return
@@ -630,6 +636,14 @@ class AuditLog:
             _LOG.error("audit witness unavailable: checkpoints kept for a retry", exc_info=True)
             with self._pin_lock:
                 self._unpublished = (batch + self._unpublished)[-10_000:]
+            return
+        with self._pin_lock:
+            # Remember what was published recently, so exports over an unchanged head do not
+            # append the same checkpoint again and again (bounded: a repeat is harmless).
+            if len(self._published) > 10_000:
+                self._published.clear()
+            for cp in batch:
+                self._published[(cp.tenant, cp.sequence, cp.head_hash)] = None
 
     def checkpoint_keys(self) -> list[CheckpointKeyInfo]:
         """Every checkpoint key, newest first."""
@@ -676,7 +690,11 @@ class AuditLog:
         # and events appended meanwhile (this very call's audit record) stay out of the range.
         all_checkpoints = self._store.checkpoints(tenant)
         if self._witness is not None:
-            all_checkpoints = all_checkpoints + self._witness.checkpoints(tenant)
+            try:
+                all_checkpoints = all_checkpoints + self._witness.checkpoints(tenant)
+            except Exception as exc:  # unreadable witness: no verdict either way
+                _LOG.error("audit witness unreadable", exc_info=True)
+                raise audit_unavailable() from exc
         head_sequence = (self._store.head(tenant) or (0, b""))[0]
         if start_sequence > max(head_sequence, 1):
             raise InvalidArgument(
