@@ -155,6 +155,22 @@ def write_outbox(conn: Conn, drafts: Sequence[EventDraft], *, only_if_changed: b
     return cur.rowcount > 0
 
 
+def outbox_cte(drafts: Sequence[EventDraft]) -> tuple[str, list[Any]]:
+    """A data-modifying CTE that writes ``drafts`` to the outbox, and its parameters.
+
+    For a hot single-statement change (Seal's insert): ``WITH ins AS (...), ob AS (<this>)
+    SELECT ...`` makes the change and writes its events in one statement, one round trip,
+    atomically (both or neither), instead of BEGIN, INSERT, INSERT, COMMIT.
+    """
+    columns = list(zip(*(_outbox_params(d) for d in drafts), strict=True))
+    return (
+        f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[],"
+        " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])",
+        [list(col) for col in columns],
+    )
+
+
 def _outbox_params(d: EventDraft) -> tuple[Any, ...]:
     return (
         d.tenant,

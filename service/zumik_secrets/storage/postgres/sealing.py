@@ -14,7 +14,9 @@ from psycopg.types.json import Jsonb
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage import outbox
 from zumik_secrets.storage.ports import DataKeyId
+from zumik_secrets.storage.postgres.audit import outbox_cte
 from zumik_secrets.storage.postgres.store import Conn, _Db, _record_changes
 from zumik_secrets.storage.records import CustomerKeyRecord, DataKeyRecord, SealedSecretRecord
 
@@ -236,26 +238,38 @@ class PgSealedSecretStore:
         self._db = db
 
     def insert(self, rec: SealedSecretRecord) -> SealedSecretRecord:
-        with self._db.tx() as conn:
-            row = conn.execute(
-                "INSERT INTO sealed_secrets (secret_id, tenant_id, project_id, display_name,"
-                " metadata, version, data_key_version, size_bytes, ciphertext, created_at,"
-                " updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq",
-                (
-                    rec.secret_id,
-                    rec.tenant_id,
-                    rec.project_id,
-                    rec.display_name,
-                    Jsonb(dict(rec.metadata)),
-                    rec.version,
-                    rec.data_key_version,
-                    rec.size_bytes,
-                    rec.ciphertext,
-                    c.require_aware(rec.created_at),
-                    c.require_aware(rec.updated_at),
-                ),
-            ).fetchone()
+        insert = (
+            "INSERT INTO sealed_secrets (secret_id, tenant_id, project_id, display_name,"
+            " metadata, version, data_key_version, size_bytes, ciphertext, created_at,"
+            " updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq"
+        )
+        params: list[Any] = [
+            rec.secret_id,
+            rec.tenant_id,
+            rec.project_id,
+            rec.display_name,
+            Jsonb(dict(rec.metadata)),
+            rec.version,
+            rec.data_key_version,
+            rec.size_bytes,
+            rec.ciphertext,
+            c.require_aware(rec.created_at),
+            c.require_aware(rec.updated_at),
+        ]
+        staged = outbox.pending()
+        if staged is None:
+            with self._db.tx() as conn:
+                row = conn.execute(insert, params).fetchone()
             return dataclasses.replace(rec, seq=c.returned_int(row))
+        # The hot path of Seal: the row and its audit event in one statement (one round trip).
+        events_sql, events_params = outbox_cte(staged.drafts)
+        with self._db.autocommit() as conn:
+            row = conn.execute(
+                f"WITH ins AS ({insert}), ob AS ({events_sql}) SELECT seq FROM ins",
+                [*params, *events_params],
+            ).fetchone()
+        outbox.written(staged)
+        return dataclasses.replace(rec, seq=c.returned_int(row))
 
     def get(self, tenant_id: str, project_id: str, secret_id: str) -> SealedSecretRecord | None:
         row = self._db.one(

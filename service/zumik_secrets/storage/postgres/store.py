@@ -156,6 +156,16 @@ class _Db:
             yield conn
 
     @contextmanager
+    def autocommit(self) -> Iterator[Conn]:
+        """A pooled connection in autocommit, whatever is staged (for one-statement changes
+        that write their staged events themselves, see ``outbox_cte``)."""
+        with (
+            map_db_errors(self.breaker),
+            self.pool.connection(timeout=self._checkout_timeout()) as conn,
+        ):
+            yield conn
+
+    @contextmanager
     def tx(self) -> Iterator[Conn]:
         staged: outbox.Staged | None = None
         with (
