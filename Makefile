@@ -27,7 +27,7 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP = $(CHECKOV_VENV)/.zumik-checkov.stamp
 LINT_PATHS = $(wildcard service clients tests bench scripts)
 MYPY_PATHS = service clients/python/src/zumik_secrets_client scripts
-GENERATED = clients/python/src
+GENERATED = clients/python/src service/zumik_secrets/server/contracts.binpb
 
 .PHONY: help venv node_modules proto proto-check buf-lint buf-breaking client-check lint fmt \
 	test fuzz sbom lock run bench bench-quick clean distclean deploy-tools deploy-check

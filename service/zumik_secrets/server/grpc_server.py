@@ -32,6 +32,7 @@ from zumik_secrets.api.servicers.tenant import TenantServicer
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.server.authorization import Authorizer
 from zumik_secrets.server.interceptor import GuardInterceptor
+from zumik_secrets.server.reflection_source import commented_pool
 from zumik_secrets.server.runtime import Runtime
 from zumik_secrets.server.telemetry import Telemetry
 from zumik_secrets.server.tls import server_credentials
@@ -122,8 +123,11 @@ class ZumikServer:
         if config.bench_empty_rpc:
             self._server.add_generic_rpc_handlers((bench_empty_handler(),))
         if config.reflection:
+            # The pool serves the contracts with their source comments (grpcurl describe).
             reflection.enable_server_reflection(
-                (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+                (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                self._server,
+                pool=commented_pool(),  # type: ignore[arg-type]
             )
         credentials = server_credentials(
             config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file
