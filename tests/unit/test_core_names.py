@@ -100,6 +100,48 @@ def test_message_names_the_pattern() -> None:
     assert info.value.message == "parent must look like tenants/{tenant}/projects/{project}"
 
 
+@pytest.mark.parametrize(
+    ("parse", "prefix"),
+    [
+        (names.parse_api_key_name, "tenants/t/projects/p/apiKeys/key_"),
+        (names.parse_session_name, "tenants/t/projects/p/sessions/ses_"),
+        (names.parse_secret_name, "tenants/t/projects/p/secrets/sec_"),
+        (names.parse_handle_name, "tenants/t/handles/doc_"),
+        (names.parse_purge_receipt_name, "tenants/t/purgeReceipts/rcp_"),
+    ],
+)
+def test_an_id_of_2_to_the_128_or_more_is_refused_saying_why(
+    parse: Callable[..., Any], prefix: str
+) -> None:
+    from zumik_secrets.core import encoding
+
+    assert encoding.base62_encode_int(2**128 - 1, 22) == handles.LARGEST_ID
+    assert parse(prefix + handles.LARGEST_ID).id.endswith(handles.LARGEST_ID)
+    for too_large in (encoding.base62_encode_int(2**128, 22), "z" * 22):
+        with pytest.raises(InvalidArgument) as info:
+            parse(prefix + too_large)
+        err = info.value
+        assert err.reason == "INVALID_NAME"
+        assert "2^128 or more" in err.message
+        assert handles.LARGEST_ID in err.message
+        assert too_large not in err.message.replace(handles.LARGEST_ID, "")
+        assert err.violations[0].description == err.message
+    # A malformed id (wrong length) keeps the plain message: the size is not what is wrong.
+    with pytest.raises(InvalidArgument) as info:
+        parse(prefix + "A" * 21)
+    assert "2^128" not in info.value.message
+
+
+def test_a_handle_of_2_to_the_128_or_more_says_why() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        handles.parse_handle("sec_" + "z" * 22, "sec")
+    assert info.value.reason == "INVALID_HANDLE"
+    assert info.value.message.endswith(handles.ID_TOO_LARGE)
+    with pytest.raises(InvalidArgument) as info:
+        handles.parse_handle("key_" + "z" * 22, "sec")  # wrong kind: not a size problem
+    assert "2^128" not in info.value.message
+
+
 def test_dataclasses_validate_and_are_frozen() -> None:
     with pytest.raises(InvalidArgument):
         names.ProjectName("acme", "Web")

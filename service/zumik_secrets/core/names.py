@@ -99,8 +99,10 @@ def validate_scope(value: str, *, field: str = "scope") -> str:
 def _validate_handle(value: str, kind: str | None, field: str, pattern: str) -> str:
     try:
         handles.parse_handle(value, kind, field=field)
-    except InvalidArgument:
-        raise _bad(field, f"{field} must look like {pattern}") from None
+    except InvalidArgument as error:
+        too_large = error.message.endswith(handles.ID_TOO_LARGE)
+        message = f"{field} must look like {pattern}"
+        raise _bad(field, f"{message}: {handles.ID_TOO_LARGE}" if too_large else message) from None
     return value
 
 
@@ -257,8 +259,8 @@ class PurgeReceiptName:
 
 def _reraise_as(field: str, pattern: str) -> InvalidArgument:
     # A component passed the regex but failed a deeper check (a handle body over 128 bits):
-    # report it against the caller's field and the whole pattern.
-    return _bad(field, f"{field} must look like {pattern}")
+    # report it against the caller's field and the whole pattern, saying why.
+    return _bad(field, f"{field} must look like {pattern}: {handles.ID_TOO_LARGE}")
 
 
 def parse_tenant_name(text: str, *, field: str = "name") -> TenantName:
