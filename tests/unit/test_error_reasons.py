@@ -241,3 +241,72 @@ def test_the_scan_follows_every_way_of_passing_a_reason(tmp_path: Path) -> None:
 def test_a_new_reason_in_the_code_fails_the_enum_check(tmp_path: Path) -> None:
     result = scan(_fixture_package(tmp_path))
     assert result.reasons - ENUM_REASONS  # the fixture's reasons are not in the enum
+
+
+# ------------------------------------------------------------------ the RPC comments
+
+_CODES = {
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "FAILED_PRECONDITION",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+}
+
+
+def _split_outside_parentheses(text: str) -> list[str]:
+    groups, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == ";" and depth == 0:
+            groups.append(current)
+            current = ""
+        else:
+            current += char
+    return [*groups, current]
+
+
+def _method_error_docs() -> dict[str, list[tuple[str, str]]]:
+    """``Service.Method`` -> the (code, reason) pairs its comment's ``Errors:`` part lists."""
+    from google.protobuf import descriptor_pb2
+
+    data = (SERVICE / "server" / "contracts.binpb").read_bytes()
+    docs: dict[str, list[tuple[str, str]]] = {}
+    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+        comments = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
+        for s_index, service in enumerate(file.service):
+            for m_index, method in enumerate(service.method):
+                text = comments.get((6, s_index, 2, m_index), "")
+                pairs: list[tuple[str, str]] = []
+                if "Errors:" in text:
+                    errors_part = " ".join(text.split("Errors:", 1)[1].split())
+                    for group in _split_outside_parentheses(errors_part):
+                        words = group.strip().split()
+                        code = words[0] if words else ""
+                        if code not in _CODES:
+                            continue
+                        for reason in re.findall(r"`([A-Z][A-Z0-9_]+)`", group):
+                            pairs.append((code, reason))
+                docs[f"{service.name}.{method.name}"] = pairs
+    return docs
+
+
+def test_rpc_comments_name_only_declared_reasons_with_their_codes() -> None:
+    documented = _documented_codes()
+    docs = _method_error_docs()
+    assert len(docs) > 30  # every RPC of every service was read
+    wrong = [
+        f"{method}: {code} {reason} (the enum says {documented.get(reason)})"
+        for method, pairs in sorted(docs.items())
+        for code, reason in pairs
+        if documented.get(reason) != code
+    ]
+    assert not wrong, wrong
+    # Spot checks that the parse sees what the comments say.
+    assert ("FAILED_PRECONDITION", "DATA_KEY_PRIMARY") in docs["SealService.DestroyDataKeyVersion"]
+    assert ("INVALID_ARGUMENT", "SECRET_IN_EVENT") in docs["AuditService.AppendEvent"]

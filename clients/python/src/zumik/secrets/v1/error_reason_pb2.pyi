@@ -99,7 +99,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 33
     """ALREADY_EXISTS: the resource to be created exists already."""
     ERROR_REASON_API_KEY_MALFORMED: _ErrorReason.ValueType  # 34
-    """INVALID_ARGUMENT: an API key is not in the `zk_{environment}_{id}_{secret}{checksum}` format."""
+    """INVALID_ARGUMENT: an API key is not `zk_{env}_{id}_{secret}{check}` (see
+    CreateApiKeyResponse.raw_key).
+    """
     ERROR_REASON_API_KEY_CHECKSUM_MISMATCH: _ErrorReason.ValueType  # 35
     """INVALID_ARGUMENT: an API key's checksum does not match (a typo, not a forgery)."""
     ERROR_REASON_API_KEY_INVALID: _ErrorReason.ValueType  # 36
@@ -302,7 +304,9 @@ ERROR_REASON_PURGE_JOB_NOT_FOUND: ErrorReason.ValueType  # 32
 ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 33
 """ALREADY_EXISTS: the resource to be created exists already."""
 ERROR_REASON_API_KEY_MALFORMED: ErrorReason.ValueType  # 34
-"""INVALID_ARGUMENT: an API key is not in the `zk_{environment}_{id}_{secret}{checksum}` format."""
+"""INVALID_ARGUMENT: an API key is not `zk_{env}_{id}_{secret}{check}` (see
+CreateApiKeyResponse.raw_key).
+"""
 ERROR_REASON_API_KEY_CHECKSUM_MISMATCH: ErrorReason.ValueType  # 35
 """INVALID_ARGUMENT: an API key's checksum does not match (a typo, not a forgery)."""
 ERROR_REASON_API_KEY_INVALID: ErrorReason.ValueType  # 36
