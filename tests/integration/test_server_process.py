@@ -202,14 +202,6 @@ def test_serve_without_configuration_fails_closed(tmp_path: Path) -> None:
     assert "not configured" in out.stderr
 
 
-def test_sigterm_drains_and_exits_cleanly(dev_process: DevProcess) -> None:
-    dev_process.proc.send_signal(signal.SIGTERM)
-    assert dev_process.proc.wait(timeout=20) == 0
-    stderr = dev_process.proc.stderr.read() if dev_process.proc.stderr else ""
-    assert '"msg": "draining"' in stderr
-    assert '"msg": "stopped"' in stderr
-
-
 def _leading_comment(proto: Path, declaration: str) -> list[str]:
     """The comment lines right above ``declaration`` (e.g. ``rpc Seal(``) in a .proto file."""
     lines = proto.read_text(encoding="utf-8").splitlines()
@@ -250,3 +242,12 @@ def test_grpcurl_shows_an_error_reason(dev_process: DevProcess) -> None:
     assert "Code: Unauthenticated" in text
     assert '"reason":"CLAIM_MISSING"' in text
     assert '"domain":"secrets.zumik.dev"' in text
+
+
+# Keep last: it stops the module's server.
+def test_sigterm_drains_and_exits_cleanly(dev_process: DevProcess) -> None:
+    dev_process.proc.send_signal(signal.SIGTERM)
+    assert dev_process.proc.wait(timeout=20) == 0
+    stderr = dev_process.proc.stderr.read() if dev_process.proc.stderr else ""
+    assert '"msg": "draining"' in stderr
+    assert '"msg": "stopped"' in stderr
