@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from zumik.secrets.v1 import error_reason_pb2
 
 import zumik_secrets
+from tests import contract_docs
 from tests.reason_scan import scan
 from zumik_secrets.api import status
 from zumik_secrets.core import errors
@@ -63,12 +64,7 @@ def _error_classes() -> dict[str, type[errors.ZumikError]]:
 
 def _documented_codes() -> dict[str, str]:
     """reason -> the gRPC code its comment in error_reason.proto starts with."""
-    text = ENUM_PROTO.read_text(encoding="utf-8")
-    codes: dict[str, str] = {}
-    for match in re.finditer(r"((?:[ \t]*//[^\n]*\n)+)[ \t]*ERROR_REASON_(\w+) = \d+;", text):
-        first = match.group(1).strip().splitlines()[0].removeprefix("//").strip()
-        codes[match.group(2)] = first.split(":", 1)[0]
-    return codes
+    return contract_docs.documented_codes()
 
 
 def test_the_scan_finds_the_reasons_everyone_knows(scanned: dict[str, set[str]]) -> None:
@@ -109,7 +105,6 @@ def test_each_reason_is_documented_with_the_code_it_is_sent_with(
 ) -> None:
     classes = _error_classes()
     documented = _documented_codes()
-    documented.pop("UNSPECIFIED")
     assert set(documented) == ENUM_REASONS
     wrong: list[str] = []
     for reason, sources in sorted(scanned.items()):
@@ -245,60 +240,10 @@ def test_a_new_reason_in_the_code_fails_the_enum_check(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ the RPC comments
 
-_CODES = {
-    "INVALID_ARGUMENT",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "FAILED_PRECONDITION",
-    "UNAUTHENTICATED",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "UNAVAILABLE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-}
-
-
-def _split_outside_parentheses(text: str) -> list[str]:
-    groups, depth, current = [], 0, ""
-    for char in text:
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == ";" and depth == 0:
-            groups.append(current)
-            current = ""
-        else:
-            current += char
-    return [*groups, current]
-
-
-def _method_error_docs() -> dict[str, list[tuple[str, str]]]:
-    """``Service.Method`` -> the (code, reason) pairs its comment's ``Errors:`` part lists."""
-    from google.protobuf import descriptor_pb2
-
-    data = (SERVICE / "server" / "contracts.binpb").read_bytes()
-    docs: dict[str, list[tuple[str, str]]] = {}
-    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
-        comments = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
-        for s_index, service in enumerate(file.service):
-            for m_index, method in enumerate(service.method):
-                text = comments.get((6, s_index, 2, m_index), "")
-                pairs: list[tuple[str, str]] = []
-                if "Errors:" in text:
-                    errors_part = " ".join(text.split("Errors:", 1)[1].split())
-                    for group in _split_outside_parentheses(errors_part):
-                        words = group.strip().split()
-                        code = words[0] if words else ""
-                        if code not in _CODES:
-                            continue
-                        for reason in re.findall(r"`([A-Z][A-Z0-9_]+)`", group):
-                            pairs.append((code, reason))
-                docs[f"{service.name}.{method.name}"] = pairs
-    return docs
-
 
 def test_rpc_comments_name_only_declared_reasons_with_their_codes() -> None:
     documented = _documented_codes()
-    docs = _method_error_docs()
+    docs = contract_docs.method_errors()
     assert len(docs) > 30  # every RPC of every service was read
     wrong = [
         f"{method}: {code} {reason} (the enum says {documented.get(reason)})"
@@ -310,3 +255,13 @@ def test_rpc_comments_name_only_declared_reasons_with_their_codes() -> None:
     # Spot checks that the parse sees what the comments say.
     assert ("FAILED_PRECONDITION", "DATA_KEY_PRIMARY") in docs["SealService.DestroyDataKeyVersion"]
     assert ("INVALID_ARGUMENT", "SECRET_IN_EVENT") in docs["AuditService.AppendEvent"]
+    assert docs["TenantService.PurgeTenant"] == docs["TenantService.PurgeProject"] != ()
+
+
+def test_the_common_reasons_are_declared() -> None:
+    common = contract_docs.common_reasons()
+    assert {"UNKNOWN_IDENTITY", "METHOD_NOT_ALLOWED", "MISSING_SCOPE", "CLAIM_MISSING"} <= common
+    assert {"CLAIM_EXPIRED", "CLAIM_BAD_SIGNATURE", "NOT_FOUND", "INTERNAL"} <= common
+    assert common <= ENUM_REASONS
+    seal = contract_docs.documented_reasons("/zumik.secrets.v1.SealService/Seal")
+    assert "CUSTOMER_KEY_UNAVAILABLE" in seal and "DATA_KEY_PRIMARY" not in seal

@@ -21,7 +21,7 @@ holds a secret and may change) and, in the `grpc-status-details-bin` trailer, a
 * for RESOURCE_EXHAUSTED, a `google.rpc.RetryInfo` whose `retry_delay` says when to retry.
 
 Every call can fail with these, whatever the method (the RPC comments list only the
-reasons specific to each method, as `CODE` `REASON`):
+reasons specific to each method, each status code followed by its reasons):
 
 * PERMISSION_DENIED `UNKNOWN_IDENTITY` (the client certificate's SPIFFE ID is not in the
   authorization policy), `METHOD_NOT_ALLOWED` (it may not call this method), and, for a
