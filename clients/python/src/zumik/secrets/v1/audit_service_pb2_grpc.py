@@ -121,7 +121,9 @@ class AuditServiceServicer:
         """Verifies a range of a tenant's chain and reports the first broken link. A broken chain is
         an OK response with `ok` false, not an error.
 
-        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range).
+        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range, or a start past the
+        head); UNAVAILABLE `AUDIT_UNAVAILABLE` (the witness could not be read: no verdict either
+        way).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

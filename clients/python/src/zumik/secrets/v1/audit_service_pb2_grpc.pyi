@@ -66,7 +66,9 @@ class AuditServiceStub:
     """Verifies a range of a tenant's chain and reports the first broken link. A broken chain is
     an OK response with `ok` false, not an error.
 
-    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range).
+    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range, or a start past the
+    head); UNAVAILABLE `AUDIT_UNAVAILABLE` (the witness could not be read: no verdict either
+    way).
     """
     CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.CreateCheckpointRequest, _audit_service_pb2.CreateCheckpointResponse]
     """Signs a checkpoint over a tenant's current chain head (see Checkpoint for what is signed
@@ -113,7 +115,9 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Verifies a range of a tenant's chain and reports the first broken link. A broken chain is
     an OK response with `ok` false, not an error.
 
-    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range).
+    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range, or a start past the
+    head); UNAVAILABLE `AUDIT_UNAVAILABLE` (the witness could not be read: no verdict either
+    way).
     """
     CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.CreateCheckpointRequest, _audit_service_pb2.CreateCheckpointResponse]  # type: ignore[assignment]
     """Signs a checkpoint over a tenant's current chain head (see Checkpoint for what is signed
@@ -181,7 +185,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         """Verifies a range of a tenant's chain and reports the first broken link. A broken chain is
         an OK response with `ok` false, not an error.
 
-        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range).
+        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range, or a start past the
+        head); UNAVAILABLE `AUDIT_UNAVAILABLE` (the witness could not be read: no verdict either
+        way).
         """
 
     @_abc_1.abstractmethod

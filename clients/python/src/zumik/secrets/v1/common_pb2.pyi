@@ -30,7 +30,9 @@ reasons specific to each method, each status code followed by its reasons):
   metadata by an identity that may not act without one) or one of the `CLAIM_*` reasons
   of a claim that does not verify;
 * INVALID_ARGUMENT `MALFORMED_REQUEST` (the body does not decode), `FIELD_REQUIRED` (the
-  resource field is empty), `INVALID_NAME` (the resource name does not match its pattern);
+  resource field is empty), `INVALID_NAME` (the resource name does not match its pattern),
+  `SECRET_IN_FIELD` (a field not marked sensitive holds something that looks like a secret:
+  an API key, token, claim, private key or long random string; `metadata.field` names it);
 * NOT_FOUND `NOT_FOUND`: the named resource does not exist, or belongs to another tenant or
   project than the claim's; the two answers are byte-identical on purpose;
 * UNAVAILABLE `STORAGE_UNAVAILABLE` (retry with backoff), UNIMPLEMENTED

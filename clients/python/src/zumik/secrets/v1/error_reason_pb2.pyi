@@ -210,6 +210,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNIMPLEMENTED: the method is in the contract but not built yet."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 79
     """INTERNAL: an unexpected failure; `metadata.correlation_id` finds the server's log line."""
+    ERROR_REASON_SECRET_IN_FIELD: _ErrorReason.ValueType  # 80
+    """INVALID_ARGUMENT: a field not meant for secrets (a display name, metadata, a user subject,
+    a handle reference, ...) holds something that looks like one; `metadata.field` names it,
+    the value is never echoed, and nothing was stored.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: every value of `google.rpc.ErrorInfo.reason` this service sends.
@@ -415,4 +420,9 @@ ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 78
 """UNIMPLEMENTED: the method is in the contract but not built yet."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 79
 """INTERNAL: an unexpected failure; `metadata.correlation_id` finds the server's log line."""
+ERROR_REASON_SECRET_IN_FIELD: ErrorReason.ValueType  # 80
+"""INVALID_ARGUMENT: a field not meant for secrets (a display name, metadata, a user subject,
+a handle reference, ...) holds something that looks like one; `metadata.field` names it,
+the value is never echoed, and nothing was stored.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

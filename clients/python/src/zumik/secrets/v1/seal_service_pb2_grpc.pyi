@@ -76,7 +76,9 @@ class SealServiceStub:
     `NOT_FOUND`; FAILED_PRECONDITION `CONCURRENT_UPDATE` (retry), `CUSTOMER_KEY_UNAVAILABLE`.
     """
     DeleteSecret: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.DeleteSecretRequest, _seal_service_pb2.DeleteSecretResponse]
-    """Deletes a secret and every version of it.
+    """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
+    for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
+    reply, GetSecret answering NOT_FOUND confirms the delete).
 
     Errors: NOT_FOUND `NOT_FOUND`.
     """
@@ -157,7 +159,9 @@ class SealServiceAsyncStub(SealServiceStub):
     `NOT_FOUND`; FAILED_PRECONDITION `CONCURRENT_UPDATE` (retry), `CUSTOMER_KEY_UNAVAILABLE`.
     """
     DeleteSecret: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.DeleteSecretRequest, _seal_service_pb2.DeleteSecretResponse]  # type: ignore[assignment]
-    """Deletes a secret and every version of it.
+    """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
+    for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
+    reply, GetSecret answering NOT_FOUND confirms the delete).
 
     Errors: NOT_FOUND `NOT_FOUND`.
     """
@@ -271,7 +275,9 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.DeleteSecretRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.DeleteSecretResponse, _abc.Awaitable[_seal_service_pb2.DeleteSecretResponse]]:
-        """Deletes a secret and every version of it.
+        """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
+        for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
+        reply, GetSecret answering NOT_FOUND confirms the delete).
 
         Errors: NOT_FOUND `NOT_FOUND`.
         """
