@@ -11,7 +11,6 @@ import pytest
 
 from zumik_secrets.app import api_keys as api_keys_module
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.core.authority import Authority
 from zumik_secrets.app.api_keys import ApiKeyService, decode_page_token, encode_page_token
 from zumik_secrets.app.audit import AuditEntry
 from zumik_secrets.app.claim_issuer import ClaimIssuer
@@ -20,6 +19,7 @@ from zumik_secrets.app.sessions import SessionService
 from zumik_secrets.app.signing_keys import SigningKeys
 from zumik_secrets.app.verification import FailureGuard, VerifyResult
 from zumik_secrets.core import api_keys as key_format
+from zumik_secrets.core.authority import Authority
 from zumik_secrets.core.errors import InvalidArgument, ResourceExhausted
 from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
 from zumik_secrets.core.names import ProjectName, SessionName

@@ -37,7 +37,13 @@ from zumik_secrets.core.errors import (
     Unauthenticated,
     resource_not_found,
 )
-from zumik_secrets.core.names import ANY_TENANT, ResourceName, name_project, parse_resource
+from zumik_secrets.core.names import (
+    ANY_TENANT,
+    MAX_NAME_LENGTH,
+    ResourceName,
+    name_project,
+    parse_resource,
+)
 from zumik_secrets.core.policy import Decision, Policy
 
 CLAIM_METADATA_KEY = "zumik-claim"
@@ -92,6 +98,16 @@ class Authorization:
     resource: ResourceName | None = None
     authority: Authority = NO_AUTHORITY
     project_view: str | None = None
+
+
+def _within(claim: TenantClaim, resource: str) -> bool:
+    """Whether the tenant (and project, when named) segments of ``resource`` are the claim's."""
+    if len(resource) > MAX_NAME_LENGTH:
+        return True  # the parser refuses it (INVALID_NAME) without splitting a long string
+    parts = resource.split("/", 4)
+    if len(parts) >= 2 and parts[0] == "tenants" and parts[1] != claim.tenant_id:
+        return False
+    return not (len(parts) >= 4 and parts[2] == "projects" and parts[3] != claim.project_id)
 
 
 def _no_tombstones(_tenant: str, _project: str | None) -> None:
@@ -164,6 +180,10 @@ class Authorizer:
                 reason="FIELD_REQUIRED",
                 metadata={"field": guard.resource_field},
             )
+        if claim is not None and not _within(claim, resource):
+            # Decided on the name's tenant and project segments, before the shape: another
+            # tenant's (or the `-` wildcard's) name is NOT_FOUND whatever follows.
+            raise resource_not_found(resource)
         name = parse_resource(resource, field=guard.resource_field)
         tenant, project = name.tenant, name_project(name)
         if claim is not None:
