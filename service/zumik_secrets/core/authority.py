@@ -115,8 +115,3 @@ def check_grant(authority: Authority, scopes: Iterable[str], subject: str | None
             reason=REASON_IMPERSONATION_NOT_ALLOWED,
         )
 
-
-def project_bound(claim_project: str, scope: str) -> bool:
-    """Whether a call with a claim of ``claim_project`` using ``scope`` stays in its project
-    (i.e. whether the claim's project must match the resource's)."""
-    return bool(claim_project) and scope not in TENANT_WIDE_SCOPES

@@ -256,7 +256,12 @@ class DataKeyStore(Protocol):
 
     def insert_first(self, rec: DataKeyRecord) -> None:
         """Insert version 1 as primary unless the triple already has a key (race-safe: the
-        loser of a concurrent first use inserts nothing and re-reads)."""
+        loser of a concurrent first use inserts nothing and re-reads).
+
+        Raises:
+            FailedPrecondition: reason ``SCOPE_PURGED``: the tenant or project was purged (a
+                purge job exists for it); nothing is created.
+        """
         ...
 
     def get(
