@@ -114,4 +114,3 @@ def check_grant(authority: Authority, scopes: Iterable[str], subject: str | None
             "a session can only be created or rotated for the caller's own subject",
             reason=REASON_IMPERSONATION_NOT_ALLOWED,
         )
-
