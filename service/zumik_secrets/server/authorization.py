@@ -39,6 +39,7 @@ from zumik_secrets.core.errors import (
 )
 from zumik_secrets.core.names import (
     ANY_TENANT,
+    ID_RE,
     MAX_NAME_LENGTH,
     ResourceName,
     name_project,
@@ -100,14 +101,36 @@ class Authorization:
     project_view: str | None = None
 
 
-def _within(claim: TenantClaim, resource: str) -> bool:
-    """Whether the tenant (and project, when named) segments of ``resource`` are the claim's."""
+def _foreign(claim: TenantClaim, resource: str, field: str) -> bool:
+    """Whether ``resource`` is a well-formed name of another tenant (or the ``-`` wildcard) or
+    another project than the claim's.
+
+    Its tenant and project segments must follow the id grammar and the rest must be a valid
+    name once they are replaced by the claim's; only then is the answer NOT_FOUND (which echoes
+    the name), whatever the shape's tenant, so a foreign name and a missing one look alike and
+    no malformed input is echoed.
+    """
     if len(resource) > MAX_NAME_LENGTH:
-        return True  # the parser refuses it (INVALID_NAME) without splitting a long string
-    parts = resource.split("/", 4)
-    if len(parts) >= 2 and parts[0] == "tenants" and parts[1] != claim.tenant_id:
         return False
-    return not (len(parts) >= 4 and parts[2] == "projects" and parts[3] != claim.project_id)
+    parts = resource.split("/")
+    if len(parts) < 2 or parts[0] != "tenants":
+        return False
+    tenant = parts[1]
+    project = parts[3] if len(parts) >= 4 and parts[2] == "projects" else None
+    if tenant == claim.tenant_id and project in (None, claim.project_id):
+        return False
+    if tenant != ANY_TENANT and ID_RE.fullmatch(tenant) is None:
+        return False
+    if project is not None and ID_RE.fullmatch(project) is None:
+        return False
+    parts[1] = claim.tenant_id
+    if project is not None:
+        parts[3] = claim.project_id
+    try:
+        parse_resource("/".join(parts), field=field)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def _no_tombstones(_tenant: str, _project: str | None) -> None:
@@ -180,9 +203,7 @@ class Authorizer:
                 reason="FIELD_REQUIRED",
                 metadata={"field": guard.resource_field},
             )
-        if claim is not None and not _within(claim, resource):
-            # Decided on the name's tenant and project segments, before the shape: another
-            # tenant's (or the `-` wildcard's) name is NOT_FOUND whatever follows.
+        if claim is not None and _foreign(claim, resource, guard.resource_field):
             raise resource_not_found(resource)
         name = parse_resource(resource, field=guard.resource_field)
         tenant, project = name.tenant, name_project(name)
