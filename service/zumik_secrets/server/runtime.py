@@ -76,6 +76,11 @@ def load_policy(path: str) -> Policy:
     return Policy.from_mapping(data)
 
 
+def _apply_changes(watcher: ChangeWatcher, revocations: ClaimRevocations) -> None:
+    watcher.poll_once()
+    revocations.reload_tombstones()
+
+
 @dataclass
 class Runtime:
     """The process-wide objects of a running server."""
@@ -234,7 +239,10 @@ class Runtime:
                 audit_log,
                 audit_keys,
                 tenant_settings,
-                after_change=watcher.poll_once,
+                # The feed's poll may race the watcher thread's (which then applies the records
+                # a moment later): the tombstones are read here too, so this replica refuses the
+                # purged scope's claims before the purge answers.
+                after_change=lambda: _apply_changes(watcher, revocations),
                 pause_after=config.test_purge_pause_after,
             )
             retention = Retention(
