@@ -92,3 +92,18 @@ def test_credentials_without_a_subject_are_not_checked_for_one() -> None:
     with pytest.raises(PermissionDenied) as err:
         check_grant(Authority.of_claim({"sessions.write"}, "user-1"), [], "user-2")
     assert err.value.reason == REASON_IMPERSONATION_NOT_ALLOWED
+
+
+def test_the_named_rights_are_the_contracts_scopes() -> None:
+    from zumik_secrets.api.contracts import method_guards
+    from zumik_secrets.core.authority import AUDIT_TENANT_VIEW, MINTING_RIGHTS, TENANT_WIDE_SCOPES
+
+    guards = {g.method: g.scope for g in method_guards().values()}
+    minting = {
+        guards[m] for m in ("CreateApiKey", "RotateApiKey", "CreateSession", "RotateSession")
+    }
+    assert minting == set(MINTING_RIGHTS)
+    declared = set(guards.values()) | {AUDIT_TENANT_VIEW}
+    assert declared >= TENANT_WIDE_SCOPES
+    tenant_methods = {m for m, s in guards.items() if s in ("tenant.admin", "tenant.purge")}
+    assert "PurgeTenant" in tenant_methods and "GetTenantSettings" in tenant_methods
