@@ -213,6 +213,62 @@ def test_parsers_only_raise_invalid_argument(parse: Callable[..., Any], text: st
     assert str(parsed) == text
 
 
+BODY = "0" * 21 + "1"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("tenants/acme", names.TenantName),
+        ("tenants/-", names.TenantName),
+        ("tenants/acme/settings", names.SettingsName),
+        ("tenants/-/settings", names.SettingsName),
+        ("tenants/acme/projects/web", names.ProjectName),
+        (f"tenants/acme/projects/web/apiKeys/key_{BODY}", names.ApiKeyName),
+        (f"tenants/acme/projects/web/sessions/ses_{BODY}", names.SessionName),
+        (f"tenants/acme/projects/web/secrets/sec_{BODY}", names.SecretName),
+        (f"tenants/acme/handles/hdl_{BODY}", names.HandleName),
+        (f"tenants/acme/purgeReceipts/rcp_{BODY}", names.PurgeReceiptName),
+    ],
+)
+def test_parse_resource_recognises_every_shape(text: str, kind: type[object]) -> None:
+    parsed = names.parse_resource(text)
+    assert isinstance(parsed, kind)
+    assert str(parsed) == text
+    assert names.expect(parsed, kind) is parsed  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "tenants",
+        "tenants/",
+        "tenants/-/projects/web",
+        f"tenants/-/projects/web/secrets/sec_{BODY}",
+        "tenants/acme/projects",
+        "tenants/acme/projects/web/secrets",
+        f"tenants/acme/projects/web/secrets/key_{BODY}",
+        f"tenants/acme/handles/hdl_{BODY}/x",
+        "tenants/ACME",
+        "tenants/acme/unknown",
+        "x" * 5000,
+    ],
+)
+def test_parse_resource_refuses_anything_else(text: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        names.parse_resource(text, field="parent")
+    assert err.value.reason == "INVALID_NAME"
+    assert err.value.metadata == {"field": "parent"}
+    assert len(err.value.message) < 120  # the input is never echoed
+
+
+def test_expect_names_the_wanted_pattern() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        names.expect(names.parse_resource("tenants/acme"), names.ProjectName, field="parent")
+    assert "tenants/{tenant}/projects/{project}" in err.value.message
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

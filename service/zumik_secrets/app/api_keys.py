@@ -43,6 +43,7 @@ from zumik_secrets.app.verification import (
     validate_scopes,
 )
 from zumik_secrets.core import api_keys as key_format
+from zumik_secrets.core.authority import Authority, check_grant
 from zumik_secrets.core.encoding import b64url_decode, b64url_encode
 from zumik_secrets.core.errors import (
     FailedPrecondition,
@@ -400,16 +401,19 @@ class ApiKeyService:
         ttl: timedelta | None,
         environment: str,
         actor: Actor,
+        authority: Authority,
     ) -> CreatedApiKey:
         """Create a key; the raw key is in the answer and nowhere else.
 
         Raises:
             InvalidArgument: a bad display name, environment, ttl or scope list.
+            PermissionDenied: ``SCOPE_ESCALATION``: a scope the caller's authority lacks.
             Unavailable: storage or (durable) audit is down; no usable key was created.
         """
         display_name = validate_display_name(display_name)
         env = validate_environment(environment)
         granted = validate_scopes(scopes, "scopes", maximum=MAX_KEY_SCOPES, required=True)
+        check_grant(authority, granted)
         if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:
             raise _bad("ttl", "must be positive and at most 3650 days", "INVALID_DURATION")
         now = _dt(self._clock())
@@ -504,16 +508,20 @@ class ApiKeyService:
         )
         return self._overlay(rec)
 
-    def rotate(self, name: ApiKeyName, grace: timedelta, actor: Actor) -> RotatedApiKey:
+    def rotate(
+        self, name: ApiKeyName, grace: timedelta, actor: Actor, *, authority: Authority
+    ) -> RotatedApiKey:
         """Issue a replacement key; the old one works for ``grace`` more (0: revoked now).
 
-        The new key has the old one's scopes, environment, display name and lifetime length.
+        The new key has the old one's scopes, environment, display name and lifetime length;
+        since its raw key goes to the caller, the caller's authority must cover those scopes.
 
         Raises:
             InvalidArgument: ``grace_period`` over 30 days (``INVALID_DURATION``).
             NotFound: no such key in this tenant and project.
             FailedPrecondition: the key is revoked (``API_KEY_REVOKED``) or expired
                 (``API_KEY_EXPIRED``).
+            PermissionDenied: ``SCOPE_ESCALATION``: the key carries a scope the caller lacks.
             Unavailable: storage or (durable) audit is down.
         """
         if not timedelta(0) <= grace <= MAX_GRACE:
@@ -521,6 +529,7 @@ class ApiKeyService:
         old = self._store.get(name.tenant, name.project, name.id)
         if old is None:
             raise resource_not_found(str(name))
+        check_grant(authority, old.scopes)
         now = _dt(self._clock())
         state = key_state(old, now)
         if state != "active":

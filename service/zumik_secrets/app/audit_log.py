@@ -891,6 +891,7 @@ def _filter_digest(tenant: str, flt: AuditFilter) -> str:
             flt.outcome,
             flt.start_time.isoformat() if flt.start_time else "",
             flt.end_time.isoformat() if flt.end_time else "",
+            flt.project,
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]

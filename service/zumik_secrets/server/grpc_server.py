@@ -77,7 +77,7 @@ class ZumikServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         interceptor = GuardInterceptor(
-            Authorizer(runtime.policy, runtime.verify_claim),
+            Authorizer(runtime.policy, runtime.verify_claim, runtime.revocations.check_scope),
             Telemetry(runtime.tenant_settings.rich_mode),
             runtime.audit,
             method_guards(),

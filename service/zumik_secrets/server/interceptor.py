@@ -36,7 +36,12 @@ from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.free_text import refuse_secret_fields
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, track_call, untrack_call
-from zumik_secrets.core.errors import InvalidArgument, Unimplemented, ZumikError
+from zumik_secrets.core.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Unimplemented,
+    ZumikError,
+)
 from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
 
@@ -223,7 +228,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return CallContext(method, identity, None, None, None, False, trace_hex), None
         resource = ""
         try:
-            without_claim = self._authorizer.check_identity(identity or None, method)
+            decision = self._authorizer.check_identity(identity or None, method)
             if request is _UNDECODABLE:
                 raise _Malformed(
                     InvalidArgument(
@@ -233,9 +238,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 )
             if guard is not None and guard.tenant_scoped and request is not None:
                 resource = getattr(request, guard.resource_field)
-            authz: Authorization = self._authorizer.authorize(
-                guard, without_claim, resource, raw_claim
-            )
+            authz: Authorization = self._authorizer.authorize(guard, decision, resource, raw_claim)
         except ZumikError as error:
             self._record_decision(
                 _decision(identity, "", method, resource, "denied", error.reason, trace_hex)
@@ -251,6 +254,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             project_id=authz.project_id,
             without_claim=authz.without_claim,
             trace_id=trace_hex,
+            resource=authz.resource,
+            authority=authz.authority,
+            project_view=authz.project_view,
         )
         if not (authz.without_claim or (guard is not None and guard.audit_allow)):
             return call, None
@@ -296,25 +302,52 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         call: CallContext,
         allow: AuditEntry | None,
     ) -> Any:
-        """Run a unary-response behavior with ``call`` installed (and the allow tracked)."""
+        """Run a unary-response behavior with ``call`` installed (and the allow tracked).
+
+        A PERMISSION_DENIED raised by the use case (a grant above the caller's authority, see
+        :mod:`zumik_secrets.core.authority`) is an authorization refusal: it is audited as
+        ``authz.deny`` in place of the allow.
+        """
         token = set_call(call)
         try:
             if allow is None:
-                return behavior(request, context)
+                try:
+                    return behavior(request, context)
+                except PermissionDenied as error:
+                    self._record_denial(call, error)
+                    raise
             tracked, audit_token = track_call(call.identity)
-            succeeded = False
+            succeeded = denied = False
             try:
                 result = behavior(request, context)
                 succeeded = True
                 return result
+            except PermissionDenied as error:
+                denied = True
+                self._record_denial(call, error)
+                raise
             finally:
                 try:
-                    if not (succeeded and tracked.recorded):
+                    if not (denied or (succeeded and tracked.recorded)):
                         self._record_decision(allow)
                 finally:
                     untrack_call(audit_token)
         finally:
             reset_call(token)
+
+    def _record_denial(self, call: CallContext, error: PermissionDenied) -> None:
+        self._record_decision(
+            _decision(
+                call.identity,
+                call.subject,
+                call.method,
+                str(call.resource or ""),
+                "denied",
+                error.reason,
+                call.trace_id,
+                tenant_id=call.tenant_id,
+            )
+        )
 
     def _fail(
         self, context: grpc.ServicerContext, record: CallRecord, error: Exception

@@ -502,6 +502,13 @@ class PgSessionStore:
         row = self._db.one(f"SELECT {_SE_COLS} FROM sessions WHERE token_hash = %s", (token_hash,))
         return None if row is None else _se(row)
 
+    def get_by_id(self, session_id: str) -> SessionRecord | None:
+        with self._db.conn() as conn:
+            row = conn.execute(
+                f"SELECT {_SE_COLS} FROM sessions WHERE session_id = %s", (session_id,)
+            ).fetchone()
+        return None if row is None else _se(row)
+
     def get(self, tenant_id: str, project_id: str, session_id: str) -> SessionRecord | None:
         with self._db.conn() as conn:
             return self._get(conn, tenant_id, project_id, session_id)

@@ -796,6 +796,13 @@ class SqliteSessionStore:
         row = self._db.one(f"SELECT {_SE_COLS} FROM sessions WHERE token_hash = ?", (token_hash,))
         return None if row is None else _se(row)
 
+    def get_by_id(self, session_id: str) -> SessionRecord | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_SE_COLS} FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return None if row is None else _se(row)
+
     def get(self, tenant_id: str, project_id: str, session_id: str) -> SessionRecord | None:
         with self._db.read() as conn:
             return self._get(conn, tenant_id, project_id, session_id)
