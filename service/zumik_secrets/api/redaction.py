@@ -6,6 +6,7 @@ so adding a secret field to a message only needs that one annotation.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from google.protobuf import descriptor as _descriptor
@@ -31,6 +32,13 @@ def _scalar(field: _descriptor.FieldDescriptor, value: Any) -> Any:
     return value
 
 
+def _key(key: Any) -> str:
+    # Map keys are caller input like values: bounded before the log writer or a span sees them
+    # (a 48 KB key once stalled the log writer behind the redaction regex).
+    text = str(key)
+    return text[:_MAX_STRING] + "…" if len(text) > _MAX_STRING else text
+
+
 def _value(field: _descriptor.FieldDescriptor, value: Any, depth: int) -> Any:
     if field.type == _FD.TYPE_MESSAGE:
         return describe_message(value, depth + 1)
@@ -52,10 +60,11 @@ def describe_message(message: Message, depth: int = 0) -> dict[str, Any]:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             out[field.name] = {
-                str(k): _value(value_field, v, depth) for k, v in list(value.items())[:_MAX_ITEMS]
+                _key(k): _value(value_field, v, depth)
+                for k, v in itertools.islice(value.items(), _MAX_ITEMS)
             }
         elif field.is_repeated:
-            out[field.name] = [_value(field, v, depth) for v in list(value)[:_MAX_ITEMS]]
+            out[field.name] = [_value(field, v, depth) for v in itertools.islice(value, _MAX_ITEMS)]
         else:
             out[field.name] = _value(field, value, depth)
     return out
