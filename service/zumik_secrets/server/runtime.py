@@ -189,6 +189,9 @@ class Runtime:
                 audit,
                 timeout=config.customer_key_timeout,
                 cache_ttl=config.data_key_cache_ttl,
+                concurrency=config.customer_key_concurrency,
+                breaker_failures=config.customer_key_breaker_failures,
+                breaker_seconds=config.customer_key_breaker_seconds,
             )
             data_keys = DataKeys(
                 store.data_keys,
