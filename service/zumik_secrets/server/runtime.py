@@ -31,6 +31,7 @@ from zumik_secrets.app.signing_keys import ISSUER, SigningKeys
 from zumik_secrets.app.tenant_settings import RetentionDefaults, TenantSettingsService
 from zumik_secrets.app.usage_recorder import UsageFlusher
 from zumik_secrets.app.verification import FailureGuard
+from zumik_secrets.core import page_tokens
 from zumik_secrets.core.claims import ClaimVerifier, TenantClaim
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.core.policy import Policy
@@ -112,6 +113,8 @@ class Runtime:
         """
         policy = load_policy(config.policy_file)
         keyring = load_keyring(config)
+        # Page tokens are authenticated under a key every replica derives alike (finding 6).
+        page_tokens.configure(next(v.key for v in keyring.versions if v.version == keyring.primary))
         store = open_store(config.database_url)
         try:
             if migrate:
