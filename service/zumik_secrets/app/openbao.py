@@ -83,7 +83,10 @@ class _DeadlineSocket:
         self._sock.sendall(data, flags)
 
     def makefile(self, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        # http.client reads the answer through this file; SocketIO calls our recv_into.
+        # http.client reads the answer through this file; SocketIO calls our recv_into. As
+        # socket.makefile does, count the file as a user of the socket, so that closing the
+        # connection (an HTTP/1.0 answer closes it at once) waits for the file to be closed.
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
         return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:

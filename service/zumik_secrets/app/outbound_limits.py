@@ -12,7 +12,8 @@ worker through a process-wide stripe lock):
   refused at once with RESOURCE_EXHAUSTED ``CUSTOMER_KEY_BUSY``.
 - :class:`KeyedLocks`: single-flight per key (one data-key version, one triple), never per
   stripe: a lock is shared only by calls for the same key, hence the same tenant; a waiter waits
-  no longer than its caller's deadline.
+  no longer than its caller's deadline, and when the call it waited for failed it gets the same
+  answer at once instead of repeating the slow call.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 
 from zumik_secrets.app.deadlines import budget
-from zumik_secrets.core.errors import ResourceExhausted, Unavailable
+from zumik_secrets.core.errors import ResourceExhausted, Unavailable, ZumikError
 
 #: Most breakers kept (one per customer key server); closed ones are forgotten first.
 MAX_BREAKERS = 10_000
@@ -177,11 +178,14 @@ def key_busy() -> Unavailable:
 
 
 class _Entry:
-    __slots__ = ("lock", "users")
+    __slots__ = ("busy", "cond", "done", "failed", "users")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.cond = threading.Condition(threading.Lock())
+        self.busy = False
         self.users = 0
+        self.done = 0  # holders that finished
+        self.failed: tuple[int, ZumikError] | None = None  # (done count after it, the error)
 
 
 class KeyedLocks:
@@ -197,8 +201,13 @@ class KeyedLocks:
     def hold(self, key: Hashable) -> Iterator[None]:
         """Hold ``key``'s lock for the body.
 
+        A call that waited while the holder failed gets the holder's error at once (its key
+        server timed out, say) instead of making the same slow call again, one waiter after the
+        other; a call that arrives after that failure tries again itself.
+
         Raises:
             Unavailable: ``DATA_KEY_BUSY`` when the wait outlasts the caller's deadline.
+            ZumikError: the error of the holder this call waited for.
         """
         with self._lock:
             entry = self._locks.get(key)
@@ -206,15 +215,33 @@ class KeyedLocks:
                 entry = _Entry()
                 self._locks[key] = entry
             entry.users += 1
-        lock = entry.lock
         try:
-            wait = budget(self._max_wait)
-            if wait <= 0 or not lock.acquire(timeout=wait):
-                raise key_busy()
+            deadline = time.monotonic() + budget(self._max_wait)
+            with entry.cond:
+                seen = entry.done
+                while True:
+                    failed = entry.failed
+                    if failed is not None and failed[0] > seen:
+                        raise failed[1]
+                    if not entry.busy:
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise key_busy()
+                    entry.cond.wait(left)
+                entry.busy = True
+            error: ZumikError | None = None
             try:
                 yield
+            except ZumikError as exc:
+                error = exc
+                raise
             finally:
-                lock.release()
+                with entry.cond:
+                    entry.done += 1
+                    entry.failed = None if error is None else (entry.done, error)
+                    entry.busy = False
+                    entry.cond.notify_all()
         finally:
             with self._lock:
                 entry.users -= 1

@@ -95,6 +95,11 @@ class Policy:
         self._cache.clear()
 
     @property
+    def cached_decisions(self) -> int:
+        """How many decisions the cache holds (bounded: named identities x served methods)."""
+        return len(self._cache)
+
+    @property
     def identities(self) -> tuple[str, ...]:
         """The SPIFFE IDs the policy names, sorted."""
         return tuple(sorted(self._identities))

@@ -119,7 +119,7 @@ class ServerConfig:
         },
     )
     stream_workers: int = field(
-        default=8,
+        default=32,
         metadata={
             "setting": Setting(
                 "ZUMIK_STREAM_WORKERS", "threads for blocking streams (reflection, export)"

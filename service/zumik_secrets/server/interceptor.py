@@ -222,6 +222,11 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             # Health checks take microseconds: they answer from the side pool, so a probe never
             # waits behind a queue of slow calls (and is never shed).
             return self._in_pool(wrapped, self._limits.shed_pool) if open_method else wrapped
+        blocking_stream = handler.unary_unary is None and not getattr(
+            handler.unary_stream, "experimental_non_blocking", False
+        )
+        if blocking_stream and self._limits.streams_full():
+            return self._in_pool(self._shed_handler(handler, method), self._limits.shed_pool)
         if handler.unary_stream is not None:
             if getattr(handler.unary_stream, "experimental_non_blocking", False):
                 # Health/Watch: answers through a callback and returns at once; keep it so.
@@ -537,6 +542,20 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         handle.experimental_non_blocking = True  # type: ignore[attr-defined]
         return handle
+
+    def _shed_handler(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A refusing handler of the same arity as ``handler`` (a unary handler on a
+        client-streaming call would wait for a request message that may never come)."""
+        shed = self._shed(method)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(shed)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(shed)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(shed)
+        return grpc.unary_unary_rpc_method_handler(shed)
 
     def _shed(self, method: str) -> Behavior:
         """The answer of a unary call shed under overload (runs in the shed pool)."""

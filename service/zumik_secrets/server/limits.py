@@ -7,7 +7,8 @@ service for everyone. The threaded server has a fixed pool of workers; whatever 
 - **Streams never sit in the unary pool.** Non-blocking handlers (``Health/Watch``) keep their
   nature and hold no thread at all; blocking stream handlers (reflection, ``ExportEvents``) run
   in their own pool (:attr:`Limits.stream_pool`), so a handful of idle streams cannot take the
-  workers unary calls need.
+  workers unary calls need; when that pool is full a new blocking stream is refused at once
+  instead of queueing.
 - **Per-peer caps.** A peer (the SPIFFE ID of its verified certificate; every certificate the
   policy does not name counts as one peer, ``""``) may run at most ``max_calls_per_peer`` unary
   calls and hold at most ``max_streams_per_peer`` streams at once; beyond, the call is refused
@@ -43,14 +44,15 @@ class LimitSettings:
         max_calls_per_peer: Unary calls one peer may run at once (0: ``workers * 3 // 4``, at
             least 1): a peer can never hold every worker.
         max_streams_per_peer: Streams one peer may hold open at once.
-        stream_workers: Threads of the pool for blocking stream handlers.
+        stream_workers: Threads of the pool for blocking stream handlers; when all are taken a
+            new blocking stream is refused at once (RESOURCE_EXHAUSTED ``SERVER_OVERLOADED``).
         max_queued_calls: Unary calls allowed to wait for a worker before new ones are shed.
     """
 
     workers: int = 16
     max_calls_per_peer: int = 0
     max_streams_per_peer: int = 8
-    stream_workers: int = 8
+    stream_workers: int = 32
     max_queued_calls: int = 64
 
     @property
@@ -160,8 +162,8 @@ class Limits:
         """Create the pools and counters."""
         self.settings = settings
         self.unary_pool = CountingExecutor(settings.workers, thread_name_prefix="zumik-rpc")
-        self.stream_pool = ThreadPoolExecutor(
-            max_workers=settings.stream_workers, thread_name_prefix="zumik-stream"
+        self.stream_pool = CountingExecutor(
+            settings.stream_workers, thread_name_prefix="zumik-stream"
         )
         #: Answers shed calls, over-long method paths and health checks; two threads suffice
         #: (each takes microseconds).
@@ -176,6 +178,14 @@ class Limits:
         if over:
             self.shed_count += 1
         return over
+
+    def streams_full(self) -> bool:
+        """Whether every stream worker is taken: a new blocking stream is refused at once
+        rather than queued behind streams that may stay open for the connection's life."""
+        full = self.stream_pool.unfinished >= self.settings.stream_workers
+        if full:
+            self.shed_count += 1
+        return full
 
     @contextmanager
     def call(self, peer: str, time_remaining: float | None) -> Iterator[None]:
