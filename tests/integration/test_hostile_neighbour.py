@@ -554,3 +554,70 @@ def test_f6_forged_page_tokens_are_invalid_argument(server_db: RunningServer) ->
     _attack_during(Victim(server_db), attack).assert_clean(bound=2.0)
     assert set(attack.codes) == {grpc.StatusCode.INVALID_ARGUMENT}, attack.codes
     assert set(attack.reasons) == {"INVALID_PAGE_TOKEN"}, attack.reasons
+
+
+# -- load shedding: overload is answered at once, not queued past the deadline -----------------
+
+
+def test_overload_is_shed_fast_and_health_checks_still_answer(
+    zumik_server_factory: ServerFactory,
+    dripping_transit: tuple[str, str, type[_Transit]],
+) -> None:
+    address, ca_pem, transit = dripping_transit
+    # One worker, no queue: while a slow call holds the worker, every other unary call is
+    # refused at once (it could only have waited past its deadline).
+    server = zumik_server_factory(
+        ZUMIK_WORKERS=1,
+        ZUMIK_MAX_QUEUED_CALLS=0,
+        ZUMIK_CUSTOMER_KEY_TIMEOUT=3.0,
+        ZUMIK_CUSTOMER_KEY_BREAKER_FAILURES=100,
+    )
+    token = "s.attacker-transit-token-0002"
+    fix_leaks.REGISTRY.add(token, "fake transit token")
+    server.stubs("control-plane").tenants.ConfigureCustomerKey(
+        tenant_service_pb2.ConfigureCustomerKeyRequest(
+            name="tenants/slow/settings",
+            address=address,
+            mount="transit",
+            key_name="k",
+            token=token,
+            ca_certificate_pem=ca_pem,
+        ),
+        timeout=10,
+    )
+    claim = server.mint_claim("slow", "p", ("secrets.seal",))
+    seal = server.stubs("console", claim=claim).seal
+    transit.drip = True
+    slow = seal.Seal.future(
+        seal_service_pb2.SealRequest(parent="tenants/slow/projects/p", plaintext=b"a"), timeout=10
+    )
+    time.sleep(0.5)  # the slow call holds the only worker
+    gateway = server.stubs("gateway").keys
+    health = health_pb2_grpc.HealthStub(server.channel("gateway"))
+    for _ in range(5):
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as caught:
+            gateway.ListSigningKeys(key_service_pb2.ListSigningKeysRequest(), timeout=5)
+        assert time.perf_counter() - started < 0.5
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_info(caught.value).reason == "SERVER_OVERLOADED"
+        started = time.perf_counter()
+        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
+        assert time.perf_counter() - started < 0.5
+    with pytest.raises(grpc.RpcError) as caught:
+        slow.result()
+    assert error_info(caught.value).reason == "CUSTOMER_KEY_UNREACHABLE"
+    transit.drip = False
+    # Once the worker is free (it finishes the slow call's telemetry just after the client got
+    # its answer), calls are served again.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            gateway.ListSigningKeys(key_service_pb2.ListSigningKeysRequest(), timeout=5)
+            break
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
