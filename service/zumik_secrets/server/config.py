@@ -314,7 +314,9 @@ class ServerConfig:
         default=5.0,
         metadata={
             "setting": Setting(
-                "ZUMIK_CUSTOMER_KEY_TIMEOUT", "seconds for each call to a tenant's OpenBao/Vault"
+                "ZUMIK_CUSTOMER_KEY_TIMEOUT",
+                "seconds for each whole call to a tenant's OpenBao/Vault"
+                " (less when the caller's deadline is nearer)",
             )
         },
     )
