@@ -51,15 +51,22 @@ def _deny(
 # -- per-peer caps and pools ---------------------------------------------------------------------
 
 
-def test_per_peer_call_cap_refuses_beyond_and_releases() -> None:
-    limits = Limits(LimitSettings(workers=4, max_calls_per_peer=2))
+def test_per_peer_cap_counts_only_slow_calls_and_releases() -> None:
+    now = [0.0]
+    limits = Limits(LimitSettings(workers=4, max_calls_per_peer=2), clock=lambda: now[0])
     with limits.call("a", None), limits.call("a", None):
+        # Two fast calls running: a third is admitted (a busy healthy client is never refused).
+        with limits.call("a", None):
+            assert limits.calls_held("a") == 3
+        now[0] = 0.6  # both have been running past SLOW_CALL_SECONDS: they hold workers
         with pytest.raises(ResourceExhausted) as info, limits.call("a", None):
             pass
         assert info.value.reason == "PEER_CALL_LIMIT"
         with limits.call("b", None):  # another peer is not affected
             assert limits.calls_held("b") == 1
     assert limits.calls_held("a") == 0
+    with limits.call("a", None):  # the slots came back
+        pass
     limits.shutdown()
 
 

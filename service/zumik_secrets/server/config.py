@@ -106,7 +106,7 @@ class ServerConfig:
         metadata={
             "setting": Setting(
                 "ZUMIK_MAX_CALLS_PER_PEER",
-                "unary calls one peer identity may run at once (0: 3/4 of ZUMIK_WORKERS)",
+                "slow (>= 0.5 s) unary calls one peer may hold at once (0: 3/4 of ZUMIK_WORKERS)",
             )
         },
     )

@@ -10,9 +10,13 @@ service for everyone. The threaded server has a fixed pool of workers; whatever 
   workers unary calls need; when that pool is full a new blocking stream is refused at once
   instead of queueing.
 - **Per-peer caps.** A peer (the SPIFFE ID of its verified certificate; every certificate the
-  policy does not name counts as one peer, ``""``) may run at most ``max_calls_per_peer`` unary
-  calls and hold at most ``max_streams_per_peer`` streams at once; beyond, the call is refused
-  at once with RESOURCE_EXHAUSTED (``PEER_CALL_LIMIT`` / ``PEER_STREAM_LIMIT``).
+  policy does not name counts as one peer, ``""``) may hold at most ``max_calls_per_peer``
+  *slow* unary calls (running for :data:`SLOW_CALL_SECONDS` or more: the ones that hold workers)
+  and at most ``max_streams_per_peer`` streams at once; beyond, a new call is refused at once
+  with RESOURCE_EXHAUSTED (``PEER_CALL_LIMIT`` / ``PEER_STREAM_LIMIT``). Fast calls never count:
+  a busy but healthy client (one gateway serving every tenant at high concurrency) is never
+  refused by this cap, while a peer whose calls hang (a dripping key server, a stalled
+  dependency) can hold at most its cap of workers and leaves the rest to everyone else.
 - **Load shedding.** The unary pool counts what was submitted and has not finished (running plus
   queued). Beyond ``workers + max_queued_calls`` a new call is answered RESOURCE_EXHAUSTED
   (``SERVER_OVERLOADED``) from a small pool of its own, within milliseconds, instead of waiting
@@ -23,6 +27,7 @@ service for everyone. The threaded server has a fixed pool of workers; whatever 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,6 +38,8 @@ from zumik_secrets.core.errors import ResourceExhausted
 
 #: Longest peer identity kept as a counter key (SPIFFE IDs are far shorter; a longer one is cut).
 MAX_PEER_KEY = 512
+#: A unary call running this long counts against its peer's cap (it is holding a worker).
+SLOW_CALL_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +48,8 @@ class LimitSettings:
 
     Attributes:
         workers: Threads of the unary pool.
-        max_calls_per_peer: Unary calls one peer may run at once (0: ``workers * 3 // 4``, at
-            least 1): a peer can never hold every worker.
+        max_calls_per_peer: Slow unary calls one peer may hold at once (0: ``workers * 3 // 4``,
+            at least 1): a peer can never hold every worker with hanging calls.
         max_streams_per_peer: Streams one peer may hold open at once.
         stream_workers: Threads of the pool for blocking stream handlers; when all are taken a
             new blocking stream is refused at once (RESOURCE_EXHAUSTED ``SERVER_OVERLOADED``).
@@ -155,11 +162,49 @@ class _Counter:
             return self._counts.get(key[:MAX_PEER_KEY], 0)
 
 
+class _SlowCalls:
+    """Running calls per key; refuses a new one while ``limit`` of the key's calls are slow."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._running: dict[str, dict[object, float]] = {}
+
+    def acquire(self, key: str) -> Callable[[], None]:
+        key = key[:MAX_PEER_KEY]
+        token = object()
+        with self._lock:
+            now = self._clock()
+            running = self._running.setdefault(key, {})
+            if len(running) >= self._limit:
+                slow = sum(1 for started in running.values() if now - started >= SLOW_CALL_SECONDS)
+                if slow >= self._limit:
+                    raise _peer_limit("call", self._limit)
+            running[token] = now
+
+        def release() -> None:
+            with self._lock:
+                calls = self._running.get(key)
+                if calls is not None:
+                    calls.pop(token, None)
+                    if not calls:
+                        del self._running[key]
+
+        return release
+
+    def held(self, key: str) -> int:
+        with self._lock:
+            return len(self._running.get(key[:MAX_PEER_KEY], {}))
+
+
 class Limits:
     """The admission state of one server process."""
 
-    def __init__(self, settings: LimitSettings) -> None:
-        """Create the pools and counters."""
+    def __init__(
+        self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Create the pools and counters (``clock``: for tests)."""
         self.settings = settings
         self.unary_pool = CountingExecutor(settings.workers, thread_name_prefix="zumik-rpc")
         self.stream_pool = CountingExecutor(
@@ -168,7 +213,7 @@ class Limits:
         #: Answers shed calls, over-long method paths and health checks; two threads suffice
         #: (each takes microseconds).
         self.shed_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zumik-shed")
-        self._calls = _Counter(settings.calls_per_peer, "call")
+        self._calls = _SlowCalls(settings.calls_per_peer, clock)
         self._streams = _Counter(settings.max_streams_per_peer, "stream")
         self.shed_count = 0
 
