@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+from zumik_secrets.core.names import is_resource_name
 from zumik_secrets.core.secret_patterns import (
     MAX_SCAN_CHARS,
     PEM_PRIVATE_KEY,
@@ -23,7 +24,6 @@ from zumik_secrets.core.secret_patterns import (
     redact,
     secret_kind,
 )
-from zumik_secrets.core.names import is_resource_name
 from zumik_secrets.core.secret_scrub import scrub_text, scrub_value
 from zumik_secrets.server.log_setup import redact as log_redact
 
