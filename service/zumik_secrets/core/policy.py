@@ -27,7 +27,7 @@ policy refuses everything.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +77,10 @@ class _Identity:
 class Policy:
     """A parsed, validated authorization policy.
 
-    Decisions are cached per (identity, method): the policy is immutable once built.
+    Decisions are cached per (identity, method): the policy is immutable once built. The cache
+    is keyed by caller input, so it holds only identities the policy names and methods the server
+    serves (:meth:`limit_cache_to`); any other pair is decided without being remembered (two set
+    look-ups: nothing worth caching), so no caller can grow it.
     """
 
     def __init__(
@@ -87,6 +90,20 @@ class Policy:
         self._common = common
         self._identities = dict(identities)
         self._cache: dict[tuple[str, str], Decision] = {}
+        self._cacheable: frozenset[str] | None = None
+
+    def limit_cache_to(self, methods: Iterable[str]) -> None:
+        """Cache decisions only for ``methods`` (the ones the server serves, ``/pkg.Svc/M``).
+
+        Until this is called nothing is cached (an unknown method path is attacker input).
+        """
+        self._cacheable = frozenset(methods)
+        self._cache.clear()
+
+    @property
+    def cached_decisions(self) -> int:
+        """How many decisions the cache holds (bounded: named identities x served methods)."""
+        return len(self._cache)
 
     @property
     def identities(self) -> tuple[str, ...]:
@@ -100,7 +117,11 @@ class Policy:
         if cached is not None:
             return cached
         decision = self._decide(identity, method)
-        if len(self._cache) < 100_000:
+        if (
+            self._cacheable is not None
+            and method in self._cacheable
+            and (identity or "") in self._identities
+        ):
             self._cache[key] = decision
         return decision
 

@@ -33,6 +33,7 @@ from zumik_secrets.app.signing_keys import ISSUER, SigningKeys
 from zumik_secrets.app.tenant_settings import RetentionDefaults, TenantSettingsService
 from zumik_secrets.app.usage_recorder import UsageFlusher
 from zumik_secrets.app.verification import FailureGuard
+from zumik_secrets.core import page_tokens
 from zumik_secrets.core.claims import ClaimVerifier, TenantClaim
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.core.policy import Policy
@@ -120,6 +121,8 @@ class Runtime:
         """
         policy = load_policy(config.policy_file)
         keyring = load_keyring(config)
+        # Page tokens are authenticated under a key every replica derives alike (finding 6).
+        page_tokens.configure(next(v.key for v in keyring.versions if v.version == keyring.primary))
         store = open_store(config.database_url)
         try:
             if migrate:
@@ -205,6 +208,9 @@ class Runtime:
                 audit,
                 timeout=config.customer_key_timeout,
                 cache_ttl=config.data_key_cache_ttl,
+                concurrency=config.customer_key_concurrency,
+                breaker_failures=config.customer_key_breaker_failures,
+                breaker_seconds=config.customer_key_breaker_seconds,
             )
             data_keys = DataKeys(
                 store.data_keys,

@@ -57,11 +57,15 @@ def map_db_errors() -> Iterator[None]:
         AlreadyExists: A unique constraint failed.
         Unavailable: Cannot connect, the pool timed out or is closed, the server went away,
             or the transaction must be retried (serialization failure, deadlock).
+        InvalidArgument: ``VALUE_OUT_OF_RANGE``: a value the column cannot hold.
     """
     try:
         yield
     except psycopg.errors.UniqueViolation as exc:
         raise c.already_exists() from exc
+    except (psycopg.errors.NumericValueOutOfRange, psycopg.DataError, OverflowError) as exc:
+        # A value the column cannot hold (an integer >= 2^63): bad input, never INTERNAL.
+        raise c.out_of_range() from exc
     except (psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
         # OperationalError covers PoolTimeout, connection failures, admin shutdown, query
         # cancellation and transaction-rollback errors: all "try again later".

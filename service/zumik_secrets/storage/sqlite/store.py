@@ -72,6 +72,7 @@ def map_db_errors() -> Iterator[None]:
     Raises:
         AlreadyExists: A UNIQUE or PRIMARY KEY constraint failed.
         Unavailable: The database is locked past busy_timeout, unreadable, or closed.
+        InvalidArgument: ``VALUE_OUT_OF_RANGE``: an integer too large for the database.
     """
     try:
         yield
@@ -80,6 +81,9 @@ def map_db_errors() -> Iterator[None]:
         if mapped is None:
             raise
         raise mapped from exc
+    except OverflowError as exc:
+        # An integer SQLite cannot hold (>= 2^63) reached a query: bad input, never INTERNAL.
+        raise c.out_of_range() from exc
 
 
 class _Combined:

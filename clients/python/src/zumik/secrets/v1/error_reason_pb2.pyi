@@ -215,6 +215,42 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     a handle reference, ...) holds something that looks like one; `metadata.field` names it,
     the value is never echoed, and nothing was stored.
     """
+    ERROR_REASON_SCOPE_ESCALATION: _ErrorReason.ValueType  # 81
+    """PERMISSION_DENIED: a credential would carry a scope the caller's claim lacks (minting
+    authority never grows); `metadata.scopes` names the refused scopes.
+    """
+    ERROR_REASON_IMPERSONATION_NOT_ALLOWED: _ErrorReason.ValueType  # 82
+    """PERMISSION_DENIED: a session for another user than the claim's subject needs the policy's
+    separately named impersonation right.
+    """
+    ERROR_REASON_CLAIM_REVOKED: _ErrorReason.ValueType  # 83
+    """UNAUTHENTICATED: the claim was minted from an API key or session that has since been revoked,
+    deleted, expired or rotated past its grace; verify the credential again.
+    """
+    ERROR_REASON_CLAIM_NO_CREDENTIAL: _ErrorReason.ValueType  # 84
+    """UNAUTHENTICATED: the claim names no source credential (`cid`); claims minted by an older
+    release are refused.
+    """
+    ERROR_REASON_SCOPE_PURGED: _ErrorReason.ValueType  # 85
+    """FAILED_PRECONDITION: the tenant or project was purged; nothing in it can be read or created."""
+    ERROR_REASON_PEER_CALL_LIMIT: _ErrorReason.ValueType  # 86
+    """RESOURCE_EXHAUSTED: too many of this caller's calls are running for a long time at once;
+    `google.rpc.RetryInfo` says when to retry.
+    """
+    ERROR_REASON_PEER_STREAM_LIMIT: _ErrorReason.ValueType  # 87
+    """RESOURCE_EXHAUSTED: too many concurrent streams from this caller; retry later."""
+    ERROR_REASON_SERVER_OVERLOADED: _ErrorReason.ValueType  # 88
+    """RESOURCE_EXHAUSTED: the server is overloaded and shed the call; retry with backoff."""
+    ERROR_REASON_CUSTOMER_KEY_BUSY: _ErrorReason.ValueType  # 89
+    """RESOURCE_EXHAUSTED: too many of this tenant's calls are waiting on its customer key server."""
+    ERROR_REASON_DATA_KEY_BUSY: _ErrorReason.ValueType  # 90
+    """UNAVAILABLE: the wait for a data key another call is unwrapping outlasted the caller's
+    deadline; retry.
+    """
+    ERROR_REASON_VALUE_OUT_OF_RANGE: _ErrorReason.ValueType  # 91
+    """INVALID_ARGUMENT: a number in the request (e.g. a page offset) is outside what storage can
+    represent.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: every value of `google.rpc.ErrorInfo.reason` this service sends.
@@ -424,5 +460,41 @@ ERROR_REASON_SECRET_IN_FIELD: ErrorReason.ValueType  # 80
 """INVALID_ARGUMENT: a field not meant for secrets (a display name, metadata, a user subject,
 a handle reference, ...) holds something that looks like one; `metadata.field` names it,
 the value is never echoed, and nothing was stored.
+"""
+ERROR_REASON_SCOPE_ESCALATION: ErrorReason.ValueType  # 81
+"""PERMISSION_DENIED: a credential would carry a scope the caller's claim lacks (minting
+authority never grows); `metadata.scopes` names the refused scopes.
+"""
+ERROR_REASON_IMPERSONATION_NOT_ALLOWED: ErrorReason.ValueType  # 82
+"""PERMISSION_DENIED: a session for another user than the claim's subject needs the policy's
+separately named impersonation right.
+"""
+ERROR_REASON_CLAIM_REVOKED: ErrorReason.ValueType  # 83
+"""UNAUTHENTICATED: the claim was minted from an API key or session that has since been revoked,
+deleted, expired or rotated past its grace; verify the credential again.
+"""
+ERROR_REASON_CLAIM_NO_CREDENTIAL: ErrorReason.ValueType  # 84
+"""UNAUTHENTICATED: the claim names no source credential (`cid`); claims minted by an older
+release are refused.
+"""
+ERROR_REASON_SCOPE_PURGED: ErrorReason.ValueType  # 85
+"""FAILED_PRECONDITION: the tenant or project was purged; nothing in it can be read or created."""
+ERROR_REASON_PEER_CALL_LIMIT: ErrorReason.ValueType  # 86
+"""RESOURCE_EXHAUSTED: too many of this caller's calls are running for a long time at once;
+`google.rpc.RetryInfo` says when to retry.
+"""
+ERROR_REASON_PEER_STREAM_LIMIT: ErrorReason.ValueType  # 87
+"""RESOURCE_EXHAUSTED: too many concurrent streams from this caller; retry later."""
+ERROR_REASON_SERVER_OVERLOADED: ErrorReason.ValueType  # 88
+"""RESOURCE_EXHAUSTED: the server is overloaded and shed the call; retry with backoff."""
+ERROR_REASON_CUSTOMER_KEY_BUSY: ErrorReason.ValueType  # 89
+"""RESOURCE_EXHAUSTED: too many of this tenant's calls are waiting on its customer key server."""
+ERROR_REASON_DATA_KEY_BUSY: ErrorReason.ValueType  # 90
+"""UNAVAILABLE: the wait for a data key another call is unwrapping outlasted the caller's
+deadline; retry.
+"""
+ERROR_REASON_VALUE_OUT_OF_RANGE: ErrorReason.ValueType  # 91
+"""INVALID_ARGUMENT: a number in the request (e.g. a page offset) is outside what storage can
+represent.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
