@@ -190,3 +190,20 @@ clean: ## Remove build output and caches (keeps the venv, node_modules and var/)
 
 distclean: clean ## Also remove the venvs and node_modules
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules
+
+# ------------------------------------------------------------------------------ day-two operations
+# Issue 21's targets, kept in one block: backup/restore drill, image, image SBOM.
+# docs/operations/ explains them; tests/integration/test_operations.py runs the drill and the
+# runbooks under `make test`.
+
+.PHONY: restore-drill image sbom-image
+
+restore-drill: $(VENV_STAMP) ## Backup + point-in-time restore drill on a throwaway PostgreSQL (~15 s)
+	$(PY) scripts/restore_drill.py
+
+IMAGE ?= zumik-secrets:dev
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+image: ## docker build deploy/Dockerfile (PYTHON_IMAGE= a locally built base; see deploy/README.md)
+	@command -v docker >/dev/null 2>&1 || \
+	  { echo "error: no docker CLI here; see deploy/README.md (The image)" >&2; exit 1; }
+	docker build -f deploy/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) .
