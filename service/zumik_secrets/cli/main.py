@@ -44,13 +44,27 @@ def _write_secret_file(path: Path, text: str, *, overwrite: bool) -> bool:
 
 
 def _grpcurl_hint(listen: str, pki: Path) -> str:
+    from zumik_secrets.cli.health_check import loopback_target
+
     # The dev extra installs grpcurl next to this interpreter; name it so the line works as is.
     beside = Path(sys.executable).parent / "grpcurl"
     grpcurl = "grpcurl" if shutil.which("grpcurl") or not beside.exists() else str(beside)
+    try:
+        target = loopback_target(listen)  # a wildcard listen address is dialled on loopback
+    except ValueError:
+        target = listen
     return (
         f"{grpcurl} -cacert {pki}/ca.crt -cert {pki}/console.crt -key {pki}/console.key "
-        f"{listen} list"
+        f"{target} list"
     )
+
+
+def _configured_listen() -> str:
+    """ZUMIK_LISTEN as `serve` will read it (environment, else ZUMIK_CONFIG's file)."""
+    try:
+        return ServerConfig.load({**os.environ, "ZUMIK_DEV": "1"}).listen
+    except (ValueError, OSError, ZumikError):
+        return os.environ.get("ZUMIK_LISTEN") or DEFAULT_LISTEN
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -232,7 +246,7 @@ def cmd_dev_setup(args: argparse.Namespace) -> int:
     args.database_url = None
     args.status = args.dry_run = False
     cmd_migrate(args)
-    hint = _grpcurl_hint(DEFAULT_LISTEN, pki_dir)
+    hint = _grpcurl_hint(_configured_listen(), pki_dir)
     print(f"dev PKI in {pki_dir}; start with `make run`, then:\n  {hint}")
     return 0
 
