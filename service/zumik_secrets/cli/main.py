@@ -1,7 +1,7 @@
 """`zumik-secrets`: the command line of the service.
 
 Commands: serve, migrate, keygen, rewrap-data-keys, health, dev-pki, dev-setup, audit verify,
-purge verify-receipt, retention run.
+purge verify-receipt, retention run, signing-keys list/retire.
 Configuration comes from `ZUMIK_*` environment variables (and an optional TOML file named by
 ZUMIK_CONFIG); `--help` lists them.
 """
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zumik_secrets.cli import audit_verify, lifecycle
+from zumik_secrets.cli import audit_verify, lifecycle, signing_keys
 from zumik_secrets.cli.dev_pki import DEFAULT_ROLES, generate_dev_pki
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_verify.add_parser(sub)
     lifecycle.add_parsers(sub)
+    signing_keys.add_parsers(sub)
     return parser
 
 
