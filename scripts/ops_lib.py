@@ -282,8 +282,8 @@ class ServerProcess:
             ZUMIK_POLICY_FILE=str(dev_policy_path()),
             ZUMIK_MASTER_KEYRING_FILE=str(keyring),
             ZUMIK_WORKERS="4",
-            **(extra_env or {}),
         )
+        env.update(extra_env or {})
         self._out = log.open("ab")
         # -P: with python_path, nothing from the current directory shadows the old release.
         self.proc = subprocess.Popen(
