@@ -509,6 +509,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubernetes_validate(tools, overlay.name, core_file, versions, report)
         validate_custom(overlay.name, docs, schemas, report)
         zumik_consistency(overlay.name, docs, deploy_dir, report)
+    # Standalone manifests applied by hand (the point-in-time restore): custom resources only.
+    standalone = sorted((deploy_dir / "k8s/restore").glob("*.yaml"))
+    if standalone:
+        docs = [d for f in standalone for d in yaml.safe_load_all(f.read_text("utf-8")) if d]
+        validate_custom("restore", docs, schemas, report)
+        restore_problems: list[str] = []
+        for doc in docs:
+            target = doc.get("spec", {}).get("bootstrap", {}).get("recovery", {})
+            targets = set(target.get("recoveryTarget", {})) & {"targetTime", "targetLSN"}
+            if len(targets) > 1:
+                restore_problems.append(f"{_ident(doc)}: set targetTime or targetLSN, not both")
+            archive = doc.get("spec", {}).get("backup", {}).get("barmanObjectStore", {})
+            sources = {
+                c.get("barmanObjectStore", {}).get("serverName", c.get("name"))
+                for c in doc.get("spec", {}).get("externalClusters", [])
+            }
+            if archive.get("serverName", doc["metadata"]["name"]) in sources:
+                restore_problems.append(
+                    f"{_ident(doc)}: archives under the serverName it restores from"
+                )
+        report.check("restore manifests", restore_problems, f"{len(docs)} objects")
     if built_all.exists():
         run_checkov(tools, built_all, report)
     run_yamllint(tools, deploy_dir, report)

@@ -129,7 +129,10 @@ audit_verify() {
   as auditor -d "{\"parent\":\"tenants/$tenant\"}" "$ADDR" \
     zumik.secrets.v1.AuditService/ExportEvents | jq -r .line > "$OUT/$tenant-audit.jsonl"
   as auditor "$ADDR" zumik.secrets.v1.AuditService/ListCheckpointKeys > "$OUT/checkpoint-keys.json"
-  "$ZUMIK" audit verify "$OUT/$tenant-audit.jsonl" --keys "$OUT/checkpoint-keys.json"
+  # With a checkpoint witness (ZUMIK_AUDIT_WITNESS_DIR, a copy the database writer cannot
+  # rewrite), the export must also agree with the checkpoints published there.
+  "$ZUMIK" audit verify "$OUT/$tenant-audit.jsonl" --keys "$OUT/checkpoint-keys.json" \
+    ${ZUMIK_AUDIT_WITNESS_DIR:+--witness "$ZUMIK_AUDIT_WITNESS_DIR"}
 }
 
 steps="master_key_add master_key_finish signing_key_compromised leaked_api_key leaked_session

@@ -75,6 +75,8 @@ def test_deploy_check_passes_on_the_real_manifests(tmp_path: Path) -> None:
         "custom resources prod",
         "zumik consistency prod",
         "custom resources prod: 3 objects",
+        "custom resources restore: 1 objects",
+        "restore manifests: 1 objects",
         "checkov --framework kubernetes: ",
         "yamllint --strict deploy/",
         "hadolint deploy/Dockerfile",
