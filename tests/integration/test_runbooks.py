@@ -7,6 +7,7 @@ refuse (dropping a master-key version still in use, a denied identity) are shown
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -219,3 +220,25 @@ def test_every_runbook_step_runs_and_has_its_effect(ops: Ops) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "refused: billing" in r.stdout
     c.close()
+
+
+def _functions(text: str) -> dict[str, str]:
+    return {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"^([a-z_]+)\(\) \{\n.*?^\}$", text, flags=re.MULTILINE | re.DOTALL)
+    }
+
+
+def test_the_runbooks_quote_the_script_verbatim() -> None:
+    script = _functions(SCRIPT.read_text(encoding="utf-8"))
+    quoted: dict[str, str] = {}
+    for page in sorted((REPO / "docs/operations").glob("*.md")):
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL):
+            for name, body in _functions(block).items():
+                assert body == script.get(name), f"{page.name}: {name} differs from runbooks.sh"
+                quoted[name] = page.name
+    # Every step of the script is in some runbook (the helpers included).
+    steps = subprocess.run(
+        ["bash", str(SCRIPT), "list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(quoted) == sorted(steps), set(steps) ^ set(quoted)
