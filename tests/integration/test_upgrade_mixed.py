@@ -13,12 +13,16 @@ test does what a rolling update does (docs/operations/upgrade.md):
 5. rollback: this release's server stops, the old one keeps serving on the newest schema.
 
 It stays generic: it asserts nothing about which migrations are new, only that the old release
-works on the newest schema, which is the expand/contract rule every migration must keep.
+works on the newest schema, which is the expand/contract rule every migration must keep. So that
+the migration step is never empty, "this release" is this checkout plus one synthetic expand
+migration (``PROBE_MIGRATION``: a new table and a new nullable column on the hottest tables, as
+a feature would add them).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -43,6 +47,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # The last release: main at the start of the day-two-operations round.
 PREVIOUS_RELEASE = os.environ.get("ZUMIK_PREVIOUS_RELEASE", "eb4c308")
 SOURCES = ("service", "clients/python/src")
+PROBE_VERSION = 9000
+PROBE_MIGRATION = """-- An expand migration as a new feature would write it (test_upgrade_mixed.py).
+CREATE TABLE upgrade_probe (id BIGINT PRIMARY KEY, note TEXT);
+ALTER TABLE api_keys ADD COLUMN upgrade_probe TEXT;
+ALTER TABLE audit_events ADD COLUMN upgrade_probe TEXT;
+"""
 SCOPES = ["secrets.seal", "secrets.open", "secrets.read", "keys.read"]
 
 
@@ -68,6 +78,24 @@ def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def this_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout's sources plus the synthetic expand migration, in both adapters."""
+    out = tmp_path_factory.mktemp("this-release")
+    for src in SOURCES:
+        shutil.copytree(
+            REPO / src, out / src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    for backend in ("postgres", "sqlite"):
+        migrations = out / "service/zumik_secrets/storage" / backend / "migrations"
+        (migrations / f"{PROBE_VERSION}_upgrade_probe.sql").write_text(PROBE_MIGRATION)
+    return out
+
+
+def _path(tree: Path) -> list[Path]:
+    return [tree / "service", tree / "clients/python/src"]
+
+
 @pytest.fixture
 def servers() -> Iterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
@@ -77,8 +105,8 @@ def servers() -> Iterator[list[ServerProcess]]:
         fix_leaks.add_haystack_file(server.log)
 
 
-def _old_code_is_used(old: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": f"{old / 'service'}{os.pathsep}{old / 'clients/python/src'}"}
+def _code_used(tree: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in _path(tree))}
     probe = subprocess.run(
         [sys.executable, "-P", "-c", "import zumik_secrets; print(zumik_secrets.__file__)"],
         env=env,
@@ -107,13 +135,15 @@ def _load(client: Client, raw_key: str, secret: str, stop: threading.Event) -> l
 
 def test_previous_release_and_this_one_serve_one_postgresql_side_by_side(
     previous_release: Path,
+    this_release: Path,
     fresh_pg_url: str,
     dev_pki: DevPki,
     tmp_path: Path,
     servers: list[ServerProcess],
 ) -> None:
-    old_path = [previous_release / "service", previous_release / "clients/python/src"]
-    assert _old_code_is_used(previous_release).startswith(str(previous_release))
+    old_path, new_path = _path(previous_release), _path(this_release)
+    assert _code_used(previous_release).startswith(str(previous_release))
+    assert _code_used(this_release).startswith(str(this_release))
     keyring = tmp_path / "keyring.json"
     keyring.write_text(generate_keyring(), encoding="utf-8")
     fix_leaks.REGISTRY.add_keyring(keyring.read_text())
@@ -130,9 +160,14 @@ def test_previous_release_and_this_one_serve_one_postgresql_side_by_side(
     secret_old = via_old.seal(claim_old, "acme", "web", b"sealed-by-the-previous-release")
 
     # 2. Migrate to this release's schema while the old server is under load.
-    env = {"ZUMIK_DATABASE_URL": fresh_pg_url}
+    env = {
+        "ZUMIK_DATABASE_URL": fresh_pg_url,
+        "PYTHONPATH": os.pathsep.join(str(p) for p in new_path),
+    }
     status = cli("migrate", "--status", env=env)
-    assert status.returncode in (0, 3), status.stdout + status.stderr
+    assert status.returncode == 3, status.stdout + status.stderr  # something to apply
+    assert f"{PROBE_VERSION:04d} upgrade_probe" in status.stdout
+    assert "pending" in status.stdout.split(f"{PROBE_VERSION:04d}")[1].splitlines()[0]
     dry = cli("migrate", "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
     assert cli("migrate", "--status", env=env).stdout == status.stdout  # dry run changed nothing
@@ -152,7 +187,9 @@ def test_previous_release_and_this_one_serve_one_postgresql_side_by_side(
         time.sleep(0.5)
 
         # 3. This release's server joins on the same database.
-        new = ServerProcess(dev_pki, fresh_pg_url, keyring, tmp_path / "new.log")
+        new = ServerProcess(
+            dev_pki, fresh_pg_url, keyring, tmp_path / "new.log", python_path=new_path
+        )
         servers.append(new)
         new.wait_serving()
         via_new = Client(dev_pki, new.target)
@@ -210,3 +247,19 @@ def test_previous_release_and_this_one_serve_one_postgresql_side_by_side(
     assert key_back_name.startswith("tenants/acme/projects/web/apiKeys/")
     via_old.close()
     via_new.close()
+    # A fresh pod of the previous release starts on the newest schema (its own migrate finds
+    # nothing of its own to apply and leaves the newer versions alone).
+    old.stop()
+    again = ServerProcess(
+        dev_pki, fresh_pg_url, keyring, tmp_path / "old-again.log", python_path=old_path
+    )
+    servers.append(again)
+    again.wait_serving()
+    restarted = Client(dev_pki, again.target)
+    result, claim_again = restarted.verify(key_back)
+    assert result == "VERIFY_RESULT_VALID"
+    fix_leaks.REGISTRY.add(claim_again, "claim from the restarted previous release")
+    assert restarted.open(claim_again, secret_old) == b"sealed-by-the-previous-release"
+    restarted.close()
+    final = cli("migrate", "--status", env=env)
+    assert final.returncode == 0 and f"{PROBE_VERSION:04d} upgrade_probe" in final.stdout
