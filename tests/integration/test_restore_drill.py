@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 from ops_lib import pg_bin  # noqa: E402
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Generous: several server and PostgreSQL processes on a shared 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_restore_drill_passes() -> None:

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 from ops_lib import Client, ServerProcess, cli  # noqa: E402
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Generous: several server and PostgreSQL processes on a shared 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 SCRIPT = REPO / "scripts/runbooks.sh"
 VENV_BIN = Path(sys.executable).parent

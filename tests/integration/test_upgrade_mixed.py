@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 from ops_lib import Client, ServerProcess, cli  # noqa: E402
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Generous: several server and PostgreSQL processes on a shared 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 # The last release: main at the start of the day-two-operations round.
 PREVIOUS_RELEASE = os.environ.get("ZUMIK_PREVIOUS_RELEASE", "eb4c308")
