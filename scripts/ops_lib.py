@@ -1,5 +1,5 @@
-"""Building blocks of the operations drills (scripts/restore_drill.py, scripts/runbooks.sh's
-helpers and tests/integration/test_upgrade_mixed.py): a throwaway PostgreSQL cluster with WAL
+"""Building blocks of the operations drills (scripts/restore_drill.py and the tests of the
+upgrade, the runbooks and the README walkthrough): a throwaway PostgreSQL cluster with WAL
 archiving, a `zumik-secrets serve` child process, and a client that talks to it as the dev-policy
 identities over mTLS, the way the platform's services do (no in-process shortcuts: a claim comes
 from VerifyApiKey).
