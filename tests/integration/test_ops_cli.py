@@ -95,6 +95,7 @@ def test_drop_version_refuses_the_primary_an_active_and_an_unknown_version(
     assert r.returncode == 0, r.stdout + r.stderr
     ring = MasterKeyring.from_text(keyring.read_text())
     assert list(ring.fingerprints()) == [2] and ring.primary == 2
+    assert (keyring.stat().st_mode & 0o777) == 0o600  # written like every keyring change
 
 
 def test_signing_keys_retire_refuses_the_active_key(tmp_path: Path) -> None:
