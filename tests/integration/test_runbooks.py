@@ -47,6 +47,8 @@ class Ops:
         self.policy = dev_policy_path()
         self.out = work / "evidence"
         self.out.mkdir()
+        self.witness = work / "witness"  # checkpoints outside the database
+        self.witness.mkdir()
         self.server: ServerProcess | None = None
         self.logs = 0
 
@@ -60,7 +62,10 @@ class Ops:
             self.db,
             self.keyring,
             self.work / f"server-{self.logs}.log",
-            extra_env={"ZUMIK_POLICY_FILE": str(self.policy)},
+            extra_env={
+                "ZUMIK_POLICY_FILE": str(self.policy),
+                "ZUMIK_AUDIT_WITNESS_DIR": str(self.witness),
+            },
         )
         self.server.wait_serving()
         return Client(self.pki, self.server.target)
@@ -82,6 +87,7 @@ class Ops:
             ZUMIK_DATABASE_URL=self.db,
             OUT=str(self.out),
             ZUMIK=str(VENV_BIN / "zumik-secrets"),
+            ZUMIK_AUDIT_WITNESS_DIR=str(self.witness),
         )
         result = subprocess.run(
             ["bash", str(SCRIPT), step, *args],
@@ -140,10 +146,27 @@ def test_every_runbook_step_runs_and_has_its_effect(ops: Ops) -> None:
     )
     fix_leaks.REGISTRY.add(session.token, "runbook test session")
 
-    # Audit verification: export, checkpoint keys, offline verify.
+    # Audit verification: export, checkpoint keys, offline verify against the witness.
     r = ops.run("audit-verify", "acme")
     assert r.returncode == 0, r.stdout + r.stderr
     assert (ops.out / "acme-audit.jsonl").stat().st_size > 0
+    assert any(ops.witness.iterdir()), "the server published checkpoints to the witness"
+    # The check can fail: an export cut short (no signed checkpoint over its end) is refused.
+    export = ops.out / "acme-audit.jsonl"
+    lines = export.read_text().splitlines()
+    export.write_text("\n".join(lines[:2]) + "\n")
+    env = {"ZUMIK_DATABASE_URL": ops.db}
+    cut = cli(
+        "audit",
+        "verify",
+        str(export),
+        "--keys",
+        str(ops.out / "checkpoint-keys.json"),
+        "--witness",
+        str(ops.witness),
+        env=env,
+    )
+    assert cut.returncode == 1 and "FAILED" in cut.stdout, cut.stdout + cut.stderr
 
     # Leaked API key: revoked, and its use (verify, seal, open with its claim) is listed.
     r = ops.run("leaked-api-key", key_name)
