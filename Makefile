@@ -201,7 +201,7 @@ distclean: clean ## Also remove the venvs and node_modules
 
 .PHONY: restore-drill image sbom-image
 
-restore-drill: $(VENV_STAMP) ## Backup + point-in-time restore drill on a throwaway PostgreSQL (~15 s)
+restore-drill: $(VENV_STAMP) ## Backup + point-in-time restore drill on a throwaway PostgreSQL (11-50 s)
 	$(PY) scripts/restore_drill.py
 
 IMAGE ?= zumik-secrets:dev

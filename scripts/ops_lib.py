@@ -427,6 +427,12 @@ class Client:
         )
         return resp
 
+    def create_checkpoint(self, tenant: str) -> None:
+        """The auditor asks for a signed checkpoint over the tenant's head (published to the
+        witness when the server has one)."""
+        stub = audit_service_pb2_grpc.AuditServiceStub(self.channel("auditor"))
+        stub.CreateCheckpoint(apb.CreateCheckpointRequest(parent=f"tenants/{tenant}"), timeout=30)
+
     def checkpoint_keys(self) -> dict[str, Any]:
         """ListCheckpointKeys as protobuf JSON (what `audit verify`/`purge verify-receipt` take)."""
         stub = audit_service_pb2_grpc.AuditServiceStub(self.channel("auditor"))

@@ -14,7 +14,9 @@ What it does, printing each step and check (docs/operations/backup-restore.md ex
    verify, the revocation and the purge hold, the receipt is served and verifies offline.
 6. Restores to T1 into another cluster: every wrapped key in it is under master-key version 1,
    which the current keyring no longer has, so with the current keyring nothing sealed in it can
-   be opened (shown offline). With the keyring backup of T1 it starts, and shows what came back:
+   be opened (shown offline). Against the audit witness of before the restore the restored
+   chain fails (the witness remembers what the restore removed); with a new witness and the
+   keyring backup of T1 the service starts, and shows what came back:
    the revoked key verifies VALID again and the purged tenant's secret opens again. The drill
    then re-applies the revocation and the purge (the operator's duty after such a restore) and
    checks they hold; the key created after T1 does not exist.
@@ -35,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from ops_lib import Client, PgCluster, ServerProcess, cli
+from zumik.secrets.v1 import audit_service_pb2 as apb
 
-from zumik_secrets.cli.dev_pki import generate_dev_pki
+from zumik_secrets.cli.dev_pki import DevPki, generate_dev_pki
 from zumik_secrets.core.errors import DecryptionFailed
 from zumik_secrets.core.keyring import MasterKeyring, blob_version, generate_keyring
 
@@ -64,6 +67,10 @@ class Drill:
     def note(self, text: str) -> None:
         """Print an observation that is not a pass/fail check."""
         print(f"  ..   {text}", flush=True)
+
+
+def _serve(pki: DevPki, url: str, ring: Path, log: Path, witness: Path) -> ServerProcess:
+    return ServerProcess(pki, url, ring, log, extra_env={"ZUMIK_AUDIT_WITNESS_DIR": str(witness)})
 
 
 def _first(text: str) -> str:
@@ -118,12 +125,16 @@ def run(work: Path) -> int:
     keyring.chmod(0o600)
     offsite = work / "offsite"  # what the operator keeps outside the database
     offsite.mkdir()
+    witness = offsite / "witness"  # audit checkpoints published outside the database
+    witness.mkdir()
+    after_restore = offsite / "witness-after-T1-restore"
+    after_restore.mkdir()
 
     d.step("1. PostgreSQL with WAL archiving, and the service on it")
     primary = PgCluster.create(work / "pg", "primary", archive)
     primary.query(f"CREATE DATABASE {db}")
     print(f"  cluster on 127.0.0.1:{primary.port}, archive_command -> {archive}")
-    server = ServerProcess(pki, primary.url(db), keyring, work / "server-primary.log")
+    server = _serve(pki, primary.url(db), keyring, work / "server-primary.log", witness)
     clusters = [primary]
     servers = [server]
     try:
@@ -156,6 +167,7 @@ def run(work: Path) -> int:
         receipt_name = purge["receipt"]["name"]
         receipt_file = _write_json(offsite / "globex-receipt.json", purge)
         keys_file = _write_json(offsite / "checkpoint-keys.json", c.checkpoint_keys())
+        c.create_checkpoint("acme")  # published to the witness: it now pins the changes
         print(f"  created {k3_name}; revoked {k1_name}; purged tenants/globex ({receipt_name})")
         c.close()
         server.stop()
@@ -186,7 +198,7 @@ def run(work: Path) -> int:
             set(_wrapped_versions(after, db)) == {2},
             str(_wrapped_versions(after, db)),
         )
-        server = ServerProcess(pki, after.url(db), keyring, work / "server-L2.log")
+        server = _serve(pki, after.url(db), keyring, work / "server-L2.log", witness)
         servers.append(server)
         server.wait_serving()
         c = Client(pki, server.target)
@@ -232,7 +244,21 @@ def run(work: Path) -> int:
             "the T1 restore cannot open any sealed secret (the service will not start)"
         )
         old_ring = offsite / "keyring-at-T1.json"
-        server = ServerProcess(pki, before.url(db), old_ring, work / "server-T1.log")
+        server = _serve(pki, before.url(db), old_ring, work / "server-T1-w.log", witness)
+        servers.append(server)
+        server.wait_serving()
+        c = Client(pki, server.target)
+        chain = c.verify_chain("acme")
+        d.check(
+            "against the pre-restore witness acme's restored chain fails (as it must)",
+            not chain.ok,
+            apb.ChainFailure.Name(chain.failure),
+        )
+        c.close()
+        server.stop()
+        # The operator keeps the old witness as evidence and starts a new one for the restored
+        # history (docs/operations/backup-restore.md).
+        server = _serve(pki, before.url(db), old_ring, work / "server-T1.log", after_restore)
         servers.append(server)
         server.wait_serving()
         c = Client(pki, server.target)
@@ -290,7 +316,8 @@ def run(work: Path) -> int:
         "  before them), each from one pg_basebackup plus the WAL archive, into a new cluster.\n"
         "  verified: audit chains, the purge receipt (served and offline), revocation and purge\n"
         "  at L2; at T1 the revocation and the purge were undone until re-applied, and nothing\n"
-        "  sealed at T1 opens without the keyring backup of T1 (version 1 was dropped)."
+        "  sealed at T1 opens without the keyring backup of T1 (version 1 was dropped), and\n"
+        "  the pre-restore audit witness rejects the T1 chain (a new witness serves it)."
     )
     if d.failures:
         print(f"restore-drill: FAILED {len(d.failures)} checks: {d.failures}")
