@@ -240,8 +240,8 @@ def run(work: Path) -> int:
             _unwrappable(before, db, current, "globex") == 0,
         )
         d.note(
-            f"{sum(versions.values())} wrapped keys need version 1: with the current keyring "
-            "the T1 restore cannot open any sealed secret (the service will not start)"
+            f"{sum(versions.values())} wrapped data and signing keys need version 1: with the "
+            "current keyring none of them unwraps, so nothing sealed at T1 can be opened"
         )
         old_ring = offsite / "keyring-at-T1.json"
         server = _serve(pki, before.url(db), old_ring, work / "server-T1-w.log", witness)
