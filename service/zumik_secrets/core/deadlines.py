@@ -38,6 +38,12 @@ def leave(token: contextvars.Token[float | None]) -> None:
     _DEADLINE.reset(token)
 
 
+def time_left() -> float | None:
+    """Seconds to the call's deadline (no margin; may be negative), None if unbounded."""
+    deadline = _DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
 def remaining() -> float | None:
     """Seconds left for work in this call (its deadline minus the margin), None if unbounded."""
     deadline = _DEADLINE.get()
