@@ -251,6 +251,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: a number in the request (e.g. a page offset) is outside what storage can
     represent.
     """
+    ERROR_REASON_DEADLINE_TOO_SHORT: _ErrorReason.ValueType  # 92
+    """UNAVAILABLE: the caller's deadline left no time for the database or audit wait the call
+    needs (the server answers before the deadline instead of timing out); retry with a longer
+    deadline. `google.rpc.RetryInfo` is attached.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: every value of `google.rpc.ErrorInfo.reason` this service sends.
@@ -496,5 +501,10 @@ deadline; retry.
 ERROR_REASON_VALUE_OUT_OF_RANGE: ErrorReason.ValueType  # 91
 """INVALID_ARGUMENT: a number in the request (e.g. a page offset) is outside what storage can
 represent.
+"""
+ERROR_REASON_DEADLINE_TOO_SHORT: ErrorReason.ValueType  # 92
+"""UNAVAILABLE: the caller's deadline left no time for the database or audit wait the call
+needs (the server answers before the deadline instead of timing out); retry with a longer
+deadline. `google.rpc.RetryInfo` is attached.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
