@@ -181,7 +181,7 @@ def test_a_sensitive_call_leaves_one_event_and_the_allow_when_it_records_none(
         "acme",
         action="authz.allow",
         actor="spiffe://zumik.local/svc/executor",
-        timeout=3.0,
+        timeout=15.0,
         count=2,
     )
     by_target = {e.target: e for e in allows}
