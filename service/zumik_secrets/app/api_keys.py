@@ -316,7 +316,14 @@ class ApiKeyService:
         if needed and not set(needed).issubset(rec.scopes):
             self._audit_verify(VerifyResult.INSUFFICIENT_SCOPE, handle, rec, actor)
             return ApiKeyVerification(VerifyResult.INSUFFICIENT_SCOPE, rec)
-        claim = self._claims.issue(handle, rec.tenant_id, rec.project_id, handle, rec.scopes)
+        claim = self._claims.issue(
+            handle,
+            rec.tenant_id,
+            rec.project_id,
+            handle,
+            rec.scopes,
+            not_after=None if entry.expire_ts == math.inf else entry.expire_ts,
+        )
         with self._lock:
             self._used[handle] = now
         self._audit_verify(VerifyResult.VALID, handle, rec, actor)

@@ -271,7 +271,13 @@ class SessionService:
             self._audit_verify(VerifyResult.INSUFFICIENT_SCOPE, rec, actor)
             return SessionVerification(VerifyResult.INSUFFICIENT_SCOPE, rec)
         claim = self._claims.issue(
-            rec.session_id, rec.tenant_id, rec.project_id, rec.user_subject, rec.scopes
+            rec.session_id,
+            rec.tenant_id,
+            rec.project_id,
+            rec.user_subject,
+            rec.scopes,
+            # Dead at its absolute timeout, or idle_timeout after this use if not used again.
+            not_after=min(rec.absolute_expire_time.timestamp(), now + rec.idle_timeout_seconds),
         )
         with self._lock:
             self._seen[rec.session_id] = now

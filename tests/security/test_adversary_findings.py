@@ -1,0 +1,83 @@
+"""Findings of the independent adversary run (attacks across methods and over time), replayed
+over gRPC holding one identity (console) plus the claims a gateway mints from keys/sessions.
+
+1. A claim outlived the expiry of the credential it was minted from: an API key created with a
+   ``ttl`` (or a session at its absolute or idle timeout) stopped verifying, but a claim minted
+   from it a moment earlier kept working for the whole claim TTL (5 minutes), although the
+   contract (``CLAIM_REVOKED``) says a claim dies with its credential's expiry.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from zumik.secrets.v1 import common_pb2
+from zumik.secrets.v1 import key_service_pb2 as kpb
+
+from tests.fix_server import RunningServer
+from tests.grpc_errors import error_info
+
+pytestmark = pytest.mark.integration
+
+PARENT = "tenants/acme/projects/web"
+VALID = common_pb2.VERIFY_RESULT_VALID
+
+
+def test_claim_never_outlives_its_api_keys_expiry(zumik_server: RunningServer) -> None:
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    created = control.CreateApiKey(
+        kpb.CreateApiKeyRequest(
+            parent=PARENT, scopes=["keys.read"], ttl=duration_pb2.Duration(seconds=2)
+        )
+    )
+    expire = created.api_key.expire_time.seconds + created.api_key.expire_time.nanos / 1e9
+    verified = server.stubs("gateway").keys.VerifyApiKey(
+        kpb.VerifyApiKeyRequest(key=created.raw_key)
+    )
+    assert verified.result == VALID
+    # The claim says it dies no later than its key.
+    assert verified.claim_expire_time.seconds <= expire
+    attacker = server.stubs("console", claim=verified.claim).keys
+    attacker.GetApiKey(kpb.GetApiKeyRequest(name=created.api_key.name), timeout=10)
+    # Past the key's expiry (plus the verifier's clock-skew leeway of 5 s) the claim is dead.
+    time.sleep(max(0.0, verified.claim_expire_time.seconds + 6 - time.time()))
+    assert (
+        server.stubs("gateway")
+        .keys.VerifyApiKey(kpb.VerifyApiKeyRequest(key=created.raw_key))
+        .result
+        == common_pb2.VERIFY_RESULT_EXPIRED
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        attacker.GetApiKey(kpb.GetApiKeyRequest(name=created.api_key.name), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert error_info(caught.value).reason.startswith("CLAIM_")
+
+
+def test_session_claim_never_outlives_the_sessions_absolute_or_idle_timeout(
+    zumik_server: RunningServer,
+) -> None:
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    created = control.CreateSession(
+        kpb.CreateSessionRequest(
+            parent=PARENT,
+            user_subject="carol",
+            scopes=["keys.read"],
+            idle_timeout=duration_pb2.Duration(seconds=60),
+            absolute_timeout=duration_pb2.Duration(seconds=90),
+        )
+    )
+    session = created.session
+    before = time.time()
+    verified = server.stubs("gateway").keys.VerifySession(
+        kpb.VerifySessionRequest(token=created.token)
+    )
+    assert verified.result == VALID
+    # Idle timeout: unused for 60 s the session dies; a claim must not outlive that.
+    assert verified.claim_expire_time.seconds <= time.time() + 60
+    assert verified.claim_expire_time.seconds <= session.expire_time.seconds
+    assert verified.claim_expire_time.seconds >= int(before)
