@@ -81,3 +81,53 @@ def test_session_claim_never_outlives_the_sessions_absolute_or_idle_timeout(
     assert verified.claim_expire_time.seconds <= time.time() + 60
     assert verified.claim_expire_time.seconds <= session.expire_time.seconds
     assert verified.claim_expire_time.seconds >= int(before)
+
+
+def test_revoking_or_rotating_a_credential_refuses_its_claims_before_the_call_answers(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 2: RevokeApiKey, RotateApiKey (no grace), RevokeSession, RotateSession (to
+    narrower scopes) and RevokeUserSessions answered OK while the same replica still accepted
+    the credential's claims until its change watcher's next poll (up to 250 ms, more under
+    load): a stolen claim outlived an acknowledged revocation. Purge already applied its change
+    before answering; every credential change now does."""
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    gateway = server.stubs("gateway").keys
+    keys = [
+        control.CreateApiKey(
+            kpb.CreateApiKeyRequest(parent=PARENT, scopes=["keys.read", "keys.write"])
+        )
+        for _ in range(2)
+    ]
+    sessions = [
+        control.CreateSession(
+            kpb.CreateSessionRequest(
+                parent=PARENT, user_subject=f"user{i}", scopes=["keys.read", "sessions.write"]
+            )
+        )
+        for i in range(3)
+    ]
+    key_claims = [gateway.VerifyApiKey(kpb.VerifyApiKeyRequest(key=k.raw_key)) for k in keys]
+    ses_claims = [gateway.VerifySession(kpb.VerifySessionRequest(token=s.token)) for s in sessions]
+    assert all(v.result == VALID for v in [*key_claims, *ses_claims])
+    time.sleep(1.1)  # the claims' whole-second iat is before every change below
+    changes = [
+        lambda s: s.RevokeApiKey(kpb.RevokeApiKeyRequest(name=keys[0].api_key.name)),
+        lambda s: s.RotateApiKey(kpb.RotateApiKeyRequest(name=keys[1].api_key.name)),
+        lambda s: s.RevokeSession(kpb.RevokeSessionRequest(name=sessions[0].session.name)),
+        lambda s: s.RotateSession(
+            kpb.RotateSessionRequest(name=sessions[1].session.name, scopes=["sessions.write"])
+        ),
+        lambda s: s.RevokeUserSessions(
+            kpb.RevokeUserSessionsRequest(parent=PARENT, user_subject="user2")
+        ),
+    ]
+    for change, verified in zip(changes, [*key_claims, *ses_claims], strict=True):
+        holder = server.stubs("console", claim=verified.claim).keys
+        change(holder)
+        # At once, on the replica that answered: no window for the claim's holder.
+        with pytest.raises(grpc.RpcError) as caught:
+            holder.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert error_info(caught.value).reason == "CLAIM_REVOKED"

@@ -52,6 +52,11 @@ from zumik_secrets.storage.records import ChangeRecord, SessionRecord
 
 _LOG = logging.getLogger("zumik.sessions")
 
+
+def _nothing() -> None:
+    """The default ``after_change``: no change feed to apply (unit tests)."""
+
+
 MAX_SESSION_SCOPES = 32
 MAX_SUBJECT = 256
 MIN_TIMEOUT = timedelta(minutes=1)
@@ -174,6 +179,10 @@ class SessionService:
         self._clock = clock
         self._mono = monotonic
         self._lock = threading.Lock()
+        self.after_change: Callable[[], None] = _nothing
+        """Applies the change feed in this process before a revoking or rotating call answers
+        (the server wires the change watcher and the claim revocations), so no claim of the
+        credential is accepted here once the caller was told it is revoked."""
         self._cache: dict[bytes, _Entry] = {}
         self._hash_of: dict[str, bytes] = {}
         self._generation = 0
@@ -492,6 +501,7 @@ class SessionService:
                 reason="SESSION_NOT_ACTIVE",
                 metadata={"resource": str(name)},
             )
+        self.after_change()
         self._audit_issue("session.rotate", rec, actor)
         return IssuedSession(self._overlay(rec), raw)
 
@@ -505,6 +515,7 @@ class SessionService:
         self.invalidate(name.id)
         if rec is None:
             raise resource_not_found(str(name))
+        self.after_change()
         self._record(
             "session.revoke", rec.tenant_id, str(name), "success", "OK", actor, durable=False
         )
@@ -528,6 +539,7 @@ class SessionService:
             ]
         for session_id in doomed:
             self.invalidate(session_id)
+        self.after_change()
         self._record(
             "session.revoke_user",
             parent.tenant,
