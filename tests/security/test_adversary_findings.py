@@ -5,6 +5,9 @@ over gRPC holding one identity (console) plus the claims a gateway mints from ke
    ``ttl`` (or a session at its absolute or idle timeout) stopped verifying, but a claim minted
    from it a moment earlier kept working for the whole claim TTL (5 minutes), although the
    contract (``CLAIM_REVOKED``) says a claim dies with its credential's expiry.
+2. Revoking or rotating a credential answered before the replica applied the change to its
+   claim revocations: the claims stayed accepted until the watcher's next poll.
+3. QueryEvents dropped an unknown ``outcome`` filter silently instead of refusing it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from zumik.secrets.v1 import audit_service_pb2 as apb
 from zumik.secrets.v1 import common_pb2
 from zumik.secrets.v1 import key_service_pb2 as kpb
 
@@ -131,3 +135,28 @@ def test_revoking_or_rotating_a_credential_refuses_its_claims_before_the_call_an
             holder.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         assert error_info(caught.value).reason == "CLAIM_REVOKED"
+
+
+def test_query_events_refuses_an_unknown_outcome_instead_of_dropping_the_filter(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 3: QueryEvents with an outcome value the server does not know (99) answered OK
+    with events of every outcome: the filter was silently dropped."""
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    created = control.CreateApiKey(kpb.CreateApiKeyRequest(parent=PARENT, scopes=["audit.read"]))
+    claim = (
+        server.stubs("gateway")
+        .keys.VerifyApiKey(kpb.VerifyApiKeyRequest(key=created.raw_key))
+        .claim
+    )
+    audit = server.stubs("console", claim=claim).audit
+    with pytest.raises(grpc.RpcError) as caught:
+        audit.QueryEvents(apb.QueryEventsRequest(parent="tenants/acme", outcome=99), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert error_info(caught.value).metadata["field"] == "outcome"
+    # Known values still filter.
+    audit.QueryEvents(
+        apb.QueryEventsRequest(parent="tenants/acme", outcome=apb.AUDIT_OUTCOME_SUCCESS),
+        timeout=10,
+    )
