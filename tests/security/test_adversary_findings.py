@@ -8,6 +8,7 @@ over gRPC holding one identity (console) plus the claims a gateway mints from ke
 2. Revoking or rotating a credential answered before the replica applied the change to its
    claim revocations: the claims stayed accepted until the watcher's next poll.
 3. QueryEvents dropped an unknown ``outcome`` filter silently instead of refusing it.
+4. A claim minted in the same second as a narrowing RotateSession kept the old scopes.
 """
 
 from __future__ import annotations
@@ -160,3 +161,36 @@ def test_query_events_refuses_an_unknown_outcome_instead_of_dropping_the_filter(
         apb.QueryEventsRequest(parent="tenants/acme", outcome=apb.AUDIT_OUTCOME_SUCCESS),
         timeout=10,
     )
+
+
+def test_a_claim_minted_in_the_second_of_a_narrowing_session_rotation_dies_with_it(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 4: a claim minted from a session's old token in the same second as a
+    RotateSession that narrowed the scopes kept the old scopes for its whole TTL (claims carry
+    whole seconds and the cut refused only earlier seconds): 10 of 10 tries survived. The cut
+    now covers the rotation's second, and the new token's claims start after it."""
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    gateway = server.stubs("gateway").keys
+    for i in range(3):
+        created = control.CreateSession(
+            kpb.CreateSessionRequest(
+                parent=PARENT, user_subject=f"dana{i}", scopes=["keys.read", "sessions.write"]
+            )
+        )
+        old = gateway.VerifySession(kpb.VerifySessionRequest(token=created.token))
+        holder = server.stubs("console", claim=old.claim).keys
+        rotated = holder.RotateSession(
+            kpb.RotateSessionRequest(name=created.session.name, scopes=["sessions.write"])
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            holder.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
+        assert error_info(caught.value).reason == "CLAIM_REVOKED"
+        # The new token's claim works at once, with the narrowed scopes only.
+        new = gateway.VerifySession(kpb.VerifySessionRequest(token=rotated.token))
+        assert new.result == VALID and list(new.scopes) == ["sessions.write"]
+        narrowed = server.stubs("console", claim=new.claim).keys
+        narrowed.RevokeUserSessions(
+            kpb.RevokeUserSessionsRequest(parent=PARENT, user_subject="nobody"), timeout=10
+        )

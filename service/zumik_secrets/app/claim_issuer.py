@@ -15,6 +15,7 @@ announces an expiry, so the revocation set could not reach it.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ class IssuedClaim:
 
     token: str = field(repr=False)
     expires_at: int
+    issued_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +86,19 @@ class ClaimIssuer:
         scopes: Sequence[str],
         *,
         not_after: float | None = None,
+        not_before: float = 0.0,
     ) -> IssuedClaim:
         """A claim for the credential: the cached one if still fresh enough, else a new one.
 
         ``not_after`` (unix seconds) is when the credential stops verifying, if ever: the
-        claim expires no later than that.
+        claim expires no later than that. ``not_before`` is the earliest ``iat`` the claim may
+        carry (a rotated session's claims must be from after the rotation's second): the claim
+        is then minted valid from that second, at most a second ahead of the clock.
 
         Raises:
             InvalidArgument: a claim value is malformed (a stored record out of grammar).
         """
-        now = int(self._clock())
+        now = max(int(self._clock()), math.ceil(not_before))
         ttl = self._ttl
         if not_after is not None:
             ttl = max(1, min(ttl, int(not_after) - now))
@@ -107,6 +112,7 @@ class ClaimIssuer:
             and cached.tenant_id == tenant_id
             and cached.project_id == project_id
             and cached.subject == subject
+            and cached.claim.issued_at >= not_before
             and 2 * (cached.claim.expires_at - now) >= ttl
             and cached.claim.expires_at <= now + ttl
         ):
@@ -120,7 +126,7 @@ class ClaimIssuer:
             ttl,
             credential_id=credential_id,
         )
-        issued = IssuedClaim(token, claim.expires_at)
+        issued = IssuedClaim(token, claim.expires_at, claim.issued_at)
         entry = _Cached(tenant_id, project_id, subject, scope_tuple, signer.kid, issued)
         with self._lock:
             self._cache.pop(credential_id, None)

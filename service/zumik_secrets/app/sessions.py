@@ -57,6 +57,11 @@ def _nothing() -> None:
     """The default ``after_change``: no change feed to apply (unit tests)."""
 
 
+def _no_floor(_session_id: str) -> float:
+    """The default ``claim_floor``: no rotation known."""
+    return 0.0
+
+
 MAX_SESSION_SCOPES = 32
 MAX_SUBJECT = 256
 MIN_TIMEOUT = timedelta(minutes=1)
@@ -180,6 +185,9 @@ class SessionService:
         self._mono = monotonic
         self._lock = threading.Lock()
         self.after_change: Callable[[], None] = _nothing
+        self.claim_floor: Callable[[str], float] = _no_floor
+        """The earliest ``iat`` a new claim of a session may carry (the server wires the claim
+        revocations' ``issue_floor``: after a rotation, the second that follows it)."""
         """Applies the change feed in this process before a revoking or rotating call answers
         (the server wires the change watcher and the claim revocations), so no claim of the
         credential is accepted here once the caller was told it is revoked."""
@@ -287,6 +295,7 @@ class SessionService:
             rec.scopes,
             # Dead at its absolute timeout, or idle_timeout after this use if not used again.
             not_after=min(rec.absolute_expire_time.timestamp(), now + rec.idle_timeout_seconds),
+            not_before=self.claim_floor(rec.session_id),
         )
         with self._lock:
             self._seen[rec.session_id] = now

@@ -253,6 +253,7 @@ class Runtime:
             # purge does: no claim of the credential is accepted once the caller was told.
             api_keys.after_change = watcher.poll_once_quietly
             sessions.after_change = watcher.poll_once_quietly
+            sessions.claim_floor = revocations.issue_floor
             purges = PurgeService(
                 store.purges,
                 audit_log,
