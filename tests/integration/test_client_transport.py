@@ -190,7 +190,7 @@ def test_every_contract_reason_has_its_own_class() -> None:
         assert getattr(errors, cls.__name__) is cls
         names.add(cls.__name__)
         if issubclass(cls, errors.ReasonError):
-            assert cls.REASON == reason
+            assert reason == cls.REASON
     assert len(names) == len(errors.REASONS), "two reasons share a class"
 
 
@@ -251,14 +251,14 @@ def test_only_idempotent_non_destructive_methods_are_retried(
 ) -> None:
     target, recorder = start(mode="unavailable")
     markers = _contract_markers()
-    assert DESTRUCTIVE <= set(markers)
+    assert set(markers) >= DESTRUCTIVE
     with _connect(dev_pki, target, claim="claim-for-retry-test") as channel:
         for method in markers:
-            call = (
-                channel.unary_stream(method) if _is_streaming(method) else channel.unary_unary(method)
-            )
             with pytest.raises(errors.Unavailable):
-                list(call(b"")) if _is_streaming(method) else call(b"")
+                if _is_streaming(method):
+                    list(channel.unary_stream(method)(b""))
+                else:
+                    channel.unary_unary(method)(b"")
     attempts = _retry.RETRY_POLICY["maxAttempts"]
     for method, idempotent in markers.items():
         expected = attempts if idempotent and method not in DESTRUCTIVE else 1
@@ -334,9 +334,11 @@ def test_a_failing_provider_raises_its_own_error_without_echoing_it(
         assert isinstance(info.value, errors.Unauthenticated)
         assert secret not in str(info.value) and secret not in repr(info.value)
         assert isinstance(info.value.__cause__, RuntimeError)
-    with _connect(dev_pki, target, claim=down) as channel:
-        with pytest.raises(errors.Unavailable, match="verifier down"):
-            channel.unary_unary(GET_SECRET)(b"")
+    with (
+        _connect(dev_pki, target, claim=down) as channel,
+        pytest.raises(errors.Unavailable, match="verifier down"),
+    ):
+        channel.unary_unary(GET_SECRET)(b"")
     with _connect(dev_pki, target, claim=bad_value) as channel:
         with pytest.raises(errors.ClaimProviderError) as info:
             channel.unary_unary(GET_SECRET)(b"")

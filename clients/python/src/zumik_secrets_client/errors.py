@@ -22,7 +22,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
@@ -136,6 +136,52 @@ class ZumikError(grpc.RpcError):
     def debug_error_string(self) -> str | None:
         """grpc's debug string for the failure, when there was one."""
         return self._debug_error_string
+
+    # The grpc.Future surface of a finished, failed call: grpc's interceptor machinery (and
+    # interceptors stacked on a channel from connect()) treat a raised RpcError as the outcome.
+    def result(self, timeout: float | None = None) -> Any:
+        """Raise this error, as the outcome of a failed call does."""
+        raise self
+
+    def exception(self, timeout: float | None = None) -> ZumikError:
+        """This error."""
+        return self
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        """The traceback this error was raised with."""
+        return self.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Call ``fn(self)`` at once: the call is over."""
+        fn(self)
+
+    def done(self) -> bool:
+        """True: the call is over."""
+        return True
+
+    def running(self) -> bool:
+        """False: the call is over."""
+        return False
+
+    def cancelled(self) -> bool:
+        """Whether the call ended as CANCELLED."""
+        return self._code is grpc.StatusCode.CANCELLED
+
+    def cancel(self) -> bool:
+        """False: a finished call cannot be cancelled."""
+        return False
+
+    def is_active(self) -> bool:
+        """False: the call is over."""
+        return False
+
+    def time_remaining(self) -> float | None:
+        """None: the call is over."""
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """False: the call is over (grpc's contract for a finished call)."""
+        return False
 
     def __str__(self) -> str:
         reason = f" [{self.reason}]" if self.reason else ""
@@ -284,7 +330,8 @@ _CODE_CLASSES: Final[Mapping[grpc.StatusCode, type[ZumikError]]] = MappingProxyT
 class CredentialRejected(Unauthenticated):
     """A claim provider's API key or session did not verify (revoked, expired, unknown, ...).
 
-    ``result`` is the ``VerifyResult`` name the server answered, e.g. ``VERIFY_RESULT_REVOKED``.
+    ``verify_result`` is the ``VerifyResult`` name the server answered, for example
+    ``VERIFY_RESULT_REVOKED``.
     """
 
     def __init__(self, result: str) -> None:
@@ -293,7 +340,7 @@ class CredentialRejected(Unauthenticated):
             f"the credential behind the claim provider did not verify: {result}",
             metadata={"verify_result": result},
         )
-        self.result = result
+        self.verify_result = result
 
 
 class ClaimProviderError(Unauthenticated):
