@@ -29,7 +29,7 @@ LINT_PATHS = $(wildcard service clients tests bench scripts)
 MYPY_PATHS = service clients/python/src/zumik_secrets_client scripts
 GENERATED = clients/python/src
 
-.PHONY: help venv node_modules proto proto-check buf-lint buf-breaking client-check lint fmt \
+.PHONY: help venv node_modules proto proto-check buf-lint buf-breaking client-check dist lint fmt \
 	test fuzz sbom lock run bench bench-quick clean distclean deploy-tools deploy-check
 
 help: ## List the targets
@@ -113,8 +113,12 @@ BUF_AGAINST ?= .git\#branch=main
 buf-breaking: $(NODE_STAMP) ## buf breaking (FILE) against BUF_AGAINST (default: branch main)
 	npx --no-install buf breaking --against '$(BUF_AGAINST)'
 
-client-check: $(VENV_STAMP) ## Install clients/python into a fresh scratch venv and import it
+client-check: $(VENV_STAMP) ## Install clients/python[typing] into a scratch venv; mypy --strict its README
 	PYTHON=$(PYTHON) DEV_PY=$(PY) scripts/client_check.sh
+
+DIST ?= dist
+dist: $(VENV_STAMP) ## sdist + wheel of client and service in dist/, twine check, install in a clean venv
+	PYTHON=$(PYTHON) DEV_PY=$(PY) DIST=$(abspath $(DIST)) scripts/dist.sh
 
 # ------------------------------------------------------------------------------ quality
 
