@@ -240,17 +240,27 @@ def attach_claim(
     method: str | bytes,
     metadata: Any,
     credentials: grpc.CallCredentials | None,
-) -> tuple[grpc.CallCredentials | None, _Slot | None]:
-    """Add the claim call credentials unless the method needs none or the call has its own."""
+) -> tuple[Any, grpc.CallCredentials | None, _Slot | None]:
+    """Add the claim unless the method needs none or the call carries its own.
+
+    A fixed claim (``static_claim``, or a string given to ``connect``) goes straight into the
+    metadata; a provider is asked per call (per attempt) through call credentials, which grpc
+    runs on a thread of its own for each call.
+
+    Returns:
+        The call's metadata, credentials, and the slot where a provider's exception lands.
+    """
     if provider is None or _method_name(method) in _retry.claimless_methods():
-        return credentials, None
+        return metadata, credentials, None
     if any(key == CLAIM_METADATA_KEY for key, _ in (metadata or ())):
-        return credentials, None
+        return metadata, credentials, None
+    if getattr(provider, "zumik_static", False):
+        return (*(metadata or ()), (CLAIM_METADATA_KEY, provider())), credentials, None
     slot = _Slot()
     claim_credentials = claim_call_credentials(provider, slot=slot)
     if credentials is not None:
         claim_credentials = grpc.composite_call_credentials(credentials, claim_credentials)
-    return claim_credentials, slot
+    return metadata, claim_credentials, slot
 
 
 def _quiet(error: BaseException) -> BaseException:
@@ -380,7 +390,7 @@ class ClientInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
         return f"ClientInterceptor(claim={'<provider>' if self._provider else None})"
 
     def _details(self, details: grpc.ClientCallDetails) -> tuple[grpc.ClientCallDetails, Any]:
-        credentials, slot = attach_claim(
+        metadata, credentials, slot = attach_claim(
             self._provider, details.method, details.metadata, details.credentials
         )
         new = _CallDetails(
@@ -388,7 +398,7 @@ class ClientInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
             timeout=call_timeout(
                 details.timeout, details.method, self._timeouts, self._default_timeout
             ),
-            metadata=details.metadata,
+            metadata=metadata,
             credentials=credentials,
             wait_for_ready=getattr(details, "wait_for_ready", None),
             compression=getattr(details, "compression", None),

@@ -122,10 +122,21 @@ def _attach(
     default_timeout: float | None,
 ) -> tuple[grpc.aio.ClientCallDetails, _Slot | None]:
     credentials = details.credentials
+    metadata = details.metadata
     slot: _Slot | None = None
     method = _method_name(details.method)
-    has_claim = any(key == CLAIM_METADATA_KEY for key, _ in (details.metadata or ()))
-    if provider is not None and method not in _retry.claimless_methods() and not has_claim:
+    has_claim = any(key == CLAIM_METADATA_KEY for key, _ in (metadata or ()))
+    wants_claim = provider is not None and method not in _retry.claimless_methods()
+    if (
+        provider is not None
+        and wants_claim
+        and not has_claim
+        and getattr(provider, "zumik_static", False)
+    ):
+        # A fixed claim goes straight into the metadata (no plugin round trip).
+        claim = validate_claim(provider())
+        metadata = grpc.aio.Metadata(*(metadata or ()), (CLAIM_METADATA_KEY, claim))
+    elif wants_claim and not has_claim and provider is not None:
         slot = _Slot()
         plugin = _AioClaimPlugin(provider, slot, asyncio.get_running_loop())
         claim_credentials = grpc.metadata_call_credentials(plugin, name="zumik-claim")
@@ -137,7 +148,7 @@ def _attach(
     new = grpc.aio.ClientCallDetails(
         details.method,
         call_timeout(details.timeout, details.method, timeouts, default_timeout),
-        details.metadata,
+        metadata,
         credentials,
         details.wait_for_ready,
     )
