@@ -11,7 +11,7 @@ The reasons are not copied by hand: they are the values of the contracts' ``Erro
 string ``<REASON>``), read from the generated module when this module is imported. Each reason
 ``SOME_REASON`` gets the class ``errors.SomeReason`` (``errors.reason_class("SOME_REASON")``);
 a reason spelled like a status code (``NOT_FOUND``, ``UNAVAILABLE``, ...) is that code's class.
-``python -m zumik_secrets_client.errors`` prints the table.
+``python -m zumik_secrets_client`` prints the table.
 
 Every error is also a ``grpc.RpcError`` with the usual ``code()``, ``details()`` and
 ``trailing_metadata()``, so code written against plain grpcio keeps working.
@@ -58,6 +58,7 @@ __all__ = [
     "class_for",
     "from_rpc_error",
     "reason_class",
+    "reason_table",
 ]
 
 #: The ErrorInfo domain of the errors the Zumik Secrets server raises.
@@ -526,10 +527,7 @@ def from_rpc_error(error: grpc.RpcError) -> ZumikError:
     return typed
 
 
-def _table() -> str:
+def reason_table() -> str:
+    """One line per contract reason: the wire string and its class."""
     rows = [f"{reason:<32} errors.{reason_class(reason).__name__}" for reason in REASONS]
     return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(_table())
