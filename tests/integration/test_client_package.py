@@ -420,3 +420,55 @@ def test_a_half_written_rotation_keeps_the_working_certificate(
         seal.ListSecrets(LIST)
         key.unlink()  # a writer that removes before it writes: the channel keeps what works
         seal.ListSecrets(LIST)
+
+
+def test_session_providers_sync_and_aio_refresh_and_stop_at_revocation(
+    short_claims: RunningServer,
+) -> None:
+    server = short_claims
+    with _connect(server, "control-plane") as cp:
+        keys = key_service_pb2_grpc.KeyServiceStub(cp)
+        created = keys.CreateSession(
+            key_service_pb2.CreateSessionRequest(
+                parent=PARENT, user_subject="user-7", scopes=["secrets.read"]
+            )
+        )
+    token = created.token
+    with _connect(server, "gateway") as gateway:
+        provider = zumik_secrets_client.SessionClaimProvider(
+            gateway, token, required_scopes=["secrets.read"]
+        )
+        with _connect(server, "console", claim=provider) as console:
+            seal = seal_service_pb2_grpc.SealServiceStub(console)
+            began = time.monotonic()
+            while time.monotonic() - began < 2.5:  # past one claim lifetime
+                seal.ListSecrets(LIST)
+                time.sleep(0.2)
+            assert provider.refreshes >= 2
+
+            async def aio_calls() -> int:
+                async with _aio_connect(server, "gateway") as aio_gateway:
+                    aio_provider = aio.SessionClaimProvider(aio_gateway, token)
+                    async with _aio_connect(server, "console", claim=aio_provider) as channel:
+                        aio_seal = seal_service_pb2_grpc.SealServiceStub(channel)
+                        began = time.monotonic()
+                        while time.monotonic() - began < 2.5:
+                            await aio_seal.ListSecrets(LIST)
+                            await asyncio.sleep(0.2)
+                    return aio_provider.refreshes
+
+            assert asyncio.run(aio_calls()) >= 2
+
+            with _connect(server, "control-plane") as cp:
+                key_service_pb2_grpc.KeyServiceStub(cp).RevokeSession(
+                    key_service_pb2.RevokeSessionRequest(name=created.session.name)
+                )
+            deadline = time.monotonic() + 15.0
+            while True:
+                try:
+                    seal.ListSecrets(LIST)
+                except errors.CredentialRejected as exc:
+                    assert exc.verify_result == "VERIFY_RESULT_REVOKED"
+                    break
+                assert time.monotonic() < deadline, "session revocation never reached the provider"
+                time.sleep(0.2)
