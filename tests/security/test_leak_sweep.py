@@ -20,6 +20,7 @@ DB_SECRET = "planted-DB-secret-5e07b9c4"
 SPAN_SECRET = "planted-SPAN-secret-c3a1d7"
 API_KEY = "zk_live_4bC9dE2fG7hJ1kL3mN5pQ8_Xr7Tz2Wq9Ls4Kd8Mf1Hb6Nc3Vj5Gp0Ya2Q1w2E3"
 KEY_PIECE = "7Tz2Wq9Ls4Kd8M"  # 14 characters of the key's secret part, logged on their own
+PUBLIC_PLANT = "planted-in-a-public-field-0b5e9d17"
 
 PLANTED = f'''
 import logging
@@ -49,6 +50,14 @@ def test_traces_a_secret(leak_registry):
 def test_logs_a_piece_of_an_api_key(leak_registry):
     leak_registry.add("{API_KEY}", "planted key")
     logging.getLogger("zumik.test").warning("piece %s", "{KEY_PIECE}")
+
+
+def test_echoes_a_value_planted_in_a_public_field(leak_registry):
+    # The rich-mode sweep sends secret-shaped values in non-sensitive fields on purpose: being
+    # "public" must not take them out of the sweep.
+    leak_registry.add("{PUBLIC_PLANT}", "planted public", planted=True)
+    leak_registry.add_public("{PUBLIC_PLANT}")
+    logging.getLogger("zumik.test").warning("echo %s", "{PUBLIC_PLANT}")
 '''  # noqa: S608 - Python source of the planted tests, not SQL
 
 CLEAN = f'''
@@ -105,13 +114,14 @@ def test_planted_leaks_fail_the_session_and_are_named(tmp_path: Path) -> None:
     done = _run(tmp_path, PLANTED)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
-    assert "4 passed" in out  # the tests themselves pass: the sweep fails the session
+    assert "5 passed" in out  # the tests themselves pass: the sweep fails the session
     assert "LEAK SWEEP FAILED" in out
     assert f"sha256:{_digest(LOG_SECRET)}" in out and "log records" in out
     assert f"sha256:{_digest(DB_SECRET)}" in out and "leaky.db" in out
     assert f"sha256:{_digest(SPAN_SECRET)}" in out and "found in spans" in out
     assert "12-char piece" in out
-    for secret in (LOG_SECRET, DB_SECRET, SPAN_SECRET, KEY_PIECE, API_KEY):
+    assert f"sha256:{_digest(PUBLIC_PLANT)}" in out
+    for secret in (LOG_SECRET, DB_SECRET, SPAN_SECRET, KEY_PIECE, API_KEY, PUBLIC_PLANT):
         assert secret not in out, "the report must never print a secret"
 
 
