@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import zumik_secrets_client
 from tests import fix_leaks
 from tests.fix_server import RunningServer
 
@@ -43,6 +44,8 @@ def test_readme_has_the_sections_a_user_needs() -> None:
     ):
         assert heading in text, heading
     assert len(python_blocks(text)) >= 6
+    # The install line names the wheel `make dist` builds for the current version.
+    assert f"zumik_secrets_client-{zumik_secrets_client.__version__}-py3" in text
 
 
 def test_readme_examples_run_against_a_real_server(
