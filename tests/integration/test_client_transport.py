@@ -10,21 +10,26 @@ comes back as its class (sync and aio).
 from __future__ import annotations
 
 import asyncio
+import importlib
+import pkgutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from zumik.secrets.v1 import options_pb2
 
+import zumik_secrets
 import zumik_secrets_client
 from tests import fix_leaks
-from zumik_secrets.api.status import to_status
+from tests.reason_scan import scan
+from zumik_secrets.api.status import internal_status, to_status
 from zumik_secrets.cli.dev_pki import DevPki
 from zumik_secrets.core import errors as server_errors
 from zumik_secrets_client import _retry, aio, errors
@@ -79,6 +84,8 @@ class Recorder(grpc.GenericRpcHandler):
                 self.remaining[method] = context.time_remaining()
             wanted = dict(metadata)
             if method == RAISE:
+                if wanted["x-class"] == "Internal":  # the server's one INTERNAL answer
+                    context.abort_with_status(internal_status("corr-1234"))
                 make = SERVER_CLASSES[wanted["x-class"]]
                 status = to_status(make(wanted["x-reason"]))
                 context.abort_with_status(status)
@@ -207,6 +214,58 @@ def test_every_reason_from_the_servers_status_builder_maps_to_its_classes(
                     raise_(b"", metadata=metadata)
                 _check(info.value, reason, server_class)
     assert recorder.calls[RAISE] == len(errors.REASONS) * len(SERVER_CLASSES)
+
+
+def _server_error_classes() -> dict[str, type[server_errors.ZumikError]]:
+    """Every ZumikError subclass defined in the service, by name."""
+    for info in pkgutil.walk_packages(zumik_secrets.__path__, "zumik_secrets."):
+        if ".cli" not in info.name:
+            importlib.import_module(info.name)
+    found: dict[str, type[server_errors.ZumikError]] = {}
+    todo = [server_errors.ZumikError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_every_reason_the_server_code_sends_maps_to_its_classes(
+    dev_pki: DevPki, start: Callable[..., tuple[str, Recorder]]
+) -> None:
+    """The reasons come from reading the service's code (tests/reason_scan.py, issue 23), each
+    with the error class it is raised with; the client must map every one to its reason class
+    and to the status code that class gets on the wire."""
+    scanned = scan(Path(zumik_secrets.__file__).parent)
+    assert len(scanned.reasons) > 50
+    assert not scanned.unresolved, scanned.unresolved
+    missing = sorted(r for r in scanned.reasons if r not in errors.REASONS)
+    assert not missing, f"reasons the server sends without a client class: {missing}"
+    by_name = _server_error_classes()
+    target, _ = start()
+    checked = 0
+    with _connect(dev_pki, target) as channel:
+        raise_ = channel.unary_unary(RAISE)
+        for reason, raised_as in sorted(scanned.classes.items()):
+            for name in sorted(raised_as):
+                if name == "ErrorInfo":  # built directly: the INTERNAL answer
+                    assert reason == "INTERNAL"
+                    with pytest.raises(errors.Internal) as internal:
+                        raise_(b"", metadata=(("x-reason", reason), ("x-class", "Internal")))
+                    assert internal.value.reason == "INTERNAL"
+                    assert internal.value.metadata["correlation_id"] == "corr-1234"
+                    checked += 1
+                    continue
+                # The wire status depends on the class only through its status code.
+                base = next(
+                    c.__name__ for c in by_name[name].__mro__ if c.__name__ in SERVER_CLASSES
+                )
+                metadata = (("x-reason", reason), ("x-class", base))
+                with pytest.raises(grpc.RpcError) as info:
+                    raise_(b"", metadata=metadata)
+                _check(info.value, reason, base)
+                checked += 1
+    assert checked >= len(scanned.reasons)
 
 
 def test_aio_maps_every_reason_like_the_sync_client(
