@@ -378,10 +378,14 @@ def test_a_failing_provider_raises_its_own_error_without_echoing_it(
     secret = "provider-secret-text-1234567890"
     fix_leaks.REGISTRY.add(secret, "test provider message")
 
+    asked: Counter[str] = Counter()
+
     def broken() -> str:
+        asked["broken"] += 1
         raise RuntimeError(secret)
 
     def down() -> str:
+        asked["down"] += 1
         raise errors.Unavailable("verifier down", reason="STORAGE_UNAVAILABLE")
 
     def bad_value() -> str:
@@ -403,6 +407,10 @@ def test_a_failing_provider_raises_its_own_error_without_echoing_it(
             channel.unary_unary(GET_SECRET)(b"")
         assert isinstance(info.value.__cause__, ValueError)
     assert recorder.calls[GET_SECRET] == 0, "a call went out without its claim"
+    # grpc reports a failed plugin as UNAVAILABLE, so GetSecret (idempotent) is retried: a
+    # provider that failed for good is not asked again, a transient failure is.
+    assert asked["broken"] == 1
+    assert asked["down"] == _retry.RETRY_POLICY["maxAttempts"]
 
 
 def test_aio_accepts_sync_and_async_providers(

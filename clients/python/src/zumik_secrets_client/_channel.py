@@ -27,6 +27,7 @@ from zumik_secrets_client.credentials import (
     _Slot,
     claim_call_credentials,
     provider_error,
+    refused_claim,
     static_claim,
 )
 
@@ -256,7 +257,7 @@ def attach_claim(
         return metadata, credentials, None
     if getattr(provider, "zumik_static", False):
         return (*(metadata or ()), (CLAIM_METADATA_KEY, provider())), credentials, None
-    slot = _Slot()
+    slot = _Slot(provider)
     claim_credentials = claim_call_credentials(provider, slot=slot)
     if credentials is not None:
         claim_credentials = grpc.composite_call_credentials(credentials, claim_credentials)
@@ -271,9 +272,12 @@ def _quiet(error: BaseException) -> BaseException:
 
 def convert_error(error: grpc.RpcError, slot: _Slot | None, typed: bool) -> BaseException:
     """The exception to raise for a failed call: the provider's own, typed, or grpc's."""
+    typed_error = errors.from_rpc_error(error)
     if slot is not None and slot.error is not None:
-        return _quiet(provider_error(slot, errors.from_rpc_error(error)))
-    return _quiet(errors.from_rpc_error(error)) if typed else error
+        return _quiet(provider_error(slot, typed_error))
+    if slot is not None:
+        refused_claim(slot.provider, typed_error)
+    return _quiet(typed_error) if typed else error
 
 
 class _TypedOutcome(grpc.Call, _Future):

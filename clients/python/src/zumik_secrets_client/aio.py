@@ -36,6 +36,7 @@ from zumik_secrets_client.credentials import (
     _ProviderFailed,
     _Slot,
     _VerifyAnswer,
+    gave_up,
     validate_claim,
 )
 
@@ -91,6 +92,9 @@ class _AioClaimPlugin(grpc.AuthMetadataPlugin):
         self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
     ) -> None:
         provider, slot = self._provider, self._slot
+        if gave_up(slot):
+            callback((), _ProviderFailed(type(slot.error).__name__))
+            return
 
         async def produce() -> None:
             try:
@@ -137,7 +141,7 @@ def _attach(
         claim = validate_claim(provider())
         metadata = grpc.aio.Metadata(*(metadata or ()), (CLAIM_METADATA_KEY, claim))
     elif wants_claim and not has_claim and provider is not None:
-        slot = _Slot()
+        slot = _Slot(provider)
         plugin = _AioClaimPlugin(provider, slot, asyncio.get_running_loop())
         claim_credentials = grpc.metadata_call_credentials(plugin, name="zumik-claim")
         credentials = (
@@ -420,6 +424,10 @@ class _AsyncVerifyingProvider:
     def refreshes(self) -> int:
         """How many times the credential was verified."""
         return self._cache.refreshes
+
+    def invalidate(self) -> None:
+        """Forget the cached claim; ``connect()`` calls this when the server refuses it."""
+        self._cache.invalidate()
 
     def __repr__(self) -> str:
         return f"aio.{type(self).__name__}(refreshes={self.refreshes})"

@@ -80,10 +80,23 @@ def static_claim(claim: str) -> ClaimProvider:
 class _Slot:
     """Where the plugin leaves a provider's exception for the call that triggered it."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "provider")
 
-    def __init__(self) -> None:
+    def __init__(self, provider: object = None) -> None:
         self.error: BaseException | None = None
+        #: The provider asked for this call's claim (told when the server refuses the claim).
+        self.provider = provider
+
+
+def gave_up(slot: _Slot) -> bool:
+    """True when an earlier attempt of this call got an error from the provider that asking
+    again cannot fix (a rejected credential, a bad value, a bug in the provider).
+
+    grpc reports a failed plugin as UNAVAILABLE, so an idempotent call is retried; such a retry
+    must not verify a rejected credential again. A transient error (the verifier unavailable)
+    lets the retry ask the provider again.
+    """
+    return slot.error is not None and not isinstance(slot.error, _TRANSIENT)
 
 
 class _ClaimPlugin(grpc.AuthMetadataPlugin):
@@ -101,6 +114,9 @@ class _ClaimPlugin(grpc.AuthMetadataPlugin):
     def __call__(
         self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
     ) -> None:
+        if self._slot is not None and gave_up(self._slot):
+            callback((), _ProviderFailed(type(self._slot.error).__name__))
+            return
         try:
             claim = validate_claim(self._provider())
         except Exception as exc:  # noqa: BLE001 - every failure must reach the callback
@@ -127,6 +143,19 @@ def claim_call_credentials(
     this for you (and raises the provider's own exception when it fails).
     """
     return grpc.metadata_call_credentials(_ClaimPlugin(provider, slot), name="zumik-claim")
+
+
+def refused_claim(provider: object, error: BaseException) -> None:
+    """Tell a caching provider that the server refused the claim it gave (expired, revoked
+    credential, retired signing key, ...), so that the next call verifies again."""
+    if (
+        isinstance(error, errors.Unauthenticated)
+        and (error.reason or "").startswith("CLAIM_")
+        and error.reason != "CLAIM_MISSING"
+    ):
+        invalidate = getattr(provider, "invalidate", None)
+        if callable(invalidate):
+            invalidate()
 
 
 def provider_error(slot: _Slot, failure: errors.ZumikError) -> errors.ZumikError:
@@ -178,6 +207,10 @@ class ClaimCache:
     def __repr__(self) -> str:
         state = "<cached>" if self._claim is not None else None
         return f"ClaimCache(claim={state}, refreshes={self.refreshes})"
+
+    def invalidate(self) -> None:
+        """Forget the cached claim (the server refused it): the next call verifies again."""
+        self._claim = None
 
     def fresh(self) -> str | None:
         """The cached claim if it is not yet due for a refresh."""
@@ -234,6 +267,11 @@ class _VerifyingProvider:
     def refreshes(self) -> int:
         """How many times the credential was verified (for tests and metrics)."""
         return self._cache.refreshes
+
+    def invalidate(self) -> None:
+        """Forget the cached claim; ``connect()`` calls this when the server refuses it."""
+        with self._lock:
+            self._cache.invalidate()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(refreshes={self.refreshes})"
