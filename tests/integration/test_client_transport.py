@@ -184,6 +184,8 @@ def _check(err: BaseException, reason: str, server_class: str) -> None:
         assert err.metadata == {"k": "v"}
     if server_class == "ResourceExhausted":
         assert err.retry_after == 2.5
+    elif server_class == "Unavailable":
+        assert err.retry_after == 1.0  # every UNAVAILABLE carries a RetryInfo hint (issue 24)
     else:
         assert err.retry_after is None
 
