@@ -22,20 +22,30 @@ import http.client
 import json
 import re
 import ssl
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+from opentelemetry import trace
 
 from zumik_secrets.app.key_wrappers import (
     KIND_CUSTOMER,
     customer_key_unavailable,
     customer_key_unreachable,
 )
-from zumik_secrets.core.errors import DecryptionFailed, FieldViolation, InvalidArgument
+from zumik_secrets.app.metrics import recorder
+from zumik_secrets.core.errors import (
+    DecryptionFailed,
+    FieldViolation,
+    InvalidArgument,
+    ZumikError,
+)
 
 MAX_RESPONSE_BYTES = 1 << 20
 _MOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}){0,3}")
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
+_TRACER = trace.get_tracer("zumik_secrets.customer_keys")
 
 
 def _bad(field: str, problem: str) -> InvalidArgument:
@@ -123,6 +133,32 @@ class OpenBaoTransit:
         return f"OpenBaoTransit({scheme}://{self._host}:{self._port}, {self._mount}/{self._key})"
 
     def _post(self, operation: str, body: dict[str, str]) -> dict[str, Any]:
+        """One call, in a child span of the current call and timed for the metrics.
+
+        The span names the operation and the server's host, never the key name, the token or
+        the payload.
+        """
+        started = time.monotonic()
+        outcome = "ok"
+        with _TRACER.start_as_current_span(
+            f"zumik.customer_key.{operation}",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"zumik.customer_key.operation": operation, "server.address": self._host},
+        ) as span:
+            try:
+                return self._exchange(operation, body)
+            except ZumikError as exc:
+                outcome = exc.reason
+                span.set_status(trace.Status(trace.StatusCode.ERROR, exc.reason))
+                raise
+            except DecryptionFailed:
+                outcome = "DECRYPTION_FAILED"
+                span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
+                raise
+            finally:
+                recorder().customer_key_call(operation, time.monotonic() - started, outcome)
+
+    def _exchange(self, operation: str, body: dict[str, str]) -> dict[str, Any]:
         path = f"/v1/{quote(self._mount)}/{operation}/{quote(self._key, safe='')}"
         conn: http.client.HTTPConnection
         if self._https:
