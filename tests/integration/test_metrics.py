@@ -121,7 +121,9 @@ def test_scrape_counts_a_mix_of_calls(
         assert error_info(caught.value).reason == "MISSING_SCOPE"
     # An identity the policy does not name.
     with pytest.raises(grpc.RpcError) as caught:
-        server.stubs(stranger_cert).seal.Open(seal_service_pb2.OpenRequest(name=names[0]), timeout=5)
+        server.stubs(stranger_cert).seal.Open(
+            seal_service_pb2.OpenRequest(name=names[0]), timeout=5
+        )
     stranger_reason = error_info(caught.value).reason
     # Verification answers are results, not errors.
     for _ in range(2):
@@ -162,7 +164,9 @@ def test_scrape_counts_a_mix_of_calls(
     assert delta("zumik_verify_results_total", zumik_verify_kind="api_key") == 2
     assert (
         delta(
-            "zumik_verify_results_total", zumik_verify_kind="api_key", zumik_verify_result="MALFORMED"
+            "zumik_verify_results_total",
+            zumik_verify_kind="api_key",
+            zumik_verify_result="MALFORMED",
         )
         == 2
     )
@@ -251,7 +255,9 @@ def test_unknown_methods_do_not_mint_label_values(
             call(b"", timeout=5)
     text = _scrape(server)[1]
     assert "Chosen" not in text and "attacker" not in text
-    assert _value(_samples(text), "rpc_server_call_duration_seconds_count", rpc_method="_OTHER") == 5
+    assert (
+        _value(_samples(text), "rpc_server_call_duration_seconds_count", rpc_method="_OTHER") == 5
+    )
 
 
 def test_tenant_label_only_in_rich_mode_and_bounded(zumik_server_factory: ServerFactory) -> None:
