@@ -291,3 +291,12 @@ def test_tenant_label_only_in_rich_mode_and_bounded(zumik_server_factory: Server
     assert _value(samples, name, zumik_tenant_id="_OTHER", rpc_method=SEAL) == 1  # over the limit
     text = _scrape(server)[1]
     assert "rich-b" not in text and "quiet-c" not in text
+
+
+def test_liveness_service_stays_serving_while_storage_is_down(server: RunningServer) -> None:
+    server.server._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        assert _probe(server) == "NOT_SERVING"  # readiness: out of the endpoints
+        assert _probe(server, "zumik.liveness") == "SERVING"  # liveness: no restart
+    finally:
+        server.server._set_health(health_pb2.HealthCheckResponse.SERVING)

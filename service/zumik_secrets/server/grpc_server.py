@@ -40,6 +40,10 @@ from zumik_secrets.server.tls import server_credentials
 _LOG = logging.getLogger("zumik.server")
 
 _SERVICE_NAMES = tuple(s.full_name for s in SERVICE_DESCRIPTORS)
+#: Health service name that answers SERVING while the process runs, whatever storage does (NOT
+#: SERVING only once draining): what liveness and startup probes ask, so that a database outage
+#: makes pods unready without restarting them. Readiness asks the whole server ("").
+LIVENESS_SERVICE = "zumik.liveness"
 
 
 def served_methods() -> dict[tuple[str, str], str]:
@@ -184,6 +188,7 @@ class ZumikServer:
     def start(self) -> None:
         """Start serving; health turns SERVING (storage and keys are ready by construction)."""
         self._server.start()
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.runtime.metrics.start(lambda: self.serving)
         if self.health_listener is not None:
