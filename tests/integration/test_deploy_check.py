@@ -65,6 +65,8 @@ def _replace(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
+# checkov alone takes about a minute; under a loaded machine the default 120 s is too short.
+@pytest.mark.timeout(600)
 def test_deploy_check_passes_on_the_real_manifests(tmp_path: Path) -> None:
     result = _deploy_check(REPO / "deploy", tmp_path / "out")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -92,6 +94,7 @@ def test_deploy_check_passes_on_the_real_manifests(tmp_path: Path) -> None:
     assert (tmp_path / "out/all/prod.yaml").exists()
 
 
+@pytest.mark.timeout(600)
 def test_deploy_check_fails_on_injected_errors(tmp_path: Path) -> None:
     deploy = tmp_path / "deploy"
     shutil.copytree(REPO / "deploy", deploy)
