@@ -14,7 +14,10 @@ What counts as a secret (the *registry*):
 
 Values shorter than 12 characters or with fewer than 6 distinct characters are not registered:
 they would match by chance (``000000000000`` is inside every test handle). A value a test also
-sent in a *non*-sensitive field is dropped from the sweep (the test made it public itself).
+sent in a *non*-sensitive field is dropped from the sweep (the test made it public itself),
+unless it was registered with ``planted=True``: a secret-shaped value a test deliberately puts
+in a non-sensitive field (the rich-mode sweep, tests/security/test_rich_mode_sweep.py), which
+the service must refuse or redact and never store or echo.
 
 Where it looks (the *haystacks*), at the end of the session:
 
@@ -85,15 +88,21 @@ class LeakRegistry:
     secrets: dict[bytes, str] = field(default_factory=dict)
     windows: dict[bytes, str] = field(default_factory=dict)  # 12-byte windows of key secrets
     public: set[bytes] = field(default_factory=set)
+    planted: set[bytes] = field(default_factory=set)  # swept even when sent in public fields
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, value: str | bytes, origin: str = "test") -> None:
-        """Register a secret a test made (ignored when too short to match reliably)."""
+    def add(self, value: str | bytes, origin: str = "test", *, planted: bool = False) -> None:
+        """Register a secret a test made (ignored when too short to match reliably).
+
+        ``planted``: the test sends it in non-sensitive fields on purpose; it stays swept.
+        """
         raw = _as_bytes(value)
         if not _worth_registering(raw):
             return
         with self._lock:
             self.secrets.setdefault(raw, origin)
+            if planted:
+                self.planted.add(raw)
             match = _API_KEY_RE.search(raw.decode("utf-8", "replace"))
             if match:
                 secret = match.group(1).encode()
@@ -124,7 +133,9 @@ class LeakRegistry:
     def needles(self) -> tuple[dict[bytes, str], dict[bytes, str], int]:
         """(secrets, windows, how many were dropped as public) for the sweep."""
         with self._lock:
-            secrets = {k: v for k, v in self.secrets.items() if k not in self.public}
+            secrets = {
+                k: v for k, v in self.secrets.items() if k not in self.public or k in self.planted
+            }
             windows = {
                 k: v
                 for k, v in self.windows.items()

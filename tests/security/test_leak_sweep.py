@@ -22,6 +22,7 @@ API_KEY = "zk_live_4bC9dE2fG7hJ1kL3mN5pQ8_Xr7Tz2Wq9Ls4Kd8Mf1Hb6Nc3Vj5Gp0Ya2Q1w2E
 KEY_PIECE = "7Tz2Wq9Ls4Kd8M"  # 14 characters of the key's secret part, logged on their own
 LABEL_SECRET = "planted-LABEL-secret-91be0f"
 EXEMPLAR_SECRET = "planted-EXEMPLAR-secret-4d6a2e"
+PUBLIC_PLANT = "planted-in-a-public-field-0b5e9d17"
 
 PLANTED = f'''
 import logging
@@ -84,6 +85,14 @@ def test_exemplar_keeps_a_secret(leak_registry):
     with trace.get_tracer("t").start_as_current_span("sampled"):
         histogram.record(1.0, {{"kept": "x", "oops": "{EXEMPLAR_SECRET}"}})
     fix_leaks.record_metrics(reader, "planted exemplars")
+
+
+def test_echoes_a_value_planted_in_a_public_field(leak_registry):
+    # The rich-mode sweep sends secret-shaped values in non-sensitive fields on purpose: being
+    # "public" must not take them out of the sweep.
+    leak_registry.add("{PUBLIC_PLANT}", "planted public", planted=True)
+    leak_registry.add_public("{PUBLIC_PLANT}")
+    logging.getLogger("zumik.test").warning("echo %s", "{PUBLIC_PLANT}")
 '''  # noqa: S608 - Python source of the planted tests, not SQL
 
 CLEAN = f'''
@@ -140,7 +149,7 @@ def test_planted_leaks_fail_the_session_and_are_named(tmp_path: Path) -> None:
     done = _run(tmp_path, PLANTED)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
-    assert "6 passed" in out  # the tests themselves pass: the sweep fails the session
+    assert "7 passed" in out  # the tests themselves pass: the sweep fails the session
     assert "LEAK SWEEP FAILED" in out
     assert f"sha256:{_digest(LOG_SECRET)}" in out and "log records" in out
     assert f"sha256:{_digest(DB_SECRET)}" in out and "leaky.db" in out
@@ -148,6 +157,7 @@ def test_planted_leaks_fail_the_session_and_are_named(tmp_path: Path) -> None:
     assert "12-char piece" in out
     for secret in (LABEL_SECRET, EXEMPLAR_SECRET):
         assert f"sha256:{_digest(secret)} (planted) found in metric labels and exemplars" in out
+    assert f"sha256:{_digest(PUBLIC_PLANT)}" in out
     for secret in (
         LOG_SECRET,
         DB_SECRET,
@@ -156,6 +166,7 @@ def test_planted_leaks_fail_the_session_and_are_named(tmp_path: Path) -> None:
         API_KEY,
         LABEL_SECRET,
         EXEMPLAR_SECRET,
+        PUBLIC_PLANT,
     ):
         assert secret not in out, "the report must never print a secret"
 

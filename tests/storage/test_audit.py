@@ -315,11 +315,22 @@ def test_range_verification_and_resumed_export(audit_log: AuditLog) -> None:
         audit_log.record(entry(i=i), durable=i == 39)
     report = audit_log.verify("acme", 10, 20)
     assert report.ok and report.checked_count == 11
+    keys = {k.kid: k.public_key for k in audit_log.checkpoint_keys()}
+    # No checkpoint before 25: the export starts with a resume line no signature confirms, so
+    # the offline verifier accepts it only when told to; it ends at a checkpoint signed now.
     lines = list(audit_log.export("acme", 25))
     assert lines[0].startswith('{"type":"resume"')
-    keys = {k.kid: k.public_key for k in audit_log.checkpoint_keys()}
-    assert ac.verify_export(lines, keys).ok
+    assert lines[-1].startswith('{"type":"checkpoint"') and '"seq":40' in lines[-1]
+    assert ac.verify_export(lines, keys).failure is ac.ChainFailure.UNANCHORED
+    assert ac.verify_export(lines, keys, allow_unanchored=True).ok
     assert len(ac.parse_export(lines).events) == 16
+    # With a checkpoint at or before 24, the export starts there and verifies on its own.
+    for i in range(40, 45):
+        audit_log.record(entry(i=i), durable=i == 44)
+    lines = list(audit_log.export("acme", 42))
+    assert lines[0].startswith('{"type":"checkpoint"') and '"seq":40' in lines[0]
+    assert ac.verify_export(lines, keys).ok
+    assert [e.sequence for e in ac.parse_export(lines).events] == [41, 42, 43, 44, 45]
 
 
 # -- retention --------------------------------------------------------------------------------
@@ -444,3 +455,60 @@ def test_probe_write_leaves_nothing(store: Store) -> None:
     store.audit.probe_write()
     assert store.audit.head("~probe") is None
     assert store.audit.events("~probe", after_sequence=0, limit=5) == []
+
+
+# -- pins (issue 16) ----------------------------------------------------------------------------
+
+
+def test_a_head_read_before_this_process_wrote_more_is_no_rewrite(audit_log: AuditLog) -> None:
+    """The checkpointer reads a head, the writer commits more (moving the pin past it): that
+    race must not be reported as a rewrite."""
+    for i in range(5):
+        audit_log.append(entry(i=i))
+    first_three = audit_log._store.event("acme", 3)
+    assert first_three is not None
+    assert audit_log._pin_conflict("acme", 3, first_three.hash) is None
+    cp = audit_log._sign_head("acme", 3, first_three.hash)
+    assert (cp.sequence, audit_log.rewrites_detected) == (3, 0)
+
+
+def test_a_relinked_rewrite_under_the_pin_is_signed_as_written(
+    store: Store, store_url: str
+) -> None:
+    log = make_log(store)
+    try:
+        written = [log.append(entry(i=i)) for i in range(6)]
+        events = store.audit.events("acme", after_sequence=0, limit=100)
+        drafts = [
+            ac.EventDraft(
+                e.tenant,
+                e.event_id,
+                e.time,
+                e.actor,
+                e.actor_subject,
+                e.action,
+                "moved" if e.sequence == 2 else e.target,
+                e.outcome,
+                e.reason,
+                e.trace_id,
+                e.attributes,
+            )
+            for e in events[1:]
+        ]
+        forged = ac.extend_chain(1, events[0].hash, drafts)
+        raw = RawDb(store_url)
+        for ev in forged:
+            raw.run(
+                "UPDATE audit_events SET target = ?, prev_hash = ?, hash = ? "
+                "WHERE tenant = ? AND seq = ?",
+                (ev.target, ev.prev_hash, ev.hash, "acme", ev.sequence),
+            )
+        raw.run("UPDATE audit_heads SET hash = ? WHERE tenant = ?", (forged[-1].hash, "acme"))
+        assert log.verify("acme").ok  # self-consistent, no checkpoint yet
+        cp = log.create_checkpoint("acme")
+        assert (cp.sequence, cp.head_hash) == (6, written[-1].hash)  # the truth, not the head
+        assert log.rewrites_detected == 1
+        report = log.verify("acme")
+        assert not report.ok and report.failure is ac.ChainFailure.CHECKPOINT_MISMATCH
+    finally:
+        log.stop()

@@ -188,11 +188,82 @@ def test_export_round_trip_and_offline_verification() -> None:
     assert (report.first_bad_sequence, report.failure) == (4, ac.ChainFailure.EDITED)
 
 
-def test_export_resumed_mid_chain() -> None:
+def test_export_resumed_mid_chain_needs_a_signed_confirmation() -> None:
     events = _chain(10)
-    _, keys = _keys()
-    lines = [ac.resume_line("acme", 4, events[3].hash)] + [ac.event_line(e) for e in events[4:]]
-    assert ac.verify_export(lines, keys).ok
+    signer, keys = _keys()
+    resume = ac.resume_line("acme", 4, events[3].hash)
+    tail = ac.sign_checkpoint(signer, "sk_test", "acme", 10, events[9].hash, T0)
+    lines = [resume] + [ac.event_line(e) for e in events[4:]] + [ac.checkpoint_line(tail)]
+    # A resume line alone is an anchor nobody signed: never trusted.
+    report = ac.verify_export(lines, keys)
+    assert (report.ok, report.failure) == (False, ac.ChainFailure.UNANCHORED)
+    assert ac.verify_export(lines, keys, allow_unanchored=True).ok
+    confirm = ac.sign_checkpoint(signer, "sk_test", "acme", 4, events[3].hash, T0)
+    assert ac.verify_export([*lines, ac.checkpoint_line(confirm)], keys).ok
+    assert ac.verify_export(lines, keys, witness=[confirm]).ok  # or the witness confirms it
+    # A forged resume point with a forged "confirmation" (bad signature) is refused.
+    forged = dataclasses.replace(confirm, signature=bytes(64))
+    assert not ac.verify_export([*lines, ac.checkpoint_line(forged)], keys).ok
+
+
+def _edited_and_relinked(n: int, at: int) -> list[ac.ChainEvent]:
+    drafts = _drafts(n)
+    drafts[at - 1] = dataclasses.replace(drafts[at - 1], target="rewritten")
+    return ac.extend_chain(0, ac.GENESIS_HASH, drafts)
+
+
+def test_edited_relinked_and_stripped_export_fails() -> None:
+    """Finding 3: edit an event, re-link everything after it, delete the checkpoint lines."""
+    signer, keys = _keys()
+    forged = _edited_and_relinked(12, at=3)
+    stripped = [ac.event_line(e) for e in forged]
+    report = ac.verify_export(stripped, keys)
+    assert (report.ok, report.failure) == (False, ac.ChainFailure.UNANCHORED)
+    assert report.first_bad_sequence == 1
+    # With the original checkpoints kept, the rewrite is a mismatch.
+    original = _chain(12)
+    cp = ac.sign_checkpoint(signer, "sk_test", "acme", 12, original[-1].hash, T0)
+    report = ac.verify_export([*stripped, ac.checkpoint_line(cp)], keys)
+    assert report.failure is ac.ChainFailure.CHECKPOINT_MISMATCH
+    # Stripped of its checkpoints but checked against the witness: a mismatch again.
+    report = ac.verify_export(stripped, keys, witness=[cp], allow_unanchored=True)
+    assert report.failure is ac.ChainFailure.CHECKPOINT_MISMATCH
+
+
+def test_unanchored_tail_is_reported_from_the_last_checkpoint() -> None:
+    events = _chain(12)
+    signer, keys = _keys()
+    cp = ac.sign_checkpoint(signer, "sk_test", "acme", 6, events[5].hash, T0)
+    lines = [ac.event_line(e) for e in events[:6]] + [ac.checkpoint_line(cp)]
+    lines += [ac.event_line(e) for e in events[6:]]
+    report = ac.verify_export(lines, keys)
+    assert (report.first_bad_sequence, report.failure) == (7, ac.ChainFailure.UNANCHORED)
+    assert ac.verify_export(lines, keys, allow_unanchored=True).ok
+
+
+def test_witness_checkpoints_are_judged_only_inside_the_export() -> None:
+    events = _chain(12)
+    signer, keys = _keys()
+    end = ac.sign_checkpoint(signer, "sk_test", "acme", 8, events[7].hash, T0)
+    lines = [ac.event_line(e) for e in events[:8]] + [ac.checkpoint_line(end)]
+    later = ac.sign_checkpoint(signer, "sk_test", "acme", 12, events[11].hash, T0)
+    other = ac.sign_checkpoint(signer, "sk_test", "globex", 3, bytes(32), T0)
+    inside = ac.sign_checkpoint(signer, "sk_test", "acme", 4, events[3].hash, T0)
+    assert ac.verify_export(lines, keys, witness=[later, other, inside]).ok
+    wrong = ac.sign_checkpoint(signer, "sk_test", "acme", 4, bytes(32), T0)
+    report = ac.verify_export(lines, keys, witness=[wrong])
+    assert (report.first_bad_sequence, report.failure) == (4, ac.ChainFailure.CHECKPOINT_MISMATCH)
+    unsigned = dataclasses.replace(inside, signature=bytes(64))
+    assert not ac.verify_export(lines, keys, witness=[unsigned]).ok
+
+
+def test_two_signed_checkpoints_that_disagree_fail() -> None:
+    events = _chain(6)
+    signer, keys = _keys()
+    good = ac.sign_checkpoint(signer, "sk_test", "acme", 6, events[-1].hash, T0)
+    other = ac.sign_checkpoint(signer, "sk_test", "acme", 6, bytes(32), T0)
+    report = ac.verify_chain(events, tenant="acme", checkpoints=[good, other], keys=keys)
+    assert report.failure is ac.ChainFailure.CHECKPOINT_MISMATCH
 
 
 def test_malformed_export_line_is_named() -> None:
@@ -242,11 +313,13 @@ def test_service_events_are_sanitized_not_refused() -> None:
 def test_sanitize_remembers_only_harmless_values() -> None:
     from zumik_secrets.core import audit_events
 
-    harmless = "tenants/acme/projects/web/secrets/sec_0123456789ABCDEFabcdef"
+    harmless = "free text that is no secret"
     for _ in range(3):  # the second and third calls are answered from the cache
         assert sanitize(harmless, "OK", {"version": "1"}) == (harmless, "OK", {"version": "1"})
         assert sanitize(_SECRET, "OK", {"v": _SECRET})[0] == REDACTED
     assert harmless in audit_events._harmless
+    name = "tenants/acme/projects/web/secrets/sec_0123456789ABCDEFabcdef"
+    assert sanitize(name, "", {})[0] == name  # a resource name: not even scanned
     assert _SECRET not in audit_events._harmless
     assert not any(_SECRET in value for value in audit_events._harmless)
     long_value = "a/" * 400  # longer than the cache keeps

@@ -169,3 +169,32 @@ def test_parsers_only_raise_invalid_argument(parse: Callable[..., Any], text: st
         assert exc.reason == "INVALID_NAME"
         return
     assert str(parsed) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tenants/acme", True),
+        ("tenants/acme/settings", True),
+        ("tenants/3f2a9c1e-8b7d-4e2f-9a1b-0c5d6e7f8a9b/projects/web", True),
+        ("tenants/acme/projects/web/secrets/sec_0123456789ABCDEFabcdef", True),
+        ("tenants/acme/projects/web/apiKeys/key_0123456789ABCDEFabcdef", True),
+        ("tenants/acme/projects/web/sessions/ses_0123456789ABCDEFabcdef", True),
+        ("tenants/acme/handles/user_0123456789ABCDEFabcdef", True),
+        ("tenants/acme/purgeReceipts/rcp_0123456789ABCDEFabcdef", True),
+        ("tenants/Acme", False),
+        ("tenants/acme/", False),
+        ("tenants/" + "a" * 64, False),
+        ("tenants/acme/projects/web/secrets/key_0123456789ABCDEFabcdef", False),
+        ("tenants/acme/projects/web/secrets/sec_0123456789ABCDEFabcdef/x", False),
+        ("tenants/acme/handles/USER_0123456789ABCDEFabcdef", False),
+        ("tenants/acme/projects/we_b", False),
+        ("tenants/acme/settings/x", False),
+        ("projects/web", False),
+        ("tenants/acme/projects/" + "A1b2C3d4" * 6, False),
+    ],
+)
+def test_is_resource_name(text: str, expected: bool) -> None:
+    from zumik_secrets.core.names import is_resource_name
+
+    assert is_resource_name(text) is expected

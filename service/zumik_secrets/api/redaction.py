@@ -1,7 +1,11 @@
 """Describe a request for telemetry without ever including a sensitive field.
 
 Which fields are sensitive is read from the contracts (`(zumik.secrets.v1.sensitive) = true`),
-so adding a secret field to a message only needs that one annotation.
+so adding a secret field to a message only needs that one annotation. Every other string (and
+map key) a caller sent goes through the one secret detector
+(:mod:`zumik_secrets.core.secret_scrub`) and is replaced by ``[REDACTED]`` when flagged, so a
+secret put in the wrong field (a key as a display name, a token as a page token) is not echoed
+to the access log or a span in the richer telemetry mode; resource names are kept.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import Message
 
 from zumik_secrets.api.contracts import is_sensitive
+from zumik_secrets.core.secret_scrub import scrub_value
 
 _MAX_STRING = 256
 _MAX_ITEMS = 32
@@ -26,8 +31,12 @@ def _scalar(field: _descriptor.FieldDescriptor, value: Any) -> Any:
     if field.type == _FD.TYPE_ENUM and field.enum_type is not None:
         enum_value = field.enum_type.values_by_number.get(value)
         return enum_value.name if enum_value is not None else value
-    if isinstance(value, str) and len(value) > _MAX_STRING:
-        return value[:_MAX_STRING] + "…"
+    if isinstance(value, str):
+        # The detector sees the whole value before it is cut: a token cut in half could
+        # escape it (a claim's signature segment did, issue 16).
+        value = scrub_value(value)
+        if len(value) > _MAX_STRING:
+            return value[:_MAX_STRING] + "…"
     return value
 
 
@@ -52,7 +61,8 @@ def describe_message(message: Message, depth: int = 0) -> dict[str, Any]:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             out[field.name] = {
-                str(k): _value(value_field, v, depth) for k, v in list(value.items())[:_MAX_ITEMS]
+                scrub_value(str(k)): _value(value_field, v, depth)
+                for k, v in list(value.items())[:_MAX_ITEMS]
             }
         elif field.is_repeated:
             out[field.name] = [_value(field, v, depth) for v in list(value)[:_MAX_ITEMS]]

@@ -15,6 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from zumik_secrets.core import errors
+from zumik_secrets.core.secret_scrub import scrub_text, scrub_value
 
 #: The ErrorInfo domain of every error this service raises.
 ERROR_DOMAIN = "secrets.zumik.dev"
@@ -53,7 +54,9 @@ def to_status(error: errors.ZumikError) -> grpc.Status:
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+                reason=error.reason,
+                domain=ERROR_DOMAIN,
+                metadata={k: scrub_value(v) for k, v in error.metadata.items()},
             )
         )
     ]
@@ -63,7 +66,7 @@ def to_status(error: errors.ZumikError) -> grpc.Status:
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=scrub_value(v.field), description=scrub_text(v.description)
                         )
                         for v in error.violations
                     ]
@@ -82,7 +85,11 @@ def to_status(error: errors.ZumikError) -> grpc.Status:
                 )
             )
         )
-    proto = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    # Messages never echo input by design; the detector is the last line of defence (the
+    # same one as the logs and the audit log), resource names kept.
+    proto = status_pb2.Status(
+        code=code.value[0], message=scrub_text(error.message), details=details
+    )
     return rpc_status.to_status(proto)
 
 

@@ -37,7 +37,22 @@ Health
 Checkpoints
     A background thread signs a checkpoint for every chain whose head moved, every
     ``checkpoint_interval`` seconds, and sooner when a tenant gained ``checkpoint_every`` events
-    in this process. :meth:`create_checkpoint` signs one on demand.
+    in this process (and once more when the log stops). :meth:`create_checkpoint` signs one on
+    demand, :meth:`export` one over the head it exports.
+
+Witness and pins (issue 16)
+    Every checkpoint signed here is also published to the witness
+    (:mod:`zumik_secrets.app.audit_witness`), a sink the database writer cannot rewrite, and
+    :meth:`verify` checks the chain against the witness's checkpoints too. The process also
+    remembers, per tenant, the last link it wrote itself (a *pin*: sequence and hash). Before
+    signing a head it checks that the stored event at the pinned sequence still has the pinned
+    hash; since every hash covers all earlier events, that one read detects any rewrite of the
+    chain up to the pin, including a re-linked one. On a mismatch it signs the pinned link (the
+    truth as written) instead of the head, stores and publishes it, and logs an ERROR; every
+    later verification then fails with ``CHECKPOINT_MISMATCH``. Pins live in memory: events
+    written by a process that dies before its next checkpoint are pinned by nothing, so the
+    unanchored tail is at most ``checkpoint_interval`` seconds or ``checkpoint_every`` events
+    of a tenant.
 
 Retention
     :meth:`sweep` removes, per tenant, the events older than the tenant's retention period,
@@ -62,6 +77,7 @@ from datetime import UTC, datetime, timedelta
 from opentelemetry import trace
 
 from zumik_secrets.app.audit import AuditEntry, note_recorded
+from zumik_secrets.app.audit_witness import AuditWitness
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
 from zumik_secrets.app.metrics import NOOP, Recorder
 from zumik_secrets.core import audit_chain as chain
@@ -173,6 +189,7 @@ class AuditLog:
         checkpoint_interval: float = 60.0,
         retention: timedelta = DEFAULT_RETENTION,
         retention_for: Callable[[str], timedelta] | None = None,
+        witness: AuditWitness | None = None,
     ) -> None:
         """Create the log (call :meth:`start` to run its threads).
 
@@ -194,6 +211,7 @@ class AuditLog:
             checkpoint_interval: Seconds between periodic checkpoints of moved heads.
             retention: Default retention period.
             retention_for: Per-tenant retention (defaults to ``retention`` for every tenant).
+            witness: Where signed checkpoints are also published (None: nowhere).
         """
         self._store = store
         self._keys = keys
@@ -208,6 +226,13 @@ class AuditLog:
         self._checkpoint_interval = checkpoint_interval
         self._retention = retention
         self._retention_for = retention_for or (lambda _tenant: retention)
+        self._witness = witness
+        self._unpublished: list[Checkpoint] = []  # witness publishes to retry, under _pin_lock
+        self._pins: dict[str, tuple[int, bytes]] = {}  # last link written here, per tenant
+        self._published: dict[tuple[str, int, bytes], None] = {}  # under _pin_lock
+        self._pin_lock = threading.Lock()
+        #: Rewrites detected by the pin check (each logged at ERROR and signed as the truth).
+        self.rewrites_detected = 0
         # One lock, two conditions: the writer waits on ``_work``, callers waiting for queue
         # room on ``_room``. A caller wakes the writer only when it is idle (or lingering and the
         # event cannot wait), so a busy writer is not woken once per event.
@@ -258,6 +283,10 @@ class AuditLog:
             self._writer.join(timeout)
         if self._checkpointer.is_alive():
             self._checkpointer.join(timeout)
+            try:  # anchor what this process wrote, so a clean stop leaves no unanchored tail
+                self.checkpoint_moved_heads()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                _LOG.warning("final audit checkpoint failed", exc_info=True)
         with self._lock:
             left = [p for p in self._queue if not p.cancelled]
         if left:
@@ -548,6 +577,11 @@ class AuditLog:
         self._set_healthy(True)
 
     def _count(self, stored: list[ChainEvent]) -> None:
+        with self._pin_lock:
+            for event in stored:
+                pin = self._pins.get(event.tenant)
+                if pin is None or pin[0] < event.sequence:
+                    self._pins[event.tenant] = (event.sequence, event.hash)
         due = False
         for event in stored:
             self._since_checkpoint[event.tenant] += 1
@@ -579,24 +613,98 @@ class AuditLog:
             Unavailable: storage is down.
         """
         self._since_checkpoint.clear()
-        kid, signer = self._keys.checkpoint_signer()
         count = 0
         for tenant, sequence, head_hash in self._store.heads_without_checkpoint(limit):
-            cp = chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, self._clock())
-            self._store.add_checkpoint(cp)
+            self._sign_head(tenant, sequence, head_hash)
             count += 1
+        self._publish([])  # retry what the witness refused before
         return count
 
     def create_checkpoint(self, tenant: str) -> Checkpoint:
         """Sign (or return the existing) checkpoint over the tenant's current head.
 
+        When the stored chain no longer extends what this process wrote (see the module
+        docstring), the checkpoint returned is over the pinned link instead, and does not
+        match the stored chain.
+
         Raises:
             Unavailable: storage is down.
         """
         sequence, head_hash = self._store.head(tenant) or (0, chain.GENESIS_HASH)
+        return self._sign_head(tenant, sequence, head_hash)
+
+    def _sign_head(self, tenant: str, sequence: int, head_hash: bytes) -> Checkpoint:
+        truth = self._pin_conflict(tenant, sequence, head_hash)
         kid, signer = self._keys.checkpoint_signer()
-        cp = chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, self._clock())
-        return self._store.add_checkpoint(cp)
+        if truth is not None:
+            self.rewrites_detected += 1
+            _LOG.error(
+                "audit chain rewritten in the database: the stored chain does not extend the "
+                "link this process wrote; signing that link instead of the stored head",
+                extra={"tenant": tenant, "pinned_sequence": truth[0], "head_sequence": sequence},
+            )
+            cp = chain.sign_checkpoint(signer, kid, tenant, truth[0], truth[1], self._clock())
+            self._store.add_checkpoint(cp)
+            self._publish([cp])
+            return cp
+        cp = self._store.add_checkpoint(
+            chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, self._clock())
+        )
+        self._publish([cp])
+        return cp
+
+    def _pin_conflict(
+        self, tenant: str, sequence: int, head_hash: bytes
+    ) -> tuple[int, bytes] | None:
+        """The pinned link when the stored chain does not extend it, else None."""
+        with self._pin_lock:
+            pin = self._pins.get(tenant)
+        if pin is None:
+            return None
+        pinned_sequence, pinned_hash = pin
+        if pinned_sequence == sequence:
+            return None if pinned_hash == head_hash else pin
+        if pinned_sequence > sequence:
+            # Either this process wrote more since the head was read (a race, not a rewrite:
+            # the head has moved on meanwhile) or the head moved back (the tail was cut).
+            current = self._store.head(tenant)
+            if current is None or current[0] < pinned_sequence:
+                return pin
+        event = self._store.event(tenant, pinned_sequence)
+        if event is None:
+            first = self._store.first_sequence(tenant)
+            # Pruned by retention: the signed retention anchor covers it.
+            return None if first is not None and first > pinned_sequence else pin
+        return None if event.hash == pinned_hash else pin
+
+    def _publish(self, checkpoints: list[Checkpoint]) -> None:
+        """Publish to the witness; what fails is retried by the next checkpoint round."""
+        if self._witness is None:
+            return
+        with self._pin_lock:
+            fresh = []
+            for cp in checkpoints:
+                marker = (cp.tenant, cp.sequence, cp.head_hash)
+                if marker not in self._published:
+                    fresh.append(cp)
+            batch = self._unpublished + fresh
+            self._unpublished = []
+        if not batch:
+            return
+        try:
+            self._witness.publish(batch)
+        except Exception:  # noqa: BLE001 - a witness outage must not stop the audit log
+            _LOG.error("audit witness unavailable: checkpoints kept for a retry", exc_info=True)
+            with self._pin_lock:
+                self._unpublished = (batch + self._unpublished)[-10_000:]
+            return
+        with self._pin_lock:
+            # Remember what was published recently, so exports over an unchanged head do not
+            # append the same checkpoint again and again (bounded: a repeat is harmless).
+            if len(self._published) > 10_000:
+                self._published.clear()
+            for cp in batch:
+                self._published[(cp.tenant, cp.sequence, cp.head_hash)] = None
 
     def checkpoint_keys(self) -> list[CheckpointKeyInfo]:
         """Every checkpoint key, newest first."""
@@ -604,7 +712,7 @@ class AuditLog:
             CheckpointKeyInfo(
                 rec.kid, rec.public_key, "active" if rec.state == "active" else "retired"
             )
-            for rec in reversed(self._keys.records())
+            for rec in reversed(self._keys.trusted_records())
         ]
 
     # -- reading ----------------------------------------------------------------------------
@@ -623,10 +731,13 @@ class AuditLog:
         """Verify a range of a tenant's chain (0, 0: from the retained start to the head).
 
         A range that starts after the retained start trusts the stored hash of the event
-        before it; the full check starts at the genesis or the signed retention anchor.
+        before it; the full check starts at the genesis or the signed retention anchor. The
+        witness's checkpoints of the tenant are checked like the stored ones (a witness
+        checkpoint past the stored head is a truncated tail).
 
         Raises:
-            InvalidArgument: a negative or inverted range.
+            InvalidArgument: reason ``INVALID_RANGE``, a negative or inverted range, or a
+                start past the head.
             Unavailable: storage is down.
         """
         if start_sequence < 0 or end_sequence < 0 or (0 < end_sequence < start_sequence):
@@ -639,7 +750,19 @@ class AuditLog:
         # every checkpoint read is at or below the head unless the head row was tampered with,
         # and events appended meanwhile (this very call's audit record) stay out of the range.
         all_checkpoints = self._store.checkpoints(tenant)
+        if self._witness is not None:
+            try:
+                all_checkpoints = all_checkpoints + self._witness.checkpoints(tenant)
+            except Exception as exc:  # unreadable witness: no verdict either way
+                _LOG.error("audit witness unreadable", exc_info=True)
+                raise audit_unavailable() from exc
         head_sequence = (self._store.head(tenant) or (0, b""))[0]
+        if start_sequence > max(head_sequence, 1):
+            raise InvalidArgument(
+                f"start_sequence is past the head of the chain ({head_sequence})",
+                reason="INVALID_RANGE",
+                violations=[FieldViolation("start_sequence", "past the head of the chain")],
+            )
         first = self._store.first_sequence(tenant)
         retained_start = first if first is not None else head_sequence + 1
         anchor: tuple[int, bytes] | None = None
@@ -671,8 +794,13 @@ class AuditLog:
     def export(self, tenant: str, start_sequence: int = 0) -> Iterator[str]:
         """The tenant's chain as export lines (see :mod:`zumik_secrets.core.audit_chain`).
 
-        Starts at ``start_sequence`` (0 or 1: the retained start, led by the retention anchor
-        when there is one; later: led by a ``resume`` line naming the link it continues from).
+        The export is self-verifying: it ends at a checkpoint signed now over the head it
+        exports (:meth:`create_checkpoint`, also published to the witness), and it starts at
+        the genesis, the retention anchor, or, for a ``start_sequence`` after the retained
+        start, at the newest checkpoint at or before ``start_sequence - 1`` (so the export may
+        begin a little earlier than asked). Only when no checkpoint lies in between does it
+        start with a ``resume`` line, which the offline verifier accepts only with
+        ``--allow-unanchored``.
 
         Raises:
             InvalidArgument: a negative start.
@@ -684,23 +812,36 @@ class AuditLog:
                 reason="INVALID_RANGE",
                 violations=[FieldViolation("start_sequence", "must be >= 0")],
             )
-        head_sequence = (self._store.head(tenant) or (0, b""))[0]
+        covering = self.create_checkpoint(tenant)
+        until = covering.sequence
         first = self._store.first_sequence(tenant)
-        retained_start = first if first is not None else head_sequence + 1
+        retained_start = first if first is not None else until + 1
         after = retained_start - 1
         resume: str | None = None
         if start_sequence > retained_start:
-            after = start_sequence - 1
-            before = self._store.event(tenant, after)
-            if before is not None:
-                resume = chain.resume_line(tenant, before.sequence, before.hash)
+            wanted = min(start_sequence - 1, until)
+            earlier = self._store.checkpoints(tenant, from_sequence=after, to_sequence=wanted)
+            if earlier:
+                after = earlier[-1].sequence
+            else:
+                after = wanted
+                before = self._store.event(tenant, after)
+                if before is not None:
+                    resume = chain.resume_line(tenant, before.sequence, before.hash)
         checkpoints = {
-            cp.sequence: cp for cp in self._store.checkpoints(tenant, from_sequence=after)
+            cp.sequence: cp
+            for cp in self._store.checkpoints(tenant, from_sequence=after, to_sequence=until)
         }
-        return self._export_lines(tenant, after, resume, checkpoints)
+        checkpoints[until] = covering
+        return self._export_lines(tenant, after, until, resume, checkpoints)
 
     def _export_lines(
-        self, tenant: str, after: int, resume: str | None, checkpoints: dict[int, Checkpoint]
+        self,
+        tenant: str,
+        after: int,
+        until: int,
+        resume: str | None,
+        checkpoints: dict[int, Checkpoint],
     ) -> Iterator[str]:
         if resume is not None:
             yield resume
@@ -708,7 +849,7 @@ class AuditLog:
         if anchor is not None:
             yield chain.checkpoint_line(anchor)
         last = after
-        for event in self._events(tenant, after, None):
+        for event in self._events(tenant, after, until):
             yield chain.event_line(event)
             last = event.sequence
             cp = checkpoints.pop(event.sequence, None)
@@ -779,6 +920,7 @@ class AuditLog:
             kid, signer = self._keys.checkpoint_signer()
             anchor = chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, now)
             deleted = self._store.prune(anchor)
+            self._publish([anchor])
             result.pruned[tenant] = (sequence, deleted)
             self.record(
                 AuditEntry(

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 
 from zumik_secrets.app.signing_keys import SigningKeys, signing_key_aad
 from zumik_secrets.core import primitives
+from zumik_secrets.core.errors import DecryptionFailed
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.storage.ports import SigningKeyStore
+from zumik_secrets.storage.records import SigningKeyRecord
 
 PURPOSE = "audit"
 AUDIENCE = "zumik-secrets/audit-checkpoints"
@@ -39,6 +41,7 @@ class CheckpointKeys(SigningKeys):
         super().__init__(store, keyring, purpose=PURPOSE, audience=AUDIENCE, clock=clock)
         self._raw: tuple[str, primitives.Ed25519Signer] | None = None
         self._raw_lock = threading.Lock()
+        self._genuine: dict[tuple[str, bytes, bytes], bool] = {}
 
     def checkpoint_signer(self) -> tuple[str, primitives.Ed25519Signer]:
         """``(kid, signer)`` of the newest active key.
@@ -65,8 +68,33 @@ class CheckpointKeys(SigningKeys):
             refresh_for: kids the caller needs; if one is unknown the keys are re-read once
                 (another replica may have created it).
         """
-        keys = {rec.kid: rec.public_key for rec in self.records()}
+        keys = {rec.kid: rec.public_key for rec in self.trusted_records()}
         if refresh_for - keys.keys():
             self.refresh()
-            keys = {rec.kid: rec.public_key for rec in self.records()}
+            keys = {rec.kid: rec.public_key for rec in self.trusted_records()}
         return keys
+
+    def trusted_records(self) -> tuple[SigningKeyRecord, ...]:
+        """The keys whose public half is provably ours: the wrapped private key unwraps under
+        the master keyring (AAD binds purpose and kid) and derives the stored public key.
+
+        A database writer cannot wrap a key without the keyring, so a row they insert (their
+        own public key beside any blob) is not trusted: it neither verifies checkpoints here
+        nor is published by ListCheckpointKeys.
+        """
+        out = []
+        for rec in self.records():
+            marker = (rec.kid, rec.public_key, rec.wrapped_private_key)
+            genuine = self._genuine.get(marker)
+            if genuine is None:
+                try:
+                    private = self._keyring.unwrap(
+                        rec.wrapped_private_key, signing_key_aad(PURPOSE, rec.kid)
+                    )
+                    genuine = primitives.Ed25519Signer(private).public_raw == rec.public_key
+                except (DecryptionFailed, ValueError):
+                    genuine = False
+                self._genuine[marker] = genuine
+            if genuine:
+                out.append(rec)
+        return tuple(out)

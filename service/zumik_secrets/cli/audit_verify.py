@@ -6,6 +6,12 @@ ListCheckpointKeys response saved as JSON (``{"keys": [{"kid", "x", "status"}, .
 protobuf JSON form; a bare list of keys is accepted too). The verifier runs the same code as
 the server's VerifyChain: every link, every sequence number and every checkpoint signature.
 
+It trusts nothing in the file that the keys cannot verify: the export's last event must be
+covered by a signed checkpoint (else the unanchored tail fails, unless ``--allow-unanchored``),
+and a ``resume`` line is used only when a signed checkpoint confirms it. ``--witness PATH`` (a
+witness directory, ``ZUMIK_AUDIT_WITNESS_DIR``, or a witness file; repeatable) adds the
+checkpoints published outside the database: the export fails when it and the witness disagree.
+
 Exit status: 0 when the export verifies, 1 when it does not (the first failing sequence number
 and why are printed), 2 when a file cannot be read or parsed.
 """
@@ -18,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zumik_secrets.core.audit_chain import verify_export
+from zumik_secrets.app.audit_witness import read_witness
+from zumik_secrets.core.audit_chain import Checkpoint, parse_export, verify_export
 from zumik_secrets.core.encoding import b64url_decode
 
 
@@ -61,9 +68,26 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             lines = Path(args.file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise ValueError(f"cannot read export {args.file}: {exc.strerror}") from None
-    report = verify_export(lines, keys)
+    witness: list[Checkpoint] = []
+    for path in args.witness or []:
+        try:
+            witness.extend(read_witness(Path(path)))
+        except OSError as exc:
+            raise ValueError(f"cannot read witness {path}: {exc.strerror}") from None
+    report = verify_export(
+        lines, keys, witness=witness, allow_unanchored=bool(args.allow_unanchored)
+    )
     if report.ok:
         print(f"OK: {report.checked_count} events verified, head {report.head_sequence}")
+        tenant = parse_export(lines).tenant
+        later = max((cp.sequence for cp in witness if cp.tenant == tenant), default=0)
+        if later > report.head_sequence:
+            # Not a failure (the witness may simply be newer than the export), but an export
+            # holder can hand over a prefix ending at an older checkpoint: say so.
+            print(
+                f"note: the witness holds a checkpoint at sequence {later}, past this export's "
+                "end: the export is older than the witness, or was cut short"
+            )
         return 0
     failure = report.failure.value if report.failure else "UNKNOWN"
     print(f"FAILED at sequence {report.first_bad_sequence}: {failure} ({report.detail})")
@@ -79,4 +103,16 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("file", help="export file, one JSON line per event or checkpoint (- = stdin)")
     p.add_argument("--keys", required=True, help="ListCheckpointKeys response saved as JSON")
+    p.add_argument(
+        "--witness",
+        action="append",
+        metavar="PATH",
+        help="audit witness directory or file (ZUMIK_AUDIT_WITNESS_DIR); fail when the export "
+        "and the witness disagree (repeatable)",
+    )
+    p.add_argument(
+        "--allow-unanchored",
+        action="store_true",
+        help="accept an export whose last event (or resume point) no signed checkpoint covers",
+    )
     p.set_defaults(func=cmd_audit_verify)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sys
 from collections.abc import Sequence
@@ -31,15 +32,35 @@ _EPILOG = "configuration (environment variables):\n" + settings_help()
 
 
 def _write_secret_file(path: Path, text: str, *, overwrite: bool) -> bool:
-    """Write ``text`` to a new 0600 file; returns False if it exists and overwrite is off."""
+    """Write ``text`` as a 0600 file, atomically; returns False if it exists and overwrite is off.
+
+    The text goes to a temporary file in the same directory (created 0600 with ``O_EXCL``),
+    is fsynced, then renamed over ``path`` (``overwrite``) or hard-linked to it (fails if
+    ``path`` exists), and the directory is fsynced. A crash leaves the old file or the new one,
+    never a truncated keyring; the result is 0600 whatever mode an old file had.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if overwrite else os.O_EXCL)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return True
 
 

@@ -39,7 +39,9 @@ Export format (``zumik-audit-export/1``)
     * ``{"type": "checkpoint", "tenant", "seq", "head": <hex>, "time", "kid",
       "sig": <base64url>}``
     * ``{"type": "resume", "tenant", "seq", "hash": <hex>}``: an export that starts after the
-      retained start names the link it continues from (trusted unless a checkpoint confirms it).
+      retained start names the link it continues from. The offline verifier trusts it only when
+      a signed checkpoint at that sequence confirms it (the server starts such exports at a
+      checkpoint where it has one).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class ChainFailure(StrEnum):
     REORDERED = "REORDERED"
     INSERTED = "INSERTED"
     CHECKPOINT_MISMATCH = "CHECKPOINT_MISMATCH"
+    UNANCHORED = "UNANCHORED"
+    """Offline only (:func:`verify_export`): a start or tail no signed checkpoint covers."""
 
 
 def format_time(value: datetime) -> str:
@@ -392,7 +396,14 @@ def verify_chain(
     valid_cps: dict[int, Checkpoint] = {}
     for cp in cps:
         if cp.tenant == tenant and checkpoint_valid(cp, keys):
-            valid_cps[cp.sequence] = cp
+            seen = valid_cps.get(cp.sequence)
+            if seen is not None and seen.head_hash != cp.head_hash:
+                # Two signed statements about one position disagree (e.g. the database's and
+                # the witness's after a rewrite and a re-signature): at most one is the truth.
+                bad.append(
+                    _Bad(cp.sequence, ChainFailure.CHECKPOINT_MISMATCH, "checkpoints disagree")
+                )
+            valid_cps.setdefault(cp.sequence, cp)
         else:
             bad.append(
                 _Bad(cp.sequence, ChainFailure.CHECKPOINT_MISMATCH, "a checkpoint fails to verify")
@@ -580,6 +591,36 @@ def _time(doc: Mapping[str, Any], number: int) -> datetime:
         raise _bad_line(number, "'time' must be RFC 3339 UTC with 6 fractional digits") from None
 
 
+def _checkpoint_from(doc: Mapping[str, Any], number: int) -> Checkpoint:
+    try:
+        signature = b64url_decode(_str(doc, "sig", number))
+    except ValueError:
+        raise _bad_line(number, "'sig' must be base64url") from None
+    return Checkpoint(
+        tenant=_str(doc, "tenant", number),
+        sequence=_int(doc, "seq", number),
+        head_hash=_hex(doc, "head", number),
+        time=_time(doc, number),
+        kid=_str(doc, "kid", number),
+        signature=signature,
+    )
+
+
+def parse_checkpoint_line(text: str, number: int = 1) -> Checkpoint:
+    """Parse one :func:`checkpoint_line` (a witness entry; its signature is not checked here).
+
+    Raises:
+        InvalidArgument: reason ``INVALID_EXPORT`` when it is not a checkpoint line.
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise _bad_line(number, "not a JSON object") from None
+    if not isinstance(doc, dict) or doc.get("type") != "checkpoint":
+        raise _bad_line(number, "not a checkpoint line")
+    return _checkpoint_from(doc, number)
+
+
 def parse_export(lines: Iterable[str]) -> ExportContents:
     """Parse an export (blank lines ignored; one chain per export).
 
@@ -627,20 +668,7 @@ def parse_export(lines: Iterable[str]) -> ExportContents:
                 )
             )
         elif kind == "checkpoint":
-            try:
-                signature = b64url_decode(_str(doc, "sig", number))
-            except ValueError:
-                raise _bad_line(number, "'sig' must be base64url") from None
-            out.checkpoints.append(
-                Checkpoint(
-                    tenant=tenant,
-                    sequence=_int(doc, "seq", number),
-                    head_hash=_hex(doc, "head", number),
-                    time=_time(doc, number),
-                    kid=_str(doc, "kid", number),
-                    signature=signature,
-                )
-            )
+            out.checkpoints.append(_checkpoint_from(doc, number))
         elif kind == "resume":
             if out.resume is None and not out.events:
                 out.resume = (_int(doc, "seq", number), _hex(doc, "hash", number))
@@ -649,32 +677,91 @@ def parse_export(lines: Iterable[str]) -> ExportContents:
     return out
 
 
-def verify_export(lines: Iterable[str], keys: Mapping[str, bytes]) -> ChainReport:
+def verify_export(
+    lines: Iterable[str],
+    keys: Mapping[str, bytes],
+    *,
+    witness: Iterable[Checkpoint] = (),
+    allow_unanchored: bool = False,
+) -> ChainReport:
     """Verify an export offline: links, sequence numbers and every checkpoint's signature.
 
-    A checkpoint past the last exported event counts as a truncated tail.
+    Nothing in the file is trusted that the keys cannot verify:
+
+    * the export's last event must be covered by a valid signed checkpoint at its sequence
+      (in the export or the witness), else the unanchored tail is a failure (``UNANCHORED``);
+    * a ``resume`` line (an export that starts after the retained start) is used only when a
+      valid checkpoint at its sequence confirms it, else the start is a failure
+      (``UNANCHORED``);
+    * a checkpoint past the last exported event counts as a truncated tail;
+    * ``witness`` checkpoints (from a witness the database writer cannot rewrite) of the
+      export's tenant are checked like the export's own: a bad signature, a head that differs
+      from the exported event at that sequence, or two valid checkpoints at one sequence that
+      disagree is a ``CHECKPOINT_MISMATCH``. Witness checkpoints before the export's start (the
+      events are not in it) or after its end (published after the export was taken) are not
+      judged.
+
+    ``allow_unanchored`` turns the two ``UNANCHORED`` failures into passes (the report says
+    nothing more; the caller knows it asked for less).
 
     Raises:
         InvalidArgument: reason ``INVALID_EXPORT`` when a line is malformed.
     """
     contents = parse_export(lines)
+    own = list(contents.checkpoints)
+    first_event = contents.events[0].sequence if contents.events else None
+    last_event = contents.events[-1].sequence if contents.events else None
+    start = (
+        contents.resume[0]
+        if contents.resume is not None
+        else (first_event - 1 if first_event is not None else None)
+    )
+    witnessed = [
+        cp
+        for cp in witness
+        if cp.tenant == contents.tenant
+        and (start is None or cp.sequence >= start)
+        and (last_event is None or cp.sequence <= last_event)
+    ]
+    every = own + witnessed
+    valid = [cp for cp in every if cp.tenant == contents.tenant and checkpoint_valid(cp, keys)]
     anchor = contents.resume
     if anchor is not None:
-        confirming = [cp for cp in contents.checkpoints if cp.sequence == anchor[0]]
-        if confirming and confirming[0].head_hash != anchor[1]:
+        confirming = [cp for cp in valid if cp.sequence == anchor[0]]
+        if any(cp.head_hash != anchor[1] for cp in confirming):
             return ChainReport(
                 ok=False,
                 first_bad_sequence=anchor[0],
                 failure=ChainFailure.CHECKPOINT_MISMATCH,
                 detail="the resume point does not match its checkpoint",
             )
-    return verify_chain(
+        if not confirming and not allow_unanchored:
+            return ChainReport(
+                ok=False,
+                first_bad_sequence=anchor[0] + 1,
+                failure=ChainFailure.UNANCHORED,
+                detail="the export starts at a resume point no signed checkpoint confirms",
+            )
+    report = verify_chain(
         contents.events,
         tenant=contents.tenant,
-        checkpoints=contents.checkpoints,
+        checkpoints=every,
         keys=keys,
         anchor=anchor,
     )
+    if not report.ok or allow_unanchored or last_event is None:
+        return report
+    if not any(cp.sequence == last_event for cp in valid):
+        covered = [cp.sequence for cp in valid if cp.sequence < last_event]
+        return ChainReport(
+            ok=False,
+            first_bad_sequence=(max(covered) + 1) if covered else (first_event or 1),
+            failure=ChainFailure.UNANCHORED,
+            detail="no signed checkpoint covers the export's last event (unanchored tail)",
+            checked_count=report.checked_count,
+            head_sequence=report.head_sequence,
+        )
+    return report
 
 
 # -- building links --------------------------------------------------------------------------

@@ -5,13 +5,20 @@ Events appended by other services (AppendEvent) are checked strictly and refused
 * ``action`` must be on :data:`APPENDABLE_ACTIONS` (the one allow-list);
 * ``target`` at most 256 characters; ``reason`` empty or ``^[A-Z][A-Z0-9_]{0,63}$``;
 * at most 16 attributes, keys ``^[a-z][a-z0-9_.]{0,63}$``, values at most 256 characters;
-* no value (target, reason, attribute) may look like a secret
+* no value (target, reason, attribute key or value) may look like a secret
   (:mod:`zumik_secrets.core.secret_patterns`): INVALID_ARGUMENT with reason
   ``SECRET_IN_EVENT`` naming the field, never echoing the value.
 
 Events the service records itself are never refused (an audit trail that drops a denial because
 a caller sent a strange resource name would be worse); :func:`sanitize` instead replaces any
 secret-looking value by ``[REDACTED]`` and truncates oversized ones.
+
+Resource names are attributed, never redacted: a value that is a whole resource name of the
+grammar (:func:`zumik_secrets.core.names.is_resource_name`: built by the service or validated
+against the grammar) is recorded as it is, whatever its ids look like (UUID, ULID, hex...), in
+service events and as an AppendEvent target. Only free text goes through the detector; the
+detector's scoring of a whole name (slashes included) as one random string redacted the target
+of every event of a tenant with a UUID-shaped id (issue 16).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 from collections.abc import Mapping
 
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
+from zumik_secrets.core.names import is_resource_name
 from zumik_secrets.core.secret_patterns import secret_kind
 
 APPENDABLE_ACTIONS: frozenset[str] = frozenset(
@@ -78,7 +86,7 @@ def validate_appended(action: str, target: str, reason: str, attributes: Mapping
         raise _invalid("action", "is not an event type other services may append")
     if len(target) > MAX_TARGET_LENGTH:
         raise _invalid("target", f"is longer than {MAX_TARGET_LENGTH} characters")
-    if secret_kind(target) is not None:
+    if not is_resource_name(target) and secret_kind(target) is not None:
         raise _secret("target")
     if reason and not REASON_RE.fullmatch(reason):
         raise _invalid("reason", "must be UPPER_SNAKE (at most 64 characters) or empty")
@@ -87,6 +95,8 @@ def validate_appended(action: str, target: str, reason: str, attributes: Mapping
     for key in sorted(attributes):
         if not ATTRIBUTE_KEY_RE.fullmatch(key):
             raise _invalid("attributes", "keys must match ^[a-z][a-z0-9_.]{0,63}$")
+        if secret_kind(key) is not None:  # 64 lower-case hex digits fit the key grammar
+            raise _secret("attributes")
         value = attributes[key]
         where = f"attributes[{key}]"
         if len(value) > MAX_VALUE_LENGTH:
@@ -106,7 +116,7 @@ harmless values are kept (a secret-looking value is never stored here), at most
 
 
 def _clean(value: str, limit: int) -> tuple[str, bool]:
-    if value not in _harmless:
+    if value not in _harmless and not is_resource_name(value):
         if secret_kind(value) is not None:
             return REDACTED, True
         if len(value) <= _HARMLESS_CACHE_VALUE:
@@ -140,6 +150,9 @@ def sanitize(
     attrs: dict[str, str] = {}
     for key in sorted(attributes)[:MAX_ATTRIBUTES]:
         if not ATTRIBUTE_KEY_RE.fullmatch(key):
+            continue
+        if secret_kind(key) is not None:
+            redacted.append("attribute key")
             continue
         attrs[key], hit = _clean(attributes[key], MAX_VALUE_LENGTH)
         if hit:

@@ -344,3 +344,50 @@ def parse_purge_receipt_name(text: str, *, field: str = "name") -> PurgeReceiptN
         return PurgeReceiptName(m.group(1), m.group(2))
     except InvalidArgument:
         raise _reraise_as(field, PURGE_RECEIPT_PATTERN) from None
+
+
+_ID_FULL = ID_RE.fullmatch
+_HANDLE_FULL = re.compile(rf"[a-z]{{2,8}}_{_BODY}").fullmatch
+_KIND_HANDLE = {
+    "apiKeys": re.compile(rf"key_{_BODY}").fullmatch,
+    "sessions": re.compile(rf"ses_{_BODY}").fullmatch,
+    "secrets": re.compile(rf"sec_{_BODY}").fullmatch,
+}
+_RECEIPT_FULL = re.compile(rf"rcp_{_BODY}").fullmatch
+
+
+def is_resource_name(text: str) -> bool:
+    """Whether ``text`` is a whole resource name of this grammar (or ``tenants/{t}/settings``).
+
+    Such names are built or validated by the service: identifiers chosen under the grammar, not
+    free text. Audit events, logs and errors record them as they are (a UUID- or hex-shaped
+    tenant id must not turn an event's target into ``[REDACTED]``); only free text goes through
+    the secret detector. A grammar-valid name cannot hold an uppercase letter, ``_``, ``+``,
+    ``/`` or ``=`` inside an id, so no base64/base64url/base62 token, JWS, API key, session
+    token or PEM block fits one; the longest lowercase-hex run it can hold is one id (63).
+    """
+    if not isinstance(text, str) or len(text) > MAX_NAME_LENGTH or not text.startswith("tenants/"):
+        return False
+    # Dispatch on the shape (one small regex per part): this runs for every audit target and
+    # every long request string, so it must cost far less than the detector it spares.
+    parts = text.split("/")
+    count = len(parts)
+    if count < 2 or _ID_FULL(parts[1]) is None:
+        return False
+    if count == 2:
+        return True
+    if count == 3:
+        return parts[2] == "settings"
+    if count == 4:
+        collection, last = parts[2], parts[3]
+        if collection == "projects":
+            return _ID_FULL(last) is not None
+        if collection == "handles":
+            return _HANDLE_FULL(last) is not None
+        if collection == "purgeReceipts":
+            return _RECEIPT_FULL(last) is not None
+        return False
+    if count == 6 and parts[2] == "projects" and _ID_FULL(parts[3]) is not None:
+        check = _KIND_HANDLE.get(parts[4])
+        return check is not None and check(parts[5]) is not None
+    return False

@@ -241,6 +241,16 @@ class ServerConfig:
             )
         },
     )
+    audit_witness_dir: str = field(
+        default="",
+        metadata={
+            "setting": Setting(
+                "ZUMIK_AUDIT_WITNESS_DIR",
+                "append-only directory every signed audit checkpoint is also written to, out of "
+                "the database writer's reach (empty: no witness; a warning at start)",
+            )
+        },
+    )
     audit_checkpoint_events: int = field(
         default=1000,
         metadata={
@@ -402,6 +412,7 @@ class ServerConfig:
             "tls_client_ca_file": str(pki / "ca.crt"),
             "policy_file": str(dev_policy_path()),
             "master_keyring_file": str(DEV_DIR / "keyring.json"),
+            "audit_witness_dir": str(DEV_DIR / "audit-witness"),
         }
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in defaults.items():

@@ -33,6 +33,7 @@ from opentelemetry import trace
 
 from zumik_secrets.api.call_context import CallContext, reset_call, set_call
 from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
+from zumik_secrets.api.free_text import refuse_secret_fields
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, track_call, untrack_call
 from zumik_secrets.core.errors import InvalidArgument, Unimplemented, ZumikError
@@ -269,6 +270,15 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return call, None
         return call, allow
 
+    def _refuse_secrets(self, request: Any, allow: AuditEntry | None) -> None:
+        """Refuse a secret in a field not meant for one (the allowed call is still audited)."""
+        try:
+            refuse_secret_fields(request)
+        except ZumikError:
+            if allow is not None:
+                self._record_decision(allow)
+            raise
+
     def _record_decision(self, entry: AuditEntry) -> None:
         try:
             self._audit.record(entry)
@@ -343,6 +353,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                     context, record, method, guard, request, raw_claim, open_method
                 )
                 record.request = request
+                if guard is not None:
+                    self._refuse_secrets(request, allow)
                 return self._run(behavior, request, context, call, allow)
             except Exception as error:  # noqa: BLE001 - mapped to a status below
                 self._fail(context, record, error)
@@ -385,6 +397,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                             context, record, method, guard, request, raw_claim, open_method
                         )
                         record.request = request
+                        if guard is not None:
+                            self._refuse_secrets(request, allow)
                         token = set_call(call)
                         tracked, audit_token = track_call(call.identity)
                         succeeded = False

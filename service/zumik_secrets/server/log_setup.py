@@ -2,7 +2,12 @@
 
 Nothing in the service logs secrets on purpose; the filter still rewrites anything in a log
 record that looks like one of our secret formats (API key, session token, JWT-shaped claim,
-keyring key material) so a future mistake does not reach the log.
+keyring key material) so a future mistake does not reach the log. Free text (the message, its
+arguments and a traceback) also goes through the one secret detector the audit log uses
+(:func:`zumik_secrets.core.secret_scrub.scrub_text`: hex keys, random base64/base64url tokens,
+a claim's signature segment on its own, PEM private keys). Structured fields are the service's
+own (method, code, tenant, trace id...) and the rich request detail, which the telemetry
+scrubs value by value (:mod:`zumik_secrets.api.redaction`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 # The patterns live in the pure core so the audit log refuses exactly what this filter redacts.
 from zumik_secrets.core.secret_patterns import SECRET_PATTERNS
+from zumik_secrets.core.secret_scrub import scrub_text
 
 __all__ = [
     "SECRET_PATTERNS",
@@ -57,7 +63,7 @@ def redact(text: str) -> str:
 
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return scrub_text(redact(value))
     if isinstance(value, dict):
         return {k: _redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -94,13 +100,13 @@ class JsonFormatter(logging.Formatter):
             "ts": _timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub_text(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 out[key] = value
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = scrub_text(self.formatException(record.exc_info))
         return _render(out)
 
 
@@ -134,7 +140,7 @@ class RedactionFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact in place; never drops a record."""
         if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
+            record.msg = scrub_text(redact(record.msg))
         if record.args:
             if isinstance(record.args, dict):
                 record.args = {k: _redact_value(v) for k, v in record.args.items()}

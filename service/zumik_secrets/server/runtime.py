@@ -19,6 +19,7 @@ from zumik_secrets.app import metrics as app_metrics
 from zumik_secrets.app.api_keys import ApiKeyService
 from zumik_secrets.app.audit import AuditRecorder
 from zumik_secrets.app.audit_log import AuditLog
+from zumik_secrets.app.audit_witness import FileWitness
 from zumik_secrets.app.change_watcher import ChangeWatcher
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
 from zumik_secrets.app.claim_issuer import ClaimIssuer
@@ -175,7 +176,15 @@ class Runtime:
                 checkpoint_interval=config.audit_checkpoint_seconds,
                 retention=timedelta(days=config.audit_retention_days),
                 retention_for=tenant_settings.audit_retention_for,
+                witness=FileWitness(Path(config.audit_witness_dir))
+                if config.audit_witness_dir
+                else None,
             )
+            if not config.audit_witness_dir:
+                _LOG.warning(
+                    "no audit witness (ZUMIK_AUDIT_WITNESS_DIR): checkpoints live only in the "
+                    "database, so a database writer can rewrite the audit chain undetected"
+                )
             audit_log.start()
             audit: AuditRecorder = audit_log
             tenant_settings.audit = audit

@@ -10,8 +10,10 @@ Representation: times are INTEGER microseconds since the Unix epoch (UTC); scope
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -179,6 +181,23 @@ class _Write:
             mapped = _domain_error(exc)
             if mapped is not None:
                 raise mapped from exc
+
+
+def _private_file(path: str) -> None:
+    """Make the database file 0600 before SQLite opens it (its -wal and -shm files take the
+    database file's mode), creating it empty with that mode when missing; an existing file
+    with looser permissions is narrowed to 0600."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(name).st_mode & 0o077:
+                    os.chmod(name, 0o600)
+        return
+    os.close(fd)
 
 
 class _Db:
@@ -915,6 +934,7 @@ class SqliteStore:
     backend = BACKEND
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        _private_file(str(path))
         self._db = _Db(str(path), busy_timeout_ms)
         self._db.init_file()
         self.tenants = SqliteTenantSettingsStore(self._db)

@@ -132,7 +132,9 @@ class SealServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSecret(self, request, context):
-        """Deletes a secret and every version of it.
+        """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
+        for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
+        reply, GetSecret answering NOT_FOUND confirms the delete).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

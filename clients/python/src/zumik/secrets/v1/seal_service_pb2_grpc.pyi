@@ -49,7 +49,10 @@ class SealServiceStub:
     UpdateSecret: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.UpdateSecretRequest, _seal_service_pb2.UpdateSecretResponse]
     """Replaces a secret's plaintext, creating a new version."""
     DeleteSecret: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.DeleteSecretRequest, _seal_service_pb2.DeleteSecretResponse]
-    """Deletes a secret and every version of it."""
+    """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
+    for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
+    reply, GetSecret answering NOT_FOUND confirms the delete).
+    """
     RotateDataKey: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.RotateDataKeyRequest, _seal_service_pb2.RotateDataKeyResponse]
     """Makes a new data-key version primary for a project and purpose."""
     ListDataKeyVersions: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.ListDataKeyVersionsRequest, _seal_service_pb2.ListDataKeyVersionsResponse]
@@ -82,7 +85,10 @@ class SealServiceAsyncStub(SealServiceStub):
     UpdateSecret: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.UpdateSecretRequest, _seal_service_pb2.UpdateSecretResponse]  # type: ignore[assignment]
     """Replaces a secret's plaintext, creating a new version."""
     DeleteSecret: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.DeleteSecretRequest, _seal_service_pb2.DeleteSecretResponse]  # type: ignore[assignment]
-    """Deletes a secret and every version of it."""
+    """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
+    for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
+    reply, GetSecret answering NOT_FOUND confirms the delete).
+    """
     RotateDataKey: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.RotateDataKeyRequest, _seal_service_pb2.RotateDataKeyResponse]  # type: ignore[assignment]
     """Makes a new data-key version primary for a project and purpose."""
     ListDataKeyVersions: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.ListDataKeyVersionsRequest, _seal_service_pb2.ListDataKeyVersionsResponse]  # type: ignore[assignment]
@@ -148,7 +154,10 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.DeleteSecretRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.DeleteSecretResponse, _abc.Awaitable[_seal_service_pb2.DeleteSecretResponse]]:
-        """Deletes a secret and every version of it."""
+        """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
+        for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
+        reply, GetSecret answering NOT_FOUND confirms the delete).
+        """
 
     @_abc_1.abstractmethod
     def RotateDataKey(
