@@ -300,3 +300,19 @@ def test_liveness_service_stays_serving_while_storage_is_down(server: RunningSer
         assert _probe(server, "zumik.liveness") == "SERVING"  # liveness: no restart
     finally:
         server.server._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.postgres
+def test_postgres_pool_metrics(zumik_server_factory: ServerFactory, fresh_pg_url: str) -> None:
+    server = zumik_server_factory(fresh_pg_url)
+    claim = server.mint_claim(T, P, ("secrets.seal",))
+    server.stubs("console", claim=claim).seal.Seal(
+        seal_service_pb2.SealRequest(parent=PARENT, plaintext=b"pool-metrics"), timeout=5
+    )
+    samples = _samples(_scrape(server)[1])
+    connections = _value(samples, "zumik_db_pool_connections")
+    assert connections >= 1
+    assert ("zumik_db_pool_waiting", frozenset()) in samples
+    for kind in ("timeout", "connect", "lost"):
+        assert _value(samples, "zumik_db_pool_errors_total", zumik_db_error=kind) == 0
+    assert _value(samples, "zumik_storage_ready") == 1
