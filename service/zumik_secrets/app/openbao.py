@@ -135,15 +135,15 @@ class OpenBaoTransit:
     def _post(self, operation: str, body: dict[str, str]) -> dict[str, Any]:
         """One call, in a child span of the current call and timed for the metrics.
 
-        The span names the operation and the server's host, never the key name, the token or
-        the payload.
+        The span names the operation only: never the tenant's key server, key name, token or
+        payload (the tenant's configuration stays out of metadata-only telemetry).
         """
         started = time.monotonic()
         outcome = "ok"
         with _TRACER.start_as_current_span(
             f"zumik.customer_key.{operation}",
             kind=trace.SpanKind.CLIENT,
-            attributes={"zumik.customer_key.operation": operation, "server.address": self._host},
+            attributes={"zumik.customer_key.operation": operation},
         ) as span:
             try:
                 return self._exchange(operation, body)
