@@ -27,9 +27,9 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP = $(CHECKOV_VENV)/.zumik-checkov.stamp
 LINT_PATHS = $(wildcard service clients tests bench scripts)
 MYPY_PATHS = service clients/python/src/zumik_secrets_client scripts
-GENERATED = clients/python/src
+GENERATED = clients/python/src service/zumik_secrets/server/contracts.binpb
 
-.PHONY: help venv node_modules proto proto-check buf-lint buf-breaking client-check lint fmt \
+.PHONY: help venv node_modules proto proto-check buf-lint buf-breaking buf-release-snapshot client-check lint fmt \
 	test fuzz sbom lock run bench bench-quick clean distclean deploy-tools deploy-check \
 	monitoring-rules monitoring-live probe-cost
 
@@ -110,9 +110,15 @@ buf-lint: $(NODE_STAMP) ## buf lint (STANDARD + COMMENTS) and buf format check
 	npx --no-install buf lint
 	npx --no-install buf format --exit-code -d
 
-BUF_AGAINST ?= .git\#branch=main
-buf-breaking: $(NODE_STAMP) ## buf breaking (FILE) against BUF_AGAINST (default: branch main)
+# The last released contract: a committed buf image (see proto/breaking/README.md). Comparing
+# with branch main instead would compare main with itself in CI.
+BUF_RELEASED = proto/breaking/released.binpb
+BUF_AGAINST ?= $(BUF_RELEASED)
+buf-breaking: $(NODE_STAMP) ## buf breaking (FILE) against the last released contract (BUF_AGAINST)
 	npx --no-install buf breaking --against '$(BUF_AGAINST)'
+
+buf-release-snapshot: $(NODE_STAMP) ## After a release: make the current proto/ the released baseline
+	npx --no-install buf build --exclude-source-info -o $(BUF_RELEASED)
 
 client-check: $(VENV_STAMP) ## Install clients/python into a fresh scratch venv and import it
 	PYTHON=$(PYTHON) DEV_PY=$(PY) scripts/client_check.sh
@@ -137,9 +143,10 @@ fmt: $(VENV_STAMP) $(NODE_STAMP) ## Apply ruff format, ruff's safe fixes and buf
 	npx --no-install buf format -w
 
 # tests/integration/test_deploy_check.py runs deploy-check (on deploy/ and on a broken copy).
-test: $(VENV_STAMP) $(NODE_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## proto-check, lint, then the whole pytest suite
+test: $(VENV_STAMP) $(NODE_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## proto-check, lint, buf-breaking, then the whole pytest suite
 	$(MAKE) proto-check
 	$(MAKE) lint
+	$(MAKE) buf-breaking
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # The same fuzz tests `make test` runs with 25 examples per case, with ZUMIK_FUZZ_EXAMPLES (500)

@@ -14,6 +14,11 @@ Grammar (this module owns it):
     tenants/{tenant}/projects/{project}/secrets/sec_{id}
     tenants/{tenant}/handles/{kind}_{id}
     tenants/{tenant}/purgeReceipts/rcp_{id}
+    tenants/{tenant}/settings
+
+:func:`parse_resource` recognises any of them (and ``tenants/-``, ``tenants/-/settings``: every
+tenant, for privileged identities); the interceptor parses each request's resource with it once
+and hands the typed name to the servicer.
 
 Every parser raises ``InvalidArgument`` with reason ``INVALID_NAME`` (``INVALID_SCOPE`` for
 scopes), metadata ``{"field": field}`` and one field violation; the message states the expected
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 from zumik_secrets.core import handles
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
@@ -46,6 +52,10 @@ SESSION_PATTERN = "tenants/{tenant}/projects/{project}/sessions/ses_{id}"
 SECRET_PATTERN = "tenants/{tenant}/projects/{project}/secrets/sec_{id}"  # noqa: S105
 HANDLE_PATTERN = "tenants/{tenant}/handles/{kind}_{id}"
 PURGE_RECEIPT_PATTERN = "tenants/{tenant}/purgeReceipts/rcp_{id}"
+SETTINGS_PATTERN = "tenants/{tenant}/settings"
+
+ANY_TENANT = "-"
+"""The tenant segment of ``tenants/-`` and ``tenants/-/settings``: every tenant."""
 
 _TENANT_RE = re.compile(rf"tenants/({_ID})")
 _PROJECT_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})")
@@ -99,8 +109,10 @@ def validate_scope(value: str, *, field: str = "scope") -> str:
 def _validate_handle(value: str, kind: str | None, field: str, pattern: str) -> str:
     try:
         handles.parse_handle(value, kind, field=field)
-    except InvalidArgument:
-        raise _bad(field, f"{field} must look like {pattern}") from None
+    except InvalidArgument as error:
+        too_large = error.message.endswith(handles.ID_TOO_LARGE)
+        message = f"{field} must look like {pattern}"
+        raise _bad(field, f"{message}: {handles.ID_TOO_LARGE}" if too_large else message) from None
     return value
 
 
@@ -118,10 +130,25 @@ class TenantName:
     tenant: str
 
     def __post_init__(self) -> None:
-        validate_tenant_id(self.tenant, field="tenant")
+        if self.tenant != ANY_TENANT:
+            validate_tenant_id(self.tenant, field="tenant")
 
     def __str__(self) -> str:
         return f"tenants/{self.tenant}"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsName:
+    """``tenants/{tenant}/settings`` (``tenants/-/settings``: every tenant)."""
+
+    tenant: str
+
+    def __post_init__(self) -> None:
+        if self.tenant != ANY_TENANT:
+            validate_tenant_id(self.tenant, field="tenant")
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/settings"
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,8 +284,8 @@ class PurgeReceiptName:
 
 def _reraise_as(field: str, pattern: str) -> InvalidArgument:
     # A component passed the regex but failed a deeper check (a handle body over 128 bits):
-    # report it against the caller's field and the whole pattern.
-    return _bad(field, f"{field} must look like {pattern}")
+    # report it against the caller's field and the whole pattern, saying why.
+    return _bad(field, f"{field} must look like {pattern}: {handles.ID_TOO_LARGE}")
 
 
 def parse_tenant_name(text: str, *, field: str = "name") -> TenantName:
@@ -344,6 +371,91 @@ def parse_purge_receipt_name(text: str, *, field: str = "name") -> PurgeReceiptN
         return PurgeReceiptName(m.group(1), m.group(2))
     except InvalidArgument:
         raise _reraise_as(field, PURGE_RECEIPT_PATTERN) from None
+
+
+ResourceName = (
+    TenantName
+    | SettingsName
+    | ProjectName
+    | ApiKeyName
+    | SessionName
+    | SecretName
+    | HandleName
+    | PurgeReceiptName
+)
+"""Any resource name of the API."""
+
+_PATTERNS: dict[type[object], str] = {
+    TenantName: TENANT_PATTERN,
+    SettingsName: SETTINGS_PATTERN,
+    ProjectName: PROJECT_PATTERN,
+    ApiKeyName: API_KEY_PATTERN,
+    SessionName: SESSION_PATTERN,
+    SecretName: SECRET_PATTERN,
+    HandleName: HANDLE_PATTERN,
+    PurgeReceiptName: PURGE_RECEIPT_PATTERN,
+}
+
+_Name = TypeVar("_Name", bound=ResourceName)
+
+
+def parse_resource(text: str, *, field: str = "name") -> ResourceName:
+    """Parse any resource name (the interceptor's one parse per call).
+
+    The tenant segment may be ``-`` (every tenant) only in ``tenants/-`` and
+    ``tenants/-/settings``; whether the caller may use it is the authorizer's decision.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    if not isinstance(text, str) or len(text) > MAX_NAME_LENGTH:
+        raise _bad(
+            field, f"{field} must be a resource name of at most {MAX_NAME_LENGTH} characters"
+        )
+    parts = text.split("/")
+    if len(parts) < 2 or parts[0] != "tenants":
+        raise _bad(field, f"{field} must start with tenants/{{tenant}}")
+    if parts[1] == ANY_TENANT and len(parts) in (2, 3):
+        if len(parts) == 2:
+            return TenantName(ANY_TENANT)
+        if parts[2] == "settings":
+            return SettingsName(ANY_TENANT)
+    if len(parts) == 2:
+        return parse_tenant_name(text, field=field)
+    if len(parts) == 3 and parts[2] == "settings":
+        return SettingsName(parse_tenant_name(f"tenants/{parts[1]}", field=field).tenant)
+    if len(parts) == 3 and parts[2] != "settings":
+        raise _bad(field, f"{field} must be a resource name (tenants/{{tenant}}/...)")
+    if parts[2] == "projects":
+        if len(parts) == 4:
+            return parse_project_name(text, field=field)
+        if len(parts) == 6 and parts[4] == "apiKeys":
+            return parse_api_key_name(text, field=field)
+        if len(parts) == 6 and parts[4] == "sessions":
+            return parse_session_name(text, field=field)
+        if len(parts) == 6 and parts[4] == "secrets":
+            return parse_secret_name(text, field=field)
+    if len(parts) == 4 and parts[2] == "handles":
+        return parse_handle_name(text, field=field)
+    if len(parts) == 4 and parts[2] == "purgeReceipts":
+        return parse_purge_receipt_name(text, field=field)
+    raise _bad(field, f"{field} must be a resource name (tenants/{{tenant}}/...)")
+
+
+def expect(name: ResourceName, kind: type[_Name], *, field: str = "name") -> _Name:
+    """``name`` if it is a ``kind``; the servicer's check of what the interceptor parsed.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``, stating the expected pattern.
+    """
+    if not isinstance(name, kind):
+        raise _bad(field, f"{field} must look like {_PATTERNS[kind]}")
+    return name
+
+
+def name_project(name: ResourceName) -> str | None:
+    """The project a name belongs to, or None for a tenant-level name."""
+    return getattr(name, "project", None)
 
 
 _ID_FULL = ID_RE.fullmatch

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 import grpc
@@ -23,16 +22,19 @@ from zumik.secrets.v1 import (
     tenant_service_pb2_grpc,
 )
 
-from zumik_secrets.api.contracts import SERVICE_DESCRIPTORS, method_guards
+from zumik_secrets.api.contracts import OPEN_METHODS, SERVICE_DESCRIPTORS, method_guards
 from zumik_secrets.api.servicers.audit import AuditServicer
 from zumik_secrets.api.servicers.fingerprints import FingerprintServicer
 from zumik_secrets.api.servicers.keys import KeyServicer
 from zumik_secrets.api.servicers.seal import SealServicer
 from zumik_secrets.api.servicers.tenant import TenantServicer
+from zumik_secrets.app.denial_audit import DenialAudit
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.server.authorization import Authorizer
 from zumik_secrets.server.health_listener import HealthListener
 from zumik_secrets.server.interceptor import GuardInterceptor
+from zumik_secrets.server.limits import Limits, LimitSettings
+from zumik_secrets.server.reflection_source import commented_pool
 from zumik_secrets.server.runtime import Runtime
 from zumik_secrets.server.telemetry import Telemetry
 from zumik_secrets.server.tls import server_credentials
@@ -40,6 +42,8 @@ from zumik_secrets.server.tls import server_credentials
 _LOG = logging.getLogger("zumik.server")
 
 _SERVICE_NAMES = tuple(s.full_name for s in SERVICE_DESCRIPTORS)
+_REFLECTION = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+
 #: Health service name that answers SERVING while the process runs, whatever storage does (NOT
 #: SERVING only once draining): what liveness and startup probes ask, so that a database outage
 #: makes pods unready without restarting them. Readiness asks the whole server ("").
@@ -55,8 +59,7 @@ def served_methods() -> dict[tuple[str, str], str]:
     for full in (
         f"{health.SERVICE_NAME}/Check",
         f"{health.SERVICE_NAME}/Watch",
-        f"{reflection.SERVICE_NAME}/ServerReflectionInfo",
-        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        *(f"{name}/ServerReflectionInfo" for name in _REFLECTION),
         BENCH_EMPTY_METHOD.lstrip("/"),
     ):
         service, method = full.split("/")
@@ -104,16 +107,47 @@ class ZumikServer:
         if runtime.metrics.otel is not None:
             runtime.metrics.otel.sources.storage_ready = lambda: self.storage_ready
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        interceptor = GuardInterceptor(
-            Authorizer(runtime.policy, runtime.verify_claim),
-            Telemetry(runtime.tenant_settings.rich_mode, runtime.metrics.otel, served_methods()),
+        self.limits = Limits(
+            LimitSettings(
+                workers=config.workers,
+                max_calls_per_peer=config.max_calls_per_peer,
+                max_streams_per_peer=config.max_streams_per_peer,
+                stream_workers=config.stream_workers,
+                max_queued_calls=config.max_queued_calls,
+            )
+        )
+        # Repeated denials fold into one event per interval (finding 4).
+        self.denial_audit = DenialAudit(
             runtime.audit,
-            method_guards(),
+            interval=config.denial_audit_interval,
+            budget=config.denial_audit_budget,
+        )
+        guards = method_guards()
+        # The policy's decision cache holds only methods this server serves (finding 5).
+        runtime.policy.limit_cache_to(
+            {
+                *guards,
+                *OPEN_METHODS,
+                BENCH_EMPTY_METHOD,
+                *(f"/{name}/ServerReflectionInfo" for name in _REFLECTION),
+            }
+        )
+        interceptor = GuardInterceptor(
+            Authorizer(runtime.policy, runtime.verify_claim, runtime.revocations.check_scope),
+            Telemetry(runtime.tenant_settings.rich_mode, runtime.metrics.otel, served_methods()),
+            self.denial_audit,
+            guards,
+            self.limits,
         )
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="zumik-rpc"),
+            self.limits.unary_pool,
             interceptors=[interceptor],
             options=[
+                # Bounded connection lifetime: idle connections close, and every connection
+                # (with its streams) is asked to go away after the age, with a grace to finish.
+                ("grpc.max_connection_idle_ms", int(config.max_connection_idle_seconds * 1000)),
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", 30_000),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -156,8 +190,11 @@ class ZumikServer:
         if config.bench_empty_rpc:
             self._server.add_generic_rpc_handlers((bench_empty_handler(),))
         if config.reflection:
+            # The pool serves the contracts with their source comments (grpcurl describe).
             reflection.enable_server_reflection(
-                (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+                (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                self._server,
+                pool=commented_pool(),  # type: ignore[arg-type]
             )
         credentials = server_credentials(
             config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file
@@ -189,6 +226,7 @@ class ZumikServer:
         """Start serving; health turns SERVING (storage and keys are ready by construction)."""
         self._server.start()
         self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self.denial_audit.start()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.runtime.metrics.start(lambda: self.serving)
         if self.health_listener is not None:
@@ -224,6 +262,8 @@ class ZumikServer:
         self.health.enter_graceful_shutdown()
         grace = self.runtime.config.drain_seconds if grace is None else grace
         self._server.stop(grace).wait()
+        self.limits.shutdown()
+        self.denial_audit.close()
         if self.health_listener is not None:
             self.health_listener.stop()
         self.runtime.close()

@@ -88,6 +88,7 @@ class _Sources:
     feed_age: Callable[[], float] = lambda: 0.0
     certificates: dict[str, str] = field(default_factory=dict)
     serving: Callable[[], bool] = lambda: False
+    breakers: dict[str, Callable[[], dict[str, int]]] = field(default_factory=dict)
     storage_ready: Callable[[], bool] = lambda: True
 
 
@@ -464,7 +465,10 @@ class OtelMetrics(Recorder):
         counts: dict[tuple[str, str], int] = {}
         for (kind, _key), state in list(self._breakers.items()):
             counts[(kind, state)] = counts.get((kind, state), 0) + 1
-        kinds = sorted({kind for kind, _ in counts})
+        for kind, read in self.sources.breakers.items():
+            for state, count in read().items():
+                counts[(kind, state)] = counts.get((kind, state), 0) + count
+        kinds = sorted({kind for kind, _ in counts} | set(self.sources.breakers))
         for kind in kinds:
             for state in BREAKER_STATES:
                 yield Observation(
@@ -534,6 +538,8 @@ class ServerMetrics:
             data_key_cache.misses,
             len(data_key_cache),
         )
+        # Issue 15's breakers, one per customer key server (counted by state, never named).
+        src.breakers["customer_key"] = runtime.customer_keys.breakers.states
         audit = runtime.audit_log
         audit.metrics = otel
         src.audit_queue = lambda: audit.queue_depth

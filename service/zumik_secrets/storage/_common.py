@@ -124,6 +124,14 @@ def already_exists() -> errors.AlreadyExists:
     return errors.AlreadyExists("a record with this identifier already exists")
 
 
+def out_of_range() -> errors.InvalidArgument:
+    """The error for a value the database cannot hold (an integer of 2^63 or more). Names no
+    value: it came from the caller."""
+    return errors.InvalidArgument(
+        "a value in the request is out of range", reason="VALUE_OUT_OF_RANGE"
+    )
+
+
 def returned_int(row: tuple[object, ...] | None) -> int:
     """The integer in the first column of a ``RETURNING`` or aggregate row.
 

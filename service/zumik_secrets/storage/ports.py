@@ -189,6 +189,10 @@ class SessionStore(Protocol):
         """Look a session up by the SHA-256 of its current token (any state)."""
         ...
 
+    def get_by_id(self, session_id: str) -> SessionRecord | None:
+        """A session by id alone (the change feed names sessions by id), or None."""
+        ...
+
     def get(self, tenant_id: str, project_id: str, session_id: str) -> SessionRecord | None:
         """Return the session if it belongs to this tenant and project, else None."""
         ...
@@ -252,7 +256,12 @@ class DataKeyStore(Protocol):
 
     def insert_first(self, rec: DataKeyRecord) -> None:
         """Insert version 1 as primary unless the triple already has a key (race-safe: the
-        loser of a concurrent first use inserts nothing and re-reads)."""
+        loser of a concurrent first use inserts nothing and re-reads).
+
+        Raises:
+            FailedPrecondition: reason ``SCOPE_PURGED``: the tenant or project was purged (a
+                purge job exists for it); nothing is created.
+        """
         ...
 
     def get(
@@ -503,6 +512,8 @@ class AuditFilter:
         outcome: ``success``, ``failure`` or ``denied``.
         start_time: Events at or after this time.
         end_time: Events before this time.
+        project: ``tenants/{tenant}/projects/{project}``: only events whose target is that
+            project or a resource under it (the view of a project claim).
     """
 
     action: str = ""
@@ -511,6 +522,7 @@ class AuditFilter:
     outcome: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
+    project: str = ""
 
 
 class AuditStore(Protocol):
@@ -607,7 +619,9 @@ class PurgeStore(Protocol):
     """
 
     def create_job(self, job: PurgeJob) -> PurgeJob:
-        """Store a new job in phase ``started``.
+        """Store a new job in phase ``started`` and record a ``purge`` change (entity
+        ``tenant`` or ``tenant/project``) in the same transaction: from this commit on the scope
+        is a tombstone (see :meth:`tombstones`).
 
         Raises:
             AlreadyExists: An unfinished job exists for the same target.
@@ -620,6 +634,13 @@ class PurgeStore(Protocol):
 
     def get_job(self, receipt_id: str) -> PurgeJob | None:
         """A job by id."""
+        ...
+
+    def tombstones(self) -> list[tuple[str, str | None, datetime]]:
+        """Every purged (or being purged) scope: ``(tenant_id, project_id or None, first start)``.
+
+        Persistent (purge jobs are never deleted): a purged scope stays closed.
+        """
         ...
 
     def shred(self, receipt_id: str, at: datetime) -> PurgeJob:

@@ -278,6 +278,8 @@ class HandleRecord:
         kind: The kind prefix.
         reference: The caller's internal reference (1 to 256 printable characters).
         created_at: When it was minted.
+        project_id: The project that minted it ("" for handles minted before projects owned
+            them, visible only to tenant-wide callers).
     """
 
     tenant_id: str
@@ -285,6 +287,7 @@ class HandleRecord:
     kind: str
     reference: str
     created_at: datetime
+    project_id: str = ""
 
 
 PURGE_PHASES = ("started", "shredded", "deleted", "done")

@@ -58,11 +58,15 @@ def map_db_errors() -> Iterator[None]:
         AlreadyExists: A unique constraint failed.
         Unavailable: Cannot connect, the pool timed out or is closed, the server went away,
             or the transaction must be retried (serialization failure, deadlock).
+        InvalidArgument: ``VALUE_OUT_OF_RANGE``: a value the column cannot hold.
     """
     try:
         yield
     except psycopg.errors.UniqueViolation as exc:
         raise c.already_exists() from exc
+    except (psycopg.errors.NumericValueOutOfRange, psycopg.DataError, OverflowError) as exc:
+        # A value the column cannot hold (an integer >= 2^63): bad input, never INTERNAL.
+        raise c.out_of_range() from exc
     except (psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
         # OperationalError covers PoolTimeout, connection failures, admin shutdown, query
         # cancellation and transaction-rollback errors: all "try again later".
@@ -501,6 +505,13 @@ class PgSessionStore:
 
     def get_by_token_hash(self, token_hash: bytes) -> SessionRecord | None:
         row = self._db.one(f"SELECT {_SE_COLS} FROM sessions WHERE token_hash = %s", (token_hash,))
+        return None if row is None else _se(row)
+
+    def get_by_id(self, session_id: str) -> SessionRecord | None:
+        with self._db.conn() as conn:
+            row = conn.execute(
+                f"SELECT {_SE_COLS} FROM sessions WHERE session_id = %s", (session_id,)
+            ).fetchone()
         return None if row is None else _se(row)
 
     def get(self, tenant_id: str, project_id: str, session_id: str) -> SessionRecord | None:

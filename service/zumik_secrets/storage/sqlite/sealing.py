@@ -61,6 +61,18 @@ class SqliteDataKeyStore:
 
     def insert_first(self, rec: DataKeyRecord) -> None:
         with self._db.write() as conn:
+            # Defence in depth behind the claim tombstones: a late call that raced a purge
+            # (on another replica, inside the change-feed bound) re-creates no data key.
+            purged = conn.execute(
+                "SELECT 1 FROM purge_jobs WHERE tenant_id = ?"
+                " AND (project_id IS NULL OR project_id = ?) LIMIT 1",
+                (rec.tenant_id, rec.project_id),
+            ).fetchone()
+            if purged is not None:
+                raise errors.FailedPrecondition(
+                    "the tenant or project was purged; nothing can be created in it again",
+                    reason="SCOPE_PURGED",
+                )
             # OR IGNORE covers both the primary key and the one-primary index: the loser of a
             # race inserts nothing and re-reads the winner's key.
             conn.execute(

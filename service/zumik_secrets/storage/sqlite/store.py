@@ -73,6 +73,7 @@ def map_db_errors() -> Iterator[None]:
     Raises:
         AlreadyExists: A UNIQUE or PRIMARY KEY constraint failed.
         Unavailable: The database is locked past busy_timeout, unreadable, or closed.
+        InvalidArgument: ``VALUE_OUT_OF_RANGE``: an integer too large for the database.
     """
     try:
         yield
@@ -81,6 +82,9 @@ def map_db_errors() -> Iterator[None]:
         if mapped is None:
             raise
         raise mapped from exc
+    except OverflowError as exc:
+        # An integer SQLite cannot hold (>= 2^63) reached a query: bad input, never INTERNAL.
+        raise c.out_of_range() from exc
 
 
 class _Combined:
@@ -796,6 +800,13 @@ class SqliteSessionStore:
 
     def get_by_token_hash(self, token_hash: bytes) -> SessionRecord | None:
         row = self._db.one(f"SELECT {_SE_COLS} FROM sessions WHERE token_hash = ?", (token_hash,))
+        return None if row is None else _se(row)
+
+    def get_by_id(self, session_id: str) -> SessionRecord | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_SE_COLS} FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
         return None if row is None else _se(row)
 
     def get(self, tenant_id: str, project_id: str, session_id: str) -> SessionRecord | None:
