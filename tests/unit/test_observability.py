@@ -171,3 +171,41 @@ def test_docs_list_every_metric_and_setting() -> None:
         assert f"`{setting}`" in DOC
     for variable in _OTEL:
         assert variable in DOC, variable
+
+
+def test_breaker_states_feed_the_breaker_gauge() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from zumik_secrets.app.outbound_limits import Breakers
+    from zumik_secrets.server.metrics import OtelMetrics
+
+    now = [0.0]
+    breakers = Breakers(failures=1, open_seconds=10.0)
+    down = breakers.for_server("https://down.example:8200")
+    down._clock = lambda: now[0]
+    breakers.for_server("https://up.example:8200").success()
+    down.failure()
+    assert breakers.states() == {"closed": 1, "open": 1, "half_open": 0}
+    now[0] = 11.0
+    assert down.state == "half_open"
+
+    reader = InMemoryMetricReader()
+    metrics = OtelMetrics(MeterProvider(metric_readers=[reader]))
+    metrics.sources.breakers["customer_key"] = breakers.states
+    metrics.breaker_state("database", "primary", "open")  # the recorder hook (issue 24)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (p.attributes["zumik.breaker.kind"], p.attributes["zumik.breaker.state"]): p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "zumik.breaker.open"
+        for p in m.data.data_points
+    }
+    assert points[("customer_key", "half_open")] == 1
+    assert points[("customer_key", "closed")] == 1
+    assert points[("database", "open")] == 1
+    # The servers' addresses are never labels.
+    assert not any("example" in str(key) for key in points)
