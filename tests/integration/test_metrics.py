@@ -171,12 +171,13 @@ def test_scrape_counts_a_mix_of_calls(
         == 2
     )
     # Audit: each Open waited for its own durable commit; every event of the mix committed
-    # (3 seals, 2 opens, 5 denials, 2 verifications and the allows folded into the opens).
+    # (3 seals, 2 opens, the denials: repeated identical ones fold into one event per interval,
+    # so at least one per identity, and the verifications).
     assert delta("zumik_audit_durable_wait_duration_seconds_count", zumik_outcome="ok") == 2
     assert delta("zumik_audit_durable_wait_duration_seconds_count", zumik_outcome="timeout") == 0
     events = delta("zumik_audit_batch_size_sum", zumik_outcome="ok")
     committed = server.runtime.audit_log.commits
-    assert events >= 3 + 2 + 5
+    assert events >= 3 + 2 + 2
     assert delta("zumik_audit_batch_size_count", zumik_outcome="ok") >= 1
     assert committed >= 1
     assert delta("zumik_audit_append_failures_total") == 0
