@@ -159,7 +159,7 @@ fuzz: $(VENV_STAMP) ## Long fuzzing run: every RPC and core parser (ZUMIK_FUZZ_E
 # ------------------------------------------------------------------------------ supply chain
 
 SBOM ?= build/sbom.cdx.json
-sbom: $(VENV_STAMP) ## CycloneDX SBOM of the dev venv (what was installed from the locks) in build/
+sbom: $(VENV_STAMP) sbom-image ## CycloneDX SBOMs in build/: the image's runtime venv and the dev venv
 	@mkdir -p $(dir $(SBOM))
 	$(VENV)/bin/cyclonedx-py environment --output-reproducible --of JSON -o $(SBOM) $(PY)
 	@echo "sbom: $(SBOM) ($$(grep -c '"bom-ref"' $(SBOM)) components)"
@@ -170,6 +170,9 @@ lock: $(VENV_STAMP) ## Regenerate requirements/*.lock (hashed pins) from require
 	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) requirements/dev.in -c requirements/build.lock \
 	  --no-emit-package zumik-secrets --no-emit-package zumik-secrets-client \
 	  -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) requirements/runtime.in -c requirements/dev.lock \
+	  --no-emit-package zumik-secrets --no-emit-package zumik-secrets-client \
+	  -o requirements/runtime.lock
 
 # ------------------------------------------------------------------------------ deploy
 
@@ -211,3 +214,41 @@ clean: ## Remove build output and caches (keeps the venv, node_modules and var/)
 
 distclean: clean ## Also remove the venvs and node_modules
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules
+
+# ------------------------------------------------------------------------------ day-two operations
+# Issue 21's targets, kept in one block: backup/restore drill, image, image SBOM.
+# docs/operations/ explains them; tests/integration/test_operations.py runs the drill and the
+# runbooks under `make test`.
+
+.PHONY: restore-drill image sbom-image
+
+restore-drill: $(VENV_STAMP) ## Backup + point-in-time restore drill on a throwaway PostgreSQL (11-50 s)
+	$(PY) scripts/restore_drill.py
+
+IMAGE ?= zumik-secrets:dev
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+image: ## docker build deploy/Dockerfile (PYTHON_IMAGE= a locally built base; see deploy/README.md)
+	@command -v docker >/dev/null 2>&1 || \
+	  { echo "error: no docker CLI here; see deploy/README.md (The image)" >&2; exit 1; }
+	docker build -f deploy/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) .
+
+# The image's SBOM describes what deploy/Dockerfile installs: the same commands (runtime.lock with
+# --require-hashes, the two local wheels built with build.lock's tools, --no-deps) run here into
+# a scratch venv, which cyclonedx-py then describes. No dev tool is in it.
+IMAGE_VENV = build/image-venv
+SBOM_IMAGE ?= build/sbom-image.cdx.json
+sbom-image: $(VENV_STAMP) ## CycloneDX SBOM of the image's runtime venv (built as the Dockerfile does)
+	@rm -rf $(IMAGE_VENV) build/image-wheels && mkdir -p build
+	$(PYTHON) -m venv $(IMAGE_VENV)
+	$(IMAGE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+	  --only-binary=:all: --no-deps -r requirements/runtime.lock
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+	  --wheel-dir build/image-wheels ./clients/python .
+	$(IMAGE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  --no-index build/image-wheels/*.whl
+	$(IMAGE_VENV)/bin/python -m pip check
+	$(IMAGE_VENV)/bin/python -m pip uninstall --quiet --yes pip setuptools
+	$(IMAGE_VENV)/bin/zumik-secrets --help >/dev/null
+	$(VENV)/bin/cyclonedx-py environment --output-reproducible --of JSON -o $(SBOM_IMAGE) \
+	  $(IMAGE_VENV)/bin/python
+	@echo "sbom: $(SBOM_IMAGE) ($$(grep -c '"bom-ref"' $(SBOM_IMAGE)) components, runtime only)"

@@ -25,6 +25,7 @@ from zumik_secrets.storage.records import (
     CustomerKeyRecord,
     DataKeyRecord,
     HandleRecord,
+    MigrationInfo,
     PurgeJob,
     PurgeReceiptRecord,
     ScheduledDestroy,
@@ -445,6 +446,11 @@ class CustomerKeyStore(Protocol):
         """The tenant's configuration, or None."""
         ...
 
+    def wrapped_tokens(self) -> list[tuple[str, bytes]]:
+        """Every configured tenant's ``(tenant_id, wrapped_token)`` (the master-key version
+        check of ``keygen --drop-version``; the tokens stay wrapped)."""
+        ...
+
     def put(
         self,
         rec: CustomerKeyRecord,
@@ -765,6 +771,11 @@ class Store(Protocol):
         Returns:
             The versions applied by this call (empty when up to date).
         """
+        ...
+
+    def migration_status(self) -> list[MigrationInfo]:
+        """Every migration this release knows (applied or pending) and any applied one it does
+        not know, ascending by version; changes nothing."""
         ...
 
     def check_ready(self) -> None:

@@ -369,3 +369,24 @@ class PurgeReceiptRecord:
     signature: bytes
     audit_sequence: int
     purge_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationInfo:
+    """One schema migration as ``migrate --status`` shows it.
+
+    Attributes:
+        version: The file's number (``0006_x.sql`` is 6).
+        name: The rest of the file name.
+        phase: ``expand`` (adds only: the previous release keeps working on the new schema) or
+            ``contract`` (removes what the previous release no longer uses), from the file's
+            ``-- phase:`` header line; ``expand`` when absent.
+        sql: The migration's text.
+        applied_at: When it was applied, or None if it is pending.
+    """
+
+    version: int
+    name: str
+    phase: str
+    sql: str = field(repr=False)
+    applied_at: datetime | None = None

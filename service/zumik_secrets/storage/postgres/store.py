@@ -33,6 +33,7 @@ from zumik_secrets.storage.postgres.audit import PgAuditStore
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
+    MigrationInfo,
     SessionRecord,
     SigningKeyRecord,
     TenantSettings,
@@ -804,6 +805,21 @@ class PgStore:
                 )
                 applied_now.append(m.version)
         return applied_now
+
+    def migration_status(self) -> list[MigrationInfo]:
+        """Every migration this release knows, applied or pending, read without changing
+        anything (``migrate --status`` and ``--dry-run``).
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        migrations = c.load_migrations("zumik_secrets.storage.postgres")
+        exists = self._db.one("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        applied: dict[int, datetime] = {}
+        if exists and exists[0]:
+            for version, at in self._db.all("SELECT version, applied_at FROM schema_migrations"):
+                applied[int(version)] = c.utc(at)
+        return c.migration_status(migrations, applied)
 
     def check_ready(self) -> None:
         """``SELECT 1`` through the pool.

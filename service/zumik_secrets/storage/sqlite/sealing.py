@@ -363,6 +363,14 @@ class SqliteCustomerKeyStore:
             row[0], row[1], row[2], row[3], bytes(row[4]), row[5], c.from_us(row[6])
         )
 
+    def wrapped_tokens(self) -> list[tuple[str, bytes]]:
+        return [
+            (str(r[0]), bytes(r[1]))
+            for r in self._db.all(
+                "SELECT tenant_id, wrapped_token FROM customer_keys ORDER BY tenant_id"
+            )
+        ]
+
     def put(
         self,
         rec: CustomerKeyRecord,

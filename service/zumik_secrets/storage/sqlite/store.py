@@ -29,6 +29,7 @@ from zumik_secrets.storage.observe import SqliteConnection
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
+    MigrationInfo,
     SessionRecord,
     SigningKeyRecord,
     TenantSettings,
@@ -1004,6 +1005,23 @@ class SqliteStore:
                 )
                 applied_now.append(m.version)
         return applied_now
+
+    def migration_status(self) -> list[MigrationInfo]:
+        """Every migration this release knows, applied or pending, read without changing
+        anything (``migrate --status`` and ``--dry-run``).
+
+        Raises:
+            Unavailable: The file cannot be read.
+        """
+        migrations = c.load_migrations("zumik_secrets.storage.sqlite")
+        exists = self._db.one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        )
+        applied: dict[int, datetime] = {}
+        if exists:
+            for version, at in self._db.all("SELECT version, applied_at FROM schema_migrations"):
+                applied[int(version)] = c.from_us(at)
+        return c.migration_status(migrations, applied)
 
     def check_ready(self) -> None:
         """Read the schema version (a round trip through the pool).
