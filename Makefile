@@ -31,7 +31,8 @@ GENERATED = clients/python/src service/zumik_secrets/server/contracts.binpb
 
 .PHONY: help venv node_modules proto proto-check buf-lint buf-breaking buf-release-snapshot \
 	client-check dist lint fmt \
-	test fuzz sbom lock run bench bench-quick clean distclean deploy-tools deploy-check
+	test fuzz sbom lock run bench bench-quick clean distclean deploy-tools deploy-check \
+	monitoring-rules monitoring-live probe-cost
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -182,6 +183,19 @@ lock: $(VENV_STAMP) ## Regenerate requirements/*.lock (hashed pins) from require
 
 deploy-check: $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## Build and check deploy/ offline (see deploy/README.md)
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) scripts/deploy_check.py
+
+# ------------------------------------------------------------------------------ monitoring
+# docs/observability.md. promtool and prometheus: the Debian package `prometheus` (.ci/run
+# installs it); deploy-check runs `promtool check rules` and `promtool test rules`.
+
+monitoring-rules: $(VENV_STAMP) ## Regenerate the PrometheusRule from deploy/k8s/monitoring/rules
+	$(PY) scripts/gen_prometheusrule.py
+
+monitoring-live: $(VENV_STAMP) ## A real Prometheus scrapes a real server and evaluates the alerts
+	$(PY) scripts/monitoring_live.py
+
+probe-cost: $(VENV_STAMP) ## CPU per health probe: exec probe vs the health-only listener
+	$(PY) scripts/probe_cost.py
 
 # ------------------------------------------------------------------------------ run
 

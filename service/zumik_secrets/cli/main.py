@@ -93,10 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from zumik_secrets.server.grpc_server import serve
     from zumik_secrets.server.log_setup import configure_logging
     from zumik_secrets.server.runtime import Runtime
-    from zumik_secrets.server.telemetry import configure_tracing
+    from zumik_secrets.server.telemetry import configure_access_log, configure_tracing
 
     config = ServerConfig.load()
     configure_logging(config.log_level)
+    configure_access_log(config.access_log_level)
     configure_tracing()
     runtime = Runtime.open(config)
     if config.dev:

@@ -31,6 +31,7 @@ from zumik_secrets.api.servicers.tenant import TenantServicer
 from zumik_secrets.app.denial_audit import DenialAudit
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.server.authorization import Authorizer
+from zumik_secrets.server.health_listener import HealthListener
 from zumik_secrets.server.interceptor import GuardInterceptor
 from zumik_secrets.server.limits import Limits, LimitSettings
 from zumik_secrets.server.reflection_source import commented_pool
@@ -42,6 +43,29 @@ _LOG = logging.getLogger("zumik.server")
 
 _SERVICE_NAMES = tuple(s.full_name for s in SERVICE_DESCRIPTORS)
 _REFLECTION = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+
+#: Health service name that answers SERVING while the process runs, whatever storage does (NOT
+#: SERVING only once draining): what liveness and startup probes ask, so that a database outage
+#: makes pods unready without restarting them. Readiness asks the whole server ("").
+LIVENESS_SERVICE = "zumik.liveness"
+
+
+def served_methods() -> dict[tuple[str, str], str]:
+    """Full method name by (short service name, method name): every method a server serves
+    (the only values the call metrics use as labels)."""
+    methods = {
+        (s.name, m.name): f"{s.full_name}/{m.name}" for s in SERVICE_DESCRIPTORS for m in s.methods
+    }
+    for full in (
+        f"{health.SERVICE_NAME}/Check",
+        f"{health.SERVICE_NAME}/Watch",
+        *(f"{name}/ServerReflectionInfo" for name in _REFLECTION),
+        BENCH_EMPTY_METHOD.lstrip("/"),
+    ):
+        service, method = full.split("/")
+        methods[(service.rsplit(".", 1)[-1], method)] = full
+    return methods
+
 
 #: The benchmarks' ceiling (opt-in, ZUMIK_BENCH_EMPTY_RPC=1): a no-op RPC behind the same
 #: interceptor. Raw bytes in and out, not in the contracts; the policy must still allow it.
@@ -77,6 +101,11 @@ class ZumikServer:
         config = runtime.config
         self.runtime = runtime
         self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.serving = False
+        #: The storage monitor's last verdict (the zumik.storage.ready metric).
+        self.storage_ready = True
+        if runtime.metrics.otel is not None:
+            runtime.metrics.otel.sources.storage_ready = lambda: self.storage_ready
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.limits = Limits(
             LimitSettings(
@@ -105,7 +134,7 @@ class ZumikServer:
         )
         interceptor = GuardInterceptor(
             Authorizer(runtime.policy, runtime.verify_claim, runtime.revocations.check_scope),
-            Telemetry(runtime.tenant_settings.rich_mode),
+            Telemetry(runtime.tenant_settings.rich_mode, runtime.metrics.otel, served_methods()),
             self.denial_audit,
             guards,
             self.limits,
@@ -131,7 +160,12 @@ class ZumikServer:
         # Every servicer implements every RPC of its service: the generated bases declare them
         # abstract, so mypy refuses a servicer with a missing RPC at type-check time.
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-            KeyServicer(runtime.claim_keys, runtime.api_keys, runtime.sessions),
+            KeyServicer(
+                runtime.claim_keys,
+                runtime.api_keys,
+                runtime.sessions,
+                metrics=runtime.metrics.recorder,
+            ),
             self._server,
         )
         seal_service_pb2_grpc.add_SealServiceServicer_to_server(
@@ -171,10 +205,19 @@ class ZumikServer:
             self.port = 0
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {config.listen} (in use or not an address)")
+        self.health_listener: HealthListener | None = None
+        if config.health_listen:
+            otel = runtime.metrics.otel
+            self.health_listener = HealthListener(
+                config.health_listen,
+                self.health,
+                otel.health_probe if otel is not None else lambda status: None,
+            )
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch_storage, daemon=True)
 
     def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        self.serving = status == health_pb2.HealthCheckResponse.SERVING
         self.health.set("", status)
         for name in _SERVICE_NAMES:
             self.health.set(name, status)
@@ -182,8 +225,12 @@ class ZumikServer:
     def start(self) -> None:
         """Start serving; health turns SERVING (storage and keys are ready by construction)."""
         self._server.start()
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.denial_audit.start()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.runtime.metrics.start(lambda: self.serving)
+        if self.health_listener is not None:
+            self.health_listener.start()
         self._monitor.start()
 
     def _watch_storage(self) -> None:
@@ -197,6 +244,7 @@ class ZumikServer:
             # A store that answers SELECT 1 but refuses audit writes must not look healthy:
             # sensitive calls would all fail closed.
             ok = ok and self.runtime.audit_log.healthy
+            self.storage_ready = ok
             if ok != healthy and not self._stopping.is_set():
                 healthy = ok
                 _LOG.warning("storage %s", "recovered" if ok else "unavailable")
@@ -216,6 +264,8 @@ class ZumikServer:
         self._server.stop(grace).wait()
         self.limits.shutdown()
         self.denial_audit.close()
+        if self.health_listener is not None:
+            self.health_listener.stop()
         self.runtime.close()
 
     def wait(self) -> None:

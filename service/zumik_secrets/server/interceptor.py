@@ -445,6 +445,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     ) -> NoReturn:
         """Record the outcome and abort the call with its rich status (raises)."""
         if isinstance(error, _Denied | _Malformed):
+            record.denied = isinstance(error, _Denied)
             error = error.error
         if isinstance(error, ZumikError):
             record.code = status_code_for(error).name
@@ -486,7 +487,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             record = CallRecord(service, name)
-            span = self._telemetry.start_span(service, name)
+            span = self._telemetry.start_span(service, name, context)
             try:
                 if not span.get_span_context().is_valid:
                     # Tracing off (no SDK provider): no trace to make current; the context
@@ -513,7 +514,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             record = CallRecord(service, name)
-            span = self._telemetry.start_span(service, name)
+            span = self._telemetry.start_span(service, name, context)
             try:
                 with trace.use_span(span, end_on_exit=False):
                     release = None
@@ -623,7 +624,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request_iterator: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             record = CallRecord(service, name)
-            span = self._telemetry.start_span(service, name)
+            span = self._telemetry.start_span(service, name, context)
             try:
                 try:
                     release = self._limits.stream(_peer(context)[0])
@@ -652,7 +653,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             record = CallRecord(service, name)
-            span = self._telemetry.start_span(service, name)
+            span = self._telemetry.start_span(service, name, context)
             try:
                 try:
                     self._authorize(context, record, method, None, None, None, False)

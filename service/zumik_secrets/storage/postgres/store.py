@@ -28,6 +28,7 @@ import psycopg_pool
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.observe import PgCursor
 from zumik_secrets.storage.postgres.audit import PgAuditStore
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
@@ -732,7 +733,8 @@ class PgStore:
         pool_timeout: float = 3.0,
     ) -> None:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
-        kwargs: dict[str, Any] = {"autocommit": True}
+        # PgCursor: statement spans while tracing (storage/observe.py).
+        kwargs: dict[str, Any] = {"autocommit": True, "cursor_factory": PgCursor}
         if "connect_timeout" not in params:
             kwargs["connect_timeout"] = connect_timeout
         if "application_name" not in params:
@@ -826,6 +828,10 @@ class PgStore:
             Unavailable: The database does not answer within the pool timeout.
         """
         self._db.one("SELECT 1")
+
+    def pool_stats(self) -> dict[str, int]:
+        """psycopg_pool's counters (cumulative; read by the metrics when scraped)."""
+        return dict(self._db.pool.get_stats())
 
     def close(self) -> None:
         """Close the pool. Idempotent; later calls raise Unavailable."""
