@@ -112,4 +112,3 @@ def test_list_is_per_tenant_newest_first(store):
     ids = [g.grant_id for g in store.grants.list("acme", 10)]
     assert ids == ["bg_" + "C" * 22, "bg_" + "A" * 22]
     assert [g.grant_id for g in store.grants.list("acme", 1)] == ["bg_" + "C" * 22]
-

@@ -57,7 +57,7 @@ def is_operator(identity: str, trust_domain: str) -> bool:
 
 def valid_grant_id(value: str) -> bool:
     """Whether ``value`` has the shape of a grant id (``bg_`` + 22 base62)."""
-    return len(value) <= 64 and _GRANT_ID.match(value) is not None
+    return len(value) <= 64 and _GRANT_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ class BreakGlassPolicy:
         sets: dict[str, PermissionSet] = {}
         for name, body in sets_section.items():
             where = f"break_glass.permission_sets.{name}"
-            if not isinstance(name, str) or not _SET_NAME.match(name):
+            if not isinstance(name, str) or not _SET_NAME.fullmatch(name):
                 raise bad(f"{where}: name must match [a-z][a-z0-9-]*")
             if not isinstance(body, Mapping):
                 raise bad(f"{where} must be a table")
@@ -122,7 +122,7 @@ class BreakGlassPolicy:
             if not isinstance(allow, list) or not allow:
                 raise bad(f"{where}.allow must be a non-empty list of full method names")
             for method in allow:
-                if not isinstance(method, str) or not _METHOD.match(method):
+                if not isinstance(method, str) or not _METHOD.fullmatch(method):
                     raise bad(f"{where}.allow: {method!r} is not 'package.Service/Method'")
                 if method.startswith(BREAK_GLASS_SERVICE + "/"):
                     raise bad(f"{where}.allow: a grant cannot allow managing grants")

@@ -354,6 +354,7 @@ _KIND_HANDLE = {
     "secrets": re.compile(rf"sec_{_BODY}").fullmatch,
 }
 _RECEIPT_FULL = re.compile(rf"rcp_{_BODY}").fullmatch
+_GRANT_FULL = re.compile(rf"bg_{_BODY}").fullmatch
 
 
 def is_resource_name(text: str) -> bool:
@@ -386,6 +387,8 @@ def is_resource_name(text: str) -> bool:
             return _HANDLE_FULL(last) is not None
         if collection == "purgeReceipts":
             return _RECEIPT_FULL(last) is not None
+        if collection == "breakGlassGrants":
+            return _GRANT_FULL(last) is not None
         return False
     if count == 6 and parts[2] == "projects" and _ID_FULL(parts[3]) is not None:
         check = _KIND_HANDLE.get(parts[4])

@@ -38,6 +38,7 @@ from zumik_secrets.api.status import internal_status, status_code_for, to_status
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, track_call, untrack_call
 from zumik_secrets.core.errors import InvalidArgument, Unimplemented, ZumikError
 from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
+from zumik_secrets.server.break_glass import GrantGate, grant_from
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
 
 _LOG = logging.getLogger("zumik.server")
@@ -144,6 +145,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         telemetry: Telemetry,
         audit: AuditRecorder,
         guards: dict[str, MethodGuard],
+        grants: GrantGate | None = None,
     ) -> None:
         """Create the interceptor.
 
@@ -152,7 +154,10 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             telemetry: Span and access-log emitter.
             audit: Where denials and sensitive allows are recorded.
             guards: The contracts' method guards by full method name.
+            grants: Authorizes calls presenting a break-glass grant (None: such calls refused
+                like any other call the policy does not allow).
         """
+        self._grants = grants
         self._authorizer = authorizer
         self._telemetry = telemetry
         self._audit = audit
@@ -222,7 +227,28 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if open_method:
             return CallContext(method, identity, None, None, None, False, trace_hex), None
         resource = ""
+        raw_grant = grant_from(context.invocation_metadata()) if self._grants else None
         try:
+            if raw_grant is not None and self._grants is not None:
+                # Break-glass: the grant, not the policy or a claim, authorizes this call; the
+                # gate records the call durably (with the grant id) before it runs.
+                if request is _UNDECODABLE:
+                    raise _Malformed(
+                        InvalidArgument(
+                            "the request body is not a valid message of this method's request type",
+                            reason="MALFORMED_REQUEST",
+                        )
+                    )
+                if guard is not None and guard.tenant_scoped and request is not None:
+                    resource = getattr(request, guard.resource_field)
+                granted = self._grants.authorize(
+                    identity, method, guard, resource, raw_grant, raw_claim is not None, trace_hex
+                )
+                record.tenant_id = granted.tenant_id or ""
+                record.project_id = granted.project_id or ""
+                return CallContext(
+                    method, identity, None, granted.tenant_id, granted.project_id, True, trace_hex
+                ), None
             without_claim = self._authorizer.check_identity(identity or None, method)
             if request is _UNDECODABLE:
                 raise _Malformed(

@@ -22,6 +22,7 @@ from zumik_secrets.app.claim_issuer import ClaimIssuer
 from zumik_secrets.app.customer_keys import CustomerKeys
 from zumik_secrets.app.data_keys import DataKeys
 from zumik_secrets.app.fingerprints import Fingerprints, Sweeper
+from zumik_secrets.app.grants import BreakGlass
 from zumik_secrets.app.handles import Handles
 from zumik_secrets.app.purge import PurgeService
 from zumik_secrets.app.rate_limit import BucketSpec
@@ -102,6 +103,7 @@ class Runtime:
     purges: PurgeService
     retention: Retention
     retention_scheduler: RetentionScheduler
+    break_glass: BreakGlass
 
     @classmethod
     def open(cls, config: ServerConfig, *, migrate: bool = True) -> Runtime:
@@ -246,6 +248,7 @@ class Runtime:
                 before_session_sweep=sessions.flush_touches,
             )
             retention_scheduler = RetentionScheduler(retention, config.retention_interval)
+            break_glass = BreakGlass(store.grants, policy.break_glass, policy.trust_domain, audit)
             watcher.start()
             usage.start()
             fingerprint_sweeper.start()
@@ -285,6 +288,7 @@ class Runtime:
             purges=purges,
             retention=retention,
             retention_scheduler=retention_scheduler,
+            break_glass=break_glass,
         )
 
     def verify_claim(self, token: str) -> TenantClaim:

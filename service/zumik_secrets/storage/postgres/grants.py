@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from zumik_secrets.storage import _common as c
-from zumik_secrets.storage.records import GrantRecord
 from zumik_secrets.storage.postgres.store import _Db
+from zumik_secrets.storage.records import GrantRecord
 
 _COLS = (
     "grant_id, tenant_id, permission_set, requester, requester_cert, reason, ticket, duration_s,"
