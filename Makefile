@@ -30,7 +30,7 @@ MYPY_PATHS = service clients/python/src/zumik_secrets_client scripts
 GENERATED = clients/python/src
 
 .PHONY: help venv node_modules proto proto-check buf-lint buf-breaking client-check lint fmt \
-	test fuzz sbom lock run bench bench-quick clean distclean deploy-tools deploy-check
+	test fuzz sbom lock release verify-release controls run bench bench-quick clean distclean deploy-tools deploy-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -162,6 +162,19 @@ lock: $(VENV_STAMP) ## Regenerate requirements/*.lock (hashed pins) from require
 	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) requirements/dev.in -c requirements/build.lock \
 	  --no-emit-package zumik-secrets --no-emit-package zumik-secrets-client \
 	  -o requirements/dev.lock
+
+# ------------------------------------------------------------------------------ release (issue 22)
+# Signed release in build/release: sdists + wheels (service, client), the build SBOM, SLSA v1
+# provenance in a DSSE envelope and a signed SHA256SUMS (Ed25519 release key; dev key in
+# var/release/, or ZUMIK_RELEASE_KEY). docs/security/releases.md has the production path.
+RELEASE_DIR ?= build/release
+RELEASE_PUBKEY ?= build/release-key.pub.pem
+
+release: $(VENV_STAMP) ## Build, describe (SBOM, SLSA provenance) and sign a release in build/release
+	$(PY) scripts/release.py --out $(RELEASE_DIR)
+
+verify-release: $(VENV_STAMP) ## Verify build/release offline (every signature and digest)
+	$(VENV)/bin/zumik-secrets verify-release $(RELEASE_DIR) --key $(RELEASE_PUBKEY)
 
 # ------------------------------------------------------------------------------ deploy
 

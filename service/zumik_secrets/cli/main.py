@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zumik_secrets.cli import audit_verify, lifecycle
+from zumik_secrets.cli import audit_verify, lifecycle, verify_release
 from zumik_secrets.cli.dev_pki import DEFAULT_ROLES, generate_dev_pki
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_verify.add_parser(sub)
     lifecycle.add_parsers(sub)
+    verify_release.add_parser(sub)
     return parser
 
 
