@@ -136,10 +136,11 @@ fmt: $(VENV_STAMP) $(NODE_STAMP) ## Apply ruff format, ruff's safe fixes and buf
 	npx --no-install buf format -w
 
 # tests/integration/test_deploy_check.py runs deploy-check (on deploy/ and on a broken copy).
+TEST_JUNIT ?= build/test-results.xml
 test: $(VENV_STAMP) $(NODE_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## proto-check, lint, then the whole pytest suite
 	$(MAKE) proto-check
 	$(MAKE) lint
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider --junitxml=$(TEST_JUNIT) $(PYTEST_ARGS)
 
 # The same fuzz tests `make test` runs with 25 examples per case, with ZUMIK_FUZZ_EXAMPLES (500)
 # random examples each; see tests/security/README.md.
@@ -175,6 +176,13 @@ release: $(VENV_STAMP) ## Build, describe (SBOM, SLSA provenance) and sign a rel
 
 verify-release: $(VENV_STAMP) ## Verify build/release offline (every signature and digest)
 	$(VENV)/bin/zumik-secrets verify-release $(RELEASE_DIR) --key $(RELEASE_PUBKEY)
+
+# The controls checklist (security/controls.toml -> docs/security/controls.md). With
+# CONTROLS_JUNIT (make test writes $(TEST_JUNIT)) it reads those results instead of running the
+# mapped tests again.
+CONTROLS_JUNIT ?=
+controls: $(VENV_STAMP) ## Verify every security control's evidence; render docs/security/controls.md
+	$(PY) scripts/controls.py $(if $(CONTROLS_JUNIT),--junit $(CONTROLS_JUNIT),-- -n 2)
 
 # ------------------------------------------------------------------------------ deploy
 
