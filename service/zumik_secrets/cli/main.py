@@ -183,7 +183,10 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_dev_pki(args: argparse.Namespace) -> int:
     """Write the development CA and certificates."""
     pki = generate_dev_pki(Path(args.out), trust_domain=args.trust_domain, overwrite=args.force)
-    print(f"dev PKI in {pki.directory}: ca.crt, server.crt/.key, roles {', '.join(DEFAULT_ROLES)}")
+    print(
+        f"dev PKI in {pki.directory}: ca.crt, server.crt/.key, roles {', '.join(DEFAULT_ROLES)},"
+        f" operators {', '.join(pki.operators)}"
+    )
     return 0
 
 
