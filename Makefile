@@ -27,9 +27,9 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP = $(CHECKOV_VENV)/.zumik-checkov.stamp
 LINT_PATHS = $(wildcard service clients tests bench scripts)
 MYPY_PATHS = service clients/python/src/zumik_secrets_client scripts
-GENERATED = clients/python/src
+GENERATED = clients/python/src service/zumik_secrets/server/contracts.binpb
 
-.PHONY: help venv node_modules proto proto-check buf-lint buf-breaking client-check lint fmt \
+.PHONY: help venv node_modules proto proto-check buf-lint buf-breaking buf-release-snapshot client-check lint fmt \
 	test fuzz sbom lock release verify-release controls run bench bench-quick clean distclean deploy-tools deploy-check
 
 help: ## List the targets
@@ -109,9 +109,15 @@ buf-lint: $(NODE_STAMP) ## buf lint (STANDARD + COMMENTS) and buf format check
 	npx --no-install buf lint
 	npx --no-install buf format --exit-code -d
 
-BUF_AGAINST ?= .git\#branch=main
-buf-breaking: $(NODE_STAMP) ## buf breaking (FILE) against BUF_AGAINST (default: branch main)
+# The last released contract: a committed buf image (see proto/breaking/README.md). Comparing
+# with branch main instead would compare main with itself in CI.
+BUF_RELEASED = proto/breaking/released.binpb
+BUF_AGAINST ?= $(BUF_RELEASED)
+buf-breaking: $(NODE_STAMP) ## buf breaking (FILE) against the last released contract (BUF_AGAINST)
 	npx --no-install buf breaking --against '$(BUF_AGAINST)'
+
+buf-release-snapshot: $(NODE_STAMP) ## After a release: make the current proto/ the released baseline
+	npx --no-install buf build --exclude-source-info -o $(BUF_RELEASED)
 
 client-check: $(VENV_STAMP) ## Install clients/python into a fresh scratch venv and import it
 	PYTHON=$(PYTHON) DEV_PY=$(PY) scripts/client_check.sh
@@ -136,10 +142,12 @@ fmt: $(VENV_STAMP) $(NODE_STAMP) ## Apply ruff format, ruff's safe fixes and buf
 	npx --no-install buf format -w
 
 # tests/integration/test_deploy_check.py runs deploy-check (on deploy/ and on a broken copy).
+# make controls reads $(TEST_JUNIT) instead of running the mapped tests again.
 TEST_JUNIT ?= build/test-results.xml
-test: $(VENV_STAMP) $(NODE_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## proto-check, lint, then the whole pytest suite
+test: $(VENV_STAMP) $(NODE_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## proto-check, lint, buf-breaking, then the whole pytest suite
 	$(MAKE) proto-check
 	$(MAKE) lint
+	$(MAKE) buf-breaking
 	$(PY) -m pytest -p no:cacheprovider --junitxml=$(TEST_JUNIT) $(PYTEST_ARGS)
 
 # The same fuzz tests `make test` runs with 25 examples per case, with ZUMIK_FUZZ_EXAMPLES (500)
@@ -152,7 +160,7 @@ fuzz: $(VENV_STAMP) ## Long fuzzing run: every RPC and core parser (ZUMIK_FUZZ_E
 # ------------------------------------------------------------------------------ supply chain
 
 SBOM ?= build/sbom.cdx.json
-sbom: $(VENV_STAMP) ## CycloneDX SBOM of the dev venv (what was installed from the locks) in build/
+sbom: $(VENV_STAMP) sbom-image ## CycloneDX SBOMs in build/: the image's runtime venv and the dev venv
 	@mkdir -p $(dir $(SBOM))
 	$(VENV)/bin/cyclonedx-py environment --output-reproducible --of JSON -o $(SBOM) $(PY)
 	@echo "sbom: $(SBOM) ($$(grep -c '"bom-ref"' $(SBOM)) components)"
@@ -163,6 +171,9 @@ lock: $(VENV_STAMP) ## Regenerate requirements/*.lock (hashed pins) from require
 	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) requirements/dev.in -c requirements/build.lock \
 	  --no-emit-package zumik-secrets --no-emit-package zumik-secrets-client \
 	  -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) requirements/runtime.in -c requirements/dev.lock \
+	  --no-emit-package zumik-secrets --no-emit-package zumik-secrets-client \
+	  -o requirements/runtime.lock
 
 # ------------------------------------------------------------------------------ release (issue 22)
 # Signed release in build/release: sdists + wheels (service, client), the build SBOM, SLSA v1
@@ -211,3 +222,41 @@ clean: ## Remove build output and caches (keeps the venv, node_modules and var/)
 
 distclean: clean ## Also remove the venvs and node_modules
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules
+
+# ------------------------------------------------------------------------------ day-two operations
+# Issue 21's targets, kept in one block: backup/restore drill, image, image SBOM.
+# docs/operations/ explains them; tests/integration/test_operations.py runs the drill and the
+# runbooks under `make test`.
+
+.PHONY: restore-drill image sbom-image
+
+restore-drill: $(VENV_STAMP) ## Backup + point-in-time restore drill on a throwaway PostgreSQL (11-50 s)
+	$(PY) scripts/restore_drill.py
+
+IMAGE ?= zumik-secrets:dev
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+image: ## docker build deploy/Dockerfile (PYTHON_IMAGE= a locally built base; see deploy/README.md)
+	@command -v docker >/dev/null 2>&1 || \
+	  { echo "error: no docker CLI here; see deploy/README.md (The image)" >&2; exit 1; }
+	docker build -f deploy/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) .
+
+# The image's SBOM describes what deploy/Dockerfile installs: the same commands (runtime.lock with
+# --require-hashes, the two local wheels built with build.lock's tools, --no-deps) run here into
+# a scratch venv, which cyclonedx-py then describes. No dev tool is in it.
+IMAGE_VENV = build/image-venv
+SBOM_IMAGE ?= build/sbom-image.cdx.json
+sbom-image: $(VENV_STAMP) ## CycloneDX SBOM of the image's runtime venv (built as the Dockerfile does)
+	@rm -rf $(IMAGE_VENV) build/image-wheels && mkdir -p build
+	$(PYTHON) -m venv $(IMAGE_VENV)
+	$(IMAGE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+	  --only-binary=:all: --no-deps -r requirements/runtime.lock
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+	  --wheel-dir build/image-wheels ./clients/python .
+	$(IMAGE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  --no-index build/image-wheels/*.whl
+	$(IMAGE_VENV)/bin/python -m pip check
+	$(IMAGE_VENV)/bin/python -m pip uninstall --quiet --yes pip setuptools
+	$(IMAGE_VENV)/bin/zumik-secrets --help >/dev/null
+	$(VENV)/bin/cyclonedx-py environment --output-reproducible --of JSON -o $(SBOM_IMAGE) \
+	  $(IMAGE_VENV)/bin/python
+	@echo "sbom: $(SBOM_IMAGE) ($$(grep -c '"bom-ref"' $(SBOM_IMAGE)) components, runtime only)"

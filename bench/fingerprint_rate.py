@@ -104,7 +104,15 @@ def serve(workdir: Path) -> None:
     server = ZumikServer(runtime)
     server.start()
     signer = runtime.claim_keys.signer
-    claim, _ = signer.mint("bench", "p", "bench", ("fingerprints.compute",), int(time.time()), 300)
+    claim, _ = signer.mint(
+        "bench",
+        "p",
+        "bench",
+        ("fingerprints.compute",),
+        int(time.time()),
+        300,
+        credential_id="key_bench",
+    )
     ready = {
         "port": server.port,
         "claim": claim,

@@ -69,8 +69,12 @@ def serve(workdir: Path, database_url: str, null_audit: bool = False) -> None:
     server.start()
     now = int(time.time())
     signer = runtime.claim_keys.signer
-    seal_claim, _ = signer.mint("bench", "p", "bench", ("secrets.seal",), now, 300)
-    open_claim, _ = signer.mint("bench", "p", "bench", ("secrets.open",), now, 300)
+    seal_claim, _ = signer.mint(
+        "bench", "p", "bench", ("secrets.seal",), now, 300, credential_id="key_bench"
+    )
+    open_claim, _ = signer.mint(
+        "bench", "p", "bench", ("secrets.open",), now, 300, credential_id="key_bench"
+    )
     ready = {
         "port": server.port,
         "seal_claim": seal_claim,

@@ -11,7 +11,9 @@ Steps (all run, then every failure is reported; exit status 1 if any failed):
    ``deploy/k8s/crd-schemas``; a custom kind without a schema fails.
 4. Zumik-specific consistency: every ZUMIK_* setting exists in server/config.py; the policy
    parses with the server's own loader and its trust domain is the certificate's SPIFFE ID; the
-   certificate allows client auth and names what the probes verify; configured files sit on
+   certificate allows client auth and names what the probes verify and every Service (short,
+   namespaced ``.svc`` and ``.svc.cluster.local``); every CloudNativePG cluster archives WAL to
+   an object store with a retention policy and has a ScheduledBackup; configured files sit on
    read-only mounts of the right volumes; SQLite only on a writable volume with one replica; the
    dev overlay's policy is the packaged dev policy.
 5. ``checkov --framework kubernetes --skip-download`` over the built manifests: zero failed
@@ -339,10 +341,14 @@ def _zumik_checks(docs: Sequence[Doc], deploy_dir: Path, problems: list[str]) ->
             if server_name not in dns_names:
                 problems.append(f"{probe} verifies {server_name!r}, not a dnsName of the cert")
     namespace = deployment["metadata"].get("namespace", "")
+    # Callers dial a Service by its short name (same namespace) or, from the other namespaces
+    # the NetworkPolicy admits, with the namespace (`.svc` or `.svc.cluster.local`).
     for svc in (d for d in docs if d.get("kind") == "Service"):
-        fqdn = f"{svc['metadata']['name']}.{namespace}.svc"
-        if fqdn not in dns_names:
-            problems.append(f"Certificate dnsNames lack {fqdn}")
+        short = svc["metadata"]["name"]
+        for name in (short, f"{short}.{namespace}.svc", f"{short}.{namespace}.svc.cluster.local"):
+            if name not in dns_names:
+                problems.append(f"Certificate dnsNames lack {name}")
+    _backup_checks(docs, problems)
 
     # SQLite: a writable volume under the file, and one replica only.
     url = env.get("ZUMIK_DATABASE_URL", "")
@@ -363,6 +369,25 @@ def _zumik_checks(docs: Sequence[Doc], deploy_dir: Path, problems: list[str]) ->
         copied = deploy_dir / copy
         if copied.exists() and copied.read_bytes() != packaged.read_bytes():
             problems.append(f"{copy} differs from the packaged {packaged.relative_to(REPO)}")
+
+
+def _backup_checks(docs: Sequence[Doc], problems: list[str]) -> None:
+    """Every CloudNativePG cluster archives WAL to an object store with a retention policy and
+    has an active ScheduledBackup (docs/operations/backup-restore.md)."""
+    scheduled = {
+        d["spec"]["cluster"]["name"]
+        for d in docs
+        if d.get("kind") == "ScheduledBackup" and not d["spec"].get("suspend", False)
+    }
+    for cluster in (d for d in docs if d.get("kind") == "Cluster"):
+        name = cluster["metadata"]["name"]
+        backup = cluster["spec"].get("backup", {})
+        if not backup.get("barmanObjectStore", {}).get("destinationPath"):
+            problems.append(f"Cluster {name}: no backup.barmanObjectStore (WAL archive)")
+        if not backup.get("retentionPolicy"):
+            problems.append(f"Cluster {name}: no backup.retentionPolicy")
+        if name not in scheduled:
+            problems.append(f"Cluster {name}: no active ScheduledBackup names it")
 
 
 # ------------------------------------------------------------------------------ linters
@@ -484,6 +509,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubernetes_validate(tools, overlay.name, core_file, versions, report)
         validate_custom(overlay.name, docs, schemas, report)
         zumik_consistency(overlay.name, docs, deploy_dir, report)
+    # Standalone manifests applied by hand (the point-in-time restore): custom resources only.
+    standalone = sorted((deploy_dir / "k8s/restore").glob("*.yaml"))
+    if standalone:
+        docs = [d for f in standalone for d in yaml.safe_load_all(f.read_text("utf-8")) if d]
+        validate_custom("restore", docs, schemas, report)
+        restore_problems: list[str] = []
+        for doc in docs:
+            target = doc.get("spec", {}).get("bootstrap", {}).get("recovery", {})
+            targets = set(target.get("recoveryTarget", {})) & {"targetTime", "targetLSN"}
+            if len(targets) > 1:
+                restore_problems.append(f"{_ident(doc)}: set targetTime or targetLSN, not both")
+            archive = doc.get("spec", {}).get("backup", {}).get("barmanObjectStore", {})
+            sources = {
+                c.get("barmanObjectStore", {}).get("serverName", c.get("name"))
+                for c in doc.get("spec", {}).get("externalClusters", [])
+            }
+            if archive.get("serverName", doc["metadata"]["name"]) in sources:
+                restore_problems.append(
+                    f"{_ident(doc)}: archives under the serverName it restores from"
+                )
+        report.check("restore manifests", restore_problems, f"{len(docs)} objects")
     if built_all.exists():
         run_checkov(tools, built_all, report)
     run_yamllint(tools, deploy_dir, report)

@@ -9,7 +9,12 @@ whose .proto is gone are deleted. Each generated package directory also gets an
 ``__init__.py`` and a ``py.typed`` marker; ``zumik/`` and ``zumik/secrets/`` stay namespace
 packages.
 
-Usage: ``python scripts/gen_proto.py [--proto-root DIR] [--out DIR]``.
+It also writes ``service/zumik_secrets/server/contracts.binpb``: a FileDescriptorSet of the
+contracts *with their source comments* (``--include_source_info``; the well-known types are
+not included), which the server's reflection serves so that ``grpcurl describe`` shows the
+comments (the generated modules carry descriptors without them).
+
+Usage: ``python scripts/gen_proto.py [--proto-root DIR] [--out DIR] [--descriptor-set FILE]``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROTO_ROOT = REPO_ROOT / "proto"
 DEFAULT_OUT = REPO_ROOT / "clients" / "python" / "src"
+DEFAULT_DESCRIPTOR_SET = REPO_ROOT / "service" / "zumik_secrets" / "server" / "contracts.binpb"
+DESCRIPTOR_SET_NAME = "contracts.binpb"
 # Only this top-level package of the output tree is owned by the generator; the helper package
 # zumik_secrets_client lives next to it and is never touched.
 GENERATED_TOP = "zumik"
@@ -68,6 +75,8 @@ def _generate(proto_root: Path, protos: list[str], scratch: Path) -> None:
         f"--grpc_python_out={scratch}",
         f"--mypy_out={scratch}",
         f"--mypy_grpc_out={scratch}",
+        "--include_source_info",
+        f"--descriptor_set_out={scratch / DESCRIPTOR_SET_NAME}",
         *protos,
     ]
     # Output is captured because the mypy plugins chat on stderr; it is shown only on failure.
@@ -87,7 +96,11 @@ def _generate(proto_root: Path, protos: list[str], scratch: Path) -> None:
 def _sync(scratch: Path, out: Path) -> list[str]:
     """Make the generated part of ``out`` equal to ``scratch``; return the changed paths."""
     changes: list[str] = []
-    wanted = {p.relative_to(scratch) for p in scratch.rglob("*") if p.is_file()}
+    wanted = {
+        p.relative_to(scratch)
+        for p in scratch.rglob("*")
+        if p.is_file() and p.name != DESCRIPTOR_SET_NAME
+    }
     existing_root = out / GENERATED_TOP
     existing = (
         {p.relative_to(out) for p in existing_root.rglob("*") if p.is_file() and _is_generated(p)}
@@ -112,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proto-root", type=Path, default=DEFAULT_PROTO_ROOT)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--descriptor-set", type=Path, default=DEFAULT_DESCRIPTOR_SET)
     args = parser.parse_args(argv)
     proto_root: Path = args.proto_root.resolve()
     out: Path = args.out.resolve()
@@ -124,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         _generate(proto_root, protos, scratch)
         changes = _sync(scratch, out)
+        descriptor_set: Path = args.descriptor_set.resolve()
+        built = scratch / DESCRIPTOR_SET_NAME
+        if not (descriptor_set.exists() and filecmp.cmp(built, descriptor_set, shallow=False)):
+            descriptor_set.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(built, descriptor_set)
+            changes.append(f"wrote {descriptor_set.as_posix()}")
     for line in changes:
         print(f"gen_proto: {line}")
     print(f"gen_proto: {len(protos)} proto files, {len(changes)} generated files changed")

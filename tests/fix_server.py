@@ -106,10 +106,12 @@ class RunningServer:
         *,
         subject: str = "key_test",
         ttl: int = 300,
+        credential_id: str = "key_test",
     ) -> str:
-        """A claim signed by the server's own claim key (for tests that need one directly)."""
+        """A claim signed by the server's own claim key (for tests that need one directly);
+        ``credential_id`` is the ``cid`` (revoking a credential of that id reaches it)."""
         token, _ = self.runtime.claim_keys.signer.mint(
-            tenant, project, subject, scopes, int(time.time()), ttl
+            tenant, project, subject, scopes, int(time.time()), ttl, credential_id=credential_id
         )
         fix_leaks.REGISTRY.add(token, "claim minted by a test")
         return token

@@ -34,6 +34,8 @@ SCOPES = (
     "fingerprints.compute",
     "handles.write",
     "handles.read",
+    "console",
+    "a.b",
 )
 FP_VALUE = b"alice@example.com"
 # Tables a purge keeps on purpose (audit chains, the purge's own records) or that only hold
@@ -75,7 +77,8 @@ class Population:
 
 
 def claim_stubs(server: RunningServer, tenant: str, project: str, role: str = "console") -> Any:
-    return server.stubs(role, claim=server.mint_claim(tenant, project, SCOPES))
+    # The sessions populate() makes are user-1's: the claim acts for that user (no impersonation).
+    return server.stubs(role, claim=server.mint_claim(tenant, project, SCOPES, subject="user-1"))
 
 
 def populate(server: RunningServer, tenant: str) -> Population:
@@ -195,6 +198,20 @@ def checkpoint_keys_json(server: RunningServer) -> str:
         apb.ListCheckpointKeysRequest(), timeout=10
     )
     return json_format.MessageToJson(keys)
+
+
+def claim_refused(call: Any) -> None:
+    """The call fails because its claim names a purged (or revoked) scope: UNAUTHENTICATED
+    ``CLAIM_REVOKED``."""
+    from tests.grpc_errors import error_info
+
+    try:
+        call()
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (err.code(), err.details())  # type: ignore[attr-defined]
+        assert error_info(err).reason == "CLAIM_REVOKED"
+        return
+    raise AssertionError("expected the claim to be refused")
 
 
 def not_found(call: Any) -> None:

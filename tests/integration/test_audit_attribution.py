@@ -86,7 +86,7 @@ def _events(server: RunningServer, tenant: str, **flt: Any) -> list[apb.AuditEve
 def test_every_event_kind_keeps_its_target(zumik_server: RunningServer, shape: str) -> None:
     tenant, project = SHAPES[shape](), SHAPES[shape]()
     parent = f"tenants/{tenant}/projects/{project}"
-    claim = zumik_server.mint_claim(tenant, project, ALL_SCOPES)
+    claim = zumik_server.mint_claim(tenant, project, ALL_SCOPES, subject="user-1")
     console = zumik_server.stubs("console", claim=claim)
     executor = zumik_server.stubs("executor", claim=claim)
     cp = zumik_server.stubs("control-plane")

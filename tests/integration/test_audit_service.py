@@ -149,8 +149,8 @@ def test_a_sensitive_call_leaves_one_event_and_the_allow_when_it_records_none(
     zumik_server: RunningServer,
 ) -> None:
     """Open is ``audit_allow``: its own durable ``secret.open`` event is the record of the
-    allowed call (no second ``authz.allow``); a call that records nothing of its own (a bad
-    name refused by the servicer) still leaves its ``authz.allow``."""
+    allowed call (no second ``authz.allow``); a call that records nothing of its own (a name of
+    the wrong kind, refused by the servicer) still leaves its ``authz.allow``."""
     parent = "tenants/acme/projects/web"
     console = zumik_server.stubs(
         "console", claim=zumik_server.mint_claim("acme", "web", ("secrets.seal",))
@@ -167,7 +167,7 @@ def test_a_sensitive_call_leaves_one_event_and_the_allow_when_it_records_none(
     assert opened[0].actor == "spiffe://zumik.local/svc/executor"
     sealed = find(zumik_server, "acme", action="secret.seal", target=name)
     assert len(sealed) == 1 and sealed[0].actor == "spiffe://zumik.local/svc/console"
-    bad = f"{parent}/secrets/not-a-handle"
+    bad = parent  # a well-formed name of the claim's project, but not a secret's
     with pytest.raises(grpc.RpcError) as refused:
         executor.Open(seal_service_pb2.OpenRequest(name=bad), timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
@@ -279,7 +279,14 @@ def test_query_pages_and_tenant_isolation(zumik_server: RunningServer) -> None:
     for i in range(7):
         append(zumik_server, target=f"invoices/{i}", action="billing.invoice_paid")
     append(zumik_server, tenant="beta")
-    claim = zumik_server.mint_claim("acme", "web", ("audit.read",))
+    # A project claim sees only its project's events: the tenant's billing events are not in it.
+    project_view = zumik_server.stubs(
+        "console", claim=zumik_server.mint_claim("acme", "web", ("audit.read",))
+    ).audit
+    assert not project_view.QueryEvents(
+        apb.QueryEventsRequest(parent="tenants/acme", action="billing.invoice_paid"), timeout=5
+    ).events
+    claim = zumik_server.mint_claim("acme", "web", ("audit.read", "audit.read.tenant"))
     console = zumik_server.stubs("console", claim=claim).audit
     seen: list[str] = []
     token = ""
@@ -378,7 +385,10 @@ def test_verify_checkpoint_export_and_offline_verify(
 def test_service_generated_events_hold_none_of_the_secrets(zumik_server: RunningServer) -> None:
     made: list[str] = []
     console = zumik_server.stubs(
-        "console", claim=zumik_server.mint_claim("acme", "web", ("keys.write", "sessions.write"))
+        "console",
+        claim=zumik_server.mint_claim(
+            "acme", "web", ("keys.write", "sessions.write", "keys.read"), subject="user-1"
+        ),
     )
     key = console.keys.CreateApiKey(
         key_service_pb2.CreateApiKeyRequest(

@@ -316,8 +316,10 @@ def test_unapproved_request_dies_after_the_approval_window(zumik_server: Running
     _fails(
         lambda: _approve(zumik_server, grant, "bob"),
         grpc.StatusCode.FAILED_PRECONDITION,
-        "GRANT_EXPIRED",
+        "GRANT_NOT_PENDING",
     )
+    got = _bg(zumik_server, "bob").GetGrant(bpb.GetGrantRequest(name=grant.name), timeout=10)
+    assert got.grant.state == bpb.GRANT_STATE_EXPIRED
 
 
 def test_grant_is_bound_to_its_tenant_and_claims_do_not_mix(zumik_server: RunningServer) -> None:

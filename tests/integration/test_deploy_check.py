@@ -74,6 +74,9 @@ def test_deploy_check_passes_on_the_real_manifests(tmp_path: Path) -> None:
         "kubernetes-validate --strict prod @ 1.30.0",
         "custom resources prod",
         "zumik consistency prod",
+        "custom resources prod: 3 objects",
+        "custom resources restore: 1 objects",
+        "restore manifests: 1 objects",
         "checkov --framework kubernetes: ",
         "yamllint --strict deploy/",
         "hadolint deploy/Dockerfile",
@@ -109,6 +112,15 @@ def test_deploy_check_fails_on_injected_errors(tmp_path: Path) -> None:
         "spiffe://prod.zumik.internal/svc/zumik-secrets",
         "spiffe://prod.zumik.internal/svc/other",
     )
+    # Backups: no retention policy, a five-field cron (CloudNativePG wants six), and a
+    # certificate that lacks the fully qualified name of the headless Service.
+    _replace(k8s / "overlays/prod/postgres-cluster.yaml", "    retentionPolicy: 30d\n", "")
+    _replace(k8s / "overlays/prod/postgres-scheduledbackup.yaml", '"0 0 2 * * *"', '"0 2 * * *"')
+    _replace(
+        k8s / "overlays/prod/certificate-patch.yaml",
+        "    - zumik-secrets-headless.zumik-secrets.svc.cluster.local\n",
+        "",
+    )
     # hadolint: an unpinned apt-get install.
     _replace(
         deploy / "Dockerfile",
@@ -134,6 +146,11 @@ def test_deploy_check_fails_on_injected_errors(tmp_path: Path) -> None:
         assert step in out, f"{step} missing from:\n{out}"
         section = out.split(step, 1)[1].split("\nPASS ", 1)[0].split("\nFAIL ", 1)[0]
         assert detail in section, f"{step}: {detail!r} not in {section!r}"
+    prod_consistency = out.split("FAIL zumik consistency prod", 1)[1].split("\nPASS ", 1)[0]
+    assert "no backup.retentionPolicy" in prod_consistency
+    assert "lack zumik-secrets-headless.zumik-secrets.svc.cluster.local" in prod_consistency
+    custom = out.split("FAIL custom resources prod", 1)[1].split("\nPASS ", 1)[0]
+    assert "ScheduledBackup/zumik-pg-nightly: spec.schedule" in custom, custom
     # What was not broken still passes.
     assert "PASS kustomize build prod" in out
     assert "PASS custom resources dev" in out

@@ -86,7 +86,7 @@ class World:
     def stubs(self, role: str, claim: bool = True) -> Any:
         if not claim:
             return self.server.stubs(role)
-        token = self.server.mint_claim(self.tenant, self.project, SCOPES)
+        token = self.server.mint_claim(self.tenant, self.project, SCOPES, subject="user-1")
         return self.server.stubs(role, claim=token)
 
 
@@ -94,7 +94,7 @@ def _world(server: RunningServer) -> World:
     tenant = f"idem-{uuid.uuid4().hex[:10]}"
     project = "web"
     parent = f"tenants/{tenant}/projects/{project}"
-    claim = server.mint_claim(tenant, project, SCOPES)
+    claim = server.mint_claim(tenant, project, SCOPES, subject="user-1")  # sessions: own user
     console = server.stubs("console", claim=claim)
     key = console.keys.CreateApiKey(
         kpb.CreateApiKeyRequest(parent=parent, scopes=["keys.read"], display_name="k"), timeout=10

@@ -309,7 +309,7 @@ def test_bad_claims_are_unauthenticated_with_reason(zumik_server: RunningServer)
     token, _ = unknown_kid.mint(A, PROJ, "key_x", ("keys.read",), now, 300)
     assert error_info(_get_with(zumik_server, token, name)).reason == "CLAIM_UNKNOWN_KEY"
 
-    no_scope, _ = signer.mint(A, PROJ, "key_x", ("other.scope",), now, 300)
+    no_scope, _ = signer.mint(A, PROJ, "key_x", ("other.scope",), now, 300, credential_id="key_x")
     err = _fails(
         lambda: zumik_server.stubs("console", claim=no_scope).keys.GetApiKey(
             key_service_pb2.GetApiKeyRequest(name=name), timeout=5
@@ -317,7 +317,9 @@ def test_bad_claims_are_unauthenticated_with_reason(zumik_server: RunningServer)
         grpc.StatusCode.PERMISSION_DENIED,
     )
     assert error_info(err).reason == "MISSING_SCOPE"
-    other_project, _ = signer.mint(A, "other", "key_x", ("keys.read",), now, 300)
+    other_project, _ = signer.mint(
+        A, "other", "key_x", ("keys.read",), now, 300, credential_id="key_x"
+    )
     err = _fails(
         lambda: zumik_server.stubs("console", claim=other_project).keys.GetApiKey(
             key_service_pb2.GetApiKeyRequest(name=name), timeout=5

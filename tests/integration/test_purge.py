@@ -87,21 +87,22 @@ def test_tenant_purge_leaves_nothing_and_receipt_verifies(
     answer = ps.purge_tenant(server, a.tenant)
     receipt = answer.receipt
 
-    # Every API answers for A as for a tenant that never existed, on this replica at once.
+    # A's credentials answer as if they never existed, on this replica at once; any claim for
+    # A (minted before the purge or not) is refused: the tenant is a tombstone.
     for raw in a.raw_keys:
         assert ps.verify_key(server, raw) == NOT_FOUND
     for token in a.session_tokens:
         assert ps.verify_session(server, token) == NOT_FOUND
     for name in a.secrets:
-        ps.not_found(lambda n=name: ps.open_secret(server, n))
+        ps.claim_refused(lambda n=name: ps.open_secret(server, n))
     for name in a.handles:
-        ps.not_found(lambda n=name: ps.resolve_handle(server, n))
+        ps.claim_refused(lambda n=name: ps.resolve_handle(server, n))
 
     # (1) No row of A outside the audit and purge tables (and the change feed, checked below).
     needle = [a.tenant.encode()]
     assert ps.rows_containing(url, needle, ps.KEPT_TABLES) == []
     kinds = {r[0] for r in ps.query(url, "SELECT kind FROM changes")}
-    assert kinds <= {"api_key", "session", "data_key", "customer_key", "tenant_settings"}
+    assert kinds <= {"api_key", "session", "data_key", "customer_key", "tenant_settings", "purge"}
 
     # (2) None of A's key material, ciphertexts or hashes anywhere in the database.
     every_value = [v for values in captured.values() for v in values]
@@ -172,12 +173,11 @@ def test_tenant_purge_leaves_nothing_and_receipt_verifies(
     assert fetched.receipt == receipt
     assert ps.purge_tenant(server, a.tenant).receipt == receipt
 
-    # A fingerprint of the same value under the new project key is unlinkable to the old one.
-    assert ps.fingerprint(server, a.tenant, "p1") != a.fingerprints["p1"]
-    # The scope holds data again, so purging again is a new purge with a new receipt.
-    again = ps.purge_tenant(server, a.tenant).receipt
-    assert again.name != receipt.name
-    assert {c.kind: c.count for c in again.destroyed}["fingerprint_keys"] == 1
+    # Nothing re-creates data in the purged tenant (no fingerprint key is made for a late
+    # call), so purging again still returns the one receipt.
+    ps.claim_refused(lambda: ps.fingerprint(server, a.tenant, "p1"))
+    assert not server.runtime.store.purges.scope_has_data(a.tenant, None)
+    assert ps.purge_tenant(server, a.tenant).receipt == receipt
 
     # The change records naming A are pruned by the retention run once replicas read them.
     server.runtime.store.changes.prune_before(datetime(2999, 1, 1, tzinfo=UTC))
@@ -211,15 +211,21 @@ def test_copied_ciphertext_cannot_be_opened_after_purge(
     # ... so even this process, holding the master keyring, has nothing to unwrap.
     with pytest.raises(DecryptionFailed):
         server.runtime.data_keys.key(tenant, project, "seal", dek_version)
-    # A new key for the same project (first use after the purge) is a different random key.
+    # Nothing re-creates a data key in the purged tenant: a late Seal is refused, with or
+    # without a claim, and the tenant still has no key.
     claim = server.mint_claim(tenant, project, ("secrets.seal",))
-    server.stubs("console", claim=claim).seal.Seal(
-        spb.SealRequest(parent=f"tenants/{tenant}/projects/{project}", plaintext=b"new"),
-        timeout=10,
+    ps.claim_refused(
+        lambda: server.stubs("console", claim=claim).seal.Seal(
+            spb.SealRequest(parent=f"tenants/{tenant}/projects/{project}", plaintext=b"new"),
+            timeout=10,
+        )
     )
-    fresh = server.runtime.data_keys.key(tenant, project, "seal", 1)
-    with pytest.raises(DecryptionFailed):
-        sealing.open_sealed(fresh, blob, aad)
+    with pytest.raises(grpc.RpcError) as late:
+        server.stubs("control-plane").seal.RotateDataKey(
+            spb.RotateDataKeyRequest(parent=f"tenants/{tenant}/projects/{project}"), timeout=10
+        )
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert ps.query(url, "SELECT count(*) FROM data_keys WHERE tenant_id = %s", (tenant,)) == [(0,)]
 
 
 def test_project_purge_keeps_the_rest_of_the_tenant(
@@ -236,9 +242,9 @@ def test_project_purge_keeps_the_rest_of_the_tenant(
     )
     counts = {c.kind: c.count for c in receipt.destroyed}
     assert counts["api_keys"] == 2 and counts["sessions"] == 1 and counts["secrets"] == 3
-    assert counts["data_key_versions"] == 3 and counts["handles"] == 0
+    assert counts["data_key_versions"] == 3 and counts["handles"] == 2  # p1 minted them
     assert counts["tenant_settings"] == 0
-    for table in ("api_keys", "sessions", "sealed_secrets", "data_keys"):
+    for table in ("api_keys", "sessions", "sealed_secrets", "data_keys", "handles"):
         assert ps.query(
             url,
             f"SELECT count(*) FROM {table} WHERE tenant_id = %s AND project_id = 'p1'",  # noqa: S608
@@ -251,8 +257,7 @@ def test_project_purge_keeps_the_rest_of_the_tenant(
         if "/projects/p2/" in name:
             assert ps.open_secret(server, name) == plaintext
         else:
-            ps.not_found(lambda n=name: ps.open_secret(server, n))
-    assert ps.resolve_handle(server, a.handles[0]) == "users/0"  # handles belong to the tenant
+            ps.claim_refused(lambda n=name: ps.open_secret(server, n))  # p1 is a tombstone
     assert ps.fingerprint(server, a.tenant, "p2") == a.fingerprints["p2"]
     events = (
         server.stubs("auditor")
@@ -324,10 +329,10 @@ def test_other_replica_forgets_purged_keys_within_the_bound(
     assert wait_until(
         lambda: all(ps.verify_key(second, raw) == NOT_FOUND for raw in a.raw_keys), timeout=bound
     )
-    ps.not_found(lambda: ps.open_secret(second, name))
+    ps.claim_refused(lambda: ps.open_secret(second, name))
     claim = second.mint_claim(a.tenant, "p1", ps.SCOPES)
-    with pytest.raises(grpc.RpcError) as caught:
-        second.stubs("executor", claim=claim).fingerprints.ResolveHandle(
+    ps.claim_refused(
+        lambda: second.stubs("executor", claim=claim).fingerprints.ResolveHandle(
             fpb.ResolveHandleRequest(name=a.handles[0]), timeout=10
         )
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    )

@@ -135,7 +135,7 @@ def test_new_sessions_use_the_tenants_lifetime(zumik_server: RunningServer) -> N
     def lifetime() -> int:
         session = stubs.keys.CreateSession(
             kpb.CreateSessionRequest(
-                parent=f"tenants/{tenant}/projects/p1", user_subject="u", scopes=["console"]
+                parent=f"tenants/{tenant}/projects/p1", user_subject="user-1", scopes=["console"]
             ),
             timeout=10,
         ).session
@@ -181,7 +181,7 @@ def test_run_retention_enforces_each_tenants_settings(
         names[tenant] = key.name
         session = stubs.keys.CreateSession(
             kpb.CreateSessionRequest(
-                parent=f"tenants/{tenant}/projects/p1", user_subject="u", scopes=["console"]
+                parent=f"tenants/{tenant}/projects/p1", user_subject="user-1", scopes=["console"]
             ),
             timeout=10,
         ).session

@@ -202,6 +202,49 @@ def test_serve_without_configuration_fails_closed(tmp_path: Path) -> None:
     assert "not configured" in out.stderr
 
 
+def _leading_comment(proto: Path, declaration: str) -> list[str]:
+    """The comment lines right above ``declaration`` (e.g. ``rpc Seal(``) in a .proto file."""
+    lines = proto.read_text(encoding="utf-8").splitlines()
+    index = next(i for i, line in enumerate(lines) if line.strip().startswith(declaration))
+    comment: list[str] = []
+    for line in reversed(lines[:index]):
+        if not line.strip().startswith("//"):
+            break
+        comment.insert(0, line.strip())
+    assert comment, f"no comment above {declaration} in {proto.name}"
+    return comment
+
+
+def test_grpcurl_describe_shows_the_contract_comments(dev_process: DevProcess) -> None:
+    v1 = REPO / "proto/zumik/secrets/v1"
+    for symbol, proto, declaration in (
+        ("zumik.secrets.v1.SealService.Seal", "seal_service.proto", "rpc Seal("),
+        ("zumik.secrets.v1.SealService", "seal_service.proto", "service SealService"),
+        ("zumik.secrets.v1.Secret", "seal_service.proto", "message Secret {"),
+        ("zumik.secrets.v1.ErrorReason", "error_reason.proto", "enum ErrorReason"),
+        ("zumik.secrets.v1.AuditService.QueryEvents", "audit_service.proto", "rpc QueryEvents("),
+    ):
+        out = dev_process.grpcurl("describe", symbol)
+        assert out.returncode == 0, out.stderr
+        shown = [line.strip() for line in out.stdout.splitlines()]
+        for line in _leading_comment(v1 / proto, declaration):
+            assert line in shown, f"{symbol}: {line!r} missing from grpcurl describe"
+
+
+def test_grpcurl_shows_an_error_reason(dev_process: DevProcess) -> None:
+    # Seal without a tenant claim: UNAUTHENTICATED (16), so grpcurl exits with 64 + 16.
+    out = dev_process.grpcurl(
+        "zumik.secrets.v1.SealService/Seal",
+        flags=("-d", '{"parent": "tenants/acme/projects/web"}'),
+    )
+    assert out.returncode == 64 + 16, (out.stdout, out.stderr)
+    text = out.stdout + out.stderr
+    assert "Code: Unauthenticated" in text
+    assert '"reason":"CLAIM_MISSING"' in text
+    assert '"domain":"secrets.zumik.dev"' in text
+
+
+# Keep last: it stops the module's server.
 def test_sigterm_drains_and_exits_cleanly(dev_process: DevProcess) -> None:
     dev_process.proc.send_signal(signal.SIGTERM)
     assert dev_process.proc.wait(timeout=20) == 0

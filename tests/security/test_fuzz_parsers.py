@@ -131,7 +131,7 @@ def test_claim_verifier_on_random_text(text: str) -> None:
 @given(index=st.integers(0, 2000), char=st.sampled_from("AaZz09-_.=" + "".join(CONFUSABLES)))
 def test_mutated_claim_never_verifies(index: int, char: str) -> None:
     now = 1_700_000_000
-    token, _ = _SIGNER.mint("acme", "proj", "key_x", ("keys.read",), now, 60)
+    token, _ = _SIGNER.mint("acme", "proj", "key_x", ("keys.read",), now, 60, credential_id="key_x")
     assert _verifier().verify(token, now).tenant_id == "acme"
     i = index % len(token)
     assume(token[i] != char)

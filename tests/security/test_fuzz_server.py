@@ -2,7 +2,8 @@
 
 Requests are sent as an identity the policy allows (control-plane where it may, else another
 allowed one) with a valid claim carrying every scope, so they get past authorization and reach
-the servicers. Every answer must be a success or a non-INTERNAL status; afterwards the server
+the servicers. Every answer must be a success or a non-INTERNAL status whose ErrorInfo reason
+the contract documents for that method (tests/contract_docs.py); afterwards the server
 must still be SERVING, its SQLite file must pass ``PRAGMA integrity_check`` and
 ``foreign_key_check``, and the fuzzed tenant's audit chain must verify (when AuditService is
 implemented). Example counts are in the terminal summary ("hardening suite: cases run").
@@ -23,10 +24,13 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.contract_docs import documented_reasons
 from tests.fix_server import RunningServer
+from tests.grpc_errors import error_info
 from tests.security.conftest import dev_policy, role_of
 from tests.security.report import count_cases
 from tests.security.rpcs import Rpc, all_rpcs, by_name
@@ -65,8 +69,15 @@ class ClaimedChannel:
             return self._channel
 
 
-def answer_problem(call: Callable[[], Any], codes: Counter[str] | None = None) -> str | None:
-    """None if the call succeeded or failed with a non-INTERNAL status, else what went wrong."""
+def answer_problem(
+    call: Callable[[], Any], codes: Counter[str] | None = None, method: str | None = None
+) -> str | None:
+    """None if the call succeeded or failed with a non-INTERNAL status, else what went wrong.
+
+    With ``method`` (``Service.Method``), an error's ErrorInfo reason must also be one the
+    contract documents for that method (its comment's ``Errors:`` part or the errors of every
+    call in common.proto).
+    """
     try:
         call()
         if codes is not None:
@@ -79,6 +90,10 @@ def answer_problem(call: Callable[[], Any], codes: Counter[str] | None = None) -
             return f"{code}: {err.details()}"  # type: ignore[attr-defined]
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return "DEADLINE_EXCEEDED: the server hung on this input"
+        if method is not None and rpc_status.from_call(err) is not None:  # type: ignore[arg-type]
+            reason = error_info(err).reason
+            if reason not in documented_reasons(method):
+                return f"{method} answered {code.name} {reason}, which its comment does not list"
     return None
 
 
@@ -120,7 +135,9 @@ def test_fuzzed_requests_never_break_the_server(
     @given(message=request_strategy(rpc, TENANT, PROJECT))
     def run(message: Message) -> None:
         examples[0] += 1
-        problem = answer_problem(lambda: rpc.call(channel.get(), message, timeout=15), codes)
+        problem = answer_problem(
+            lambda: rpc.call(channel.get(), message, timeout=15), codes, rpc.name
+        )
         if problem:
             problems.append(problem)
         assert problem is None, problem

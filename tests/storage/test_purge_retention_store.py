@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.storage.data import T0, api_key, at, handle, session
-from zumik_secrets.core.errors import AlreadyExists
+from zumik_secrets.core.errors import AlreadyExists, FailedPrecondition
 from zumik_secrets.storage.records import (
     DataKeyRecord,
     HandleRecord,
@@ -144,14 +144,25 @@ def test_project_purge_keeps_the_other_projects(store) -> None:  # type: ignore[
     assert store.tenants.get("acme") is not None
 
 
-def test_late_data_key_is_destroyed_by_the_delete_phase(store) -> None:  # type: ignore[no-untyped-def]
+def test_no_data_key_is_created_in_a_purged_scope(store) -> None:  # type: ignore[no-untyped-def]
     _fill(store, "acme")
     job = store.purges.create_job(_job("acme", "p2"))
     store.purges.shred(job.receipt_id, at(1))
-    # A first use racing the purge creates a key after the shred phase.
-    store.data_keys.insert_first(replace(_data_key("acme", "p2", "seal"), version=1))
+    # A first use racing the purge (a late call on another replica) creates nothing, from the
+    # moment the job exists until forever: the scope is a tombstone.
+    for tenant, project in (("acme", "p2"),):
+        with pytest.raises(FailedPrecondition) as refused:
+            store.data_keys.insert_first(replace(_data_key(tenant, project, "seal"), version=1))
+        assert refused.value.reason == "SCOPE_PURGED"
     store.purges.delete_rows(job.receipt_id, at(2))
     assert store.data_keys.get("acme", "p2", "seal", 1) is None
+    store.data_keys.insert_first(replace(_data_key("acme", "p3", "seal"), version=1))  # others
+    store.purges.create_job(_job("gone"))
+    with pytest.raises(FailedPrecondition):
+        store.data_keys.insert_first(replace(_data_key("gone", "any", "seal"), version=1))
+    assert ("gone", None) in {(t, p) for t, p, _ in store.purges.tombstones()}
+    assert ("acme", "p2") in {(t, p) for t, p, _ in store.purges.tombstones()}
+    assert [c.kind for c in store.changes.since(0)].count("purge") == 2
 
 
 def test_retention_settings_round_trip(store) -> None:  # type: ignore[no-untyped-def]

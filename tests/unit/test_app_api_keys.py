@@ -19,6 +19,7 @@ from zumik_secrets.app.sessions import SessionService
 from zumik_secrets.app.signing_keys import SigningKeys
 from zumik_secrets.app.verification import FailureGuard, VerifyResult
 from zumik_secrets.core import api_keys as key_format
+from zumik_secrets.core.authority import Authority
 from zumik_secrets.core.errors import InvalidArgument, ResourceExhausted
 from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
 from zumik_secrets.core.names import ProjectName, SessionName
@@ -105,6 +106,7 @@ def _create(service: ApiKeyService, **kw: Any) -> Any:
         "ttl": None,
         "environment": "",
         "actor": Actor(),
+        "authority": Authority.unbounded(),
     }
     args.update(kw)
     return service.create(PARENT, **args)
@@ -276,6 +278,7 @@ def test_session_idle_window_slides_in_memory_between_flushes(
         idle_timeout=None,
         absolute_timeout=timedelta(minutes=5),
         actor=Actor(),
+        authority=Authority.unbounded(),
     )
     for _ in range(4):  # 4 x 50 s: each use slides the 60 s idle window; nothing flushed
         clock.now += 50
@@ -293,6 +296,7 @@ def test_session_idle_window_slides_in_memory_between_flushes(
         idle_timeout=None,
         absolute_timeout=timedelta(minutes=2),
         actor=Actor(),
+        authority=Authority.unbounded(),
     )
     for _ in range(2):
         clock.now += 50
@@ -311,6 +315,7 @@ def test_session_sweep_deletes_dead_sessions_after_the_margin(
         idle_timeout=None,
         absolute_timeout=None,
         actor=Actor(),
+        authority=Authority.unbounded(),
     )
     dead = sessions.create(
         PARENT,
@@ -319,6 +324,7 @@ def test_session_sweep_deletes_dead_sessions_after_the_margin(
         idle_timeout=None,
         absolute_timeout=None,
         actor=Actor(),
+        authority=Authority.unbounded(),
     )
     for _ in range(3):
         clock.now += 50
@@ -337,11 +343,12 @@ def test_session_rotation_kills_the_old_token(sessions: SessionService) -> None:
         idle_timeout=None,
         absolute_timeout=None,
         actor=Actor(),
+        authority=Authority.unbounded(),
     )
     first = sessions.verify(issued.token, [], GATEWAY)
     assert first.claim is not None
     name = SessionName("tenant-a", "proj", issued.record.session_id)
-    rotated = sessions.rotate(name, ["a"], Actor())
+    rotated = sessions.rotate(name, ["a"], Actor(), authority=Authority.unbounded())
     assert sessions.verify(issued.token, [], GATEWAY).result is VerifyResult.NOT_FOUND
     answer = sessions.verify(rotated.token, [], GATEWAY)
     assert answer.result is VerifyResult.VALID and answer.claim is not None

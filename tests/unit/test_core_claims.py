@@ -498,3 +498,14 @@ def test_cache_thread_safety_smoke() -> None:
         th.join()
     assert errors == []
     assert v.cache_size() <= 50
+
+
+def test_the_credential_id_is_signed_and_read_back() -> None:
+    token, claim = signer().mint("acme", "web", "u", ["a"], NOW, 60, credential_id="key_abc")
+    assert claim.credential_id == "key_abc"
+    verifier = claims.ClaimVerifier(AUD, lambda _kid: signer().public_raw)
+    assert verifier.verify(token, NOW).credential_id == "key_abc"
+    token, _ = signer().mint("acme", "web", "u", ["a"], NOW, 60)
+    assert verifier.verify(token, NOW).credential_id == ""  # the server refuses these
+    with pytest.raises(InvalidArgument):
+        signer().mint("acme", "web", "u", [], NOW, 60, credential_id="x" * 65)

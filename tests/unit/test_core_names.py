@@ -100,6 +100,48 @@ def test_message_names_the_pattern() -> None:
     assert info.value.message == "parent must look like tenants/{tenant}/projects/{project}"
 
 
+@pytest.mark.parametrize(
+    ("parse", "prefix"),
+    [
+        (names.parse_api_key_name, "tenants/t/projects/p/apiKeys/key_"),
+        (names.parse_session_name, "tenants/t/projects/p/sessions/ses_"),
+        (names.parse_secret_name, "tenants/t/projects/p/secrets/sec_"),
+        (names.parse_handle_name, "tenants/t/handles/doc_"),
+        (names.parse_purge_receipt_name, "tenants/t/purgeReceipts/rcp_"),
+    ],
+)
+def test_an_id_of_2_to_the_128_or_more_is_refused_saying_why(
+    parse: Callable[..., Any], prefix: str
+) -> None:
+    from zumik_secrets.core import encoding
+
+    assert encoding.base62_encode_int(2**128 - 1, 22) == handles.LARGEST_ID
+    assert parse(prefix + handles.LARGEST_ID).id.endswith(handles.LARGEST_ID)
+    for too_large in (encoding.base62_encode_int(2**128, 22), "z" * 22):
+        with pytest.raises(InvalidArgument) as info:
+            parse(prefix + too_large)
+        err = info.value
+        assert err.reason == "INVALID_NAME"
+        assert "2^128 or more" in err.message
+        assert handles.LARGEST_ID in err.message
+        assert too_large not in err.message.replace(handles.LARGEST_ID, "")
+        assert err.violations[0].description == err.message
+    # A malformed id (wrong length) keeps the plain message: the size is not what is wrong.
+    with pytest.raises(InvalidArgument) as info:
+        parse(prefix + "A" * 21)
+    assert "2^128" not in info.value.message
+
+
+def test_a_handle_of_2_to_the_128_or_more_says_why() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        handles.parse_handle("sec_" + "z" * 22, "sec")
+    assert info.value.reason == "INVALID_HANDLE"
+    assert info.value.message.endswith(handles.ID_TOO_LARGE)
+    with pytest.raises(InvalidArgument) as info:
+        handles.parse_handle("key_" + "z" * 22, "sec")  # wrong kind: not a size problem
+    assert "2^128" not in info.value.message
+
+
 def test_dataclasses_validate_and_are_frozen() -> None:
     with pytest.raises(InvalidArgument):
         names.ProjectName("acme", "Web")
@@ -169,6 +211,62 @@ def test_parsers_only_raise_invalid_argument(parse: Callable[..., Any], text: st
         assert exc.reason == "INVALID_NAME"
         return
     assert str(parsed) == text
+
+
+BODY = "0" * 21 + "1"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("tenants/acme", names.TenantName),
+        ("tenants/-", names.TenantName),
+        ("tenants/acme/settings", names.SettingsName),
+        ("tenants/-/settings", names.SettingsName),
+        ("tenants/acme/projects/web", names.ProjectName),
+        (f"tenants/acme/projects/web/apiKeys/key_{BODY}", names.ApiKeyName),
+        (f"tenants/acme/projects/web/sessions/ses_{BODY}", names.SessionName),
+        (f"tenants/acme/projects/web/secrets/sec_{BODY}", names.SecretName),
+        (f"tenants/acme/handles/hdl_{BODY}", names.HandleName),
+        (f"tenants/acme/purgeReceipts/rcp_{BODY}", names.PurgeReceiptName),
+    ],
+)
+def test_parse_resource_recognises_every_shape(text: str, kind: type[object]) -> None:
+    parsed = names.parse_resource(text)
+    assert isinstance(parsed, kind)
+    assert str(parsed) == text
+    assert names.expect(parsed, kind) is parsed  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "tenants",
+        "tenants/",
+        "tenants/-/projects/web",
+        f"tenants/-/projects/web/secrets/sec_{BODY}",
+        "tenants/acme/projects",
+        "tenants/acme/projects/web/secrets",
+        f"tenants/acme/projects/web/secrets/key_{BODY}",
+        f"tenants/acme/handles/hdl_{BODY}/x",
+        "tenants/ACME",
+        "tenants/acme/unknown",
+        "x" * 5000,
+    ],
+)
+def test_parse_resource_refuses_anything_else(text: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        names.parse_resource(text, field="parent")
+    assert err.value.reason == "INVALID_NAME"
+    assert err.value.metadata == {"field": "parent"}
+    assert len(err.value.message) < 120  # the input is never echoed
+
+
+def test_expect_names_the_wanted_pattern() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        names.expect(names.parse_resource("tenants/acme"), names.ProjectName, field="parent")
+    assert "tenants/{tenant}/projects/{project}" in err.value.message
 
 
 @pytest.mark.parametrize(

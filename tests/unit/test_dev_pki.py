@@ -104,12 +104,23 @@ def test_role_cert_has_exactly_one_uri_san_and_chains(dev_pki: DevPki, role: str
 def test_server_cert_sans_and_eku(dev_pki: DevPki) -> None:
     cert = _cert(dev_pki.server.cert)
     san = _san(cert)
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    dns = san.get_values_for_type(x509.DNSName)
+    assert dns[0] == "localhost"
+    # The Services of deploy/k8s, short and with namespace, .svc and .svc.cluster.local forms.
+    for name in (
+        "zumik-secrets",
+        "zumik-secrets-headless",
+        "zumik-secrets.zumik-secrets.svc",
+        "zumik-secrets-headless.zumik-secrets.svc.cluster.local",
+        "zumik-secrets-headless.zumik-secrets-dev.svc",
+    ):
+        assert name in dns
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
         "spiffe://zumik.local/svc/zumik-secrets"
     ]
-    assert _eku(cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    # clientAuth too: the in-container health probe presents the server's own certificate.
+    assert _eku(cert) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     cert.verify_directly_issued_by(_cert(dev_pki.ca_cert))
     _assert_key_matches(dev_pki.server)
 
@@ -235,3 +246,19 @@ def test_operator_cert_has_the_operator_spiffe_id(dev_pki: DevPki, name: str) ->
     ]
     assert dev_pki.spiffe_id(name) == f"spiffe://zumik.local/operator/{name}"
     cert.verify_directly_issued_by(_cert(dev_pki.ca_cert))
+
+
+def test_outdated_server_cert_is_reissued_from_the_same_ca(tmp_path: Path) -> None:
+    from zumik_secrets.cli.dev_pki import generate_dev_pki
+
+    old = generate_dev_pki(tmp_path / "pki", server_sans=("localhost",))
+    ca_before = old.ca_cert.read_bytes()
+    assert "zumik-secrets" not in _san(_cert(old.server.cert)).get_values_for_type(x509.DNSName)
+    new = generate_dev_pki(tmp_path / "pki")  # the default names: reissued, CA kept
+    assert new.ca_cert.read_bytes() == ca_before
+    assert "zumik-secrets" in _san(_cert(new.server.cert)).get_values_for_type(x509.DNSName)
+    _cert(new.server.cert).verify_directly_issued_by(_cert(new.ca_cert))
+    _assert_key_matches(new.server)
+    unchanged = new.server.cert.read_bytes()
+    generate_dev_pki(tmp_path / "pki")
+    assert new.server.cert.read_bytes() == unchanged  # up to date: kept

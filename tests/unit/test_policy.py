@@ -92,3 +92,19 @@ def test_dev_policy_names_the_six_roles() -> None:
     assert policy.decide(
         "spiffe://zumik.local/svc/executor", "/zumik.secrets.v1.SealService/Open"
     ).allowed
+
+
+def test_impersonation_is_a_separate_policy_flag_the_dev_policy_grants_no_one() -> None:
+    dev = Policy.from_mapping(tomllib.loads(dev_policy_path().read_text(encoding="utf-8")))
+    for identity in dev.identities:
+        assert not dev.decide(identity, "/zumik.secrets.v1.KeyService/CreateSession").impersonate
+    base = {
+        "trust_domain": "zumik.local",
+        "identities": {CP: {"allow": ["zumik.secrets.v1.KeyService/*"], "impersonate": True}},
+    }
+    assert Policy.from_mapping(base).decide(CP, VERIFY).impersonate
+    for bad in ("yes", 1, ["x"]):
+        with pytest.raises(InvalidArgument):
+            Policy.from_mapping(
+                {**base, "identities": {CP: {"allow": [], "impersonate": bad}}}  # type: ignore[dict-item]
+            )

@@ -15,10 +15,20 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from zumik_secrets.core import api_keys, claims, encoding, handles, keyring, session_tokens
+from zumik_secrets.core import (
+    api_keys,
+    audit_chain,
+    claims,
+    encoding,
+    handles,
+    keyring,
+    primitives,
+    session_tokens,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -262,12 +272,45 @@ def claim_vectors() -> dict[str, Any]:
     }
 
 
+def checkpoint_vectors() -> dict[str, Any]:
+    """Audit checkpoints: the canonical statement (see the Checkpoint message in
+    audit_service.proto) and its Ed25519 signature from a fixed key (Ed25519 is deterministic)."""
+    private = hashlib.sha256(b"zumik checkpoint vector key").digest()
+    signer = primitives.Ed25519Signer(private)
+    cases = []
+    for tenant, sequence, head_seed, time in [
+        ("acme", 42, "acme head", datetime(2026, 1, 31, 12, 0, 0, 123, tzinfo=UTC)),
+        ("-", 1, "service head", datetime(2026, 12, 3, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("t-0", 9007199254740993, "big sequence", datetime(2030, 6, 1, tzinfo=UTC)),
+    ]:
+        head = hashlib.sha256(head_seed.encode()).digest()
+        cp = audit_chain.sign_checkpoint(signer, "ckp_vector", tenant, sequence, head, time)
+        cases.append(
+            {
+                "tenant": tenant,
+                "sequence": sequence,
+                "head_hash_hex": head.hex(),
+                "time": {"seconds": int(time.timestamp()), "nanos": time.microsecond * 1000},
+                "statement": cp.statement().decode("utf-8"),
+                "kid": cp.kid,
+                "signature_b64url": encoding.b64url_encode(cp.signature),
+            }
+        )
+    return {
+        "description": "Audit checkpoint statements (version 1) and their Ed25519 signatures",
+        "private_key_hex": private.hex(),
+        "public_key_b64url": encoding.b64url_encode(signer.public_raw),
+        "cases": cases,
+    }
+
+
 BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
     "handles.json": handle_vectors,
     "api_keys.json": api_key_vectors,
     "session_tokens.json": session_token_vectors,
     "keyring.json": keyring_vectors,
     "claims.json": claim_vectors,
+    "checkpoints.json": checkpoint_vectors,
 }
 
 

@@ -1,16 +1,25 @@
 """The verified facts of the call being served, passed to servicers through a contextvar.
 
-The interceptor sets it after authentication and authorization; servicers read the tenant they
-act for from here, never from a request field alone.
+The interceptor sets it after authentication and authorization. It parsed the request's
+resource name once (:func:`zumik_secrets.core.names.parse_resource`) and checked its tenant,
+project and scope once; servicers take the checked name from :meth:`CallContext.resource_as`
+and the caller's authority from :attr:`CallContext.authority`, never from a request field alone,
+and do not check the tenant again.
 """
 
 from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
+from typing import TypeVar
 
+from zumik_secrets.app.actor import Actor
+from zumik_secrets.core.authority import NO_AUTHORITY, Authority
 from zumik_secrets.core.claims import TenantClaim
-from zumik_secrets.core.errors import resource_not_found
+from zumik_secrets.core.errors import InvalidArgument
+from zumik_secrets.core.names import ResourceName, expect
+
+_Name = TypeVar("_Name", bound=ResourceName)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +35,10 @@ class CallContext:
         project_id: Project the call acts for, when the resource has one.
         without_claim: True when a privileged identity acts without a claim (audited).
         trace_id: Hex trace id of the call's span ("" when tracing is off).
+        resource: The request's resource name, parsed and checked against the claim once.
+        authority: What the caller may hand on when it mints or rotates a credential.
+        project_view: The one project a project claim confines the call to on tenant-level
+            resources (handles, audit events); None for a tenant-wide view.
     """
 
     method: str
@@ -35,11 +48,32 @@ class CallContext:
     project_id: str | None
     without_claim: bool
     trace_id: str
+    resource: ResourceName | None = None
+    authority: Authority = NO_AUTHORITY
+    project_view: str | None = None
 
     @property
     def subject(self) -> str:
         """The claim subject, or "" without a claim."""
         return self.claim.subject if self.claim is not None else ""
+
+    @property
+    def actor(self) -> Actor:
+        """Who acts, for audit events."""
+        return Actor(identity=self.identity, subject=self.subject, trace_id=self.trace_id)
+
+    def resource_as(self, kind: type[_Name], field: str) -> _Name:
+        """The checked resource name, which must be a ``kind``.
+
+        Raises:
+            InvalidArgument: reason ``INVALID_NAME`` (another kind of name), or
+                ``FIELD_REQUIRED`` outside a tenant-scoped call (a wiring bug).
+        """
+        if self.resource is None:
+            raise InvalidArgument(
+                f"{field} is required", reason="FIELD_REQUIRED", metadata={"field": field}
+            )
+        return expect(self.resource, kind, field=field)
 
 
 _CURRENT: contextvars.ContextVar[CallContext] = contextvars.ContextVar("zumik_call")
@@ -62,23 +96,3 @@ def set_call(call: CallContext) -> contextvars.Token[CallContext]:
 def reset_call(token: contextvars.Token[CallContext]) -> None:
     """Undo :func:`set_call`."""
     _CURRENT.reset(token)
-
-
-def require_in_scope(name: str, tenant: str, project: str | None = None) -> CallContext:
-    """Check that a parsed resource belongs to the tenant (and project) the call acts for.
-
-    Args:
-        name: The resource name as the caller sent it (echoed in the NOT_FOUND answer).
-        tenant: The tenant segment parsed from ``name``.
-        project: The project segment, for project-scoped resources.
-
-    Returns:
-        The current call.
-
-    Raises:
-        NotFound: the one answer for a missing resource, so a foreign one looks the same.
-    """
-    call = _CURRENT.get()
-    if call.tenant_id != tenant or (project is not None and call.project_id != project):
-        raise resource_not_found(name)
-    return call

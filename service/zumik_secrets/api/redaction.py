@@ -10,6 +10,7 @@ to the access log or a span in the richer telemetry mode; resource names are kep
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from google.protobuf import descriptor as _descriptor
@@ -40,6 +41,14 @@ def _scalar(field: _descriptor.FieldDescriptor, value: Any) -> Any:
     return value
 
 
+def _key(key: Any) -> str:
+    # Map keys are caller input like values: scrubbed whole (linear-time detector, bounded
+    # input), then cut before the log writer or a span sees them (a 48 KB key once stalled the
+    # log writer behind the quadratic redaction regex).
+    text = scrub_value(str(key))
+    return text[:_MAX_STRING] + "…" if len(text) > _MAX_STRING else text
+
+
 def _value(field: _descriptor.FieldDescriptor, value: Any, depth: int) -> Any:
     if field.type == _FD.TYPE_MESSAGE:
         return describe_message(value, depth + 1)
@@ -61,11 +70,11 @@ def describe_message(message: Message, depth: int = 0) -> dict[str, Any]:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             out[field.name] = {
-                scrub_value(str(k)): _value(value_field, v, depth)
-                for k, v in list(value.items())[:_MAX_ITEMS]
+                _key(k): _value(value_field, v, depth)
+                for k, v in itertools.islice(value.items(), _MAX_ITEMS)
             }
         elif field.is_repeated:
-            out[field.name] = [_value(field, v, depth) for v in list(value)[:_MAX_ITEMS]]
+            out[field.name] = [_value(field, v, depth) for v in itertools.islice(value, _MAX_ITEMS)]
         else:
             out[field.name] = _value(field, value, depth)
     return out

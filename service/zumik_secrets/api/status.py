@@ -3,22 +3,39 @@
 Every error a caller sees is built here: a status code from ``_CODES``, a short message, and
 `google.rpc.Status` details with exactly one ``ErrorInfo`` (AIP-193) plus ``BadRequest`` field
 violations or ``RetryInfo`` where they apply.
+
+The reasons a caller may see are the values of the contract's ``zumik.secrets.v1.ErrorReason``
+(``proto/zumik/secrets/v1/error_reason.proto``): ``DECLARED_REASONS`` is read from it, a reason
+outside it is logged (tests/unit/test_error_reasons.py makes sure the code sends none).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from zumik.secrets.v1 import error_reason_pb2
 
 from zumik_secrets.core import errors
 from zumik_secrets.core.secret_scrub import scrub_text, scrub_value
 
+_LOG = logging.getLogger("zumik.api.status")
+
 #: The ErrorInfo domain of every error this service raises.
 ERROR_DOMAIN = "secrets.zumik.dev"
+
+#: Every ErrorInfo reason the contract declares: ErrorReason value names without the prefix.
+DECLARED_REASONS: frozenset[str] = frozenset(
+    name.removeprefix("ERROR_REASON_")
+    for name, _ in error_reason_pb2.ErrorReason.items()
+    if name != "ERROR_REASON_UNSPECIFIED"
+)
+_UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 _CODES: dict[type[errors.ZumikError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -49,7 +66,14 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def to_status(error: errors.ZumikError) -> grpc.Status:
-    """Build the rich status for a domain error."""
+    """Build the rich status for a domain error.
+
+    A reason the contract does not declare is still sent (clients fall back on the code) but
+    logged, so that it gets added to ErrorReason.
+    """
+    if error.reason not in DECLARED_REASONS:
+        shown = error.reason if _UPPER_SNAKE.fullmatch(error.reason) else "(not UPPER_SNAKE)"
+        _LOG.warning("error reason %s is not a value of zumik.secrets.v1.ErrorReason", shown)
     code = status_code_for(error)
     details = [
         _pack(

@@ -43,7 +43,8 @@ from zumik_secrets.app.verification import (
     validate_scopes,
 )
 from zumik_secrets.core import api_keys as key_format
-from zumik_secrets.core.encoding import b64url_decode, b64url_encode
+from zumik_secrets.core import page_tokens
+from zumik_secrets.core.authority import Authority, check_grant
 from zumik_secrets.core.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -69,7 +70,6 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 REASON_INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 (a reason code)
 
-_PAGE_TOKEN_VERSION = 1
 # A fixed salt and hash that no secret matches: an unknown id is compared against it so that it
 # costs what a known id costs.
 _DUMMY_SALT = bytes(range(key_format.SALT_LENGTH))
@@ -400,16 +400,19 @@ class ApiKeyService:
         ttl: timedelta | None,
         environment: str,
         actor: Actor,
+        authority: Authority,
     ) -> CreatedApiKey:
         """Create a key; the raw key is in the answer and nowhere else.
 
         Raises:
             InvalidArgument: a bad display name, environment, ttl or scope list.
+            PermissionDenied: ``SCOPE_ESCALATION``: a scope the caller's authority lacks.
             Unavailable: storage or (durable) audit is down; no usable key was created.
         """
         display_name = validate_display_name(display_name)
         env = validate_environment(environment)
         granted = validate_scopes(scopes, "scopes", maximum=MAX_KEY_SCOPES, required=True)
+        check_grant(authority, granted)
         if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:
             raise _bad("ttl", "must be positive and at most 3650 days", "INVALID_DURATION")
         now = _dt(self._clock())
@@ -504,16 +507,20 @@ class ApiKeyService:
         )
         return self._overlay(rec)
 
-    def rotate(self, name: ApiKeyName, grace: timedelta, actor: Actor) -> RotatedApiKey:
+    def rotate(
+        self, name: ApiKeyName, grace: timedelta, actor: Actor, *, authority: Authority
+    ) -> RotatedApiKey:
         """Issue a replacement key; the old one works for ``grace`` more (0: revoked now).
 
-        The new key has the old one's scopes, environment, display name and lifetime length.
+        The new key has the old one's scopes, environment, display name and lifetime length;
+        since its raw key goes to the caller, the caller's authority must cover those scopes.
 
         Raises:
             InvalidArgument: ``grace_period`` over 30 days (``INVALID_DURATION``).
             NotFound: no such key in this tenant and project.
             FailedPrecondition: the key is revoked (``API_KEY_REVOKED``) or expired
                 (``API_KEY_EXPIRED``).
+            PermissionDenied: ``SCOPE_ESCALATION``: the key carries a scope the caller lacks.
             Unavailable: storage or (durable) audit is down.
         """
         if not timedelta(0) <= grace <= MAX_GRACE:
@@ -521,6 +528,7 @@ class ApiKeyService:
         old = self._store.get(name.tenant, name.project, name.id)
         if old is None:
             raise resource_not_found(str(name))
+        check_grant(authority, old.scopes)
         now = _dt(self._clock())
         state = key_state(old, now)
         if state != "active":
@@ -588,35 +596,21 @@ class ApiKeyService:
             _LOG.warning("audit of %s failed", action)
 
 
-def _binding(parent: ProjectName, show_revoked: bool) -> bytes:
-    return sha256(f"{parent}|{int(show_revoked)}".encode())[:8]
+def _binding(parent: ProjectName, show_revoked: bool) -> str:
+    return f"{parent}|{int(show_revoked)}"
 
 
 def encode_page_token(seq: int, parent: ProjectName, show_revoked: bool) -> str:
-    """An opaque token: version byte, last seq (8 bytes), and a binding to parent and filter."""
-    data = bytes([_PAGE_TOKEN_VERSION]) + seq.to_bytes(8, "big") + _binding(parent, show_revoked)
-    return b64url_encode(data)
+    """An opaque, authenticated token (:mod:`zumik_secrets.core.page_tokens`) resuming after
+    ``seq``, bound to the parent and filter."""
+    return page_tokens.codec().encode("api_keys", _binding(parent, show_revoked), seq)
 
 
 def decode_page_token(token: str, parent: ProjectName, show_revoked: bool) -> int:
     """The seq a page token resumes after.
 
     Raises:
-        InvalidArgument: reason ``INVALID_PAGE_TOKEN`` if malformed or issued for another
-            parent or filter.
+        InvalidArgument: reason ``INVALID_PAGE_TOKEN`` if malformed, altered, out of range or
+            issued for another parent or filter.
     """
-    try:
-        data = b64url_decode(token) if len(token) <= 64 and token.isascii() else b""
-    except ValueError:
-        data = b""
-    if (
-        len(data) != 17
-        or data[0] != _PAGE_TOKEN_VERSION
-        or data[9:] != _binding(parent, show_revoked)
-    ):
-        raise _bad(
-            "page_token",
-            "is not a token from a previous ListApiKeys call with the same parent and filter",
-            REASON_INVALID_PAGE_TOKEN,
-        )
-    return int.from_bytes(data[1:9], "big")
+    return page_tokens.codec().decode("api_keys", _binding(parent, show_revoked), token)[0]

@@ -62,7 +62,6 @@ Retention
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -77,6 +76,7 @@ from zumik_secrets.app.audit import AuditEntry, note_recorded
 from zumik_secrets.app.audit_witness import AuditWitness
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
 from zumik_secrets.core import audit_chain as chain
+from zumik_secrets.core import page_tokens
 from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint, EventDraft
 from zumik_secrets.core.audit_events import sanitize
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument, Unavailable, ZumikError
@@ -891,31 +891,16 @@ def _filter_digest(tenant: str, flt: AuditFilter) -> str:
             flt.outcome,
             flt.start_time.isoformat() if flt.start_time else "",
             flt.end_time.isoformat() if flt.end_time else "",
+            flt.project,
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _make_token(after_sequence: int, digest: str) -> str:
-    raw = f"v1.{after_sequence}.{digest}".encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _bad_token() -> InvalidArgument:
-    return InvalidArgument(
-        "page_token is not valid for this query (it must come from the same query)",
-        reason="INVALID_PAGE_TOKEN",
-        violations=[FieldViolation("page_token", "not from this query")],
-    )
+    # The one codec (core/page_tokens.py): authenticated under a server key, range-checked.
+    return page_tokens.codec().encode("audit_events", digest, after_sequence)
 
 
 def _read_token(token: str, digest: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-        version, after, token_digest = raw.split(".")
-        value = int(after)
-    except ValueError:
-        raise _bad_token() from None
-    if version != "v1" or token_digest != digest or value < 0:
-        raise _bad_token()
-    return value
+    return page_tokens.codec().decode("audit_events", digest, token)[0]

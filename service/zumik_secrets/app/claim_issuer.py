@@ -95,7 +95,15 @@ class ClaimIssuer:
             and 2 * (cached.claim.expires_at - now) >= self._ttl
         ):
             return cached.claim
-        token, claim = signer.mint(tenant_id, project_id, subject, scope_tuple, now, self._ttl)
+        token, claim = signer.mint(
+            tenant_id,
+            project_id,
+            subject,
+            scope_tuple,
+            now,
+            self._ttl,
+            credential_id=credential_id,
+        )
         issued = IssuedClaim(token, claim.expires_at)
         entry = _Cached(tenant_id, project_id, subject, scope_tuple, signer.kid, issued)
         with self._lock:

@@ -9,12 +9,19 @@ tenant does not control.
 If the customer disables or deletes the key (or revokes the token), unwrapping that tenant's data
 keys fails with ``CUSTOMER_KEY_UNAVAILABLE`` once their cached copies expire (the data-key cache
 TTL bounds it); other tenants are untouched.
+
+Bounded (issue 15, finding 3): every call to a key server has an overall deadline (the configured
+timeout, or the caller's gRPC deadline when nearer), each server has a circuit breaker (UNAVAILABLE
+at once while it keeps failing), and :meth:`CustomerKeys.gate` caps how many calls of one tenant
+wait on its key at once (RESOURCE_EXHAUSTED ``CUSTOMER_KEY_BUSY`` beyond), so one tenant's slow
+key server holds at most that many workers.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 
 from zumik_secrets.app.actor import Actor
@@ -26,6 +33,7 @@ from zumik_secrets.app.key_wrappers import (
     customer_key_unavailable,
 )
 from zumik_secrets.app.openbao import OpenBaoTransit
+from zumik_secrets.app.outbound_limits import Breakers, TenantGate
 from zumik_secrets.app.ttl_cache import TtlLru
 from zumik_secrets.core import primitives
 from zumik_secrets.core.errors import DecryptionFailed, ZumikError
@@ -64,6 +72,9 @@ class CustomerKeys:
         cache_ttl: float = 300.0,
         allow_http: bool = False,
         clock: Callable[[], datetime] = _now,
+        concurrency: int = 4,
+        breaker_failures: int = 3,
+        breaker_seconds: float = 10.0,
     ) -> None:
         """Create the service.
 
@@ -72,10 +83,14 @@ class CustomerKeys:
             data_keys: The data keys to rewrap when a tenant configures its key.
             keyring: Wraps the tokens (and unwraps keyring-wrapped data keys).
             audit: Where configuration changes are recorded.
-            timeout: Seconds for each call to a customer's KMS.
+            timeout: Seconds for each whole call to a customer's KMS (less when the caller's
+                deadline is nearer).
             cache_ttl: How long a tenant's wrapper (or its absence) is remembered.
             allow_http: Accept http:// addresses (tests only).
             clock: Current time.
+            concurrency: Calls of one tenant that may wait on its key at once (:meth:`gate`).
+            breaker_failures: Consecutive failures that open a key server's circuit.
+            breaker_seconds: How long an open circuit fails calls before one probe.
         """
         self._store = store
         self._data_keys = data_keys
@@ -86,6 +101,8 @@ class CustomerKeys:
         self._allow_http = allow_http
         self._clock = clock
         self._wrappers: TtlLru[str, KeyWrapper] = TtlLru(10_000, cache_ttl)
+        self.breakers = Breakers(breaker_failures, breaker_seconds)
+        self.tenant_gate = TenantGate(concurrency)
 
     def _build(self, rec: CustomerKeyRecord, token: str) -> KeyWrapper:
         return OpenBaoTransit(
@@ -96,7 +113,20 @@ class CustomerKeys:
             rec.ca_certificate_pem,
             timeout=self._timeout,
             allow_http=self._allow_http,
+            breakers=self.breakers,
         )
+
+    def gate(self, tenant_id: str) -> AbstractContextManager[None]:
+        """Hold one of the tenant's customer-key slots, if it has a customer key (else a no-op):
+        the data-key service holds it while it loads or waits for a key of the tenant.
+
+        Raises:
+            ResourceExhausted: ``CUSTOMER_KEY_BUSY`` (entering).
+            Unavailable: storage is down.
+        """
+        if self.customer_wrapper(tenant_id) is None:
+            return nullcontext()
+        return self.tenant_gate.enter(tenant_id)
 
     def customer_wrapper(self, tenant_id: str) -> KeyWrapper | None:
         """The tenant's customer-key wrapper, or None if it has not configured one.

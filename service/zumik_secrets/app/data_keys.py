@@ -16,18 +16,24 @@ Used by sealing (purpose ``seal``, as :class:`Aead` keys) and fingerprinting (pu
   neither the database nor the wrapper. Rotations and destructions made by any replica reach every
   replica through the change feed (kind ``data_key``, entity ``tenant/project/purpose``), which
   drops the triple's entries; the TTL bounds how long a customer-key revocation takes to bite.
-- **Misses** are single-flighted per key through striped locks, so a burst of calls after an
-  expiry costs one unwrap (one KMS round trip for customer keys), not one per call.
+- **Misses** are single-flighted per key (one lock per key, made on demand: never a stripe
+  shared with other tenants, since the miss may wait on a customer's key server), so a burst of
+  calls after an expiry costs one unwrap (one KMS round trip for customer keys), not one per
+  call. A waiter waits no longer than its caller's deadline, and a tenant with a customer key has
+  at most ``ZUMIK_CUSTOMER_KEY_CONCURRENCY`` calls loading or waiting at once
+  (:meth:`CustomerKeys.gate`). Rotation wraps the new key before its transaction, so no network
+  call runs under the database's write lock.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from zumik_secrets.app.customer_keys import CustomerKeys
+from zumik_secrets.app.key_wrappers import KIND_KEYRING
+from zumik_secrets.app.outbound_limits import KeyedLocks
 from zumik_secrets.app.ttl_cache import TtlLru
 from zumik_secrets.core import primitives
 from zumik_secrets.core.errors import DecryptionFailed, FailedPrecondition
@@ -39,7 +45,7 @@ from zumik_secrets.storage.records import ChangeRecord, DataKeyRecord
 REASON_DATA_KEY_DESTROYED = "DATA_KEY_DESTROYED"
 DEFAULT_CACHE_ENTRIES = 10_000
 DEFAULT_CACHE_TTL = 300.0
-_STRIPES = 64
+_ROTATE_ATTEMPTS = 3
 
 Triple = tuple[str, str, str]
 VersionKey = tuple[str, str, str, int]
@@ -57,6 +63,14 @@ def data_key_destroyed(version: int) -> FailedPrecondition:
         reason=REASON_DATA_KEY_DESTROYED,
         metadata={"data_key_version": str(version)},
     )
+
+
+class _VersionMoved(Exception):
+    """A concurrent rotation took the version a pre-wrapped key was made for."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +108,13 @@ class DataKeys:
         self._keys: TtlLru[VersionKey, Aead] = TtlLru(cache_entries, cache_ttl)
         self._primary: TtlLru[Triple, int] = TtlLru(cache_entries, cache_ttl)
         self._macs: TtlLru[VersionKey, HmacSha256] = TtlLru(cache_entries, cache_ttl)
-        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._locks = KeyedLocks()
         self._forget_listeners: list[Callable[[Triple], None]] = []
 
     @property
     def cache(self) -> TtlLru[VersionKey, Aead]:
         """The unwrapped-key cache (size and TTL are reported by the benchmark)."""
         return self._keys
-
-    def _stripe(self, key: object) -> threading.Lock:
-        return self._stripes[hash(key) % _STRIPES]
 
     # -- the hot path ----------------------------------------------------------------------------
 
@@ -118,7 +129,7 @@ class DataKeys:
         triple = (tenant_id, project_id, purpose)
         version = self._primary.get(triple)
         if version is None:
-            with self._stripe(triple):
+            with self._customer_keys.gate(tenant_id), self._locks.hold(triple):
                 version = self._primary.get(triple)
                 if version is None:
                     rec = self._store.primary(*triple)
@@ -143,7 +154,7 @@ class DataKeys:
         aead = self._keys.get(vkey)
         if aead is not None:
             return aead
-        with self._stripe(vkey):
+        with self._customer_keys.gate(tenant_id), self._locks.hold(vkey):
             aead = self._keys.get(vkey)
             if aead is not None:
                 return aead
@@ -164,7 +175,7 @@ class DataKeys:
         triple = (tenant_id, project_id, purpose)
         version = self._primary.get(triple)
         if version is None:
-            with self._stripe(triple):
+            with self._customer_keys.gate(tenant_id), self._locks.hold(triple):
                 version = self._primary.get(triple)
                 if version is None:
                     rec = self._store.primary(*triple)
@@ -194,7 +205,7 @@ class DataKeys:
         mac = self._macs.get(vkey)
         if mac is not None:
             return mac
-        with self._stripe(vkey):
+        with self._customer_keys.gate(tenant_id), self._locks.hold(vkey):
             mac = self._macs.get(vkey)
             if mac is not None:
                 return mac
@@ -274,15 +285,43 @@ class DataKeys:
         Raises:
             Unavailable, FailedPrecondition: as the wrapper or storage raise them.
         """
-        rec = self._store.rotate(
-            tenant_id,
-            project_id,
-            purpose,
-            lambda version: self._new_wrapped(tenant_id, project_id, purpose, version),
-            self._clock(),
-        )
+        if self._customer_keys.wrapper_for_new_keys(tenant_id).kind == KIND_KEYRING:
+            rec = self._store.rotate(
+                tenant_id,
+                project_id,
+                purpose,
+                lambda version: self._new_wrapped(tenant_id, project_id, purpose, version),
+                self._clock(),
+            )
+        else:
+            rec = self._rotate_customer(tenant_id, project_id, purpose)
         self._forget((tenant_id, project_id, purpose))
         return rec
+
+    def _rotate_customer(self, tenant_id: str, project_id: str, purpose: str) -> DataKeyRecord:
+        """Rotate with the new key wrapped by the customer's key server *before* the store's
+        transaction (which holds the database's write lock): the version is read first and the
+        transaction checks it; a concurrent rotation makes it retry."""
+        expected = (self.existing_primary(tenant_id, project_id, purpose) or 0) + 1
+        for _ in range(_ROTATE_ATTEMPTS):
+            with self._customer_keys.gate(tenant_id):
+                made = self._new_wrapped(tenant_id, project_id, purpose, expected)
+
+            def prepared(
+                version: int, made: tuple[bytes, str] = made, want: int = expected
+            ) -> tuple[bytes, str]:
+                if version != want:
+                    raise _VersionMoved(version)
+                return made
+
+            try:
+                return self._store.rotate(tenant_id, project_id, purpose, prepared, self._clock())
+            except _VersionMoved as moved:
+                expected = moved.version
+        raise FailedPrecondition(
+            "data keys of this triple changed during the rotation; retry",
+            reason="DATA_KEYS_CHANGED",
+        )
 
     def destroy(
         self, tenant_id: str, project_id: str, purpose: str, version: int

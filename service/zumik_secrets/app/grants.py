@@ -56,6 +56,23 @@ def new_grant_id() -> str:
     return "bg_" + base62_encode(secrets.token_bytes(16), 22)
 
 
+def _use_refused(refusal: str) -> PermissionDenied:
+    """The refusal of a call under a grant; one literal reason per case (the reason scan of
+    tests/unit/test_error_reasons.py follows literals)."""
+    message = "the break-glass grant does not allow this call"
+    if refusal == "GRANT_NOT_APPROVED":
+        return PermissionDenied(message, reason="GRANT_NOT_APPROVED")
+    if refusal == "GRANT_EXPIRED":
+        return PermissionDenied(message, reason="GRANT_EXPIRED")
+    if refusal == "GRANT_REVOKED":
+        return PermissionDenied(message, reason="GRANT_REVOKED")
+    if refusal == "GRANT_METHOD_NOT_ALLOWED":
+        return PermissionDenied(message, reason="GRANT_METHOD_NOT_ALLOWED")
+    if refusal == "GRANT_WRONG_TENANT":
+        return PermissionDenied(message, reason="GRANT_WRONG_TENANT")
+    return PermissionDenied(message, reason="GRANT_NOT_FOUND")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -210,7 +227,7 @@ class BreakGlass:
         if not 1 <= len(reason.strip()) <= MAX_REASON:
             raise InvalidArgument(
                 f"reason is required (1 to {MAX_REASON} characters)",
-                reason="FIELD_REQUIRED" if not reason.strip() else "FIELD_TOO_LONG",
+                reason="FIELD_REQUIRED" if not reason.strip() else "INVALID_ARGUMENT",
                 metadata={"field": "reason"},
             )
         if not _TICKET.fullmatch(ticket):
@@ -277,7 +294,7 @@ class BreakGlass:
         Raises:
             PermissionDenied: ``NOT_AN_OPERATOR``, ``SELF_APPROVAL`` (the requester, whatever
                 certificate), ``SAME_CERTIFICATE`` (the requester's certificate).
-            FailedPrecondition: ``GRANT_NOT_PENDING`` / ``GRANT_EXPIRED``.
+            FailedPrecondition: ``GRANT_NOT_PENDING`` (approved, revoked or expired).
             NotFound: no such grant in this tenant.
             Unavailable: the approval could not be audited (the grant is revoked again).
         """
@@ -305,12 +322,13 @@ class BreakGlass:
             )
         state = self.state(grant)
         if state != bg.STATE_PENDING:
-            reason = "GRANT_EXPIRED" if state == bg.STATE_EXPIRED else "GRANT_NOT_PENDING"
             raise self._refuse(
                 actor,
                 "approve",
                 grant,
-                FailedPrecondition(f"the grant is {state}, not pending", reason=reason),
+                FailedPrecondition(
+                    f"the grant is {state}, not pending", reason="GRANT_NOT_PENDING"
+                ),
             )
         now = self._clock()
         if not self._store.approve(grant_id, actor.identity, actor_cert, now):
@@ -430,7 +448,7 @@ class BreakGlass:
                 durable=False,
                 method=bare,
             )
-            raise PermissionDenied("the break-glass grant does not allow this call", reason=refusal)
+            raise _use_refused(refusal)
         try:
             self._event(
                 actor,

@@ -82,8 +82,11 @@ class Handles:
         self._clock = clock
         self._attempts = attempts
 
-    def mint(self, parent: TenantName, kind: str, reference: str, actor: Actor) -> HandleRecord:
-        """Mint a new random handle for ``reference``.
+    def mint(
+        self, parent: TenantName, kind: str, reference: str, actor: Actor, *, project: str = ""
+    ) -> HandleRecord:
+        """Mint a new random handle for ``reference``, owned by ``project`` (the minting
+        claim's project; "" for a tenant-wide caller).
 
         Raises:
             InvalidArgument: bad kind (``INVALID_HANDLE``) or reference (``INVALID_REFERENCE``).
@@ -98,6 +101,7 @@ class Handles:
                 kind=kind,
                 reference=reference,
                 created_at=self._clock(),
+                project_id=project,
             )
             try:
                 self._store.insert(rec)
@@ -108,15 +112,20 @@ class Handles:
             return rec
         raise Unavailable("could not mint a unique handle; retry", reason=REASON_HANDLE_COLLISION)
 
-    def resolve(self, name: HandleName) -> HandleRecord:
-        """The handle named ``name``.
+    def resolve(self, name: HandleName, *, project: str | None = None) -> HandleRecord:
+        """The handle named ``name``, if ``project`` (a project claim's) owns it.
+
+        Args:
+            name: The handle's name.
+            project: The caller's project; None for a tenant-wide caller (sees every handle).
 
         Raises:
-            NotFound: no such handle for this tenant (identical to another tenant's handle).
+            NotFound: no such handle for this tenant and project (identical to another
+                tenant's or project's handle).
             Unavailable: storage.
         """
         rec = self._store.get(name.tenant, name.id)
-        if rec is None:
+        if rec is None or (project is not None and rec.project_id != project):
             raise resource_not_found(str(name))
         return rec
 

@@ -84,3 +84,54 @@ def rewrap_under_primary(store: Store, keyring: MasterKeyring, batch: int = 500)
             else:
                 raced += 1
     return RewrapReport(data_done, signing_done, current, customer, raced)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionUsage:
+    """What the store still holds wrapped under one master-keyring version.
+
+    Attributes:
+        data_keys: Keyring-wrapped data-key versions (seal and fingerprint).
+        signing_keys: Claim and audit-checkpoint signing keys.
+        customer_key_tokens: Tenants whose customer-key access token it wraps.
+    """
+
+    data_keys: int
+    signing_keys: int
+    customer_key_tokens: int
+
+    @property
+    def total(self) -> int:
+        """Everything that would become unreadable if the version were dropped."""
+        return self.data_keys + self.signing_keys + self.customer_key_tokens
+
+
+def usage_of_version(store: Store, version: int, batch: int = 500) -> VersionUsage:
+    """Count what is still wrapped under keyring ``version`` (reads only).
+
+    Raises:
+        DecryptionFailed: A stored blob is malformed.
+        Unavailable: storage is down.
+    """
+    data = signing = tokens = 0
+    after: DataKeyId | None = None
+    while True:
+        page = store.data_keys.list_wrapped(after=after, limit=batch)
+        data += sum(
+            1
+            for rec in page
+            if rec.wrapped_key is not None
+            and rec.wrapped_by == KIND_KEYRING
+            and blob_version(rec.wrapped_key) == version
+        )
+        if len(page) < batch:
+            break
+        last = page[-1]
+        after = (last.tenant_id, last.project_id, last.purpose, last.version)
+    for purpose in SIGNING_KEY_PURPOSES:
+        for sk in store.signing_keys.list(purpose):
+            signing += blob_version(sk.wrapped_private_key) == version
+    tokens = sum(
+        1 for _, blob in store.customer_keys.wrapped_tokens() if blob_version(blob) == version
+    )
+    return VersionUsage(data, signing, tokens)

@@ -1,9 +1,17 @@
 """OpenBao / Vault Transit as a :class:`~zumik_secrets.app.key_wrappers.KeyWrapper`.
 
 Only the standard library: ``http.client`` over TLS with an ``ssl`` context that trusts the
-configured CA (or the system roots), one connection per call, strict timeouts, no proxies and no
-redirects. The token travels only in the ``X-Vault-Token`` header and never appears in an error,
-a log line or ``repr``.
+configured CA (or the system roots), one connection per call, no proxies and no redirects.
+
+Every call has an **overall** deadline: ``timeout``, or less when the caller's gRPC deadline is
+nearer (:func:`zumik_secrets.app.deadlines.budget`). It bounds connecting, sending and the whole
+answer: each socket operation gets only the time left, so a server that drips one byte at a time
+cannot stretch a call past it (a per-read timeout alone let it run for ever). A
+:class:`~zumik_secrets.app.outbound_limits.CircuitBreaker` per server fails calls at once while
+the server keeps failing. The TLS handshake runs non-blocking against the same deadline.
+
+The token travels only in the ``X-Vault-Token`` header and never appears in an error, a log line
+or ``repr``.
 
 Calls: ``POST /v1/{mount}/encrypt/{key}`` and ``/decrypt/{key}`` with base64 ``plaintext`` and
 ``associated_data`` (Transit's AEAD keys, such as the default ``aes256-gcm96``, authenticate it;
@@ -19,23 +27,77 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import re
+import select
+import socket
 import ssl
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from zumik_secrets.app.deadlines import budget
 from zumik_secrets.app.key_wrappers import (
     KIND_CUSTOMER,
     customer_key_unavailable,
     customer_key_unreachable,
 )
-from zumik_secrets.core.errors import DecryptionFailed, FieldViolation, InvalidArgument
+from zumik_secrets.app.outbound_limits import Breakers, CircuitBreaker, CircuitOpen
+from zumik_secrets.core.errors import (
+    DecryptionFailed,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+)
 
 MAX_RESPONSE_BYTES = 1 << 20
 _MOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}){0,3}")
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
+
+
+class _DeadlineSocket:
+    """A connected socket whose every operation gets only the time left before ``deadline``."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def _arm(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("customer key call deadline")
+        self._sock.settimeout(left)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer, nbytes, flags)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._arm()
+        return self._sock.recv(bufsize, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._arm()
+        self._sock.sendall(data, flags)
+
+    def makefile(self, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        # http.client reads the answer through this file; SocketIO calls our recv_into. As
+        # socket.makefile does, count the file as a user of the socket, so that closing the
+        # connection (an HTTP/1.0 answer closes it at once) waits for the file to be closed.
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("customer key call deadline")
+    return left
 
 
 def _bad(field: str, problem: str) -> InvalidArgument:
@@ -56,8 +118,10 @@ class OpenBaoTransit:
         key_name: Transit key name.
         token: Token with encrypt and decrypt permission on the key.
         ca_certificate_pem: PEM CA(s) to trust for ``address``; "" for the system roots.
-        timeout: Seconds for connecting and for each read.
+        timeout: Seconds for the whole call (connect, send, the whole answer), less when the
+            caller's deadline is nearer.
         allow_http: Accept ``http://`` (tests on loopback only; never in production).
+        breakers: Where this server's circuit breaker is kept (None: a private one).
 
     Raises:
         InvalidArgument: Reason ``INVALID_CUSTOMER_KEY`` naming the bad field.
@@ -75,6 +139,7 @@ class OpenBaoTransit:
         *,
         timeout: float = 5.0,
         allow_http: bool = False,
+        breakers: Breakers | None = None,
     ) -> None:
         parts = urlsplit(address) if isinstance(address, str) and len(address) <= 512 else None
         schemes = ("https", "http") if allow_http else ("https",)
@@ -117,21 +182,76 @@ class OpenBaoTransit:
             except (ssl.SSLError, ValueError):
                 raise _bad("ca_certificate_pem", "is not a PEM CA certificate") from None
             self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._breaker = breakers.for_server(self.server) if breakers else CircuitBreaker()
 
     def __repr__(self) -> str:
         scheme = "https" if self._https else "http"
         return f"OpenBaoTransit({scheme}://{self._host}:{self._port}, {self._mount}/{self._key})"
 
+    @property
+    def server(self) -> str:
+        """``scheme://host:port``: the key of this server's circuit breaker."""
+        scheme = "https" if self._https else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
     def _post(self, operation: str, body: dict[str, str]) -> dict[str, Any]:
-        path = f"/v1/{quote(self._mount)}/{operation}/{quote(self._key, safe='')}"
-        conn: http.client.HTTPConnection
-        if self._https:
-            conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._timeout, context=self._context
-            )
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:
+            self._breaker.before()
+        except CircuitOpen:
+            raise customer_key_unreachable() from None
+        try:
+            data = self._exchange(operation, body)
+        except Unavailable:
+            self._breaker.failure()
+            raise
+        except BaseException:
+            self._breaker.neutral()
+            raise
+        self._breaker.success()
+        return data
+
+    def _connect(self, deadline: float) -> socket.socket:
+        """TCP connect, then (https) a TLS handshake, both within ``deadline``.
+
+        Raises:
+            OSError: refused, unreachable, timed out, TLS verification failed.
+        """
+        port = self._port or (443 if self._https else 80)
+        raw = socket.create_connection(
+            (self._host, port), timeout=max(0.001, deadline - time.monotonic())
+        )
+        if not self._https or self._context is None:
+            return raw
+        try:
+            tls = self._context.wrap_socket(
+                raw, server_hostname=self._host, do_handshake_on_connect=False
+            )
+            tls.setblocking(False)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    ready = select.select([tls], [], [], _left(deadline))[0]
+                except ssl.SSLWantWriteError:
+                    ready = select.select([], [tls], [], _left(deadline))[1]
+                if not ready:
+                    raise TimeoutError("customer key TLS handshake deadline")
+            tls.setblocking(True)
+            return tls
+        except BaseException:
+            raw.close()
+            raise
+
+    def _exchange(self, operation: str, body: dict[str, str]) -> dict[str, Any]:
+        allowed = budget(self._timeout)
+        if allowed <= 0:
+            raise customer_key_unreachable()
+        deadline = time.monotonic() + allowed
+        path = f"/v1/{quote(self._mount)}/{operation}/{quote(self._key, safe='')}"
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=allowed)
+        try:
+            conn.sock = _DeadlineSocket(self._connect(deadline), deadline)
             conn.request(
                 "POST",
                 path,

@@ -24,8 +24,7 @@ from datetime import UTC, datetime
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder
 from zumik_secrets.app.data_keys import DataKeys, data_key_destroyed
-from zumik_secrets.core import sealing
-from zumik_secrets.core.encoding import b64url_decode, b64url_encode
+from zumik_secrets.core import page_tokens, sealing
 from zumik_secrets.core.errors import (
     DecryptionFailed,
     FailedPrecondition,
@@ -37,7 +36,6 @@ from zumik_secrets.core.errors import (
 )
 from zumik_secrets.core.handles import KIND_SECRET, new_handle
 from zumik_secrets.core.names import ProjectName, SecretName
-from zumik_secrets.core.primitives import sha256
 from zumik_secrets.storage.ports import SealedSecretStore
 from zumik_secrets.storage.records import DataKeyRecord, SealedSecretRecord
 
@@ -101,18 +99,10 @@ class DestroyResult:
     unrecoverable_secrets: int
 
 
-def _binding(kind: str, parent: ProjectName, extra: int) -> bytes:
-    return sha256(f"{kind}|{parent}|{extra}".encode())[:8]
-
-
 def encode_token(kind: str, parent: ProjectName, position: int, extra: int = 0) -> str:
-    """An opaque page token: version, position, and a binding to the listing it came from."""
-    return b64url_encode(
-        bytes([_TOKEN_VERSION])
-        + position.to_bytes(8, "big")
-        + extra.to_bytes(4, "big")
-        + _binding(kind, parent, extra)
-    )
+    """An opaque, authenticated page token (:mod:`zumik_secrets.core.page_tokens`): position
+    and extra, bound to the listing's kind and parent."""
+    return page_tokens.codec().encode(kind, str(parent), position, extra)
 
 
 def decode_token(kind: str, parent: ProjectName, token: str) -> tuple[int, int]:
@@ -121,19 +111,7 @@ def decode_token(kind: str, parent: ProjectName, token: str) -> tuple[int, int]:
     Raises:
         InvalidArgument: Reason ``INVALID_PAGE_TOKEN``.
     """
-    try:
-        data = b64url_decode(token) if len(token) <= 64 and token.isascii() else b""
-    except ValueError:
-        data = b""
-    if len(data) == 21 and data[0] == _TOKEN_VERSION:
-        extra = int.from_bytes(data[9:13], "big")
-        if data[13:] == _binding(kind, parent, extra):
-            return int.from_bytes(data[1:9], "big"), extra
-    raise _bad(
-        "page_token",
-        "is not a token from a previous call with the same parent",
-        REASON_INVALID_PAGE_TOKEN,
-    )
+    return page_tokens.codec().decode(kind, str(parent), token)
 
 
 def page_size(value: int, default: int, maximum: int, field: str = "page_size") -> int:

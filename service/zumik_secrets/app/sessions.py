@@ -36,6 +36,7 @@ from zumik_secrets.app.verification import (
     validate_scopes,
 )
 from zumik_secrets.core import session_tokens
+from zumik_secrets.core.authority import Authority, check_grant
 from zumik_secrets.core.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -373,15 +374,19 @@ class SessionService:
         idle_timeout: timedelta | None,
         absolute_timeout: timedelta | None,
         actor: Actor,
+        authority: Authority,
     ) -> IssuedSession:
         """Create a session; the raw token is in the answer and nowhere else.
 
         Raises:
             InvalidArgument: bad user subject, scopes or timeouts.
+            PermissionDenied: ``SCOPE_ESCALATION`` (a scope the caller lacks) or
+                ``IMPERSONATION_NOT_ALLOWED`` (another user than the caller's own subject).
             Unavailable: storage or (durable) audit is down.
         """
         subject = validate_user_subject(user_subject)
         granted = validate_scopes(scopes, "scopes", maximum=MAX_SESSION_SCOPES, required=True)
+        check_grant(authority, granted, subject)
         idle = _timeout(idle_timeout, self._default_idle, MAX_IDLE_TIMEOUT, "idle_timeout")
         default_absolute = (
             self._absolute_for(parent.tenant) if self._absolute_for else self._default_absolute
@@ -438,18 +443,25 @@ class SessionService:
             raise resource_not_found(str(name))
         return self._overlay(rec)
 
-    def rotate(self, name: SessionName, scopes: Sequence[str], actor: Actor) -> IssuedSession:
+    def rotate(
+        self, name: SessionName, scopes: Sequence[str], actor: Actor, *, authority: Authority
+    ) -> IssuedSession:
         """Give an active session a new token (the old one stops at once); optionally new scopes.
+
+        The new token goes to the caller, so the caller's authority must cover the scopes the
+        session will carry and, unless it may impersonate, the session must be its own.
 
         Raises:
             InvalidArgument: malformed scopes.
             NotFound: no such session in this tenant and project.
             FailedPrecondition: the session is revoked or expired (``SESSION_NOT_ACTIVE``).
+            PermissionDenied: ``SCOPE_ESCALATION`` or ``IMPERSONATION_NOT_ALLOWED``.
         """
         new_scopes = validate_scopes(scopes, "scopes", maximum=MAX_SESSION_SCOPES, required=False)
         current = self._store.get(name.tenant, name.project, name.id)
         if current is None:
             raise resource_not_found(str(name))
+        check_grant(authority, new_scopes or current.scopes, current.user_subject)
         if self._dead(current, self._clock()) is not None:
             raise FailedPrecondition(
                 "the session is no longer active and cannot be rotated",

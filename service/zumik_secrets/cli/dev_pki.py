@@ -55,8 +55,25 @@ DEFAULT_ROLES: tuple[str, ...] = (
 #: Operator (human) identities of the dev PKI: ``<name>.crt`` with
 #: ``spiffe://<trust-domain>/operator/<name>`` (break-glass only, see the dev policy).
 DEFAULT_OPERATORS: tuple[str, ...] = ("alice", "bob")
-DEFAULT_SERVER_SANS: tuple[str, ...] = ("localhost", "127.0.0.1")
 SERVER_SERVICE_NAME = "zumik-secrets"
+# The names callers dial: loopback, and the Kubernetes Services (deploy/k8s) in the namespaces
+# of both overlays, short and fully qualified, so the dev PKI also serves a cluster deployment.
+DEFAULT_SERVER_SANS: tuple[str, ...] = (
+    "localhost",
+    "127.0.0.1",
+    *(
+        f"{svc}{suffix}"
+        for svc in (SERVER_SERVICE_NAME, f"{SERVER_SERVICE_NAME}-headless")
+        for suffix in (
+            "",
+            *(
+                f".{ns}.svc{tail}"
+                for ns in ("zumik-secrets", "zumik-secrets-dev")
+                for tail in ("", ".cluster.local")
+            ),
+        )
+    ),
+)
 
 CA_CERT_NAME = "ca.crt"
 CA_KEY_NAME = "ca.key"
@@ -207,7 +224,7 @@ def generate_dev_pki(
 
     server = CertPair(directory / f"{SERVER_NAME}.crt", directory / f"{SERVER_NAME}.key")
     server_id = spiffe_id_for(trust_domain, SERVER_SERVICE_NAME)
-    if overwrite or not _pair_present(server):
+    if overwrite or not _pair_present(server) or _server_outdated(server, server_sans):
         _issue_leaf(
             ca_for_issuing(),
             server,
@@ -529,6 +546,29 @@ def _check_existing(pair: CertPair, spiffe_id: str) -> None:
         raise DevPkiError(f"{pair.cert} has expired; regenerate with overwrite=True")
 
 
+def _server_outdated(pair: CertPair, server_sans: Sequence[str]) -> bool:
+    """Whether a kept server certificate predates client auth or lacks a wanted name (then it
+    is reissued from the same CA; clients trust the CA, so nothing else changes)."""
+    cert = _load_cert(pair.cert)
+    try:
+        ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return True
+    have = {str(v) for v in san.get_values_for_type(x509.DNSName)}
+    have |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+    wanted = {str(ipaddress.ip_address(n)) if _is_ip(n) else n for n in server_sans}
+    return ExtendedKeyUsageOID.CLIENT_AUTH not in list(ekus) or not wanted <= have
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _general_names(spiffe_id: str, dns_and_ips: Iterable[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for entry in dns_and_ips:
@@ -554,7 +594,13 @@ def _issue_leaf(
     now = datetime.datetime.now(datetime.UTC)
     not_after = min(now + datetime.timedelta(days=validity_days), ca.cert.not_valid_after_utc)
     ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    eku = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    # The server certificate also allows client auth: the in-container health probe
+    # (`zumik-secrets health`) presents the pod's own certificate, as in deploy/k8s.
+    ekus = (
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -578,7 +624,7 @@ def _issue_leaf(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(_general_names(spiffe_id, dns_and_ips)), critical=False
         )

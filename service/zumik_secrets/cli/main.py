@@ -1,7 +1,7 @@
 """`zumik-secrets`: the command line of the service.
 
 Commands: serve, migrate, keygen, rewrap-data-keys, health, dev-pki, dev-setup, audit verify,
-purge verify-receipt, retention run.
+purge verify-receipt, retention run, signing-keys list/retire.
 Configuration comes from `ZUMIK_*` environment variables (and an optional TOML file named by
 ZUMIK_CONFIG); `--help` lists them.
 """
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zumik_secrets.cli import audit_verify, lifecycle, verify_release
+from zumik_secrets.cli import audit_verify, lifecycle, signing_keys, verify_release
 from zumik_secrets.cli.dev_pki import DEFAULT_ROLES, generate_dev_pki
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
@@ -65,13 +65,27 @@ def _write_secret_file(path: Path, text: str, *, overwrite: bool) -> bool:
 
 
 def _grpcurl_hint(listen: str, pki: Path) -> str:
+    from zumik_secrets.cli.health_check import loopback_target
+
     # The dev extra installs grpcurl next to this interpreter; name it so the line works as is.
     beside = Path(sys.executable).parent / "grpcurl"
     grpcurl = "grpcurl" if shutil.which("grpcurl") or not beside.exists() else str(beside)
+    try:
+        target = loopback_target(listen)  # a wildcard listen address is dialled on loopback
+    except ValueError:
+        target = listen
     return (
         f"{grpcurl} -cacert {pki}/ca.crt -cert {pki}/console.crt -key {pki}/console.key "
-        f"{listen} list"
+        f"{target} list"
     )
+
+
+def _configured_listen() -> str:
+    """ZUMIK_LISTEN as `serve` will read it (environment, else ZUMIK_CONFIG's file)."""
+    try:
+        return ServerConfig.load({**os.environ, "ZUMIK_DEV": "1"}).listen
+    except (ValueError, OSError, ZumikError):
+        return os.environ.get("ZUMIK_LISTEN") or DEFAULT_LISTEN
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -97,22 +111,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending migrations to the configured database."""
+    """Apply pending migrations to the configured database, or show them (--status, --dry-run).
+
+    ``--status`` lists every migration (applied with its time, or pending) and exits 0 when
+    nothing is pending, 3 when some are (scripts can gate on it). ``--dry-run`` prints the SQL
+    that ``migrate`` would run, changing nothing.
+    """
     from zumik_secrets.storage.factory import open_store, redact_url
 
     url = args.database_url or os.environ.get("ZUMIK_DATABASE_URL") or DEFAULT_DATABASE_URL
     store = open_store(url)
     try:
-        applied = store.migrate()
+        if args.status or args.dry_run:
+            infos = store.migration_status()
+        else:
+            applied = store.migrate()
+            print(f"{redact_url(url)}: applied {applied or 'nothing (up to date)'}")
+            return 0
     finally:
         store.close()
-    print(f"{redact_url(url)}: applied {applied or 'nothing (up to date)'}")
-    return 0
+    pending = [m for m in infos if m.applied_at is None]
+    if args.dry_run:
+        if not pending:
+            print(f"-- {redact_url(url)}: up to date, nothing would run")
+        for m in pending:
+            print(f"-- {m.version:04d}_{m.name} ({m.phase})\n{m.sql.rstrip()}\n")
+        return 0
+    print(f"{redact_url(url)}:")
+    for m in infos:
+        when = m.applied_at.isoformat(timespec="seconds") if m.applied_at else "pending"
+        print(f"  {m.version:04d} {m.name:<28} {m.phase:<8} {when}")
+    contract = [m for m in pending if m.phase == "contract"]
+    note = f" ({len(contract)} contract: no previous-release pod may run)" if contract else ""
+    print(f"{len(pending)} pending{note}")
+    return 3 if pending else 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write a new master keyring, or add a version to an existing one."""
     path = Path(args.out)
+    if args.drop_version is not None:
+        return _drop_version(path, args.drop_version, args.database_url)
     if args.retire is not None:
         ring = MasterKeyring.from_text(path.read_text(encoding="utf-8"))
         _write_secret_file(path, ring.retire(args.retire), overwrite=True)
@@ -127,6 +166,37 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         print(f"{path} exists; use --force to replace it (old data becomes unreadable)")
         return 1
     print(f"wrote master keyring {path} (mode 0600)")
+    return 0
+
+
+def _drop_version(path: Path, version: int, database_url: str | None) -> int:
+    """Remove a retired version from the keyring file, refusing while the database still holds
+    anything wrapped under it."""
+    from zumik_secrets.app.master_rewrap import usage_of_version
+    from zumik_secrets.storage.factory import open_store, redact_url
+
+    ring = MasterKeyring.from_text(path.read_text(encoding="utf-8"))
+    text = ring.drop(version)  # refuses unless retired (so never the primary) before any I/O
+    url = database_url or os.environ.get("ZUMIK_DATABASE_URL") or DEFAULT_DATABASE_URL
+    store = open_store(url)
+    try:
+        usage = usage_of_version(store, version)
+    finally:
+        store.close()
+    if usage.total:
+        print(
+            f"{redact_url(url)}: version {version} still wraps {usage.data_keys} data keys, "
+            f"{usage.signing_keys} signing keys and {usage.customer_key_tokens} customer-key "
+            "tokens; run rewrap-data-keys (and have those tenants reconfigure their customer "
+            "key) first. The keyring is unchanged.",
+            file=sys.stderr,
+        )
+        return 1
+    _write_secret_file(path, text, overwrite=True)
+    print(
+        f"{path}: version {version} dropped ({redact_url(url)} holds nothing wrapped under it); "
+        "backups taken before its rewrap need the old keyring to be read"
+    )
     return 0
 
 
@@ -198,8 +268,9 @@ def cmd_dev_setup(args: argparse.Namespace) -> int:
     if _write_secret_file(keyring, generate_keyring(), overwrite=False):
         print(f"wrote dev master keyring {keyring}")
     args.database_url = None
+    args.status = args.dry_run = False
     cmd_migrate(args)
-    hint = _grpcurl_hint(DEFAULT_LISTEN, pki_dir)
+    hint = _grpcurl_hint(_configured_listen(), pki_dir)
     print(f"dev PKI in {pki_dir}; start with `make run`, then:\n  {hint}")
     return 0
 
@@ -229,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="apply database migrations")
     p.add_argument("--database-url", help="default: ZUMIK_DATABASE_URL or the embedded SQLite")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--status",
+        action="store_true",
+        help="list applied and pending migrations; exit 3 if any are pending (changes nothing)",
+    )
+    mode.add_argument(
+        "--dry-run", action="store_true", help="print the SQL migrate would run (changes nothing)"
+    )
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("keygen", help="write a master keyring (versioned 256-bit keys)")
@@ -244,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="VERSION",
         help="retire a non-primary version (after rewrap-data-keys): it only unwraps",
+    )
+    p.add_argument(
+        "--drop-version",
+        type=int,
+        metavar="VERSION",
+        help="remove a retired version; refuses while the database holds anything wrapped under it",
+    )
+    p.add_argument(
+        "--database-url",
+        help="database checked by --drop-version (default: ZUMIK_DATABASE_URL or the embedded "
+        "SQLite)",
     )
     p.set_defaults(func=cmd_keygen)
 
@@ -286,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_verify.add_parser(sub)
     lifecycle.add_parsers(sub)
+    signing_keys.add_parsers(sub)
     verify_release.add_parser(sub)
     return parser
 

@@ -115,7 +115,15 @@ harmless values are kept (a secret-looking value is never stored here), at most
 (bounded memory whatever callers send); the cache is emptied when full."""
 
 
+_SCAN_MARGIN = 256
+"""Characters past a field's limit that are still scanned: a secret straddling the cut is seen
+whole (and redacted) instead of leaving its first part in the kept text. Nothing beyond is ever
+scanned, whatever length the caller sent (the scan is linear, but bounded work per event is
+the rule)."""
+
+
 def _clean(value: str, limit: int) -> tuple[str, bool]:
+    value = value[: limit + _SCAN_MARGIN]
     if value not in _harmless and not is_resource_name(value):
         if secret_kind(value) is not None:
             return REDACTED, True

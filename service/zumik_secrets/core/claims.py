@@ -2,7 +2,12 @@
 
 Header, exactly: ``{"alg":"EdDSA","kid":<kid>,"typ":"JWT"}``. Payload::
 
-    {"aud","exp","iat","iss","jti","nbf","pid","scp":[...],"sub","tid"}
+    {"aud","cid","exp","iat","iss","jti","nbf","pid","scp":[...],"sub","tid"}
+
+``cid`` names the credential (API key or session id, never its secret) the claim was minted
+from, so revoking that credential can reach the claim (see ``app/claim_revocations.py``); it is
+omitted only by signers given no credential id (test vectors), and the server refuses such
+claims.
 
 Both are JSON with sorted keys and ``(",", ":")`` separators, base64url without padding; the
 signature covers the ASCII ``header.payload``.
@@ -88,6 +93,7 @@ class TenantClaim:
     not_before: int
     expires_at: int
     key_id: str
+    credential_id: str = ""
 
     def has_scope(self, scope: str) -> bool:
         """Whether the claim carries ``scope``."""
@@ -109,6 +115,10 @@ def _valid_kid(kid: object) -> bool:
         and kid.isascii()
         and kid.isprintable()
     )
+
+
+def _valid_cid(cid: object) -> bool:
+    return isinstance(cid, str) and 0 < len(cid) <= 64 and cid.isascii() and cid.isprintable()
 
 
 def _valid_subject(sub: object) -> bool:
@@ -165,8 +175,13 @@ class ClaimSigner:
         scopes: Sequence[str],
         now: int,
         ttl_seconds: int,
+        *,
+        credential_id: str = "",
     ) -> tuple[str, TenantClaim]:
         """Mint a claim valid from ``now`` for ``ttl_seconds``.
+
+        ``credential_id`` (the ``cid`` claim) names the API key or session the claim is minted
+        from; the server refuses claims without one, since revoking nothing could reach them.
 
         Returns:
             ``(token, claim)``.
@@ -189,6 +204,8 @@ class ClaimSigner:
         if isinstance(scopes, str) or len(scopes) > MAX_SCOPES:
             raise _bad_mint("scopes", f"scopes must be a list of at most {MAX_SCOPES}")
         scope_tuple = tuple(names.validate_scope(s) for s in scopes)
+        if credential_id and not _valid_cid(credential_id):
+            raise _bad_mint("credential_id", "credential_id must be 1 to 64 printable ASCII")
         jti = encoding.base62_encode(self._rand(16), 22)
         claim = TenantClaim(
             tenant_id=tenant_id,
@@ -200,10 +217,13 @@ class ClaimSigner:
             not_before=now,
             expires_at=now + ttl_seconds,
             key_id=self.kid,
+            credential_id=credential_id,
         )
         header = _canonical_json({"alg": ALG, "typ": TYP, "kid": self.kid})
+        fields: dict[str, Any] = {"cid": credential_id} if credential_id else {}
         payload = _canonical_json(
             {
+                **fields,
                 "iss": self.issuer,
                 "aud": self.audience,
                 "sub": subject,
@@ -262,6 +282,9 @@ def _claim_from_payload(payload: Any, kid: str) -> tuple[TenantClaim, str, str]:
         iat, nbf, exp = payload["iat"], payload["nbf"], payload["exp"]
     except KeyError:
         raise _fail(REASON_MALFORMED) from None
+    cid = payload.get("cid", "")
+    if cid != "" and not _valid_cid(cid):
+        raise _fail(REASON_MALFORMED)
     if not (
         isinstance(iss, str)
         and isinstance(aud, str)
@@ -291,6 +314,7 @@ def _claim_from_payload(payload: Any, kid: str) -> tuple[TenantClaim, str, str]:
         not_before=nbf,
         expires_at=exp,
         key_id=kid,
+        credential_id=cid,
     )
     return claim, iss, aud
 

@@ -26,6 +26,13 @@ KIND_PURGE_RECEIPT = "rcp"
 
 REASON_INVALID_HANDLE = "INVALID_HANDLE"
 
+ID_GRAMMAR = "22 base62 characters (0-9, A-Z, a-z; most significant first) encoding 128 bits"
+"""What the ``{id}`` of a handle is (the contract's comments say the same)."""
+LARGEST_ID = "7n42DGM5Tflk9n8mt7Fhc7"
+"""2**128 - 1 in base62: every minted id is at most this."""
+ID_TOO_LARGE = f"{{id}} encodes a number of 2^128 or more (the largest id is {LARGEST_ID})"
+"""Why a well-shaped id is refused (the message never echoes the id itself)."""
+
 KIND_RE = re.compile(r"[a-z]{2,8}")
 HANDLE_RE = re.compile(r"([a-z]{2,8})_([0-9A-Za-z]{22})")
 """A whole handle (use with ``fullmatch``); groups: kind, body."""
@@ -97,6 +104,8 @@ def parse_handle(
         or not body_is_canonical(m.group(2))
     ):
         message = f"{field} must look like {pattern}"
+        if m is not None and (expected_kind is None or m.group(1) == expected_kind):
+            message = f"{message}: {ID_TOO_LARGE}"  # the shape is right, the number too large
         raise InvalidArgument(
             message,
             reason=REASON_INVALID_HANDLE,

@@ -259,6 +259,25 @@ class MasterKeyring:
         ]
         return _dump(keys, self._primary)
 
+    def drop(self, version: int) -> str:
+        """Return keyring text without ``version`` (after a compromise or a completed rotation).
+
+        Whatever that version wrapped can never be unwrapped again with the new text; the caller
+        checks first that nothing stored is wrapped under it (``keygen --drop-version``).
+
+        Raises:
+            FailedPrecondition: Reason ``KEYRING_STATE`` unless the version is in the keyring
+                and retired (the primary is never retired).
+        """
+        k = self._keys.get(version)
+        if k is None or k.state != STATE_RETIRED:
+            raise FailedPrecondition(
+                "only a retired version in the keyring can be dropped (retire it first)",
+                reason=REASON_STATE,
+                metadata={"version": str(version)},
+            )
+        return _dump([k for k in self._keys.values() if k.version != version], self._primary)
+
     def wrap(self, plaintext: bytes, associated_data: bytes) -> bytes:
         """Encrypt under the primary version.
 

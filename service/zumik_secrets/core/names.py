@@ -14,6 +14,11 @@ Grammar (this module owns it):
     tenants/{tenant}/projects/{project}/secrets/sec_{id}
     tenants/{tenant}/handles/{kind}_{id}
     tenants/{tenant}/purgeReceipts/rcp_{id}
+    tenants/{tenant}/settings
+
+:func:`parse_resource` recognises any of them (and ``tenants/-``, ``tenants/-/settings``: every
+tenant, for privileged identities); the interceptor parses each request's resource with it once
+and hands the typed name to the servicer.
 
 Every parser raises ``InvalidArgument`` with reason ``INVALID_NAME`` (``INVALID_SCOPE`` for
 scopes), metadata ``{"field": field}`` and one field violation; the message states the expected
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 from zumik_secrets.core import handles
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
@@ -46,6 +52,11 @@ SESSION_PATTERN = "tenants/{tenant}/projects/{project}/sessions/ses_{id}"
 SECRET_PATTERN = "tenants/{tenant}/projects/{project}/secrets/sec_{id}"  # noqa: S105
 HANDLE_PATTERN = "tenants/{tenant}/handles/{kind}_{id}"
 PURGE_RECEIPT_PATTERN = "tenants/{tenant}/purgeReceipts/rcp_{id}"
+GRANT_PATTERN = "tenants/{tenant}/breakGlassGrants/bg_{id}"
+SETTINGS_PATTERN = "tenants/{tenant}/settings"
+
+ANY_TENANT = "-"
+"""The tenant segment of ``tenants/-`` and ``tenants/-/settings``: every tenant."""
 
 _TENANT_RE = re.compile(rf"tenants/({_ID})")
 _PROJECT_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})")
@@ -54,6 +65,7 @@ _SESSION_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})/sessions/(ses_{_BOD
 _SECRET_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})/secrets/(sec_{_BODY})")
 _HANDLE_RE = re.compile(rf"tenants/({_ID})/handles/([a-z]{{2,8}}_{_BODY})")
 _PURGE_RECEIPT_RE = re.compile(rf"tenants/({_ID})/purgeReceipts/(rcp_{_BODY})")
+_GRANT_RE = re.compile(rf"tenants/({_ID})/breakGlassGrants/(bg_{_BODY})")
 
 
 def _bad(field: str, message: str, reason: str = REASON_INVALID_NAME) -> InvalidArgument:
@@ -99,8 +111,10 @@ def validate_scope(value: str, *, field: str = "scope") -> str:
 def _validate_handle(value: str, kind: str | None, field: str, pattern: str) -> str:
     try:
         handles.parse_handle(value, kind, field=field)
-    except InvalidArgument:
-        raise _bad(field, f"{field} must look like {pattern}") from None
+    except InvalidArgument as error:
+        too_large = error.message.endswith(handles.ID_TOO_LARGE)
+        message = f"{field} must look like {pattern}"
+        raise _bad(field, f"{message}: {handles.ID_TOO_LARGE}" if too_large else message) from None
     return value
 
 
@@ -118,10 +132,25 @@ class TenantName:
     tenant: str
 
     def __post_init__(self) -> None:
-        validate_tenant_id(self.tenant, field="tenant")
+        if self.tenant != ANY_TENANT:
+            validate_tenant_id(self.tenant, field="tenant")
 
     def __str__(self) -> str:
         return f"tenants/{self.tenant}"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsName:
+    """``tenants/{tenant}/settings`` (``tenants/-/settings``: every tenant)."""
+
+    tenant: str
+
+    def __post_init__(self) -> None:
+        if self.tenant != ANY_TENANT:
+            validate_tenant_id(self.tenant, field="tenant")
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/settings"
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,10 +284,31 @@ class PurgeReceiptName:
         return f"tenants/{self.tenant}/purgeReceipts/{self.id}"
 
 
+@dataclass(frozen=True, slots=True)
+class GrantName:
+    """``tenants/{tenant}/breakGlassGrants/bg_{id}``; ``id`` is the full grant id."""
+
+    tenant: str
+    id: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+        if _GRANT_ID_FULL(self.id) is None:
+            raise _bad("id", "id must look like bg_{id}")
+
+    @property
+    def parent(self) -> TenantName:
+        """The tenant this grant covers."""
+        return TenantName(self.tenant)
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/breakGlassGrants/{self.id}"
+
+
 def _reraise_as(field: str, pattern: str) -> InvalidArgument:
     # A component passed the regex but failed a deeper check (a handle body over 128 bits):
-    # report it against the caller's field and the whole pattern.
-    return _bad(field, f"{field} must look like {pattern}")
+    # report it against the caller's field and the whole pattern, saying why.
+    return _bad(field, f"{field} must look like {pattern}: {handles.ID_TOO_LARGE}")
 
 
 def parse_tenant_name(text: str, *, field: str = "name") -> TenantName:
@@ -346,6 +396,108 @@ def parse_purge_receipt_name(text: str, *, field: str = "name") -> PurgeReceiptN
         raise _reraise_as(field, PURGE_RECEIPT_PATTERN) from None
 
 
+def parse_grant_name(text: str, *, field: str = "name") -> GrantName:
+    """Parse ``tenants/{tenant}/breakGlassGrants/bg_{id}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_GRANT_RE, text, field, GRANT_PATTERN)
+    try:
+        return GrantName(m.group(1), m.group(2))
+    except InvalidArgument:
+        raise _reraise_as(field, GRANT_PATTERN) from None
+
+
+ResourceName = (
+    TenantName
+    | SettingsName
+    | ProjectName
+    | ApiKeyName
+    | SessionName
+    | SecretName
+    | HandleName
+    | PurgeReceiptName
+    | GrantName
+)
+"""Any resource name of the API."""
+
+_PATTERNS: dict[type[object], str] = {
+    TenantName: TENANT_PATTERN,
+    SettingsName: SETTINGS_PATTERN,
+    ProjectName: PROJECT_PATTERN,
+    ApiKeyName: API_KEY_PATTERN,
+    SessionName: SESSION_PATTERN,
+    SecretName: SECRET_PATTERN,
+    HandleName: HANDLE_PATTERN,
+    PurgeReceiptName: PURGE_RECEIPT_PATTERN,
+    GrantName: GRANT_PATTERN,
+}
+
+_Name = TypeVar("_Name", bound=ResourceName)
+
+
+def parse_resource(text: str, *, field: str = "name") -> ResourceName:
+    """Parse any resource name (the interceptor's one parse per call).
+
+    The tenant segment may be ``-`` (every tenant) only in ``tenants/-`` and
+    ``tenants/-/settings``; whether the caller may use it is the authorizer's decision.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    if not isinstance(text, str) or len(text) > MAX_NAME_LENGTH:
+        raise _bad(
+            field, f"{field} must be a resource name of at most {MAX_NAME_LENGTH} characters"
+        )
+    parts = text.split("/")
+    if len(parts) < 2 or parts[0] != "tenants":
+        raise _bad(field, f"{field} must start with tenants/{{tenant}}")
+    if parts[1] == ANY_TENANT and len(parts) in (2, 3):
+        if len(parts) == 2:
+            return TenantName(ANY_TENANT)
+        if parts[2] == "settings":
+            return SettingsName(ANY_TENANT)
+    if len(parts) == 2:
+        return parse_tenant_name(text, field=field)
+    if len(parts) == 3 and parts[2] == "settings":
+        return SettingsName(parse_tenant_name(f"tenants/{parts[1]}", field=field).tenant)
+    if len(parts) == 3 and parts[2] != "settings":
+        raise _bad(field, f"{field} must be a resource name (tenants/{{tenant}}/...)")
+    if parts[2] == "projects":
+        if len(parts) == 4:
+            return parse_project_name(text, field=field)
+        if len(parts) == 6 and parts[4] == "apiKeys":
+            return parse_api_key_name(text, field=field)
+        if len(parts) == 6 and parts[4] == "sessions":
+            return parse_session_name(text, field=field)
+        if len(parts) == 6 and parts[4] == "secrets":
+            return parse_secret_name(text, field=field)
+    if len(parts) == 4 and parts[2] == "handles":
+        return parse_handle_name(text, field=field)
+    if len(parts) == 4 and parts[2] == "purgeReceipts":
+        return parse_purge_receipt_name(text, field=field)
+    if len(parts) == 4 and parts[2] == "breakGlassGrants":
+        return parse_grant_name(text, field=field)
+    raise _bad(field, f"{field} must be a resource name (tenants/{{tenant}}/...)")
+
+
+def expect(name: ResourceName, kind: type[_Name], *, field: str = "name") -> _Name:
+    """``name`` if it is a ``kind``; the servicer's check of what the interceptor parsed.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``, stating the expected pattern.
+    """
+    if not isinstance(name, kind):
+        raise _bad(field, f"{field} must look like {_PATTERNS[kind]}")
+    return name
+
+
+def name_project(name: ResourceName) -> str | None:
+    """The project a name belongs to, or None for a tenant-level name."""
+    return getattr(name, "project", None)
+
+
 _ID_FULL = ID_RE.fullmatch
 _HANDLE_FULL = re.compile(rf"[a-z]{{2,8}}_{_BODY}").fullmatch
 _KIND_HANDLE = {
@@ -354,7 +506,7 @@ _KIND_HANDLE = {
     "secrets": re.compile(rf"sec_{_BODY}").fullmatch,
 }
 _RECEIPT_FULL = re.compile(rf"rcp_{_BODY}").fullmatch
-_GRANT_FULL = re.compile(rf"bg_{_BODY}").fullmatch
+_GRANT_FULL = _GRANT_ID_FULL = re.compile(rf"bg_{_BODY}").fullmatch
 
 
 def is_resource_name(text: str) -> bool:

@@ -15,6 +15,9 @@ A policy is a mapping, normally read from TOML by the server::
     allow = ["zumik.secrets.v1.TenantService/*"]
     # Methods this identity may call for a tenant named in the request, without a tenant claim.
     without_claim = ["zumik.secrets.v1.TenantService/*"]
+    # Optional, default false: may create or rotate sessions of a user other than the
+    # claim's own subject (impersonation; see core/authority.py). Grant it sparingly.
+    impersonate = false
 
 A pattern is either a full method (`package.Service/Method`) or a whole service
 (`package.Service/*`). An identity or method that the policy does not name is refused; an empty
@@ -24,7 +27,7 @@ policy refuses everything.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +39,7 @@ _PATTERN = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*/(\*|[A-Za-z_][A-Za-z0-9_]*)$"
 )
 _KNOWN_TOP_KEYS = frozenset({"trust_domain", "common", "identities", "break_glass"})
-_KNOWN_IDENTITY_KEYS = frozenset({"allow", "without_claim", "description"})
+_KNOWN_IDENTITY_KEYS = frozenset({"allow", "without_claim", "description", "impersonate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +50,13 @@ class Decision:
         allowed: Whether the identity may call the method at all.
         without_claim: Whether it may act for a tenant named in the request without a claim.
         reason: UPPER_SNAKE reason for a refusal (`UNKNOWN_IDENTITY`, `METHOD_NOT_ALLOWED`).
+        impersonate: Whether the identity holds the impersonation right (policy flag).
     """
 
     allowed: bool
     without_claim: bool
     reason: str
+    impersonate: bool = False
 
 
 def _matches(patterns: frozenset[str], method: str) -> bool:
@@ -67,12 +72,16 @@ def _matches(patterns: frozenset[str], method: str) -> bool:
 class _Identity:
     allow: frozenset[str]
     without_claim: frozenset[str]
+    impersonate: bool = False
 
 
 class Policy:
     """A parsed, validated authorization policy.
 
-    Decisions are cached per (identity, method): the policy is immutable once built.
+    Decisions are cached per (identity, method): the policy is immutable once built. The cache
+    is keyed by caller input, so it holds only identities the policy names and methods the server
+    serves (:meth:`limit_cache_to`); any other pair is decided without being remembered (two set
+    look-ups: nothing worth caching), so no caller can grow it.
     """
 
     def __init__(
@@ -87,6 +96,20 @@ class Policy:
         self._common = common
         self._identities = dict(identities)
         self._cache: dict[tuple[str, str], Decision] = {}
+        self._cacheable: frozenset[str] | None = None
+
+    def limit_cache_to(self, methods: Iterable[str]) -> None:
+        """Cache decisions only for ``methods`` (the ones the server serves, ``/pkg.Svc/M``).
+
+        Until this is called nothing is cached (an unknown method path is attacker input).
+        """
+        self._cacheable = frozenset(methods)
+        self._cache.clear()
+
+    @property
+    def cached_decisions(self) -> int:
+        """How many decisions the cache holds (bounded: named identities x served methods)."""
+        return len(self._cache)
 
     @property
     def identities(self) -> tuple[str, ...]:
@@ -100,7 +123,11 @@ class Policy:
         if cached is not None:
             return cached
         decision = self._decide(identity, method)
-        if len(self._cache) < 100_000:
+        if (
+            self._cacheable is not None
+            and method in self._cacheable
+            and (identity or "") in self._identities
+        ):
             self._cache[key] = decision
         return decision
 
@@ -111,7 +138,10 @@ class Policy:
         if not (_matches(entry.allow, method) or _matches(self._common, method)):
             return Decision(allowed=False, without_claim=False, reason="METHOD_NOT_ALLOWED")
         return Decision(
-            allowed=True, without_claim=_matches(entry.without_claim, method), reason="ALLOWED"
+            allowed=True,
+            without_claim=_matches(entry.without_claim, method),
+            reason="ALLOWED",
+            impersonate=entry.impersonate,
         )
 
     @classmethod
@@ -168,15 +198,21 @@ class Policy:
             stray = {p for p in without if not _matches(allow, p)}
             if stray:
                 raise bad(f"{spiffe_id}.without_claim names methods not in allow: {sorted(stray)}")
+            impersonate = body.get("impersonate", False)
+            if not isinstance(impersonate, bool):
+                raise bad(f"{spiffe_id}.impersonate must be true or false")
             if is_operator(spiffe_id, trust_domain):
                 # Operators are people: no standing access, only the break-glass service.
                 standing = {p for p in allow if not p.startswith(BREAK_GLASS_SERVICE + "/")}
-                if standing:
+                if standing or impersonate:
                     raise bad(
                         f"operator {spiffe_id!r} may only be allowed {BREAK_GLASS_SERVICE} "
-                        f"methods (standing access: {sorted(standing)}); use a break-glass grant"
+                        f"methods and never impersonate (standing access: {sorted(standing)}); "
+                        "use a break-glass grant"
                     )
-            identities[spiffe_id] = _Identity(allow=allow, without_claim=without)
+            identities[spiffe_id] = _Identity(
+                allow=allow, without_claim=without, impersonate=impersonate
+            )
         break_glass = (
             BreakGlassPolicy.from_mapping(data["break_glass"])
             if "break_glass" in data

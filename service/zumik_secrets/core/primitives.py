@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from zumik_secrets.core.errors import DecryptionFailed
 
@@ -72,6 +73,17 @@ def sha256(data: bytes) -> bytes:
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     """Return HMAC-SHA256(key, data) (32 bytes)."""
     return hmac.digest(key, data, "sha256")
+
+
+def derive_key(key: bytes, label: bytes, length: int = 32) -> bytes:
+    """A subkey of ``key`` for one purpose named by ``label`` (HKDF-SHA256, no salt).
+
+    Raises:
+        ValueError: If ``key`` is empty.
+    """
+    if not key:
+        raise ValueError("key must not be empty")
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label).derive(key)
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:

@@ -19,6 +19,15 @@ Rules, in the order :func:`secret_kind` applies them:
    snake_case words measure under 4.0, so they pass. The rule is statistical: a random 32-byte
    base64url string measures under the bound by chance about once in 300,000 (2 in 600,000
    draws) and is missed; it is the last line of defence, behind never putting secrets there.
+
+Linear time. These rules run over attacker-controlled text (resource names, method paths,
+metadata), so every pattern is written so that Python's backtracking engine does a bounded
+amount of work per input character: no pattern can restart a long scan from each position of a
+run (the JWS rule starts only at the start of a run, and its prefix is an atomic group), and
+every unbounded repetition is followed by a character it cannot match. The entropy rules work on
+maximal runs found by a single pass. ``tests/unit/test_secret_patterns_linear.py`` runs every
+pattern and :func:`redact` over adversarial inputs at :data:`MAX_SCAN_CHARS` and twice that, and
+checks that the cost grows linearly. Callers still bound what they scan (:func:`bounded`).
 """
 
 from __future__ import annotations
@@ -27,15 +36,30 @@ import math
 import re
 from collections import Counter
 
+#: The most characters any caller should hand the detector at once (the longest value an
+#: audit event, log field or span attribute keeps, with room around it). The detector is linear
+#: time anyway; this is the size the linearity test measures at.
+MAX_SCAN_CHARS = 16 * 1024
+
 #: Patterns of our secret formats. The log filter replaces matches with ``[REDACTED]``.
+#:
+#: The JWS rule anchors at the start of a run of base64url characters (a look-behind) and finds
+#: the first ``eyJ`` of the run inside an atomic group, so a run such as ``"eyJ" * n`` is scanned
+#: once, not once per ``eyJ`` (the former ``eyJ[...]{8,}\.`` search was quadratic there). It
+#: matches exactly the same texts; a match may start a few characters earlier (at the run's start).
 SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"zk_[a-z]{2,8}_[0-9A-Za-z]{22}_[0-9A-Za-z]{20,}"),  # API key
-    re.compile(r"zs_[A-Za-z0-9_-]{40,}"),  # session token
-    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWS
-    re.compile(r'"key"\s*:\s*"[A-Za-z0-9_-]{40,}"'),  # keyring JSON entry
+    re.compile(r"zk_[a-z]{2,8}_[0-9A-Za-z]{22}_[0-9A-Za-z]{20,}+"),  # API key
+    re.compile(r"zs_[A-Za-z0-9_-]{40,}+"),  # session token
+    re.compile(
+        r"(?<![A-Za-z0-9_-])(?>[A-Za-z0-9_-]*?eyJ)"
+        r"[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+"
+    ),  # JWS
+    re.compile(r'"key"\s*+:\s*+"[A-Za-z0-9_-]{40,}+"'),  # keyring JSON entry
 )
 _FORMAT_KINDS = ("api_key", "session_token", "jws", "keyring_key")
 
+# `[A-Z0-9 ]*` may give back characters to find `PRIVATE KEY`, but only within one header line
+# (it cannot cross `-`), and the pattern can only start at `-----BEGIN `: linear overall.
 PEM_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
 
 MIN_SECRET_RUN = 32
@@ -43,8 +67,8 @@ MIN_SECRET_RUN = 32
 MIN_ENTROPY_BITS = 4.2
 """Bits per character from which a long base64-alphabet run counts as random."""
 
-_HEX_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{32,}(?![0-9A-Za-z])")
-_B64_RUN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+_HEX_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{32,}+(?![0-9A-Za-z])")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/=_-]{32,}+")
 # A handle counts as one only where it stands alone: not glued to other base64-alphabet
 # characters (a random base64url token can contain `feko_<22 alphanumerics>` followed by `-`;
 # stripping that as a "handle" let a real 32-byte token through, found by the random test).
@@ -101,3 +125,33 @@ def secret_kind(value: str) -> str | None:
 def looks_like_secret(value: str) -> bool:
     """Whether :func:`secret_kind` finds anything in ``value``."""
     return secret_kind(value) is not None
+
+
+def bounded(value: str, limit: int, marker: str = "\u2026") -> str:
+    """``value`` cut to at most ``limit`` characters (the cut marked), before anything scans,
+    stores, logs or keys a cache on it."""
+    if len(value) <= limit:
+        return value
+    return value[: max(0, limit - len(marker))] + marker
+
+
+REDACTED = "[REDACTED]"
+
+# One alternation, one pass per text. The extra alternative catches keyring JSON that was itself
+# embedded in a JSON string (escaped quotes). Every alternative is linear (see the module doc).
+_ANY_SECRET = re.compile(
+    "|".join(
+        [f"(?:{p.pattern})" for p in SECRET_PATTERNS]
+        + [r'\\"key\\"\s*+:\s*+\\"[A-Za-z0-9_-]{40,}+\\"']
+    )
+)
+# Every alternative contains one of these; most texts contain none, and `in` is far cheaper
+# than running the regex.
+_TRIGGERS = ("zk_", "zs_", "eyJ", "key")
+
+
+def redact(text: str, replacement: str = REDACTED) -> str:
+    """Replace every substring of ``text`` in one of our secret formats (linear time)."""
+    if not any(t in text for t in _TRIGGERS):
+        return text
+    return _ANY_SECRET.sub(replacement, text)

@@ -1,17 +1,26 @@
 """Authorization of one call: identity against the policy, then tenant claim against resource.
 
-Order of checks (each refusal is audited by the caller of :meth:`Authorizer.authorize`):
+One decision per call, in this order (each refusal is audited by the interceptor):
 
 1. The peer's SPIFFE ID (from its verified client certificate) must be named by the policy and
    allowed the method: else PERMISSION_DENIED (``UNKNOWN_IDENTITY`` / ``METHOD_NOT_ALLOWED``).
-2. For a tenant-scoped method, the resource name in the request field the contract declares is
-   parsed (INVALID_ARGUMENT when malformed).
-3. If the call carries a claim (metadata ``zumik-claim``) it is verified (UNAUTHENTICATED with
-   the claim's reason when not), must name the resource's tenant and project (else NOT_FOUND,
-   identical to a missing resource), and must carry the method's scope (PERMISSION_DENIED
-   ``MISSING_SCOPE``).
-4. Without a claim, only identities the policy lets act ``without_claim`` proceed (audited);
-   others get UNAUTHENTICATED ``CLAIM_MISSING``.
+2. A claim in the call (metadata ``zumik-claim``) is verified: signature, time, and whether its
+   credential was revoked or its tenant/project purged (UNAUTHENTICATED with the claim's reason).
+3. For a tenant-scoped method, the resource name in the request field the contract declares is
+   parsed, once, with :func:`zumik_secrets.core.names.parse_resource` (INVALID_ARGUMENT when
+   malformed); the servicer receives the parsed name on the call context and never parses it
+   again.
+4. With a claim: the resource must be in the claim's tenant and, when the name carries a
+   project, in the claim's project (else NOT_FOUND, identical to a missing resource); the claim
+   must carry the method's scope (PERMISSION_DENIED ``MISSING_SCOPE``), and methods that expose a
+   whole tenant's audit chain also need ``audit.read.tenant``. Tenant-level resources that belong
+   to a project (handles, audit events) are confined to the claim's project through
+   ``project_id`` / ``project_view``.
+5. Without a claim, only identities the policy lets act ``without_claim`` proceed (audited);
+   others get UNAUTHENTICATED ``CLAIM_MISSING``. A purged tenant or project refuses them too
+   (FAILED_PRECONDITION ``SCOPE_PURGED``), except the methods that read what a purge keeps.
+6. The caller's authority (what it may put into credentials it mints, see
+   :mod:`zumik_secrets.core.authority`) is derived here, once, for the use cases.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zumik_secrets.api.contracts import MethodGuard
+from zumik_secrets.core.authority import AUDIT_TENANT_VIEW, NO_AUTHORITY, Authority
 from zumik_secrets.core.claims import TenantClaim
 from zumik_secrets.core.errors import (
     InvalidArgument,
@@ -27,13 +37,43 @@ from zumik_secrets.core.errors import (
     Unauthenticated,
     resource_not_found,
 )
-from zumik_secrets.core.names import validate_project_id, validate_tenant_id
-from zumik_secrets.core.policy import Policy
+from zumik_secrets.core.names import (
+    ANY_TENANT,
+    ID_RE,
+    MAX_NAME_LENGTH,
+    ResourceName,
+    name_project,
+    parse_resource,
+)
+from zumik_secrets.core.policy import Decision, Policy
 
 CLAIM_METADATA_KEY = "zumik-claim"
 
-#: Wildcard tenant in a resource name (`tenants/-`): every tenant, for privileged identities.
-ANY_TENANT = "-"
+_V1 = "/zumik.secrets.v1."
+
+WHOLE_TENANT_METHODS = frozenset(
+    {
+        f"{_V1}AuditService/ExportEvents",
+        f"{_V1}AuditService/VerifyChain",
+        f"{_V1}AuditService/CreateCheckpoint",
+    }
+)
+"""Methods that expose a tenant's whole audit chain: a claim also needs ``audit.read.tenant``."""
+
+AFTER_PURGE_METHODS = frozenset(
+    {
+        f"{_V1}TenantService/PurgeProject",
+        f"{_V1}TenantService/PurgeTenant",
+        f"{_V1}TenantService/GetPurgeReceipt",
+        f"{_V1}TenantService/RunRetention",
+        f"{_V1}AuditService/QueryEvents",
+        f"{_V1}AuditService/ExportEvents",
+        f"{_V1}AuditService/VerifyChain",
+        f"{_V1}AuditService/CreateCheckpoint",
+    }
+)
+"""What an identity acting without a claim may still do in a purged scope: finish or repeat the
+purge, read its receipt, and read, verify and prune the audit events the purge keeps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,63 +82,84 @@ class Authorization:
 
     Attributes:
         tenant_id: Tenant the call acts for (None for methods not tenant-scoped).
-        project_id: Project of the resource, when it has one.
+        project_id: Project the call acts for: the resource's, or the claim's for a
+            tenant-level resource (None without either).
         claim: The verified claim, when present.
         without_claim: A privileged identity acting for a tenant named in the request.
+        resource: The parsed resource name.
+        authority: What the caller may hand on to credentials it mints.
+        project_view: The project a project claim's view of tenant-level resources is confined
+            to (None: the whole tenant).
     """
 
     tenant_id: str | None
     project_id: str | None
     claim: TenantClaim | None
     without_claim: bool
+    resource: ResourceName | None = None
+    authority: Authority = NO_AUTHORITY
+    project_view: str | None = None
 
 
-def resource_scope(name: str, field: str) -> tuple[str, str | None]:
-    """The tenant and (when present) project of a resource name.
+def _foreign(claim: TenantClaim, resource: str, field: str) -> bool:
+    """Whether ``resource`` is a well-formed name of another tenant (or the ``-`` wildcard) or
+    another project than the claim's.
 
-    Only the tenant and project segments are checked here; the servicer validates the rest.
-
-    Raises:
-        InvalidArgument: reason ``INVALID_NAME`` when ``name`` does not start with
-            ``tenants/{tenant}``.
+    Its tenant and project segments must follow the id grammar and the rest must be a valid
+    name once they are replaced by the claim's; only then is the answer NOT_FOUND (which echoes
+    the name), whatever the shape's tenant, so a foreign name and a missing one look alike and
+    no malformed input is echoed.
     """
-    if len(name) > 1024:
-        raise InvalidArgument(
-            f"{field} is too long (at most 1024 characters)",
-            reason="INVALID_NAME",
-            metadata={"field": field},
-        )
-    parts = name.split("/")
-    if len(parts) < 2 or parts[0] != "tenants" or not parts[1]:
-        raise InvalidArgument(
-            f"{field} must start with tenants/{{tenant}}",
-            reason="INVALID_NAME",
-            metadata={"field": field},
-        )
+    if len(resource) > MAX_NAME_LENGTH:
+        return False
+    parts = resource.split("/")
+    if len(parts) < 2 or parts[0] != "tenants":
+        return False
     tenant = parts[1]
-    if tenant != ANY_TENANT:
-        validate_tenant_id(tenant, field=field)
-    project: str | None = None
-    if len(parts) >= 4 and parts[2] == "projects":
-        project = validate_project_id(parts[3], field=field)
-    return tenant, project
+    project = parts[3] if len(parts) >= 4 and parts[2] == "projects" else None
+    if tenant == claim.tenant_id and project in (None, claim.project_id):
+        return False
+    if tenant != ANY_TENANT and ID_RE.fullmatch(tenant) is None:
+        return False
+    if project is not None and ID_RE.fullmatch(project) is None:
+        return False
+    parts[1] = claim.tenant_id
+    if project is not None:
+        parts[3] = claim.project_id
+    try:
+        parse_resource("/".join(parts), field=field)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def _no_tombstones(_tenant: str, _project: str | None) -> None:
+    return None
 
 
 class Authorizer:
     """Applies the policy and the claim rules to one call."""
 
-    def __init__(self, policy: Policy, verify_claim: Callable[[str], TenantClaim]) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        verify_claim: Callable[[str], TenantClaim],
+        check_scope_open: Callable[[str, str | None], None] = _no_tombstones,
+    ) -> None:
         """Create an authorizer.
 
         Args:
             policy: The identity policy.
-            verify_claim: Verifies a raw claim token (raising ``Unauthenticated``).
+            verify_claim: Verifies a raw claim token, revocation included (raising
+                ``Unauthenticated``).
+            check_scope_open: Raises (``FailedPrecondition``) for a purged tenant/project.
         """
         self._policy = policy
         self._verify_claim = verify_claim
+        self._check_scope_open = check_scope_open
 
-    def check_identity(self, identity: str | None, method: str) -> bool:
-        """Step 1. Returns whether the identity may act without a claim.
+    def check_identity(self, identity: str | None, method: str) -> Decision:
+        """Step 1: the policy's decision for the identity and method.
 
         Raises:
             PermissionDenied: unknown identity or method not allowed.
@@ -110,33 +171,42 @@ class Authorizer:
                 reason=decision.reason,
                 metadata={"method": method.rsplit("/", 1)[-1]},
             )
-        return decision.without_claim
+        return decision
 
     def authorize(
         self,
         guard: MethodGuard | None,
-        without_claim_allowed: bool,
+        decision: Decision,
         resource: str,
         raw_claim: str | None,
     ) -> Authorization:
-        """Steps 2 to 4 for a call whose identity passed step 1.
+        """Steps 2 to 6 for a call whose identity passed step 1.
 
         Raises:
             InvalidArgument: malformed resource name.
-            Unauthenticated: bad or missing claim.
+            Unauthenticated: bad, revoked or missing claim.
             NotFound: the resource belongs to another tenant or project than the claim's.
             PermissionDenied: the claim lacks the method's scope.
+            FailedPrecondition: a call without a claim names a purged scope.
         """
         claim = self._verify_claim(raw_claim) if raw_claim else None
+        authority = (
+            Authority.of_claim(claim.scopes, claim.subject, impersonate=decision.impersonate)
+            if claim is not None
+            else NO_AUTHORITY
+        )
         if guard is None or not guard.tenant_scoped:
-            return Authorization(None, None, claim, False)
+            return Authorization(None, None, claim, False, authority=authority)
         if not resource:
             raise InvalidArgument(
                 f"{guard.resource_field} is required",
                 reason="FIELD_REQUIRED",
                 metadata={"field": guard.resource_field},
             )
-        tenant, project = resource_scope(resource, guard.resource_field)
+        if claim is not None and _foreign(claim, resource, guard.resource_field):
+            raise resource_not_found(resource)
+        name = parse_resource(resource, field=guard.resource_field)
+        tenant, project = name.tenant, name_project(name)
         if claim is not None:
             if claim.tenant_id != tenant or (project is not None and claim.project_id != project):
                 raise resource_not_found(resource)
@@ -146,10 +216,30 @@ class Authorizer:
                     reason="MISSING_SCOPE",
                     metadata={"scope": guard.scope},
                 )
-            return Authorization(tenant, project, claim, False)
-        if not without_claim_allowed:
+            tenant_view = AUDIT_TENANT_VIEW in claim.scopes
+            if guard.full_method in WHOLE_TENANT_METHODS and not tenant_view:
+                raise PermissionDenied(
+                    "a project claim sees only its project's events; the whole chain needs"
+                    f" {AUDIT_TENANT_VIEW}",
+                    reason="MISSING_SCOPE",
+                    metadata={"scope": AUDIT_TENANT_VIEW},
+                )
+            return Authorization(
+                tenant,
+                claim.project_id,
+                claim,
+                False,
+                resource=name,
+                authority=authority,
+                project_view=None if tenant_view else claim.project_id,
+            )
+        if not decision.without_claim:
             raise Unauthenticated(
                 f"this method needs a tenant claim in the {CLAIM_METADATA_KEY!r} metadata",
                 reason="CLAIM_MISSING",
             )
-        return Authorization(tenant, project, None, True)
+        if tenant != ANY_TENANT and guard.full_method not in AFTER_PURGE_METHODS:
+            self._check_scope_open(tenant, project)
+        return Authorization(
+            tenant, project, None, True, resource=name, authority=Authority.unbounded()
+        )

@@ -22,10 +22,12 @@ from typing import Any
 from zumik_secrets.api.contracts import MethodGuard
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.grants import BreakGlass
+from zumik_secrets.core.authority import NO_AUTHORITY
 from zumik_secrets.core.break_glass import GRANT_METADATA_KEY, is_operator
 from zumik_secrets.core.errors import InvalidArgument, PermissionDenied
+from zumik_secrets.core.names import ANY_TENANT, name_project, parse_resource
 from zumik_secrets.core.policy import Policy
-from zumik_secrets.server.authorization import ANY_TENANT, Authorization, resource_scope
+from zumik_secrets.server.authorization import Authorization
 
 
 def grant_from(metadata: Sequence[Any] | None) -> str | None:
@@ -86,7 +88,8 @@ class GrantGate:
                 reason="FIELD_REQUIRED",
                 metadata={"field": guard.resource_field},
             )
-        tenant, project = resource_scope(resource, guard.resource_field)
+        name = parse_resource(resource, field=guard.resource_field)
+        tenant, project = name.tenant, name_project(name)
         self._break_glass.authorize_use(
             Actor(identity=identity, trace_id=trace_id),
             method,
@@ -94,4 +97,6 @@ class GrantGate:
             resource,
             raw_grant[:64],
         )
-        return Authorization(tenant, project, None, True)
+        # No authority to hand on: a grant never lets its holder mint or rotate credentials
+        # carrying more than nothing.
+        return Authorization(tenant, project, None, True, resource=name, authority=NO_AUTHORITY)

@@ -101,6 +101,101 @@ class ServerConfig:
             )
         },
     )
+    max_calls_per_peer: int = field(
+        default=0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_MAX_CALLS_PER_PEER",
+                "slow (>= 0.5 s) unary calls one peer may hold at once (0: 3/4 of ZUMIK_WORKERS)",
+            )
+        },
+    )
+    max_streams_per_peer: int = field(
+        default=8,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_MAX_STREAMS_PER_PEER", "streams one peer identity may hold open at once"
+            )
+        },
+    )
+    stream_workers: int = field(
+        default=32,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_STREAM_WORKERS", "threads for blocking streams (reflection, export)"
+            )
+        },
+    )
+    max_queued_calls: int = field(
+        default=64,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_MAX_QUEUED_CALLS",
+                "unary calls that may wait for a worker; beyond, RESOURCE_EXHAUSTED at once",
+            )
+        },
+    )
+    max_connection_age_seconds: float = field(
+        default=1800.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_MAX_CONNECTION_AGE", "seconds before a connection is asked to go away"
+            )
+        },
+    )
+    max_connection_idle_seconds: float = field(
+        default=300.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_MAX_CONNECTION_IDLE", "seconds a connection without calls stays open"
+            )
+        },
+    )
+    customer_key_concurrency: int = field(
+        default=4,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_CUSTOMER_KEY_CONCURRENCY",
+                "calls of one tenant that may wait on its customer key server at once",
+            )
+        },
+    )
+    customer_key_breaker_failures: int = field(
+        default=3,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_CUSTOMER_KEY_BREAKER_FAILURES",
+                "consecutive failures that open a customer key server's circuit",
+            )
+        },
+    )
+    customer_key_breaker_seconds: float = field(
+        default=10.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_CUSTOMER_KEY_BREAKER_SECONDS",
+                "seconds an open circuit fails calls fast before one probe is let through",
+            )
+        },
+    )
+    denial_audit_interval: float = field(
+        default=10.0,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_DENIAL_AUDIT_INTERVAL",
+                "seconds over which repeated denials fold into one audit event",
+            )
+        },
+    )
+    denial_audit_budget: int = field(
+        default=100,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_DENIAL_AUDIT_BUDGET",
+                "denial audit events one identity may cause per interval (then one summary)",
+            )
+        },
+    )
     claim_ttl_seconds: int = field(
         default=300,
         metadata={"setting": Setting("ZUMIK_CLAIM_TTL", "lifetime of minted claims (<= 300)")},
@@ -219,7 +314,9 @@ class ServerConfig:
         default=5.0,
         metadata={
             "setting": Setting(
-                "ZUMIK_CUSTOMER_KEY_TIMEOUT", "seconds for each call to a tenant's OpenBao/Vault"
+                "ZUMIK_CUSTOMER_KEY_TIMEOUT",
+                "seconds for each whole call to a tenant's OpenBao/Vault"
+                " (less when the caller's deadline is nearer)",
             )
         },
     )
@@ -411,6 +508,28 @@ class ServerConfig:
             raise ValueError("ZUMIK_SESSION_SWEEP_INTERVAL must be between 1 and 86400 seconds")
         if self.workers < 1:
             raise ValueError("ZUMIK_WORKERS must be at least 1")
+        if self.max_calls_per_peer < 0:
+            raise ValueError("ZUMIK_MAX_CALLS_PER_PEER must be 0 (default) or positive")
+        if self.max_streams_per_peer < 1 or self.stream_workers < 1:
+            raise ValueError("ZUMIK_MAX_STREAMS_PER_PEER and ZUMIK_STREAM_WORKERS must be >= 1")
+        if self.max_queued_calls < 0:
+            raise ValueError("ZUMIK_MAX_QUEUED_CALLS must be at least 0")
+        if not 1 <= self.max_connection_age_seconds <= 30 * 86400:
+            raise ValueError("ZUMIK_MAX_CONNECTION_AGE must be between 1 and 2592000 seconds")
+        if not 1 <= self.max_connection_idle_seconds <= 30 * 86400:
+            raise ValueError("ZUMIK_MAX_CONNECTION_IDLE must be between 1 and 2592000 seconds")
+        if self.customer_key_concurrency < 1 or self.customer_key_breaker_failures < 1:
+            raise ValueError(
+                "ZUMIK_CUSTOMER_KEY_CONCURRENCY and ZUMIK_CUSTOMER_KEY_BREAKER_FAILURES"
+                " must be at least 1"
+            )
+        if not 0.1 <= self.customer_key_breaker_seconds <= 3600:
+            raise ValueError("ZUMIK_CUSTOMER_KEY_BREAKER_SECONDS must be between 0.1 and 3600")
+        if not 0.1 <= self.denial_audit_interval <= 3600 or self.denial_audit_budget < 1:
+            raise ValueError(
+                "ZUMIK_DENIAL_AUDIT_INTERVAL must be between 0.1 and 3600 seconds and"
+                " ZUMIK_DENIAL_AUDIT_BUDGET at least 1"
+            )
         if self.audit_retention_days < 1:
             raise ValueError("ZUMIK_AUDIT_RETENTION_DAYS must be at least 1")
         if not 0.1 <= self.audit_checkpoint_seconds <= 86400:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 import grpc
@@ -24,17 +23,20 @@ from zumik.secrets.v1 import (
     tenant_service_pb2_grpc,
 )
 
-from zumik_secrets.api.contracts import SERVICE_DESCRIPTORS, method_guards
+from zumik_secrets.api.contracts import OPEN_METHODS, SERVICE_DESCRIPTORS, method_guards
 from zumik_secrets.api.servicers.audit import AuditServicer
 from zumik_secrets.api.servicers.break_glass import BreakGlassServicer
 from zumik_secrets.api.servicers.fingerprints import FingerprintServicer
 from zumik_secrets.api.servicers.keys import KeyServicer
 from zumik_secrets.api.servicers.seal import SealServicer
 from zumik_secrets.api.servicers.tenant import TenantServicer
+from zumik_secrets.app.denial_audit import DenialAudit
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.server.authorization import Authorizer
 from zumik_secrets.server.break_glass import GrantGate
 from zumik_secrets.server.interceptor import GuardInterceptor
+from zumik_secrets.server.limits import Limits, LimitSettings
+from zumik_secrets.server.reflection_source import commented_pool
 from zumik_secrets.server.runtime import Runtime
 from zumik_secrets.server.telemetry import Telemetry
 from zumik_secrets.server.tls import server_credentials
@@ -42,6 +44,7 @@ from zumik_secrets.server.tls import server_credentials
 _LOG = logging.getLogger("zumik.server")
 
 _SERVICE_NAMES = tuple(s.full_name for s in SERVICE_DESCRIPTORS)
+_REFLECTION = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 
 #: The benchmarks' ceiling (opt-in, ZUMIK_BENCH_EMPTY_RPC=1): a no-op RPC behind the same
 #: interceptor. Raw bytes in and out, not in the contracts; the policy must still allow it.
@@ -78,17 +81,48 @@ class ZumikServer:
         self.runtime = runtime
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        interceptor = GuardInterceptor(
-            Authorizer(runtime.policy, runtime.verify_claim),
-            Telemetry(runtime.tenant_settings.rich_mode),
+        self.limits = Limits(
+            LimitSettings(
+                workers=config.workers,
+                max_calls_per_peer=config.max_calls_per_peer,
+                max_streams_per_peer=config.max_streams_per_peer,
+                stream_workers=config.stream_workers,
+                max_queued_calls=config.max_queued_calls,
+            )
+        )
+        # Repeated denials fold into one event per interval (finding 4).
+        self.denial_audit = DenialAudit(
             runtime.audit,
-            method_guards(),
+            interval=config.denial_audit_interval,
+            budget=config.denial_audit_budget,
+        )
+        guards = method_guards()
+        # The policy's decision cache holds only methods this server serves (finding 5).
+        runtime.policy.limit_cache_to(
+            {
+                *guards,
+                *OPEN_METHODS,
+                BENCH_EMPTY_METHOD,
+                *(f"/{name}/ServerReflectionInfo" for name in _REFLECTION),
+            }
+        )
+        interceptor = GuardInterceptor(
+            Authorizer(runtime.policy, runtime.verify_claim, runtime.revocations.check_scope),
+            Telemetry(runtime.tenant_settings.rich_mode),
+            self.denial_audit,
+            guards,
+            self.limits,
             GrantGate(runtime.policy, runtime.break_glass),
         )
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="zumik-rpc"),
+            self.limits.unary_pool,
             interceptors=[interceptor],
             options=[
+                # Bounded connection lifetime: idle connections close, and every connection
+                # (with its streams) is asked to go away after the age, with a grace to finish.
+                ("grpc.max_connection_idle_ms", int(config.max_connection_idle_seconds * 1000)),
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", 30_000),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -130,8 +164,11 @@ class ZumikServer:
         if config.bench_empty_rpc:
             self._server.add_generic_rpc_handlers((bench_empty_handler(),))
         if config.reflection:
+            # The pool serves the contracts with their source comments (grpcurl describe).
             reflection.enable_server_reflection(
-                (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+                (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                self._server,
+                pool=commented_pool(),  # type: ignore[arg-type]
             )
         credentials = server_credentials(
             config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file
@@ -153,6 +190,7 @@ class ZumikServer:
     def start(self) -> None:
         """Start serving; health turns SERVING (storage and keys are ready by construction)."""
         self._server.start()
+        self.denial_audit.start()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._monitor.start()
 
@@ -184,6 +222,8 @@ class ZumikServer:
         self.health.enter_graceful_shutdown()
         grace = self.runtime.config.drain_seconds if grace is None else grace
         self._server.stop(grace).wait()
+        self.limits.shutdown()
+        self.denial_audit.close()
         self.runtime.close()
 
     def wait(self) -> None:

@@ -18,6 +18,13 @@ interceptor returns a wrapped handler that does the work per call:
 4. turn a domain error into its rich status (one table, :mod:`zumik_secrets.api.status`) and any
    other exception into INTERNAL with a correlation id (the detail goes to the log only);
 5. end the span and write the access-log line.
+
+The wrapper keeps each handler's nature (see :mod:`zumik_secrets.server.limits`): a non-blocking
+stream handler (``Health/Watch``) stays non-blocking and holds no worker; blocking stream
+handlers (reflection, ``ExportEvents``) run in the stream pool, never in the unary pool; each
+call takes a per-peer slot; under overload a unary call is shed (RESOURCE_EXHAUSTED) before it
+queues. The method path is attacker input: it is bounded (:data:`MAX_METHOD_CHARS`) before any
+span, log line, audit event or cache sees it, and so is the resource name of a denied call.
 """
 
 from __future__ import annotations
@@ -36,14 +43,29 @@ from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.free_text import refuse_secret_fields
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, track_call, untrack_call
-from zumik_secrets.core.errors import InvalidArgument, Unimplemented, ZumikError
+from zumik_secrets.app.deadlines import reset_deadline, set_deadline
+from zumik_secrets.core.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Unimplemented,
+    ZumikError,
+)
+from zumik_secrets.core.secret_patterns import bounded
 from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
 from zumik_secrets.server.break_glass import GrantGate, grant_from
+from zumik_secrets.server.limits import Limits, LimitSettings, overloaded
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
 
 _LOG = logging.getLogger("zumik.server")
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+#: Longest method path used as itself (ours are under 80 characters); a longer one is cut before
+#: any span, log line, audit event or cache key sees it (and no servicer serves it).
+MAX_METHOD_CHARS = 256
+#: Longest resource name kept in the audit event of a denied call (resource_scope refuses names
+#: over 1024 characters; the event keeps a bounded prefix of what was sent).
+MAX_AUDITED_RESOURCE_CHARS = 1024
 
 
 class _Malformed(Exception):
@@ -136,6 +158,13 @@ def _claim_from(metadata: Any) -> str | None:
     return None
 
 
+def _releasing(responses: Iterator[Any], release: Callable[[], None]) -> Iterator[Any]:
+    try:
+        yield from responses
+    finally:
+        release()
+
+
 class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Authorization, error mapping and telemetry for every RPC."""
 
@@ -145,6 +174,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         telemetry: Telemetry,
         audit: AuditRecorder,
         guards: dict[str, MethodGuard],
+        limits: Limits | None = None,
         grants: GrantGate | None = None,
     ) -> None:
         """Create the interceptor.
@@ -154,6 +184,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             telemetry: Span and access-log emitter.
             audit: Where denials and sensitive allows are recorded.
             guards: The contracts' method guards by full method name.
+            limits: Pools and per-peer caps (default: the defaults of :class:`LimitSettings`;
+                the server passes the one whose unary pool it runs on).
             grants: Authorizes calls presenting a break-glass grant (None: such calls refused
                 like any other call the policy does not allow).
         """
@@ -162,14 +194,30 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self._telemetry = telemetry
         self._audit = audit
         self._guards = guards
+        self._limits = limits if limits is not None else Limits(LimitSettings())
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Wrap the handler of the called method (or refuse a method no one serves)."""
+        """Wrap the handler of the called method (or refuse a method no one serves).
+
+        Runs on grpc's polling thread: only cheap decisions here.
+        """
         method: str = handler_call_details.method
+        if len(method) > MAX_METHOD_CHARS:
+            # No servicer serves such a path: never look it up, never show it whole.
+            return self._in_pool(
+                grpc.unary_unary_rpc_method_handler(
+                    self._unknown_method(bounded(method, MAX_METHOD_CHARS))
+                ),
+                self._limits.shed_pool,
+            )
+        if method not in OPEN_METHODS and self._limits.overloaded():
+            return self._in_pool(
+                grpc.unary_unary_rpc_method_handler(self._shed(method)), self._limits.shed_pool
+            )
         raw_claim = _claim_from(handler_call_details.invocation_metadata)
         handler = continuation(handler_call_details)
         if handler is None:
@@ -177,30 +225,66 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         guard = self._guards.get(method)
         open_method = method in OPEN_METHODS
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
+            wrapped = grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method, guard, raw_claim, open_method),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
+            # Health checks take microseconds: they answer from the side pool, so a probe never
+            # waits behind a queue of slow calls (and is never shed).
+            return self._in_pool(wrapped, self._limits.shed_pool) if open_method else wrapped
+        blocking_stream = handler.unary_unary is None and not getattr(
+            handler.unary_stream, "experimental_non_blocking", False
+        )
+        if blocking_stream and self._limits.streams_full():
+            return self._in_pool(self._shed_handler(handler, method), self._limits.shed_pool)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(handler.unary_stream, method, guard, raw_claim, open_method),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+            if getattr(handler.unary_stream, "experimental_non_blocking", False):
+                # Health/Watch: answers through a callback and returns at once; keep it so.
+                return grpc.unary_stream_rpc_method_handler(
+                    self._non_blocking_stream(handler.unary_stream, method, open_method),
+                    request_deserializer=_tolerant(handler.request_deserializer),
+                    response_serializer=handler.response_serializer,
+                )
+            return self._in_pool(
+                grpc.unary_stream_rpc_method_handler(
+                    self._unary_stream(handler.unary_stream, method, guard, raw_claim, open_method),
+                    request_deserializer=_tolerant(handler.request_deserializer),
+                    response_serializer=handler.response_serializer,
+                ),
+                self._limits.stream_pool,
             )
         if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._streaming_in(handler.stream_stream, method, open_method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+            return self._in_pool(
+                grpc.stream_stream_rpc_method_handler(
+                    self._streaming_in(handler.stream_stream, method, open_method),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                ),
+                self._limits.stream_pool,
             )
         if handler.stream_unary is None:
             return handler
-        return grpc.stream_unary_rpc_method_handler(
-            self._streaming_in(handler.stream_unary, method, open_method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return self._in_pool(
+            grpc.stream_unary_rpc_method_handler(
+                self._streaming_in(handler.stream_unary, method, open_method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            ),
+            self._limits.stream_pool,
         )
+
+    @staticmethod
+    def _in_pool(
+        handler: grpc.RpcMethodHandler[Any, Any], pool: Any
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Make grpcio run ``handler`` in ``pool`` instead of the unary pool (grpcio reads the
+        behavior's ``experimental_thread_pool`` attribute)."""
+        for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behavior = getattr(handler, name)
+            if behavior is not None:
+                behavior.experimental_thread_pool = pool
+        return handler
 
     # -- the per-call steps ------------------------------------------------------------------
 
@@ -247,9 +331,17 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 record.tenant_id = granted.tenant_id or ""
                 record.project_id = granted.project_id or ""
                 return CallContext(
-                    method, identity, None, granted.tenant_id, granted.project_id, True, trace_hex
+                    method,
+                    identity,
+                    None,
+                    granted.tenant_id,
+                    granted.project_id,
+                    True,
+                    trace_hex,
+                    resource=granted.resource,
+                    authority=granted.authority,
                 ), None
-            without_claim = self._authorizer.check_identity(identity or None, method)
+            decision = self._authorizer.check_identity(identity or None, method)
             if request is _UNDECODABLE:
                 raise _Malformed(
                     InvalidArgument(
@@ -259,12 +351,20 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 )
             if guard is not None and guard.tenant_scoped and request is not None:
                 resource = getattr(request, guard.resource_field)
-            authz: Authorization = self._authorizer.authorize(
-                guard, without_claim, resource, raw_claim
-            )
+            authz: Authorization = self._authorizer.authorize(guard, decision, resource, raw_claim)
         except ZumikError as error:
             self._record_decision(
-                _decision(identity, "", method, resource, "denied", error.reason, trace_hex)
+                _decision(
+                    identity,
+                    "",
+                    method,
+                    bounded(
+                        resource if isinstance(resource, str) else "", MAX_AUDITED_RESOURCE_CHARS
+                    ),
+                    "denied",
+                    error.reason,
+                    trace_hex,
+                )
             )
             raise _Denied(error) from None
         record.tenant_id = authz.tenant_id or ""
@@ -277,6 +377,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             project_id=authz.project_id,
             without_claim=authz.without_claim,
             trace_id=trace_hex,
+            resource=authz.resource,
+            authority=authz.authority,
+            project_view=authz.project_view,
         )
         if not (authz.without_claim or (guard is not None and guard.audit_allow)):
             return call, None
@@ -322,25 +425,54 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         call: CallContext,
         allow: AuditEntry | None,
     ) -> Any:
-        """Run a unary-response behavior with ``call`` installed (and the allow tracked)."""
+        """Run a unary-response behavior with ``call`` installed (and the allow tracked).
+
+        A PERMISSION_DENIED raised by the use case (a grant above the caller's authority, see
+        :mod:`zumik_secrets.core.authority`) is an authorization refusal: it is audited as
+        ``authz.deny`` in place of the allow.
+        """
         token = set_call(call)
+        deadline_token = set_deadline(context.time_remaining())
         try:
             if allow is None:
-                return behavior(request, context)
+                try:
+                    return behavior(request, context)
+                except PermissionDenied as error:
+                    self._record_denial(call, error)
+                    raise
             tracked, audit_token = track_call(call.identity)
-            succeeded = False
+            succeeded = denied = False
             try:
                 result = behavior(request, context)
                 succeeded = True
                 return result
+            except PermissionDenied as error:
+                denied = True
+                self._record_denial(call, error)
+                raise
             finally:
                 try:
-                    if not (succeeded and tracked.recorded):
+                    if not (denied or (succeeded and tracked.recorded)):
                         self._record_decision(allow)
                 finally:
                     untrack_call(audit_token)
         finally:
+            reset_deadline(deadline_token)
             reset_call(token)
+
+    def _record_denial(self, call: CallContext, error: PermissionDenied) -> None:
+        self._record_decision(
+            _decision(
+                call.identity,
+                call.subject,
+                call.method,
+                str(call.resource or ""),
+                "denied",
+                error.reason,
+                call.trace_id,
+                tenant_id=call.tenant_id,
+            )
+        )
 
     def _fail(
         self, context: grpc.ServicerContext, record: CallRecord, error: Exception
@@ -374,13 +506,14 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         def serve(request: Any, context: grpc.ServicerContext, record: CallRecord) -> Any:
             try:
-                call, allow = self._authorize(
-                    context, record, method, guard, request, raw_claim, open_method
-                )
-                record.request = request
-                if guard is not None:
-                    self._refuse_secrets(request, allow)
-                return self._run(behavior, request, context, call, allow)
+                with self._limits.call(_peer(context)[0], context.time_remaining()):
+                    call, allow = self._authorize(
+                        context, record, method, guard, request, raw_claim, open_method
+                    )
+                    record.request = request
+                    if guard is not None:
+                        self._refuse_secrets(request, allow)
+                    return self._run(behavior, request, context, call, allow)
             except Exception as error:  # noqa: BLE001 - mapped to a status below
                 self._fail(context, record, error)
 
@@ -417,7 +550,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             span = self._telemetry.start_span(service, name)
             try:
                 with trace.use_span(span, end_on_exit=False):
+                    release = None
                     try:
+                        release = self._limits.stream(_peer(context)[0])
                         call, allow = self._authorize(
                             context, record, method, guard, request, raw_claim, open_method
                         )
@@ -439,8 +574,79 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                                 reset_call(token)
                     except Exception as error:  # noqa: BLE001 - mapped to a status below
                         self._fail(context, record, error)
+                    finally:
+                        if release is not None:
+                            release()
             finally:
                 self._telemetry.finish(span, record, time.perf_counter() - started)
+
+        return handle
+
+    def _non_blocking_stream(self, behavior: Any, method: str, open_method: bool) -> Any:
+        """A non-blocking server-streaming handler (``Health/Watch``) kept non-blocking.
+
+        grpcio calls such a handler with a ``send_response_callback`` and releases the worker as
+        soon as it returns; the stream lives on without a thread. The per-peer stream slot is
+        released when the RPC terminates.
+        """
+        service, name = _split(method)
+
+        def handle(
+            request: Any, context: grpc.ServicerContext, send_response_callback: Any
+        ) -> None:
+            started = time.perf_counter()
+            record = CallRecord(service, name)
+            span = self._telemetry.start_span(service, name)
+            try:
+                try:
+                    release = self._limits.stream(_peer(context)[0])
+                    try:
+                        self._authorize(context, record, method, None, None, None, open_method)
+                        if request is _UNDECODABLE:
+                            raise _Malformed(
+                                InvalidArgument(
+                                    "the request body is not a valid message of this method's "
+                                    "request type",
+                                    reason="MALFORMED_REQUEST",
+                                )
+                            )
+                        if not context.add_callback(release):
+                            release()
+                    except BaseException:
+                        release()
+                        raise
+                except Exception as error:  # noqa: BLE001 - mapped to a status below
+                    self._fail(context, record, error)
+                behavior(request, context, send_response_callback)
+            finally:
+                self._telemetry.finish(span, record, time.perf_counter() - started)
+
+        handle.experimental_non_blocking = True  # type: ignore[attr-defined]
+        return handle
+
+    def _shed_handler(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A refusing handler of the same arity as ``handler`` (a unary handler on a
+        client-streaming call would wait for a request message that may never come)."""
+        shed = self._shed(method)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(shed)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(shed)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(shed)
+        return grpc.unary_unary_rpc_method_handler(shed)
+
+    def _shed(self, method: str) -> Behavior:
+        """The answer of a unary call shed under overload (runs in the shed pool)."""
+        service, name = _split(method)
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            record = CallRecord(service, name)
+            record.code = "RESOURCE_EXHAUSTED"
+            record.reason = "SERVER_OVERLOADED"
+            context.abort_with_status(to_status(overloaded()))
 
         return handle
 
@@ -454,10 +660,20 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             span = self._telemetry.start_span(service, name)
             try:
                 try:
-                    self._authorize(context, record, method, None, None, None, open_method)
+                    release = self._limits.stream(_peer(context)[0])
+                    try:
+                        self._authorize(context, record, method, None, None, None, open_method)
+                    except BaseException:
+                        release()
+                        raise
                 except Exception as error:  # noqa: BLE001 - mapped to a status below
                     self._fail(context, record, error)
-                return behavior(request_iterator, context)
+                context.add_callback(release)
+                responses = behavior(request_iterator, context)
+                if not isinstance(responses, Iterator):
+                    release()
+                    return responses
+                return _releasing(responses, release)
             finally:
                 self._telemetry.finish(span, record, time.perf_counter() - started)
 

@@ -19,6 +19,7 @@ from zumik_secrets.app.audit_witness import FileWitness
 from zumik_secrets.app.change_watcher import ChangeWatcher
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
 from zumik_secrets.app.claim_issuer import ClaimIssuer
+from zumik_secrets.app.claim_revocations import ClaimRevocations
 from zumik_secrets.app.customer_keys import CustomerKeys
 from zumik_secrets.app.data_keys import DataKeys
 from zumik_secrets.app.fingerprints import Fingerprints, Sweeper
@@ -33,6 +34,7 @@ from zumik_secrets.app.signing_keys import ISSUER, SigningKeys
 from zumik_secrets.app.tenant_settings import RetentionDefaults, TenantSettingsService
 from zumik_secrets.app.usage_recorder import UsageFlusher
 from zumik_secrets.app.verification import FailureGuard
+from zumik_secrets.core import page_tokens
 from zumik_secrets.core.claims import ClaimVerifier, TenantClaim
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.core.policy import Policy
@@ -77,6 +79,11 @@ def load_policy(path: str) -> Policy:
     return Policy.from_mapping(data)
 
 
+def _apply_changes(watcher: ChangeWatcher, revocations: ClaimRevocations) -> None:
+    watcher.poll_once()
+    revocations.reload_tombstones()
+
+
 @dataclass
 class Runtime:
     """The process-wide objects of a running server."""
@@ -87,6 +94,7 @@ class Runtime:
     policy: Policy
     claim_keys: SigningKeys
     claim_verifier: ClaimVerifier
+    revocations: ClaimRevocations
     tenant_settings: TenantSettingsService
     audit: AuditRecorder
     watcher: ChangeWatcher
@@ -115,6 +123,8 @@ class Runtime:
         """
         policy = load_policy(config.policy_file)
         keyring = load_keyring(config)
+        # Page tokens are authenticated under a key every replica derives alike (finding 6).
+        page_tokens.configure(next(v.key for v in keyring.versions if v.version == keyring.primary))
         store = open_store(config.database_url)
         try:
             if migrate:
@@ -200,6 +210,9 @@ class Runtime:
                 audit,
                 timeout=config.customer_key_timeout,
                 cache_ttl=config.data_key_cache_ttl,
+                concurrency=config.customer_key_concurrency,
+                breaker_failures=config.customer_key_breaker_failures,
+                breaker_seconds=config.customer_key_breaker_seconds,
             )
             data_keys = DataKeys(
                 store.data_keys,
@@ -230,12 +243,23 @@ class Runtime:
             watcher.subscribe("tenant_settings", tenant_settings.on_change)
             watcher.subscribe("api_key", api_keys.on_change)
             watcher.subscribe("session", sessions.on_change)
+            revocations = ClaimRevocations(
+                store.api_keys,
+                store.sessions,
+                store.purges,
+                max_claim_lifetime=config.claim_ttl_seconds + verifier.leeway,
+            )
+            for kind in ("api_key", "session", "purge"):
+                watcher.subscribe(kind, revocations.on_change)
             purges = PurgeService(
                 store.purges,
                 audit_log,
                 audit_keys,
                 tenant_settings,
-                after_change=watcher.poll_once,
+                # The feed's poll may race the watcher thread's (which then applies the records
+                # a moment later): the tombstones are read here too, so this replica refuses the
+                # purged scope's claims before the purge answers.
+                after_change=lambda: _apply_changes(watcher, revocations),
                 pause_after=config.test_purge_pause_after,
             )
             retention = Retention(
@@ -250,6 +274,8 @@ class Runtime:
             retention_scheduler = RetentionScheduler(retention, config.retention_interval)
             break_glass = BreakGlass(store.grants, policy.break_glass, policy.trust_domain, audit)
             watcher.start()
+            # After the watcher took its starting point, so no change falls between the two.
+            revocations.load(store.changes)
             usage.start()
             fingerprint_sweeper.start()
             retention_scheduler.start()
@@ -272,6 +298,7 @@ class Runtime:
             policy=policy,
             claim_keys=claim_keys,
             claim_verifier=verifier,
+            revocations=revocations,
             tenant_settings=tenant_settings,
             audit=audit,
             watcher=watcher,
@@ -292,12 +319,15 @@ class Runtime:
         )
 
     def verify_claim(self, token: str) -> TenantClaim:
-        """Verify a raw tenant claim now (cached after the first verification).
+        """Verify a raw tenant claim now (the signature is cached after the first verification;
+        revocation and purge are checked on every call).
 
         Raises:
-            Unauthenticated: with the claim's reason code.
+            Unauthenticated: with the claim's reason code (``CLAIM_REVOKED`` and
+                ``CLAIM_NO_CREDENTIAL`` included).
         """
-        return self.claim_verifier.verify(token, int(time.time()))
+        now = time.time()
+        return self.revocations.check_claim(self.claim_verifier.verify(token, int(now)), now)
 
     def close(self) -> None:
         """Stop background work (flushing pending usage) and close storage."""

@@ -8,11 +8,13 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 from zumik_secrets.core import errors
+from zumik_secrets.storage.records import MigrationInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATION_PHASE = re.compile(r"^--\s*phase:\s*(expand|contract)\s*$", re.MULTILINE)
 
 
 def require_aware(dt: datetime) -> datetime:
@@ -91,6 +93,32 @@ class Migration:
     name: str
     sql: str
 
+    @property
+    def phase(self) -> str:
+        """``contract`` if the file declares ``-- phase: contract``, else ``expand``."""
+        match = _MIGRATION_PHASE.search(self.sql)
+        return match.group(1) if match else "expand"
+
+
+def migration_status(
+    migrations: list[Migration], applied: dict[int, datetime]
+) -> list[MigrationInfo]:
+    """Every known migration with its applied time (None: pending), ascending by version.
+
+    A version applied in the database but unknown to this code (a newer release migrated it)
+    is listed too, with name ``(unknown to this release)`` and no SQL.
+    """
+    known = {m.version for m in migrations}
+    out = [
+        MigrationInfo(m.version, m.name, m.phase, m.sql, applied.get(m.version)) for m in migrations
+    ]
+    out += [
+        MigrationInfo(v, "(unknown to this release)", "expand", "", at)
+        for v, at in applied.items()
+        if v not in known
+    ]
+    return sorted(out, key=lambda m: m.version)
+
 
 def load_migrations(package: str) -> list[Migration]:
     """Read ``<package>/migrations/NNNN_name.sql`` (package data), ascending by version.
@@ -122,6 +150,14 @@ def unavailable(backend: str) -> errors.Unavailable:
 def already_exists() -> errors.AlreadyExists:
     """The error for a unique-key collision. Names no value: ids may be probes."""
     return errors.AlreadyExists("a record with this identifier already exists")
+
+
+def out_of_range() -> errors.InvalidArgument:
+    """The error for a value the database cannot hold (an integer of 2^63 or more). Names no
+    value: it came from the caller."""
+    return errors.InvalidArgument(
+        "a value in the request is out of range", reason="VALUE_OUT_OF_RANGE"
+    )
 
 
 def returned_int(row: tuple[object, ...] | None) -> int:

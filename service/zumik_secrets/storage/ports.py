@@ -26,6 +26,7 @@ from zumik_secrets.storage.records import (
     DataKeyRecord,
     GrantRecord,
     HandleRecord,
+    MigrationInfo,
     PurgeJob,
     PurgeReceiptRecord,
     ScheduledDestroy,
@@ -190,6 +191,10 @@ class SessionStore(Protocol):
         """Look a session up by the SHA-256 of its current token (any state)."""
         ...
 
+    def get_by_id(self, session_id: str) -> SessionRecord | None:
+        """A session by id alone (the change feed names sessions by id), or None."""
+        ...
+
     def get(self, tenant_id: str, project_id: str, session_id: str) -> SessionRecord | None:
         """Return the session if it belongs to this tenant and project, else None."""
         ...
@@ -253,7 +258,12 @@ class DataKeyStore(Protocol):
 
     def insert_first(self, rec: DataKeyRecord) -> None:
         """Insert version 1 as primary unless the triple already has a key (race-safe: the
-        loser of a concurrent first use inserts nothing and re-reads)."""
+        loser of a concurrent first use inserts nothing and re-reads).
+
+        Raises:
+            FailedPrecondition: reason ``SCOPE_PURGED``: the tenant or project was purged (a
+                purge job exists for it); nothing is created.
+        """
         ...
 
     def get(
@@ -437,6 +447,11 @@ class CustomerKeyStore(Protocol):
         """The tenant's configuration, or None."""
         ...
 
+    def wrapped_tokens(self) -> list[tuple[str, bytes]]:
+        """Every configured tenant's ``(tenant_id, wrapped_token)`` (the master-key version
+        check of ``keygen --drop-version``; the tokens stay wrapped)."""
+        ...
+
     def put(
         self,
         rec: CustomerKeyRecord,
@@ -504,6 +519,8 @@ class AuditFilter:
         outcome: ``success``, ``failure`` or ``denied``.
         start_time: Events at or after this time.
         end_time: Events before this time.
+        project: ``tenants/{tenant}/projects/{project}``: only events whose target is that
+            project or a resource under it (the view of a project claim).
     """
 
     action: str = ""
@@ -512,6 +529,7 @@ class AuditFilter:
     outcome: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
+    project: str = ""
 
 
 class AuditStore(Protocol):
@@ -608,7 +626,9 @@ class PurgeStore(Protocol):
     """
 
     def create_job(self, job: PurgeJob) -> PurgeJob:
-        """Store a new job in phase ``started``.
+        """Store a new job in phase ``started`` and record a ``purge`` change (entity
+        ``tenant`` or ``tenant/project``) in the same transaction: from this commit on the scope
+        is a tombstone (see :meth:`tombstones`).
 
         Raises:
             AlreadyExists: An unfinished job exists for the same target.
@@ -621,6 +641,13 @@ class PurgeStore(Protocol):
 
     def get_job(self, receipt_id: str) -> PurgeJob | None:
         """A job by id."""
+        ...
+
+    def tombstones(self) -> list[tuple[str, str | None, datetime]]:
+        """Every purged (or being purged) scope: ``(tenant_id, project_id or None, first start)``.
+
+        Persistent (purge jobs are never deleted): a purged scope stays closed.
+        """
         ...
 
     def shred(self, receipt_id: str, at: datetime) -> PurgeJob:
@@ -781,6 +808,11 @@ class Store(Protocol):
         Returns:
             The versions applied by this call (empty when up to date).
         """
+        ...
+
+    def migration_status(self) -> list[MigrationInfo]:
+        """Every migration this release knows (applied or pending) and any applied one it does
+        not know, ascending by version; changes nothing."""
         ...
 
     def check_ready(self) -> None:

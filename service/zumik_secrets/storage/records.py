@@ -278,6 +278,8 @@ class HandleRecord:
         kind: The kind prefix.
         reference: The caller's internal reference (1 to 256 printable characters).
         created_at: When it was minted.
+        project_id: The project that minted it ("" for handles minted before projects owned
+            them, visible only to tenant-wide callers).
     """
 
     tenant_id: str
@@ -285,6 +287,7 @@ class HandleRecord:
     kind: str
     reference: str
     created_at: datetime
+    project_id: str = ""
 
 
 PURGE_PHASES = ("started", "shredded", "deleted", "done")
@@ -408,3 +411,24 @@ class GrantRecord:
     expires_at: datetime | None = None
     revoked_by: str = ""
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationInfo:
+    """One schema migration as ``migrate --status`` shows it.
+
+    Attributes:
+        version: The file's number (``0006_x.sql`` is 6).
+        name: The rest of the file name.
+        phase: ``expand`` (adds only: the previous release keeps working on the new schema) or
+            ``contract`` (removes what the previous release no longer uses), from the file's
+            ``-- phase:`` header line; ``expand`` when absent.
+        sql: The migration's text.
+        applied_at: When it was applied, or None if it is pending.
+    """
+
+    version: int
+    name: str
+    phase: str
+    sql: str = field(repr=False)
+    applied_at: datetime | None = None

@@ -3,6 +3,9 @@
 The tenant always comes from the verified call (the claim's tenant, or, for the identities the
 policy lets act without a claim such as ``billing`` and ``auditor``, the tenant named in
 ``parent``); ``tenants/-`` is the service-wide chain, readable by the auditor identity only.
+A project claim sees only its project's events (``project_view``); the whole chain (export,
+verification, checkpoints, every project's events) needs ``audit.read.tenant``, which the
+interceptor checks.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from google.protobuf import timestamp_pb2
 from zumik.secrets.v1 import audit_service_pb2 as _pb
 from zumik.secrets.v1 import audit_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call, require_in_scope
+from zumik_secrets.api.call_context import current_call
 from zumik_secrets.api.convert import timestamp
 from zumik_secrets.app.audit import AuditEntry
 from zumik_secrets.app.audit_log import AuditLog
@@ -23,6 +26,7 @@ from zumik_secrets.core.audit_chain import SERVICE_TENANT, ChainEvent, ChainFail
 from zumik_secrets.core.audit_events import validate_appended
 from zumik_secrets.core.encoding import b64url_encode
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
+from zumik_secrets.core.names import TenantName
 from zumik_secrets.storage.ports import AuditFilter
 
 _OUTCOME_OUT = {
@@ -42,30 +46,27 @@ _FAILURE_OUT = {
 }
 
 
-def _parent_tenant(parent: str, *, allow_service_chain: bool = True) -> str:
-    """The tenant of ``tenants/{tenant}`` (the interceptor checked it against the call).
+def _parent_tenant(*, allow_service_chain: bool = True) -> str:
+    """The tenant of the checked ``tenants/{tenant}`` parent.
 
     Raises:
         InvalidArgument: reason ``INVALID_NAME`` for another shape.
-        NotFound: the name is not the call's tenant.
     """
-    parts = parent.split("/")
-    if len(parts) != 2 or parts[0] != "tenants" or not parts[1]:
-        raise InvalidArgument(
-            "parent must look like tenants/{tenant}",
-            reason="INVALID_NAME",
-            metadata={"field": "parent"},
-            violations=[FieldViolation("parent", "expected tenants/{tenant}")],
-        )
-    if parts[1] == SERVICE_TENANT and not allow_service_chain:
+    tenant = current_call().resource_as(TenantName, "parent").tenant
+    if tenant == SERVICE_TENANT and not allow_service_chain:
         raise InvalidArgument(
             "parent must name one tenant (events are appended to a tenant's chain)",
             reason="INVALID_NAME",
             metadata={"field": "parent"},
             violations=[FieldViolation("parent", "must name one tenant")],
         )
-    require_in_scope(parent, parts[1])
-    return parts[1]
+    return tenant
+
+
+def project_view(tenant: str) -> str:
+    """The project name a project claim's query is confined to ("" for a tenant-wide view)."""
+    project = current_call().project_view
+    return f"tenants/{tenant}/projects/{project}" if project else ""
 
 
 def _ts(value: timestamp_pb2.Timestamp, field: str, present: bool) -> datetime | None:
@@ -124,7 +125,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
         self, request: _pb.AppendEventRequest, context: grpc.ServicerContext
     ) -> _pb.AppendEventResponse:
         """Append an allow-listed event durably (fails closed: UNAVAILABLE if not stored)."""
-        tenant = _parent_tenant(request.parent, allow_service_chain=False)
+        tenant = _parent_tenant(allow_service_chain=False)
         outcome = _OUTCOME_IN.get(request.outcome)
         if outcome is None:
             raise InvalidArgument(
@@ -155,7 +156,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
         self, request: _pb.QueryEventsRequest, context: grpc.ServicerContext
     ) -> _pb.QueryEventsResponse:
         """One page of the tenant's events matching the filters, oldest first."""
-        tenant = _parent_tenant(request.parent)
+        tenant = _parent_tenant()
         start = _ts(request.start_time, "start_time", request.HasField("start_time"))
         end = _ts(request.end_time, "end_time", request.HasField("end_time"))
         flt = AuditFilter(
@@ -165,6 +166,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
             outcome=_OUTCOME_IN.get(request.outcome, ""),
             start_time=start,
             end_time=end,
+            project=project_view(tenant),
         )
         events, token = self._audit.query(
             tenant, flt, page_size=request.page_size, page_token=request.page_token
@@ -177,7 +179,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
         self, request: _pb.ExportEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[_pb.ExportEventsResponse]:
         """Stream the chain from ``start_sequence`` in the export format."""
-        tenant = _parent_tenant(request.parent)
+        tenant = _parent_tenant()
         for line in self._audit.export(tenant, request.start_sequence):
             yield _pb.ExportEventsResponse(line=line)
 
@@ -185,7 +187,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
         self, request: _pb.VerifyChainRequest, context: grpc.ServicerContext
     ) -> _pb.VerifyChainResponse:
         """Verify a range of the chain and report the first broken link."""
-        tenant = _parent_tenant(request.parent)
+        tenant = _parent_tenant()
         report = self._audit.verify(tenant, request.start_sequence, request.end_sequence)
         return _pb.VerifyChainResponse(
             ok=report.ok,
@@ -201,7 +203,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
         self, request: _pb.CreateCheckpointRequest, context: grpc.ServicerContext
     ) -> _pb.CreateCheckpointResponse:
         """Sign a checkpoint over the chain's current head."""
-        tenant = _parent_tenant(request.parent)
+        tenant = _parent_tenant()
         return _pb.CreateCheckpointResponse(
             checkpoint=checkpoint_proto(self._audit.create_checkpoint(tenant))
         )

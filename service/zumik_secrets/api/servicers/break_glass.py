@@ -9,13 +9,13 @@ import grpc
 from zumik.secrets.v1 import break_glass_service_pb2 as _pb
 from zumik.secrets.v1 import break_glass_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call, require_in_scope
+from zumik_secrets.api.call_context import current_call
 from zumik_secrets.api.convert import duration, read_duration, timestamp
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.grants import BreakGlass, grant_name
 from zumik_secrets.core import break_glass as bg
-from zumik_secrets.core.errors import FieldViolation, InvalidArgument
-from zumik_secrets.core.names import parse_tenant_name
+from zumik_secrets.core.errors import InvalidArgument
+from zumik_secrets.core.names import ANY_TENANT, GrantName, TenantName
 from zumik_secrets.core.primitives import sha256
 from zumik_secrets.storage.records import GrantRecord
 
@@ -39,19 +39,22 @@ def _cert_fingerprint(context: grpc.ServicerContext) -> str:
     return sha256(certs[0]).hex() if len(certs) == 1 else ""
 
 
-def _grant_parts(name: str) -> tuple[str, str]:
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "breakGlassGrants":
+def _grant_parts() -> tuple[str, str]:
+    """The tenant and grant id of the checked resource name (the interceptor parsed it)."""
+    name = current_call().resource_as(GrantName, "name")
+    return name.tenant, name.id
+
+
+def _tenant() -> str:
+    """The tenant of the checked ``parent`` (never the ``tenants/-`` wildcard)."""
+    tenant = current_call().resource_as(TenantName, "parent").tenant
+    if tenant == ANY_TENANT:
         raise InvalidArgument(
-            "name must look like tenants/{tenant}/breakGlassGrants/bg_{id}",
+            "parent must name one tenant (tenants/{tenant})",
             reason="INVALID_NAME",
-            metadata={"field": "name"},
-            violations=[
-                FieldViolation("name", "expected tenants/{tenant}/breakGlassGrants/bg_{id}")
-            ],
+            metadata={"field": "parent"},
         )
-    require_in_scope(name, parts[1])
-    return parts[1], parts[3]
+    return tenant
 
 
 class BreakGlassServicer(_grpc.BreakGlassServiceServicer):
@@ -84,8 +87,7 @@ class BreakGlassServicer(_grpc.BreakGlassServiceServicer):
         self, request: _pb.RequestGrantRequest, context: grpc.ServicerContext
     ) -> _pb.RequestGrantResponse:
         """See the contract."""
-        tenant = parse_tenant_name(request.parent, field="parent").tenant
-        require_in_scope(request.parent, tenant)
+        tenant = _tenant()
         wanted = (
             read_duration(request.duration, "duration") if request.HasField("duration") else None
         )
@@ -104,7 +106,7 @@ class BreakGlassServicer(_grpc.BreakGlassServiceServicer):
         self, request: _pb.ApproveGrantRequest, context: grpc.ServicerContext
     ) -> _pb.ApproveGrantResponse:
         """See the contract."""
-        tenant, grant_id = _grant_parts(request.name)
+        tenant, grant_id = _grant_parts()
         approved = self._bg.approve(_actor(), _cert_fingerprint(context), tenant, grant_id)
         return _pb.ApproveGrantResponse(grant=self._out(approved))
 
@@ -112,22 +114,21 @@ class BreakGlassServicer(_grpc.BreakGlassServiceServicer):
         self, request: _pb.RevokeGrantRequest, context: grpc.ServicerContext
     ) -> _pb.RevokeGrantResponse:
         """See the contract."""
-        tenant, grant_id = _grant_parts(request.name)
+        tenant, grant_id = _grant_parts()
         return _pb.RevokeGrantResponse(grant=self._out(self._bg.revoke(_actor(), tenant, grant_id)))
 
     def GetGrant(
         self, request: _pb.GetGrantRequest, context: grpc.ServicerContext
     ) -> _pb.GetGrantResponse:
         """See the contract."""
-        tenant, grant_id = _grant_parts(request.name)
+        tenant, grant_id = _grant_parts()
         return _pb.GetGrantResponse(grant=self._out(self._bg.get(tenant, grant_id)))
 
     def ListGrants(
         self, request: _pb.ListGrantsRequest, context: grpc.ServicerContext
     ) -> _pb.ListGrantsResponse:
         """See the contract."""
-        tenant = parse_tenant_name(request.parent, field="parent").tenant
-        require_in_scope(request.parent, tenant)
+        tenant = _tenant()
         if not 0 <= request.page_size <= 100:
             raise InvalidArgument(
                 "page_size must be between 0 and 100",

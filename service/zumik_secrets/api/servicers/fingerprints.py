@@ -1,9 +1,10 @@
 """FingerprintService over gRPC: thin conversions around :mod:`zumik_secrets.app.fingerprints`
 and :mod:`zumik_secrets.app.handles`.
 
-The tenant and project come from the verified call context (the interceptor checked that the
-request's resource belongs to them); a name of another tenant is answered exactly as a missing
-resource.
+The resource name comes parsed and checked from the verified call context (the interceptor
+checked its tenant and project once). Handles belong to the project of the claim that minted
+them: a project claim resolves only its own project's handles; another project's handle is
+answered exactly as a missing one.
 """
 
 from __future__ import annotations
@@ -12,19 +13,12 @@ import grpc
 from zumik.secrets.v1 import fingerprint_service_pb2 as _pb
 from zumik.secrets.v1 import fingerprint_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call, require_in_scope
+from zumik_secrets.api.call_context import current_call
 from zumik_secrets.api.convert import read_duration, timestamp
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.fingerprints import MAX_OVERLAP, Fingerprints, MatchResult
 from zumik_secrets.app.handles import Handles
-from zumik_secrets.core.names import (
-    HandleName,
-    ProjectName,
-    TenantName,
-    parse_handle_name,
-    parse_project_name,
-    parse_tenant_name,
-)
+from zumik_secrets.core.names import HandleName, ProjectName, TenantName
 from zumik_secrets.storage.records import HandleRecord
 
 _RESULTS = {
@@ -35,26 +29,11 @@ _RESULTS = {
 
 
 def _actor() -> Actor:
-    call = current_call()
-    return Actor(identity=call.identity, subject=call.subject, trace_id=call.trace_id)
+    return current_call().actor
 
 
-def _project(parent: str) -> ProjectName:
-    parsed = parse_project_name(parent, field="parent")
-    require_in_scope(parent, parsed.tenant, parsed.project)
-    return parsed
-
-
-def _tenant(parent: str) -> TenantName:
-    parsed = parse_tenant_name(parent, field="parent")
-    require_in_scope(parent, parsed.tenant)
-    return parsed
-
-
-def _handle_name(name: str) -> HandleName:
-    parsed = parse_handle_name(name)
-    require_in_scope(name, parsed.tenant)
-    return parsed
+def _project() -> ProjectName:
+    return current_call().resource_as(ProjectName, "parent")
 
 
 def handle_proto(rec: HandleRecord) -> _pb.Handle:
@@ -82,9 +61,7 @@ class FingerprintServicer(_grpc.FingerprintServiceServicer):
         """Fingerprint a batch of values."""
         # One copy of the values out of the message: the container makes a new bytes object on
         # every access, and the use case reads them twice (limits, then HMAC).
-        result = self._fingerprints.fingerprint(
-            _project(request.parent), request.namespace, list(request.values)
-        )
+        result = self._fingerprints.fingerprint(_project(), request.namespace, list(request.values))
         return _pb.FingerprintResponse(
             fingerprints=result.fingerprints,
             previous_fingerprints=result.previous_fingerprints,
@@ -96,7 +73,7 @@ class FingerprintServicer(_grpc.FingerprintServiceServicer):
     ) -> _pb.MatchFingerprintResponse:
         """Check a value against a fingerprint."""
         result = self._fingerprints.match(
-            _project(request.parent), request.namespace, request.value, request.fingerprint
+            _project(), request.namespace, request.value, request.fingerprint
         )
         return _pb.MatchFingerprintResponse(result=_RESULTS[result])
 
@@ -104,7 +81,7 @@ class FingerprintServicer(_grpc.FingerprintServiceServicer):
         self, request: _pb.RotateFingerprintKeyRequest, context: grpc.ServicerContext
     ) -> _pb.RotateFingerprintKeyResponse:
         """Make a new fingerprint key version primary."""
-        parent = _project(request.parent)
+        parent = _project()
         overlap = read_duration(request.overlap, "overlap", maximum=MAX_OVERLAP)
         result = self._fingerprints.rotate(parent, overlap, _actor())
         return _pb.RotateFingerprintKeyResponse(
@@ -117,13 +94,23 @@ class FingerprintServicer(_grpc.FingerprintServiceServicer):
         self, request: _pb.MintHandleRequest, context: grpc.ServicerContext
     ) -> _pb.MintHandleResponse:
         """Mint a random handle for a reference."""
-        rec = self._handles.mint(_tenant(request.parent), request.kind, request.reference, _actor())
+        call = current_call()
+        rec = self._handles.mint(
+            call.resource_as(TenantName, "parent"),
+            request.kind,
+            request.reference,
+            call.actor,
+            project=(call.project_id or "") if call.claim is not None else "",
+        )
         return _pb.MintHandleResponse(handle=handle_proto(rec))
 
     def ResolveHandle(
         self, request: _pb.ResolveHandleRequest, context: grpc.ServicerContext
     ) -> _pb.ResolveHandleResponse:
         """Resolve a handle to its reference."""
-        return _pb.ResolveHandleResponse(
-            handle=handle_proto(self._handles.resolve(_handle_name(request.name)))
+        call = current_call()
+        rec = self._handles.resolve(
+            call.resource_as(HandleName, "name"),
+            project=call.project_id if call.claim is not None else None,
         )
+        return _pb.ResolveHandleResponse(handle=handle_proto(rec))

@@ -1,8 +1,8 @@
 """KeyService: API keys, sessions and tenant-claim signing keys.
 
-Thin on purpose: parse the request's names with :mod:`zumik_secrets.core.names`, act for the
-tenant and project the interceptor established (:func:`current_call`), call the use case, and
-convert the answer. Raw keys and tokens appear only in Create and Rotate responses.
+Thin on purpose: take the resource name the interceptor parsed and checked
+(:meth:`CallContext.resource_as`) and the caller's authority, call the use case, and convert the
+answer. Raw keys and tokens appear only in Create and Rotate responses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from zumik.secrets.v1 import common_pb2 as _common
 from zumik.secrets.v1 import key_service_pb2 as _pb
 from zumik.secrets.v1 import key_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import CallContext, current_call, require_in_scope
+from zumik_secrets.api.call_context import CallContext, current_call
 from zumik_secrets.api.convert import duration, read_duration, timestamp
 from zumik_secrets.api.servicers.signing_keys import signing_key_proto
 from zumik_secrets.app.actor import Actor
@@ -52,22 +52,16 @@ def _actor(call: CallContext) -> Actor:
     return Actor(identity=call.identity, subject=call.subject, trace_id=call.trace_id)
 
 
-def _project(field: str, value: str) -> names.ProjectName:
-    parent = names.parse_project_name(value, field=field)
-    require_in_scope(value, parent.tenant, parent.project)
-    return parent
+def _project(field: str) -> names.ProjectName:
+    return current_call().resource_as(names.ProjectName, field)
 
 
-def _key_name(value: str) -> names.ApiKeyName:
-    name = names.parse_api_key_name(value)
-    require_in_scope(value, name.tenant, name.project)
-    return name
+def _key_name() -> names.ApiKeyName:
+    return current_call().resource_as(names.ApiKeyName, "name")
 
 
-def _session_name(value: str) -> names.SessionName:
-    name = names.parse_session_name(value)
-    require_in_scope(value, name.tenant, name.project)
-    return name
+def _session_name() -> names.SessionName:
+    return current_call().resource_as(names.SessionName, "name")
 
 
 def _now() -> datetime:
@@ -155,7 +149,7 @@ class KeyServicer(_grpc.KeyServiceServicer):
         self, request: _pb.CreateApiKeyRequest, context: grpc.ServicerContext
     ) -> _pb.CreateApiKeyResponse:
         """Create a key; the raw key is returned here only."""
-        parent = _project("parent", request.parent)
+        parent = _project("parent")
         ttl = (
             read_duration(request.ttl, "ttl", maximum=MAX_TTL) if request.HasField("ttl") else None
         )
@@ -166,6 +160,7 @@ class KeyServicer(_grpc.KeyServiceServicer):
             ttl=ttl,
             environment=request.environment,
             actor=_actor(current_call()),
+            authority=current_call().authority,
         )
         return _pb.CreateApiKeyResponse(
             api_key=api_key_proto(created.record), raw_key=created.raw_key
@@ -197,15 +192,13 @@ class KeyServicer(_grpc.KeyServiceServicer):
         self, request: _pb.GetApiKeyRequest, context: grpc.ServicerContext
     ) -> _pb.GetApiKeyResponse:
         """Return a key's metadata."""
-        return _pb.GetApiKeyResponse(
-            api_key=api_key_proto(self._api_keys.get(_key_name(request.name)))
-        )
+        return _pb.GetApiKeyResponse(api_key=api_key_proto(self._api_keys.get(_key_name())))
 
     def ListApiKeys(
         self, request: _pb.ListApiKeysRequest, context: grpc.ServicerContext
     ) -> _pb.ListApiKeysResponse:
         """One page of a project's keys (masked prefixes and metadata only)."""
-        parent = _project("parent", request.parent)
+        parent = _project("parent")
         page, token = self._api_keys.list(
             parent,
             page_size=request.page_size,
@@ -220,7 +213,7 @@ class KeyServicer(_grpc.KeyServiceServicer):
         self, request: _pb.RevokeApiKeyRequest, context: grpc.ServicerContext
     ) -> _pb.RevokeApiKeyResponse:
         """Revoke a key (idempotent)."""
-        name = _key_name(request.name)
+        name = _key_name()
         rec = self._api_keys.revoke(name, _actor(current_call()))
         return _pb.RevokeApiKeyResponse(api_key=api_key_proto(rec))
 
@@ -228,13 +221,14 @@ class KeyServicer(_grpc.KeyServiceServicer):
         self, request: _pb.RotateApiKeyRequest, context: grpc.ServicerContext
     ) -> _pb.RotateApiKeyResponse:
         """Replace a key; the old one works for the grace period (0: revoked now)."""
-        name = _key_name(request.name)
+        name = _key_name()
         grace = (
             read_duration(request.grace_period, "grace_period", maximum=MAX_GRACE)
             if request.HasField("grace_period")
             else timedelta(0)
         )
-        rotated = self._api_keys.rotate(name, grace, _actor(current_call()))
+        call = current_call()
+        rotated = self._api_keys.rotate(name, grace, _actor(call), authority=call.authority)
         return _pb.RotateApiKeyResponse(
             api_key=api_key_proto(rotated.record),
             raw_key=rotated.raw_key,
@@ -260,7 +254,7 @@ class KeyServicer(_grpc.KeyServiceServicer):
         self, request: _pb.CreateSessionRequest, context: grpc.ServicerContext
     ) -> _pb.CreateSessionResponse:
         """Create a session; the raw token is returned here only."""
-        parent = _project("parent", request.parent)
+        parent = _project("parent")
         idle = (
             read_duration(request.idle_timeout, "idle_timeout", maximum=MAX_IDLE_TIMEOUT)
             if request.HasField("idle_timeout")
@@ -280,6 +274,7 @@ class KeyServicer(_grpc.KeyServiceServicer):
             idle_timeout=idle,
             absolute_timeout=absolute,
             actor=_actor(current_call()),
+            authority=current_call().authority,
         )
         return _pb.CreateSessionResponse(
             session=self._session_proto(issued.record), token=issued.token
@@ -312,15 +307,18 @@ class KeyServicer(_grpc.KeyServiceServicer):
         self, request: _pb.GetSessionRequest, context: grpc.ServicerContext
     ) -> _pb.GetSessionResponse:
         """Return a session's metadata."""
-        rec = self._sessions.get(_session_name(request.name))
+        rec = self._sessions.get(_session_name())
         return _pb.GetSessionResponse(session=self._session_proto(rec))
 
     def RotateSession(
         self, request: _pb.RotateSessionRequest, context: grpc.ServicerContext
     ) -> _pb.RotateSessionResponse:
         """Give the session a new token; the old one stops working at once."""
-        name = _session_name(request.name)
-        issued = self._sessions.rotate(name, list(request.scopes), _actor(current_call()))
+        name = _session_name()
+        call = current_call()
+        issued = self._sessions.rotate(
+            name, list(request.scopes), _actor(call), authority=call.authority
+        )
         return _pb.RotateSessionResponse(
             session=self._session_proto(issued.record), token=issued.token
         )
@@ -329,14 +327,14 @@ class KeyServicer(_grpc.KeyServiceServicer):
         self, request: _pb.RevokeSessionRequest, context: grpc.ServicerContext
     ) -> _pb.RevokeSessionResponse:
         """Revoke one session (idempotent)."""
-        rec = self._sessions.revoke(_session_name(request.name), _actor(current_call()))
+        rec = self._sessions.revoke(_session_name(), _actor(current_call()))
         return _pb.RevokeSessionResponse(session=self._session_proto(rec))
 
     def RevokeUserSessions(
         self, request: _pb.RevokeUserSessionsRequest, context: grpc.ServicerContext
     ) -> _pb.RevokeUserSessionsResponse:
         """Revoke every active session of one user in a project."""
-        parent = _project("parent", request.parent)
+        parent = _project("parent")
         count = self._sessions.revoke_user(parent, request.user_subject, _actor(current_call()))
         return _pb.RevokeUserSessionsResponse(revoked_count=count)
 

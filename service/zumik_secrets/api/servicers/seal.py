@@ -1,8 +1,8 @@
 """SealService over gRPC: thin conversions around :mod:`zumik_secrets.app.sealed_secrets`.
 
-The tenant and project come from the verified call context (the interceptor checked that the
-request's resource belongs to them); a name that does not parse, or names another tenant, is
-answered exactly as a missing resource.
+The resource name comes parsed and checked from the call context (the interceptor checked that
+it belongs to the claim's tenant and project, once); a name of another tenant was answered
+exactly as a missing resource before the servicer ran.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from zumik.secrets.v1 import common_pb2 as _common
 from zumik.secrets.v1 import seal_service_pb2 as _pb
 from zumik.secrets.v1 import seal_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call, require_in_scope
+from zumik_secrets.api.call_context import current_call
 from zumik_secrets.api.convert import timestamp
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.sealed_secrets import SealedSecrets
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
-from zumik_secrets.core.names import ProjectName, SecretName, parse_project_name, parse_secret_name
+from zumik_secrets.core.names import ProjectName, SecretName
 from zumik_secrets.core.sealing import PURPOSE_FINGERPRINT, PURPOSE_SEAL
 from zumik_secrets.storage.records import DataKeyRecord, SealedSecretRecord
 
@@ -37,20 +37,15 @@ _STATES_OUT = {
 
 
 def _actor() -> Actor:
-    call = current_call()
-    return Actor(identity=call.identity, subject=call.subject, trace_id=call.trace_id)
+    return current_call().actor
 
 
-def _secret_name(name: str) -> SecretName:
-    parsed = parse_secret_name(name)
-    require_in_scope(name, parsed.tenant, parsed.project)
-    return parsed
+def _secret_name() -> SecretName:
+    return current_call().resource_as(SecretName, "name")
 
 
-def _project(parent: str) -> ProjectName:
-    parsed = parse_project_name(parent, field="parent")
-    require_in_scope(parent, parsed.tenant, parsed.project)
-    return parsed
+def _project() -> ProjectName:
+    return current_call().resource_as(ProjectName, "parent")
 
 
 def _purpose(value: int, *, required: bool = False) -> str:
@@ -104,7 +99,7 @@ class SealServicer(_grpc.SealServiceServicer):
 
     def Seal(self, request: _pb.SealRequest, context: grpc.ServicerContext) -> _pb.SealResponse:
         """Seal a plaintext; return the handle and metadata."""
-        parent = _project(request.parent)
+        parent = _project()
         rec = self._secrets.seal(
             parent, request.display_name, request.plaintext, dict(request.metadata), _actor()
         )
@@ -112,7 +107,7 @@ class SealServicer(_grpc.SealServiceServicer):
 
     def Open(self, request: _pb.OpenRequest, context: grpc.ServicerContext) -> _pb.OpenResponse:
         """Return the plaintext (audited durably before it leaves)."""
-        name = _secret_name(request.name)
+        name = _secret_name()
         plaintext, version = self._secrets.open(name, _actor())
         response = _pb.OpenResponse(name=request.name, plaintext=plaintext, version=version)
         del plaintext
@@ -122,16 +117,14 @@ class SealServicer(_grpc.SealServiceServicer):
         self, request: _pb.GetSecretRequest, context: grpc.ServicerContext
     ) -> _pb.GetSecretResponse:
         """A secret's metadata."""
-        return _pb.GetSecretResponse(
-            secret=secret_proto(self._secrets.get(_secret_name(request.name)))
-        )
+        return _pb.GetSecretResponse(secret=secret_proto(self._secrets.get(_secret_name())))
 
     def ListSecrets(
         self, request: _pb.ListSecretsRequest, context: grpc.ServicerContext
     ) -> _pb.ListSecretsResponse:
         """One page of a project's secrets."""
         page, token = self._secrets.list_secrets(
-            _project(request.parent), size=request.page_size, token=request.page_token
+            _project(), size=request.page_size, token=request.page_token
         )
         return _pb.ListSecretsResponse(
             secrets=[secret_proto(r) for r in page], next_page_token=token
@@ -141,16 +134,14 @@ class SealServicer(_grpc.SealServiceServicer):
         self, request: _pb.UpdateSecretRequest, context: grpc.ServicerContext
     ) -> _pb.UpdateSecretResponse:
         """Seal a new version of the plaintext."""
-        rec = self._secrets.update(_secret_name(request.name), request.plaintext, _actor())
+        rec = self._secrets.update(_secret_name(), request.plaintext, _actor())
         return _pb.UpdateSecretResponse(secret=secret_proto(rec))
 
     def DeleteSecret(
         self, request: _pb.DeleteSecretRequest, context: grpc.ServicerContext
     ) -> _pb.DeleteSecretResponse:
         """Delete a secret, optionally rotating the seal key afterwards."""
-        rotated = self._secrets.delete(
-            _secret_name(request.name), request.rotate_data_key, _actor()
-        )
+        rotated = self._secrets.delete(_secret_name(), request.rotate_data_key, _actor())
         return _pb.DeleteSecretResponse(
             name=request.name, data_key=data_key_proto(rotated) if rotated else None
         )
@@ -159,9 +150,7 @@ class SealServicer(_grpc.SealServiceServicer):
         self, request: _pb.RotateDataKeyRequest, context: grpc.ServicerContext
     ) -> _pb.RotateDataKeyResponse:
         """Make a new data-key version primary."""
-        rec = self._secrets.rotate_data_key(
-            _project(request.parent), _purpose(request.purpose), _actor()
-        )
+        rec = self._secrets.rotate_data_key(_project(), _purpose(request.purpose), _actor())
         return _pb.RotateDataKeyResponse(data_key=data_key_proto(rec))
 
     def ListDataKeyVersions(
@@ -169,7 +158,7 @@ class SealServicer(_grpc.SealServiceServicer):
     ) -> _pb.ListDataKeyVersionsResponse:
         """One page of data-key versions."""
         page, token = self._secrets.list_data_keys(
-            _project(request.parent),
+            _project(),
             _purpose(request.purpose),
             size=request.page_size,
             token=request.page_token,
@@ -183,7 +172,7 @@ class SealServicer(_grpc.SealServiceServicer):
     ) -> _pb.RewrapSecretsResponse:
         """Re-encrypt a batch of secrets under the primary seal key."""
         result = self._secrets.rewrap(
-            _project(request.parent),
+            _project(),
             batch=request.batch_size,
             token=request.page_token,
             actor=_actor(),
@@ -200,7 +189,7 @@ class SealServicer(_grpc.SealServiceServicer):
     ) -> _pb.DestroyDataKeyVersionResponse:
         """Crypto-shred one non-primary data-key version."""
         result = self._secrets.destroy_data_key(
-            _project(request.parent),
+            _project(),
             _purpose(request.purpose, required=True),
             request.version,
             request.confirm_version,

@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2
 from zumik.secrets.v1 import tenant_service_pb2 as _pb
 from zumik.secrets.v1 import tenant_service_pb2_grpc as _grpc
 
-from zumik_secrets.api.call_context import current_call, require_in_scope
+from zumik_secrets.api.call_context import current_call
 from zumik_secrets.api.convert import duration, timestamp
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.customer_keys import CustomerKeys
@@ -25,9 +25,11 @@ from zumik_secrets.app.tenant_settings import (
 from zumik_secrets.core import purge_receipts
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
 from zumik_secrets.core.names import (
-    parse_project_name,
-    parse_purge_receipt_name,
-    parse_tenant_name,
+    ANY_TENANT,
+    ProjectName,
+    PurgeReceiptName,
+    SettingsName,
+    TenantName,
 )
 from zumik_secrets.storage.records import PurgeReceiptRecord, TenantSettings
 
@@ -35,7 +37,6 @@ _MODES_OUT = {"default": _pb.TELEMETRY_MODE_DEFAULT, RICH_MODE: _pb.TELEMETRY_MO
 _MODES_IN = {_pb.TELEMETRY_MODE_DEFAULT: "default", _pb.TELEMETRY_MODE_RICH: RICH_MODE}
 _SETTINGS_SUFFIX = "/settings"
 _UPDATABLE = ("telemetry_mode", *RETENTION_FIELDS)
-_ANY_TENANT = "-"
 
 
 def _bad_settings_name() -> InvalidArgument:
@@ -47,14 +48,13 @@ def _bad_settings_name() -> InvalidArgument:
     )
 
 
-def _settings_tenant(name: str, *, allow_any: bool = False) -> str:
-    """The tenant of `tenants/{tenant}/settings` (the interceptor checked the tenant part);
-    with ``allow_any``, `tenants/-/settings` gives ``-`` (every tenant)."""
-    parts = name.split("/")
-    if len(parts) != 3 or parts[2] != "settings" or (parts[1] == _ANY_TENANT and not allow_any):
+def _settings_tenant(*, allow_any: bool = False) -> str:
+    """The tenant of the checked `tenants/{tenant}/settings`; with ``allow_any``,
+    `tenants/-/settings` gives ``-`` (every tenant)."""
+    tenant = current_call().resource_as(SettingsName, "name").tenant
+    if tenant == ANY_TENANT and not allow_any:
         raise _bad_settings_name()
-    require_in_scope(name, parts[1])
-    return parts[1]
+    return tenant
 
 
 def _actor() -> Actor:
@@ -124,7 +124,7 @@ class TenantServicer(_grpc.TenantServiceServicer):
         self, request: _pb.GetTenantSettingsRequest, context: grpc.ServicerContext
     ) -> _pb.GetTenantSettingsResponse:
         """Return the settings of the caller's tenant (defaults filled in)."""
-        tenant = _settings_tenant(request.name)
+        tenant = _settings_tenant()
         return _pb.GetTenantSettingsResponse(
             settings=_to_proto(
                 self._settings.effective(tenant), self._customer_keys.is_configured(tenant)
@@ -136,7 +136,7 @@ class TenantServicer(_grpc.TenantServiceServicer):
     ) -> _pb.UpdateTenantSettingsResponse:
         """Update the fields named by update_mask; a retention field named but left unset in
         ``settings`` goes back to the default."""
-        tenant = _settings_tenant(request.name)
+        tenant = _settings_tenant()
         paths = list(request.update_mask.paths)
         if not paths:
             raise InvalidArgument(
@@ -179,7 +179,7 @@ class TenantServicer(_grpc.TenantServiceServicer):
         self, request: _pb.ConfigureCustomerKeyRequest, context: grpc.ServicerContext
     ) -> _pb.ConfigureCustomerKeyResponse:
         """Bind the tenant's data keys to its own Transit key (verified, then rewrapped)."""
-        tenant = _settings_tenant(request.name)
+        tenant = _settings_tenant()
         self._customer_keys.configure(
             tenant,
             address=request.address,
@@ -197,16 +197,15 @@ class TenantServicer(_grpc.TenantServiceServicer):
         self, request: _pb.RunRetentionRequest, context: grpc.ServicerContext
     ) -> _pb.RunRetentionResponse:
         """Run the retention sweeps now for the tenant (or, for `tenants/-/settings`, all)."""
-        tenant = _settings_tenant(request.name, allow_any=True)
-        removed = self._retention.run(None if tenant == _ANY_TENANT else tenant, _actor())
+        tenant = _settings_tenant(allow_any=True)
+        removed = self._retention.run(None if tenant == ANY_TENANT else tenant, _actor())
         return _pb.RunRetentionResponse(removed=removed)
 
     def PurgeProject(
         self, request: _pb.PurgeProjectRequest, context: grpc.ServicerContext
     ) -> _pb.PurgeProjectResponse:
         """Crypto-shred and delete one project; answer with the signed receipt."""
-        name = parse_project_name(request.name)
-        require_in_scope(request.name, name.tenant, name.project)
+        name = current_call().resource_as(ProjectName, "name")
         rec = self._purges.purge_project(name, request.confirm, _actor())
         return _pb.PurgeProjectResponse(receipt=receipt_to_proto(rec))
 
@@ -214,8 +213,7 @@ class TenantServicer(_grpc.TenantServiceServicer):
         self, request: _pb.PurgeTenantRequest, context: grpc.ServicerContext
     ) -> _pb.PurgeTenantResponse:
         """Crypto-shred and delete a whole tenant; answer with the signed receipt."""
-        name = parse_tenant_name(request.name)
-        require_in_scope(request.name, name.tenant)
+        name = current_call().resource_as(TenantName, "name")
         rec = self._purges.purge_tenant(name, request.confirm, _actor())
         return _pb.PurgeTenantResponse(receipt=receipt_to_proto(rec))
 
@@ -223,6 +221,5 @@ class TenantServicer(_grpc.TenantServiceServicer):
         self, request: _pb.GetPurgeReceiptRequest, context: grpc.ServicerContext
     ) -> _pb.GetPurgeReceiptResponse:
         """Return a stored receipt (available after the tenant is gone)."""
-        name = parse_purge_receipt_name(request.name)
-        require_in_scope(request.name, name.tenant)
+        name = current_call().resource_as(PurgeReceiptName, "name")
         return _pb.GetPurgeReceiptResponse(receipt=receipt_to_proto(self._purges.get_receipt(name)))

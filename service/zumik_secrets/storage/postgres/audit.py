@@ -240,6 +240,9 @@ class PgAuditStore:
             if value:
                 where.append(f"{column} = %s")
                 params.append(value)
+        if flt.project:
+            where.append("(target = %s OR left(target, %s) = %s)")
+            params.extend([flt.project, len(flt.project) + 1, flt.project + "/"])
         if flt.start_time is not None:
             where.append("time >= %s")
             params.append(c.require_aware(flt.start_time))

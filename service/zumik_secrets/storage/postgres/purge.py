@@ -135,6 +135,8 @@ class PgPurgeStore:
                     job.target,
                 ),
             )
+            scope = job.tenant_id if job.project_id is None else f"{job.tenant_id}/{job.project_id}"
+            _record_changes(conn, "purge", [scope])
         return job
 
     def open_job(self, target: str) -> PurgeJob | None:
@@ -142,6 +144,13 @@ class PgPurgeStore:
             f"SELECT {_JOB_COLS} FROM purge_jobs WHERE target = %s AND phase <> 'done'", (target,)
         )
         return None if row is None else _job(row)
+
+    def tombstones(self) -> list[tuple[str, str | None, datetime]]:
+        rows = self._db.all(
+            "SELECT tenant_id, project_id, min(started_at) FROM purge_jobs"
+            " GROUP BY tenant_id, project_id"
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
 
     def get_job(self, receipt_id: str) -> PurgeJob | None:
         row = self._db.one(
@@ -209,11 +218,9 @@ class PgPurgeStore:
             secrets = conn.execute(f"DELETE FROM sealed_secrets WHERE {where}", params).rowcount
             conn.execute(f"DELETE FROM data_keys WHERE {where}", params)
             conn.execute(f"DELETE FROM fingerprint_key_schedule WHERE {where}", params)
-            handles = settings = customer = 0
+            handles = conn.execute(f"DELETE FROM handles WHERE {where}", params).rowcount
+            settings = customer = 0
             if job.project_id is None:
-                handles = conn.execute(
-                    "DELETE FROM handles WHERE tenant_id = %s", (job.tenant_id,)
-                ).rowcount
                 settings = conn.execute(
                     "DELETE FROM tenant_settings WHERE tenant_id = %s", (job.tenant_id,)
                 ).rowcount
@@ -267,10 +274,17 @@ class PgPurgeStore:
         """Nothing to do here: see the module docstring for what remains and why it is inert."""
 
     def scope_has_data(self, tenant_id: str, project_id: str | None) -> bool:
-        tables = ["api_keys", "sessions", "sealed_secrets", "data_keys", "fingerprint_key_schedule"]
+        tables = [
+            "api_keys",
+            "sessions",
+            "sealed_secrets",
+            "data_keys",
+            "fingerprint_key_schedule",
+            "handles",
+        ]
         if project_id is None:
             where, params = "tenant_id = %s", [tenant_id]
-            tables += ["handles", "tenant_settings", "customer_keys"]
+            tables += ["tenant_settings", "customer_keys"]
         else:
             where, params = "tenant_id = %s AND project_id = %s", [tenant_id, project_id]
         query = " OR ".join(f"EXISTS (SELECT 1 FROM {t} WHERE {where})" for t in tables)

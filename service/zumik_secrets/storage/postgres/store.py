@@ -32,6 +32,7 @@ from zumik_secrets.storage.postgres.audit import PgAuditStore
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
+    MigrationInfo,
     SessionRecord,
     SigningKeyRecord,
     TenantSettings,
@@ -57,11 +58,15 @@ def map_db_errors() -> Iterator[None]:
         AlreadyExists: A unique constraint failed.
         Unavailable: Cannot connect, the pool timed out or is closed, the server went away,
             or the transaction must be retried (serialization failure, deadlock).
+        InvalidArgument: ``VALUE_OUT_OF_RANGE``: a value the column cannot hold.
     """
     try:
         yield
     except psycopg.errors.UniqueViolation as exc:
         raise c.already_exists() from exc
+    except (psycopg.errors.NumericValueOutOfRange, psycopg.DataError, OverflowError) as exc:
+        # A value the column cannot hold (an integer >= 2^63): bad input, never INTERNAL.
+        raise c.out_of_range() from exc
     except (psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
         # OperationalError covers PoolTimeout, connection failures, admin shutdown, query
         # cancellation and transaction-rollback errors: all "try again later".
@@ -502,6 +507,13 @@ class PgSessionStore:
         row = self._db.one(f"SELECT {_SE_COLS} FROM sessions WHERE token_hash = %s", (token_hash,))
         return None if row is None else _se(row)
 
+    def get_by_id(self, session_id: str) -> SessionRecord | None:
+        with self._db.conn() as conn:
+            row = conn.execute(
+                f"SELECT {_SE_COLS} FROM sessions WHERE session_id = %s", (session_id,)
+            ).fetchone()
+        return None if row is None else _se(row)
+
     def get(self, tenant_id: str, project_id: str, session_id: str) -> SessionRecord | None:
         with self._db.conn() as conn:
             return self._get(conn, tenant_id, project_id, session_id)
@@ -794,6 +806,21 @@ class PgStore:
                 )
                 applied_now.append(m.version)
         return applied_now
+
+    def migration_status(self) -> list[MigrationInfo]:
+        """Every migration this release knows, applied or pending, read without changing
+        anything (``migrate --status`` and ``--dry-run``).
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        migrations = c.load_migrations("zumik_secrets.storage.postgres")
+        exists = self._db.one("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        applied: dict[int, datetime] = {}
+        if exists and exists[0]:
+            for version, at in self._db.all("SELECT version, applied_at FROM schema_migrations"):
+                applied[int(version)] = c.utc(at)
+        return c.migration_status(migrations, applied)
 
     def check_ready(self) -> None:
         """``SELECT 1`` through the pool.

@@ -182,6 +182,9 @@ class SqliteAuditStore:
             if value:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if flt.project:
+            where.append("(target = ? OR substr(target, 1, ?) = ?)")
+            params.extend([flt.project, len(flt.project) + 1, flt.project + "/"])
         if flt.start_time is not None:
             where.append("time >= ?")
             params.append(c.to_us(flt.start_time))

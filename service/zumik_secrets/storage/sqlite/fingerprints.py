@@ -94,18 +94,25 @@ class SqliteHandleStore:
     def insert(self, rec: HandleRecord) -> HandleRecord:
         with self._db.write() as conn:
             conn.execute(
-                "INSERT INTO handles (tenant_id, handle, kind, reference, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (rec.tenant_id, rec.handle, rec.kind, rec.reference, c.to_us(rec.created_at)),
+                "INSERT INTO handles (tenant_id, handle, kind, reference, created_at, project_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    rec.tenant_id,
+                    rec.handle,
+                    rec.kind,
+                    rec.reference,
+                    c.to_us(rec.created_at),
+                    rec.project_id,
+                ),
             )
         return rec
 
     def get(self, tenant_id: str, handle: str) -> HandleRecord | None:
         row = self._db.one(
-            "SELECT tenant_id, handle, kind, reference, created_at FROM handles"
+            "SELECT tenant_id, handle, kind, reference, created_at, project_id FROM handles"
             " WHERE tenant_id = ? AND handle = ?",
             (tenant_id, handle),
         )
         if row is None:
             return None
-        return HandleRecord(row[0], row[1], row[2], row[3], c.from_us(row[4]))
+        return HandleRecord(row[0], row[1], row[2], row[3], c.from_us(row[4]), row[5])

@@ -130,6 +130,8 @@ class SqlitePurgeStore:
                     job.target,
                 ),
             )
+            scope = job.tenant_id if job.project_id is None else f"{job.tenant_id}/{job.project_id}"
+            _record_changes(conn, "purge", [scope])
         return job
 
     def open_job(self, target: str) -> PurgeJob | None:
@@ -137,6 +139,13 @@ class SqlitePurgeStore:
             f"SELECT {_JOB_COLS} FROM purge_jobs WHERE target = ? AND phase != 'done'", (target,)
         )
         return None if row is None else _job(row)
+
+    def tombstones(self) -> list[tuple[str, str | None, datetime]]:
+        rows = self._db.all(
+            "SELECT tenant_id, project_id, min(started_at) FROM purge_jobs"
+            " GROUP BY tenant_id, project_id"
+        )
+        return [(row[0], row[1], c.from_us(row[2])) for row in rows]
 
     def get_job(self, receipt_id: str) -> PurgeJob | None:
         row = self._db.one(
@@ -203,11 +212,9 @@ class SqlitePurgeStore:
             secrets = conn.execute(f"DELETE FROM sealed_secrets WHERE {where}", params).rowcount
             conn.execute(f"DELETE FROM data_keys WHERE {where}", params)
             conn.execute(f"DELETE FROM fingerprint_key_schedule WHERE {where}", params)
-            handles = settings = 0
+            handles = conn.execute(f"DELETE FROM handles WHERE {where}", params).rowcount
+            settings = 0
             if job.project_id is None:
-                handles = conn.execute(
-                    "DELETE FROM handles WHERE tenant_id = ?", (job.tenant_id,)
-                ).rowcount
                 settings = conn.execute(
                     "DELETE FROM tenant_settings WHERE tenant_id = ?", (job.tenant_id,)
                 ).rowcount
@@ -261,10 +268,17 @@ class SqlitePurgeStore:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def scope_has_data(self, tenant_id: str, project_id: str | None) -> bool:
-        tables = ["api_keys", "sessions", "sealed_secrets", "data_keys", "fingerprint_key_schedule"]
+        tables = [
+            "api_keys",
+            "sessions",
+            "sealed_secrets",
+            "data_keys",
+            "fingerprint_key_schedule",
+            "handles",
+        ]
         if project_id is None:
             where, params = "tenant_id = ?", [tenant_id]
-            tables += ["handles", "tenant_settings", "customer_keys"]
+            tables += ["tenant_settings", "customer_keys"]
         else:
             where, params = "tenant_id = ? AND project_id = ?", [tenant_id, project_id]
         query = " UNION ALL ".join(

@@ -61,6 +61,18 @@ class SqliteDataKeyStore:
 
     def insert_first(self, rec: DataKeyRecord) -> None:
         with self._db.write() as conn:
+            # Defence in depth behind the claim tombstones: a late call that raced a purge
+            # (on another replica, inside the change-feed bound) re-creates no data key.
+            purged = conn.execute(
+                "SELECT 1 FROM purge_jobs WHERE tenant_id = ?"
+                " AND (project_id IS NULL OR project_id = ?) LIMIT 1",
+                (rec.tenant_id, rec.project_id),
+            ).fetchone()
+            if purged is not None:
+                raise errors.FailedPrecondition(
+                    "the tenant or project was purged; nothing can be created in it again",
+                    reason="SCOPE_PURGED",
+                )
             # OR IGNORE covers both the primary key and the one-primary index: the loser of a
             # race inserts nothing and re-reads the winner's key.
             conn.execute(
@@ -350,6 +362,14 @@ class SqliteCustomerKeyStore:
         return CustomerKeyRecord(
             row[0], row[1], row[2], row[3], bytes(row[4]), row[5], c.from_us(row[6])
         )
+
+    def wrapped_tokens(self) -> list[tuple[str, bytes]]:
+        return [
+            (str(r[0]), bytes(r[1]))
+            for r in self._db.all(
+                "SELECT tenant_id, wrapped_token FROM customer_keys ORDER BY tenant_id"
+            )
+        ]
 
     def put(
         self,

@@ -28,6 +28,7 @@ from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
+    MigrationInfo,
     SessionRecord,
     SigningKeyRecord,
     TenantSettings,
@@ -72,6 +73,7 @@ def map_db_errors() -> Iterator[None]:
     Raises:
         AlreadyExists: A UNIQUE or PRIMARY KEY constraint failed.
         Unavailable: The database is locked past busy_timeout, unreadable, or closed.
+        InvalidArgument: ``VALUE_OUT_OF_RANGE``: an integer too large for the database.
     """
     try:
         yield
@@ -80,6 +82,9 @@ def map_db_errors() -> Iterator[None]:
         if mapped is None:
             raise
         raise mapped from exc
+    except OverflowError as exc:
+        # An integer SQLite cannot hold (>= 2^63) reached a query: bad input, never INTERNAL.
+        raise c.out_of_range() from exc
 
 
 class _Combined:
@@ -796,6 +801,13 @@ class SqliteSessionStore:
         row = self._db.one(f"SELECT {_SE_COLS} FROM sessions WHERE token_hash = ?", (token_hash,))
         return None if row is None else _se(row)
 
+    def get_by_id(self, session_id: str) -> SessionRecord | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_SE_COLS} FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return None if row is None else _se(row)
+
     def get(self, tenant_id: str, project_id: str, session_id: str) -> SessionRecord | None:
         with self._db.read() as conn:
             return self._get(conn, tenant_id, project_id, session_id)
@@ -994,6 +1006,23 @@ class SqliteStore:
                 )
                 applied_now.append(m.version)
         return applied_now
+
+    def migration_status(self) -> list[MigrationInfo]:
+        """Every migration this release knows, applied or pending, read without changing
+        anything (``migrate --status`` and ``--dry-run``).
+
+        Raises:
+            Unavailable: The file cannot be read.
+        """
+        migrations = c.load_migrations("zumik_secrets.storage.sqlite")
+        exists = self._db.one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        )
+        applied: dict[int, datetime] = {}
+        if exists:
+            for version, at in self._db.all("SELECT version, applied_at FROM schema_migrations"):
+                applied[int(version)] = c.from_us(at)
+        return c.migration_status(migrations, applied)
 
     def check_ready(self) -> None:
         """Read the schema version (a round trip through the pool).

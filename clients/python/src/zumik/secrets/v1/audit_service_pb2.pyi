@@ -140,7 +140,9 @@ class AuditEvent(_message.Message):
     outcome: Global___AuditOutcome.ValueType
     """Outcome of the action."""
     reason: _builtins.str
-    """Stable UPPER_SNAKE reason code of the outcome."""
+    """Stable UPPER_SNAKE reason code of the outcome (for a refused call, the ErrorInfo reason it
+    got; see ErrorReason), or empty.
+    """
     trace_id: _builtins.str
     """Trace id of the call that caused the event."""
     hash: _builtins.bytes
@@ -180,7 +182,10 @@ Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 
 @_typing.final
 class AppendEventRequest(_message.Message):
-    """Request of AuditService.AppendEvent."""
+    """Request of AuditService.AppendEvent. Required: parent, action, outcome. No field may hold
+    anything that looks like a secret (an API key, session token, claim, private key or long
+    random string): such a request is refused with `SECRET_IN_EVENT` naming the field.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -211,19 +216,25 @@ class AppendEventRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """`tenants/{tenant}`."""
+    """The chain to append to: `tenants/{tenant}`, one tenant (`tenants/-` is refused). Required."""
     action: _builtins.str
-    """Event type from the allow-list (for example `billing.plan_changed`)."""
+    """What happened. Required; exactly one of the allow-list (other values are refused with
+    `INVALID_EVENT`): `billing.plan_changed`, `billing.payment_method_changed`,
+    `billing.invoice_paid`, `billing.invoice_failed`, `billing.subscription_created`,
+    `billing.subscription_cancelled`, `billing.credit_granted`, `billing.refund_issued`.
+    """
     target: _builtins.str
-    """Name or handle of the resource acted on (at most 256 characters)."""
+    """Name or handle of the resource acted on; optional, at most 256 characters."""
     outcome: Global___AuditOutcome.ValueType
-    """Outcome of the action."""
+    """Outcome of the action. Required: AUDIT_OUTCOME_UNSPECIFIED is refused with
+    `INVALID_EVENT` (`metadata.field` = `outcome`).
+    """
     reason: _builtins.str
-    """Stable UPPER_SNAKE reason code (at most 64 characters)."""
+    """Why the outcome happened; optional: empty, or UPPER_SNAKE `^[A-Z][A-Z0-9_]{0,63}$`."""
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Small non-secret attributes (at most 16 entries, keys up to 64 and values up to 256
-        characters). Values that look like keys, tokens or claims are refused.
+        """Small non-secret attributes; optional: at most 16 entries, keys
+        `^[a-z][a-z0-9_.]{0,63}$`, values at most 256 characters.
         """
 
     def __init__(
@@ -284,7 +295,10 @@ class QueryEventsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """`tenants/{tenant}` (or `tenants/-` for the service-wide chain)."""
+    """`tenants/{tenant}`, the tenant of the caller's claim. `tenants/-` (the service-wide chain)
+    only for a caller without a claim whose identity the policy lets read audit events without
+    one; with a claim it answers NOT_FOUND.
+    """
     action: _builtins.str
     """Only events with this action."""
     actor: _builtins.str
@@ -294,7 +308,9 @@ class QueryEventsRequest(_message.Message):
     outcome: Global___AuditOutcome.ValueType
     """Only events with this outcome."""
     page_size: _builtins.int
-    """Maximum number of events to return (default 100, at most 1000)."""
+    """Maximum number of events to return (0 for the default of 100; larger values are capped at
+    1000; negative is INVALID_ARGUMENT `INVALID_PAGE_SIZE`).
+    """
     page_token: _builtins.str
     """Token from a previous response's next_page_token."""
     @_builtins.property
@@ -363,7 +379,7 @@ class ExportEventsRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     START_SEQUENCE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """`tenants/{tenant}` (or `tenants/-`)."""
+    """`tenants/{tenant}` (`tenants/-` only without a claim, as for QueryEvents)."""
     start_sequence: _builtins.int
     """First sequence number to export; 0 or 1 for the start of what is retained."""
     def __init__(
@@ -412,7 +428,7 @@ class VerifyChainRequest(_message.Message):
     START_SEQUENCE_FIELD_NUMBER: _builtins.int
     END_SEQUENCE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """`tenants/{tenant}` (or `tenants/-`)."""
+    """`tenants/{tenant}` (`tenants/-` only without a claim, as for QueryEvents)."""
     start_sequence: _builtins.int
     """First sequence number to verify; 0 for the start of what is retained."""
     end_sequence: _builtins.int
@@ -472,7 +488,17 @@ Global___VerifyChainResponse: _TypeAlias = VerifyChainResponse  # noqa: Y015
 
 @_typing.final
 class Checkpoint(_message.Message):
-    """A signed statement of a tenant's chain head."""
+    """A signed statement of a tenant's chain head.
+
+    To verify one: build the statement, the UTF-8 bytes of the JSON object
+    `{"head":H,"seq":N,"tenant":T,"time":S,"type":"zumik.audit.checkpoint","v":1}` with the keys
+    in exactly that (sorted) order and no whitespace, where H is `head_hash` in lower-case hex,
+    N is `sequence` as a JSON integer, T is `tenant` as a JSON string (non-ASCII characters
+    written as themselves), and S is `time` in RFC 3339 UTC with exactly six fractional digits
+    (`2026-01-31T12:00:00.000123Z`; the nanos are always whole microseconds). Then check
+    `signature`, Ed25519 (RFC 8032) over those bytes, with the key AuditService.ListCheckpointKeys
+    lists under `kid`. `kid` is not signed. Test vectors: tests/vectors/checkpoints.json.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -491,7 +517,7 @@ class Checkpoint(_message.Message):
     kid: _builtins.str
     """Key id of the signing key."""
     signature: _builtins.bytes
-    """Ed25519 signature over the canonical checkpoint statement."""
+    """Ed25519 signature (64 bytes) over the canonical checkpoint statement described above."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the checkpoint was made."""
@@ -522,7 +548,7 @@ class CreateCheckpointRequest(_message.Message):
 
     PARENT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """`tenants/{tenant}` (or `tenants/-`)."""
+    """`tenants/{tenant}` (`tenants/-` only without a claim, as for QueryEvents)."""
     def __init__(
         self,
         *,

@@ -28,6 +28,11 @@ if _version_not_supported:
 class AuditServiceStub:
     """AuditService is the tamper-evident log of authentication, authorization decisions, key usage,
     billing changes and purges: a hash chain per tenant with signed checkpoints.
+
+    Chains are named by their tenant: `tenants/{tenant}`; `tenants/-` is the service-wide chain
+    (events that belong to no tenant), readable only by identities the policy lets act without a
+    claim: a tenant claim never names tenant `-`, so with a claim `tenants/-` answers NOT_FOUND.
+    See common.proto for the errors every call can return.
     """
 
     def __init__(self, channel):
@@ -71,11 +76,23 @@ class AuditServiceStub:
 class AuditServiceServicer:
     """AuditService is the tamper-evident log of authentication, authorization decisions, key usage,
     billing changes and purges: a hash chain per tenant with signed checkpoints.
+
+    Chains are named by their tenant: `tenants/{tenant}`; `tenants/-` is the service-wide chain
+    (events that belong to no tenant), readable only by identities the policy lets act without a
+    claim: a tenant claim never names tenant `-`, so with a claim `tenants/-` answers NOT_FOUND.
+    See common.proto for the errors every call can return.
     """
 
     def AppendEvent(self, request, context):
-        """Appends an event on behalf of another service (billing changes and the like). The event type
-        must be on the allow-list and attributes must not look like secrets.
+        """Appends an event on behalf of another service (billing changes and the like) to one
+        tenant's chain, durably: the response carries the stored event. See AppendEventRequest
+        for the allow-list of actions and the rules each field must follow.
+
+        Errors: INVALID_ARGUMENT `INVALID_NAME` (parent not `tenants/{tenant}`, or `tenants/-`),
+        `INVALID_EVENT` (action not on the allow-list, outcome unset, a field over its limit;
+        `metadata.field` names it), `SECRET_IN_EVENT` (a value looks like a secret; the event is
+        not stored and the value is not echoed); UNAVAILABLE `AUDIT_UNAVAILABLE` (not stored;
+        retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,6 +100,8 @@ class AuditServiceServicer:
 
     def QueryEvents(self, request, context):
         """Queries a tenant's events with filters, oldest first.
+
+        Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,21 +109,29 @@ class AuditServiceServicer:
 
     def ExportEvents(self, request, context):
         """Streams a tenant's chain from a sequence number, one line per event in the export format
-        the offline verifier reads.
+        the offline verifier reads (`zumik-secrets audit verify`).
+
+        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative start_sequence).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VerifyChain(self, request, context):
-        """Verifies a range of a tenant's chain and reports the first broken link.
+        """Verifies a range of a tenant's chain and reports the first broken link. A broken chain is
+        an OK response with `ok` false, not an error.
+
+        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range, or a start past the
+        head); UNAVAILABLE `AUDIT_UNAVAILABLE` (the witness could not be read: no verdict either
+        way).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateCheckpoint(self, request, context):
-        """Signs a checkpoint over a tenant's current chain head.
+        """Signs a checkpoint over a tenant's current chain head (see Checkpoint for what is signed
+        and how to verify it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +188,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
 class AuditService:
     """AuditService is the tamper-evident log of authentication, authorization decisions, key usage,
     billing changes and purges: a hash chain per tenant with signed checkpoints.
+
+    Chains are named by their tenant: `tenants/{tenant}`; `tenants/-` is the service-wide chain
+    (events that belong to no tenant), readable only by identities the policy lets act without a
+    claim: a tenant claim never names tenant `-`, so with a claim `tenants/-` answers NOT_FOUND.
+    See common.proto for the errors every call can return.
     """
 
     @staticmethod

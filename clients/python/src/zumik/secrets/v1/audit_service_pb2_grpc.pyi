@@ -29,6 +29,11 @@ GRPC_VERSION: str
 class AuditServiceStub:
     """AuditService is the tamper-evident log of authentication, authorization decisions, key usage,
     billing changes and purges: a hash chain per tenant with signed checkpoints.
+
+    Chains are named by their tenant: `tenants/{tenant}`; `tenants/-` is the service-wide chain
+    (events that belong to no tenant), readable only by identities the policy lets act without a
+    claim: a tenant claim never names tenant `-`, so with a claim `tenants/-` answers NOT_FOUND.
+    See common.proto for the errors every call can return.
     """
 
     @_typing.overload
@@ -36,19 +41,39 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     AppendEvent: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.AppendEventRequest, _audit_service_pb2.AppendEventResponse]
-    """Appends an event on behalf of another service (billing changes and the like). The event type
-    must be on the allow-list and attributes must not look like secrets.
+    """Appends an event on behalf of another service (billing changes and the like) to one
+    tenant's chain, durably: the response carries the stored event. See AppendEventRequest
+    for the allow-list of actions and the rules each field must follow.
+
+    Errors: INVALID_ARGUMENT `INVALID_NAME` (parent not `tenants/{tenant}`, or `tenants/-`),
+    `INVALID_EVENT` (action not on the allow-list, outcome unset, a field over its limit;
+    `metadata.field` names it), `SECRET_IN_EVENT` (a value looks like a secret; the event is
+    not stored and the value is not echoed); UNAVAILABLE `AUDIT_UNAVAILABLE` (not stored;
+    retry).
     """
     QueryEvents: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.QueryEventsRequest, _audit_service_pb2.QueryEventsResponse]
-    """Queries a tenant's events with filters, oldest first."""
+    """Queries a tenant's events with filters, oldest first.
+
+    Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`.
+    """
     ExportEvents: _grpc.UnaryStreamMultiCallable[_audit_service_pb2.ExportEventsRequest, _audit_service_pb2.ExportEventsResponse]
     """Streams a tenant's chain from a sequence number, one line per event in the export format
-    the offline verifier reads.
+    the offline verifier reads (`zumik-secrets audit verify`).
+
+    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative start_sequence).
     """
     VerifyChain: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyChainRequest, _audit_service_pb2.VerifyChainResponse]
-    """Verifies a range of a tenant's chain and reports the first broken link."""
+    """Verifies a range of a tenant's chain and reports the first broken link. A broken chain is
+    an OK response with `ok` false, not an error.
+
+    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range, or a start past the
+    head); UNAVAILABLE `AUDIT_UNAVAILABLE` (the witness could not be read: no verdict either
+    way).
+    """
     CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.CreateCheckpointRequest, _audit_service_pb2.CreateCheckpointResponse]
-    """Signs a checkpoint over a tenant's current chain head."""
+    """Signs a checkpoint over a tenant's current chain head (see Checkpoint for what is signed
+    and how to verify it).
+    """
     ListCheckpointKeys: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListCheckpointKeysRequest, _audit_service_pb2.ListCheckpointKeysResponse]
     """Lists the public keys that sign audit checkpoints and purge receipts."""
 
@@ -56,29 +81,59 @@ class AuditServiceStub:
 class AuditServiceAsyncStub(AuditServiceStub):
     """AuditService is the tamper-evident log of authentication, authorization decisions, key usage,
     billing changes and purges: a hash chain per tenant with signed checkpoints.
+
+    Chains are named by their tenant: `tenants/{tenant}`; `tenants/-` is the service-wide chain
+    (events that belong to no tenant), readable only by identities the policy lets act without a
+    claim: a tenant claim never names tenant `-`, so with a claim `tenants/-` answers NOT_FOUND.
+    See common.proto for the errors every call can return.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AppendEvent: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.AppendEventRequest, _audit_service_pb2.AppendEventResponse]  # type: ignore[assignment]
-    """Appends an event on behalf of another service (billing changes and the like). The event type
-    must be on the allow-list and attributes must not look like secrets.
+    """Appends an event on behalf of another service (billing changes and the like) to one
+    tenant's chain, durably: the response carries the stored event. See AppendEventRequest
+    for the allow-list of actions and the rules each field must follow.
+
+    Errors: INVALID_ARGUMENT `INVALID_NAME` (parent not `tenants/{tenant}`, or `tenants/-`),
+    `INVALID_EVENT` (action not on the allow-list, outcome unset, a field over its limit;
+    `metadata.field` names it), `SECRET_IN_EVENT` (a value looks like a secret; the event is
+    not stored and the value is not echoed); UNAVAILABLE `AUDIT_UNAVAILABLE` (not stored;
+    retry).
     """
     QueryEvents: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.QueryEventsRequest, _audit_service_pb2.QueryEventsResponse]  # type: ignore[assignment]
-    """Queries a tenant's events with filters, oldest first."""
+    """Queries a tenant's events with filters, oldest first.
+
+    Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`.
+    """
     ExportEvents: _aio.UnaryStreamMultiCallable[_audit_service_pb2.ExportEventsRequest, _audit_service_pb2.ExportEventsResponse]  # type: ignore[assignment]
     """Streams a tenant's chain from a sequence number, one line per event in the export format
-    the offline verifier reads.
+    the offline verifier reads (`zumik-secrets audit verify`).
+
+    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative start_sequence).
     """
     VerifyChain: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyChainRequest, _audit_service_pb2.VerifyChainResponse]  # type: ignore[assignment]
-    """Verifies a range of a tenant's chain and reports the first broken link."""
+    """Verifies a range of a tenant's chain and reports the first broken link. A broken chain is
+    an OK response with `ok` false, not an error.
+
+    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range, or a start past the
+    head); UNAVAILABLE `AUDIT_UNAVAILABLE` (the witness could not be read: no verdict either
+    way).
+    """
     CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.CreateCheckpointRequest, _audit_service_pb2.CreateCheckpointResponse]  # type: ignore[assignment]
-    """Signs a checkpoint over a tenant's current chain head."""
+    """Signs a checkpoint over a tenant's current chain head (see Checkpoint for what is signed
+    and how to verify it).
+    """
     ListCheckpointKeys: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListCheckpointKeysRequest, _audit_service_pb2.ListCheckpointKeysResponse]  # type: ignore[assignment]
     """Lists the public keys that sign audit checkpoints and purge receipts."""
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuditService is the tamper-evident log of authentication, authorization decisions, key usage,
     billing changes and purges: a hash chain per tenant with signed checkpoints.
+
+    Chains are named by their tenant: `tenants/{tenant}`; `tenants/-` is the service-wide chain
+    (events that belong to no tenant), readable only by identities the policy lets act without a
+    claim: a tenant claim never names tenant `-`, so with a claim `tenants/-` answers NOT_FOUND.
+    See common.proto for the errors every call can return.
     """
 
     @_abc_1.abstractmethod
@@ -87,8 +142,15 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.AppendEventRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.AppendEventResponse, _abc.Awaitable[_audit_service_pb2.AppendEventResponse]]:
-        """Appends an event on behalf of another service (billing changes and the like). The event type
-        must be on the allow-list and attributes must not look like secrets.
+        """Appends an event on behalf of another service (billing changes and the like) to one
+        tenant's chain, durably: the response carries the stored event. See AppendEventRequest
+        for the allow-list of actions and the rules each field must follow.
+
+        Errors: INVALID_ARGUMENT `INVALID_NAME` (parent not `tenants/{tenant}`, or `tenants/-`),
+        `INVALID_EVENT` (action not on the allow-list, outcome unset, a field over its limit;
+        `metadata.field` names it), `SECRET_IN_EVENT` (a value looks like a secret; the event is
+        not stored and the value is not echoed); UNAVAILABLE `AUDIT_UNAVAILABLE` (not stored;
+        retry).
         """
 
     @_abc_1.abstractmethod
@@ -97,7 +159,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.QueryEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.QueryEventsResponse, _abc.Awaitable[_audit_service_pb2.QueryEventsResponse]]:
-        """Queries a tenant's events with filters, oldest first."""
+        """Queries a tenant's events with filters, oldest first.
+
+        Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`.
+        """
 
     @_abc_1.abstractmethod
     def ExportEvents(
@@ -106,7 +171,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_audit_service_pb2.ExportEventsResponse], _abc.AsyncIterator[_audit_service_pb2.ExportEventsResponse]]:
         """Streams a tenant's chain from a sequence number, one line per event in the export format
-        the offline verifier reads.
+        the offline verifier reads (`zumik-secrets audit verify`).
+
+        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative start_sequence).
         """
 
     @_abc_1.abstractmethod
@@ -115,7 +182,13 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.VerifyChainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.VerifyChainResponse, _abc.Awaitable[_audit_service_pb2.VerifyChainResponse]]:
-        """Verifies a range of a tenant's chain and reports the first broken link."""
+        """Verifies a range of a tenant's chain and reports the first broken link. A broken chain is
+        an OK response with `ok` false, not an error.
+
+        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative or inverted range, or a start past the
+        head); UNAVAILABLE `AUDIT_UNAVAILABLE` (the witness could not be read: no verdict either
+        way).
+        """
 
     @_abc_1.abstractmethod
     def CreateCheckpoint(
@@ -123,7 +196,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.CreateCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.CreateCheckpointResponse, _abc.Awaitable[_audit_service_pb2.CreateCheckpointResponse]]:
-        """Signs a checkpoint over a tenant's current chain head."""
+        """Signs a checkpoint over a tenant's current chain head (see Checkpoint for what is signed
+        and how to verify it).
+        """
 
     @_abc_1.abstractmethod
     def ListCheckpointKeys(

@@ -86,6 +86,11 @@ class BreakGlassServiceServicer:
 
     def RequestGrant(self, request, context):
         """Asks for a grant on a tenant; it waits for a second operator's approval.
+
+        Errors: INVALID_ARGUMENT `UNKNOWN_PERMISSION_SET`, `FIELD_REQUIRED` (reason),
+        `INVALID_ARGUMENT` (reason too long), `INVALID_TICKET`, `INVALID_DURATION`, `GRANT_TOO_LONG`,
+        `GRANT_TOO_SHORT`; PERMISSION_DENIED `NOT_AN_OPERATOR`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+        request was not kept).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +98,10 @@ class BreakGlassServiceServicer:
 
     def ApproveGrant(self, request, context):
         """Approves a pending grant; the grant starts now and ends after its duration.
+
+        Errors: PERMISSION_DENIED `NOT_AN_OPERATOR`, `SELF_APPROVAL`, `SAME_CERTIFICATE`;
+        FAILED_PRECONDITION `GRANT_NOT_PENDING`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the approval was
+        undone).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +109,9 @@ class BreakGlassServiceServicer:
 
     def RevokeGrant(self, request, context):
         """Revokes a pending or active grant at once (any operator may).
+
+        Errors: PERMISSION_DENIED `NOT_AN_OPERATOR`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the grant
+        stays revoked).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +126,8 @@ class BreakGlassServiceServicer:
 
     def ListGrants(self, request, context):
         """Lists a tenant's grants, newest first.
+
+        Errors: INVALID_ARGUMENT `INVALID_PAGE_SIZE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

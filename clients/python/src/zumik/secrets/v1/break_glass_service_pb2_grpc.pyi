@@ -44,15 +44,33 @@ class BreakGlassServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BreakGlassServiceAsyncStub: ...
     RequestGrant: _grpc.UnaryUnaryMultiCallable[_break_glass_service_pb2.RequestGrantRequest, _break_glass_service_pb2.RequestGrantResponse]
-    """Asks for a grant on a tenant; it waits for a second operator's approval."""
+    """Asks for a grant on a tenant; it waits for a second operator's approval.
+
+    Errors: INVALID_ARGUMENT `UNKNOWN_PERMISSION_SET`, `FIELD_REQUIRED` (reason),
+    `INVALID_ARGUMENT` (reason too long), `INVALID_TICKET`, `INVALID_DURATION`, `GRANT_TOO_LONG`,
+    `GRANT_TOO_SHORT`; PERMISSION_DENIED `NOT_AN_OPERATOR`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+    request was not kept).
+    """
     ApproveGrant: _grpc.UnaryUnaryMultiCallable[_break_glass_service_pb2.ApproveGrantRequest, _break_glass_service_pb2.ApproveGrantResponse]
-    """Approves a pending grant; the grant starts now and ends after its duration."""
+    """Approves a pending grant; the grant starts now and ends after its duration.
+
+    Errors: PERMISSION_DENIED `NOT_AN_OPERATOR`, `SELF_APPROVAL`, `SAME_CERTIFICATE`;
+    FAILED_PRECONDITION `GRANT_NOT_PENDING`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the approval was
+    undone).
+    """
     RevokeGrant: _grpc.UnaryUnaryMultiCallable[_break_glass_service_pb2.RevokeGrantRequest, _break_glass_service_pb2.RevokeGrantResponse]
-    """Revokes a pending or active grant at once (any operator may)."""
+    """Revokes a pending or active grant at once (any operator may).
+
+    Errors: PERMISSION_DENIED `NOT_AN_OPERATOR`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the grant
+    stays revoked).
+    """
     GetGrant: _grpc.UnaryUnaryMultiCallable[_break_glass_service_pb2.GetGrantRequest, _break_glass_service_pb2.GetGrantResponse]
     """Returns a grant."""
     ListGrants: _grpc.UnaryUnaryMultiCallable[_break_glass_service_pb2.ListGrantsRequest, _break_glass_service_pb2.ListGrantsResponse]
-    """Lists a tenant's grants, newest first."""
+    """Lists a tenant's grants, newest first.
+
+    Errors: INVALID_ARGUMENT `INVALID_PAGE_SIZE`.
+    """
 
 @_typing.type_check_only
 class BreakGlassServiceAsyncStub(BreakGlassServiceStub):
@@ -70,15 +88,33 @@ class BreakGlassServiceAsyncStub(BreakGlassServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RequestGrant: _aio.UnaryUnaryMultiCallable[_break_glass_service_pb2.RequestGrantRequest, _break_glass_service_pb2.RequestGrantResponse]  # type: ignore[assignment]
-    """Asks for a grant on a tenant; it waits for a second operator's approval."""
+    """Asks for a grant on a tenant; it waits for a second operator's approval.
+
+    Errors: INVALID_ARGUMENT `UNKNOWN_PERMISSION_SET`, `FIELD_REQUIRED` (reason),
+    `INVALID_ARGUMENT` (reason too long), `INVALID_TICKET`, `INVALID_DURATION`, `GRANT_TOO_LONG`,
+    `GRANT_TOO_SHORT`; PERMISSION_DENIED `NOT_AN_OPERATOR`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+    request was not kept).
+    """
     ApproveGrant: _aio.UnaryUnaryMultiCallable[_break_glass_service_pb2.ApproveGrantRequest, _break_glass_service_pb2.ApproveGrantResponse]  # type: ignore[assignment]
-    """Approves a pending grant; the grant starts now and ends after its duration."""
+    """Approves a pending grant; the grant starts now and ends after its duration.
+
+    Errors: PERMISSION_DENIED `NOT_AN_OPERATOR`, `SELF_APPROVAL`, `SAME_CERTIFICATE`;
+    FAILED_PRECONDITION `GRANT_NOT_PENDING`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the approval was
+    undone).
+    """
     RevokeGrant: _aio.UnaryUnaryMultiCallable[_break_glass_service_pb2.RevokeGrantRequest, _break_glass_service_pb2.RevokeGrantResponse]  # type: ignore[assignment]
-    """Revokes a pending or active grant at once (any operator may)."""
+    """Revokes a pending or active grant at once (any operator may).
+
+    Errors: PERMISSION_DENIED `NOT_AN_OPERATOR`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the grant
+    stays revoked).
+    """
     GetGrant: _aio.UnaryUnaryMultiCallable[_break_glass_service_pb2.GetGrantRequest, _break_glass_service_pb2.GetGrantResponse]  # type: ignore[assignment]
     """Returns a grant."""
     ListGrants: _aio.UnaryUnaryMultiCallable[_break_glass_service_pb2.ListGrantsRequest, _break_glass_service_pb2.ListGrantsResponse]  # type: ignore[assignment]
-    """Lists a tenant's grants, newest first."""
+    """Lists a tenant's grants, newest first.
+
+    Errors: INVALID_ARGUMENT `INVALID_PAGE_SIZE`.
+    """
 
 class BreakGlassServiceServicer(metaclass=_abc_1.ABCMeta):
     """BreakGlassService gives a human operator emergency access to one tenant, and nothing more.
@@ -99,7 +135,13 @@ class BreakGlassServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _break_glass_service_pb2.RequestGrantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_break_glass_service_pb2.RequestGrantResponse, _abc.Awaitable[_break_glass_service_pb2.RequestGrantResponse]]:
-        """Asks for a grant on a tenant; it waits for a second operator's approval."""
+        """Asks for a grant on a tenant; it waits for a second operator's approval.
+
+        Errors: INVALID_ARGUMENT `UNKNOWN_PERMISSION_SET`, `FIELD_REQUIRED` (reason),
+        `INVALID_ARGUMENT` (reason too long), `INVALID_TICKET`, `INVALID_DURATION`, `GRANT_TOO_LONG`,
+        `GRANT_TOO_SHORT`; PERMISSION_DENIED `NOT_AN_OPERATOR`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+        request was not kept).
+        """
 
     @_abc_1.abstractmethod
     def ApproveGrant(
@@ -107,7 +149,12 @@ class BreakGlassServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _break_glass_service_pb2.ApproveGrantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_break_glass_service_pb2.ApproveGrantResponse, _abc.Awaitable[_break_glass_service_pb2.ApproveGrantResponse]]:
-        """Approves a pending grant; the grant starts now and ends after its duration."""
+        """Approves a pending grant; the grant starts now and ends after its duration.
+
+        Errors: PERMISSION_DENIED `NOT_AN_OPERATOR`, `SELF_APPROVAL`, `SAME_CERTIFICATE`;
+        FAILED_PRECONDITION `GRANT_NOT_PENDING`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the approval was
+        undone).
+        """
 
     @_abc_1.abstractmethod
     def RevokeGrant(
@@ -115,7 +162,11 @@ class BreakGlassServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _break_glass_service_pb2.RevokeGrantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_break_glass_service_pb2.RevokeGrantResponse, _abc.Awaitable[_break_glass_service_pb2.RevokeGrantResponse]]:
-        """Revokes a pending or active grant at once (any operator may)."""
+        """Revokes a pending or active grant at once (any operator may).
+
+        Errors: PERMISSION_DENIED `NOT_AN_OPERATOR`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the grant
+        stays revoked).
+        """
 
     @_abc_1.abstractmethod
     def GetGrant(
@@ -131,6 +182,9 @@ class BreakGlassServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _break_glass_service_pb2.ListGrantsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_break_glass_service_pb2.ListGrantsResponse, _abc.Awaitable[_break_glass_service_pb2.ListGrantsResponse]]:
-        """Lists a tenant's grants, newest first."""
+        """Lists a tenant's grants, newest first.
+
+        Errors: INVALID_ARGUMENT `INVALID_PAGE_SIZE`.
+        """
 
 def add_BreakGlassServiceServicer_to_server(servicer: BreakGlassServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

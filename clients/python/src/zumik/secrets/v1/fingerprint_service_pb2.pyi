@@ -249,7 +249,9 @@ class Handle(_message.Message):
     name: _builtins.str
     """Resource name: `tenants/{tenant}/handles/{kind}_{id}`."""
     handle: _builtins.str
-    """The handle itself: `{kind}_` and 22 base62 characters of 128 random bits."""
+    """The handle itself, `{kind}_{id}`: `{kind}` as minted and `{id}` 22 base62 characters
+    encoding 128 random bits (see common.proto).
+    """
     kind: _builtins.str
     """Kind chosen at minting (`^[a-z]{2,8}$`)."""
     reference: _builtins.str
@@ -289,7 +291,7 @@ class MintHandleRequest(_message.Message):
     kind: _builtins.str
     """Kind prefix of the handle (`^[a-z]{2,8}$`)."""
     reference: _builtins.str
-    """The caller's internal reference (1 to 256 characters)."""
+    """The caller's internal reference (1 to 256 printable characters; never echoed in errors)."""
     def __init__(
         self,
         *,

@@ -29,6 +29,11 @@ class FingerprintServiceStub:
     """FingerprintService computes keyed HMAC-SHA256 fingerprints under a per-(tenant, project) key,
     so equal values can be linked within a tenant and never across tenants or key rotations, and
     mints random opaque public handles for other services' resources.
+
+    A handle (`{kind}_{id}`, named `tenants/{tenant}/handles/{kind}_{id}`) stands for a
+    reference the calling service chose; it is unrelated to the names of sealed secrets
+    (`.../secrets/sec_{id}`), which SealService returns. See common.proto for the grammar and
+    the errors every call can return.
     """
 
     def __init__(self, channel):
@@ -68,10 +73,19 @@ class FingerprintServiceServicer:
     """FingerprintService computes keyed HMAC-SHA256 fingerprints under a per-(tenant, project) key,
     so equal values can be linked within a tenant and never across tenants or key rotations, and
     mints random opaque public handles for other services' resources.
+
+    A handle (`{kind}_{id}`, named `tenants/{tenant}/handles/{kind}_{id}`) stands for a
+    reference the calling service chose; it is unrelated to the names of sealed secrets
+    (`.../secrets/sec_{id}`), which SealService returns. See common.proto for the grammar and
+    the errors every call can return.
     """
 
     def Fingerprint(self, request, context):
         """Fingerprints a batch of values (at most 1000) in one namespace.
+
+        Errors: INVALID_ARGUMENT `INVALID_NAMESPACE`, `FIELD_REQUIRED` (no value),
+        `BATCH_TOO_LARGE`, `VALUE_TOO_LARGE`; FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`;
+        UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +93,9 @@ class FingerprintServiceServicer:
 
     def MatchFingerprint(self, request, context):
         """Checks, in constant time, whether a value matches a fingerprint.
+
+        Errors: INVALID_ARGUMENT `INVALID_NAMESPACE`, `FINGERPRINT_MALFORMED`, `VALUE_TOO_LARGE`;
+        FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +104,10 @@ class FingerprintServiceServicer:
     def RotateFingerprintKey(self, request, context):
         """Makes a new fingerprint key version primary; by default destroys the previous one at once,
         breaking equality linkage across the rotation on purpose.
+
+        Errors: INVALID_ARGUMENT `INVALID_DURATION` (overlap negative or over 90 days);
+        FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+        rotation happened but its event was not made durable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +115,9 @@ class FingerprintServiceServicer:
 
     def MintHandle(self, request, context):
         """Mints a random opaque public handle for one of the caller's internal resources.
+
+        Errors: INVALID_ARGUMENT `INVALID_HANDLE` (kind), `INVALID_REFERENCE`; UNAVAILABLE
+        `HANDLE_COLLISION` (retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +125,8 @@ class FingerprintServiceServicer:
 
     def ResolveHandle(self, request, context):
         """Resolves a handle back to the caller's internal reference.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +172,11 @@ class FingerprintService:
     """FingerprintService computes keyed HMAC-SHA256 fingerprints under a per-(tenant, project) key,
     so equal values can be linked within a tenant and never across tenants or key rotations, and
     mints random opaque public handles for other services' resources.
+
+    A handle (`{kind}_{id}`, named `tenants/{tenant}/handles/{kind}_{id}`) stands for a
+    reference the calling service chose; it is unrelated to the names of sealed secrets
+    (`.../secrets/sec_{id}`), which SealService returns. See common.proto for the grammar and
+    the errors every call can return.
     """
 
     @staticmethod

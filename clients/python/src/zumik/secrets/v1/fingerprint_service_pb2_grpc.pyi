@@ -30,6 +30,11 @@ class FingerprintServiceStub:
     """FingerprintService computes keyed HMAC-SHA256 fingerprints under a per-(tenant, project) key,
     so equal values can be linked within a tenant and never across tenants or key rotations, and
     mints random opaque public handles for other services' resources.
+
+    A handle (`{kind}_{id}`, named `tenants/{tenant}/handles/{kind}_{id}`) stands for a
+    reference the calling service chose; it is unrelated to the names of sealed secrets
+    (`.../secrets/sec_{id}`), which SealService returns. See common.proto for the grammar and
+    the errors every call can return.
     """
 
     @_typing.overload
@@ -37,43 +42,93 @@ class FingerprintServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FingerprintServiceAsyncStub: ...
     Fingerprint: _grpc.UnaryUnaryMultiCallable[_fingerprint_service_pb2.FingerprintRequest, _fingerprint_service_pb2.FingerprintResponse]
-    """Fingerprints a batch of values (at most 1000) in one namespace."""
+    """Fingerprints a batch of values (at most 1000) in one namespace.
+
+    Errors: INVALID_ARGUMENT `INVALID_NAMESPACE`, `FIELD_REQUIRED` (no value),
+    `BATCH_TOO_LARGE`, `VALUE_TOO_LARGE`; FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`;
+    UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     MatchFingerprint: _grpc.UnaryUnaryMultiCallable[_fingerprint_service_pb2.MatchFingerprintRequest, _fingerprint_service_pb2.MatchFingerprintResponse]
-    """Checks, in constant time, whether a value matches a fingerprint."""
+    """Checks, in constant time, whether a value matches a fingerprint.
+
+    Errors: INVALID_ARGUMENT `INVALID_NAMESPACE`, `FINGERPRINT_MALFORMED`, `VALUE_TOO_LARGE`;
+    FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     RotateFingerprintKey: _grpc.UnaryUnaryMultiCallable[_fingerprint_service_pb2.RotateFingerprintKeyRequest, _fingerprint_service_pb2.RotateFingerprintKeyResponse]
     """Makes a new fingerprint key version primary; by default destroys the previous one at once,
     breaking equality linkage across the rotation on purpose.
+
+    Errors: INVALID_ARGUMENT `INVALID_DURATION` (overlap negative or over 90 days);
+    FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+    rotation happened but its event was not made durable).
     """
     MintHandle: _grpc.UnaryUnaryMultiCallable[_fingerprint_service_pb2.MintHandleRequest, _fingerprint_service_pb2.MintHandleResponse]
-    """Mints a random opaque public handle for one of the caller's internal resources."""
+    """Mints a random opaque public handle for one of the caller's internal resources.
+
+    Errors: INVALID_ARGUMENT `INVALID_HANDLE` (kind), `INVALID_REFERENCE`; UNAVAILABLE
+    `HANDLE_COLLISION` (retry).
+    """
     ResolveHandle: _grpc.UnaryUnaryMultiCallable[_fingerprint_service_pb2.ResolveHandleRequest, _fingerprint_service_pb2.ResolveHandleResponse]
-    """Resolves a handle back to the caller's internal reference."""
+    """Resolves a handle back to the caller's internal reference.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
 
 @_typing.type_check_only
 class FingerprintServiceAsyncStub(FingerprintServiceStub):
     """FingerprintService computes keyed HMAC-SHA256 fingerprints under a per-(tenant, project) key,
     so equal values can be linked within a tenant and never across tenants or key rotations, and
     mints random opaque public handles for other services' resources.
+
+    A handle (`{kind}_{id}`, named `tenants/{tenant}/handles/{kind}_{id}`) stands for a
+    reference the calling service chose; it is unrelated to the names of sealed secrets
+    (`.../secrets/sec_{id}`), which SealService returns. See common.proto for the grammar and
+    the errors every call can return.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Fingerprint: _aio.UnaryUnaryMultiCallable[_fingerprint_service_pb2.FingerprintRequest, _fingerprint_service_pb2.FingerprintResponse]  # type: ignore[assignment]
-    """Fingerprints a batch of values (at most 1000) in one namespace."""
+    """Fingerprints a batch of values (at most 1000) in one namespace.
+
+    Errors: INVALID_ARGUMENT `INVALID_NAMESPACE`, `FIELD_REQUIRED` (no value),
+    `BATCH_TOO_LARGE`, `VALUE_TOO_LARGE`; FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`;
+    UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     MatchFingerprint: _aio.UnaryUnaryMultiCallable[_fingerprint_service_pb2.MatchFingerprintRequest, _fingerprint_service_pb2.MatchFingerprintResponse]  # type: ignore[assignment]
-    """Checks, in constant time, whether a value matches a fingerprint."""
+    """Checks, in constant time, whether a value matches a fingerprint.
+
+    Errors: INVALID_ARGUMENT `INVALID_NAMESPACE`, `FINGERPRINT_MALFORMED`, `VALUE_TOO_LARGE`;
+    FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     RotateFingerprintKey: _aio.UnaryUnaryMultiCallable[_fingerprint_service_pb2.RotateFingerprintKeyRequest, _fingerprint_service_pb2.RotateFingerprintKeyResponse]  # type: ignore[assignment]
     """Makes a new fingerprint key version primary; by default destroys the previous one at once,
     breaking equality linkage across the rotation on purpose.
+
+    Errors: INVALID_ARGUMENT `INVALID_DURATION` (overlap negative or over 90 days);
+    FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+    rotation happened but its event was not made durable).
     """
     MintHandle: _aio.UnaryUnaryMultiCallable[_fingerprint_service_pb2.MintHandleRequest, _fingerprint_service_pb2.MintHandleResponse]  # type: ignore[assignment]
-    """Mints a random opaque public handle for one of the caller's internal resources."""
+    """Mints a random opaque public handle for one of the caller's internal resources.
+
+    Errors: INVALID_ARGUMENT `INVALID_HANDLE` (kind), `INVALID_REFERENCE`; UNAVAILABLE
+    `HANDLE_COLLISION` (retry).
+    """
     ResolveHandle: _aio.UnaryUnaryMultiCallable[_fingerprint_service_pb2.ResolveHandleRequest, _fingerprint_service_pb2.ResolveHandleResponse]  # type: ignore[assignment]
-    """Resolves a handle back to the caller's internal reference."""
+    """Resolves a handle back to the caller's internal reference.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
 
 class FingerprintServiceServicer(metaclass=_abc_1.ABCMeta):
     """FingerprintService computes keyed HMAC-SHA256 fingerprints under a per-(tenant, project) key,
     so equal values can be linked within a tenant and never across tenants or key rotations, and
     mints random opaque public handles for other services' resources.
+
+    A handle (`{kind}_{id}`, named `tenants/{tenant}/handles/{kind}_{id}`) stands for a
+    reference the calling service chose; it is unrelated to the names of sealed secrets
+    (`.../secrets/sec_{id}`), which SealService returns. See common.proto for the grammar and
+    the errors every call can return.
     """
 
     @_abc_1.abstractmethod
@@ -82,7 +137,12 @@ class FingerprintServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fingerprint_service_pb2.FingerprintRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fingerprint_service_pb2.FingerprintResponse, _abc.Awaitable[_fingerprint_service_pb2.FingerprintResponse]]:
-        """Fingerprints a batch of values (at most 1000) in one namespace."""
+        """Fingerprints a batch of values (at most 1000) in one namespace.
+
+        Errors: INVALID_ARGUMENT `INVALID_NAMESPACE`, `FIELD_REQUIRED` (no value),
+        `BATCH_TOO_LARGE`, `VALUE_TOO_LARGE`; FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`;
+        UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+        """
 
     @_abc_1.abstractmethod
     def MatchFingerprint(
@@ -90,7 +150,11 @@ class FingerprintServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fingerprint_service_pb2.MatchFingerprintRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fingerprint_service_pb2.MatchFingerprintResponse, _abc.Awaitable[_fingerprint_service_pb2.MatchFingerprintResponse]]:
-        """Checks, in constant time, whether a value matches a fingerprint."""
+        """Checks, in constant time, whether a value matches a fingerprint.
+
+        Errors: INVALID_ARGUMENT `INVALID_NAMESPACE`, `FINGERPRINT_MALFORMED`, `VALUE_TOO_LARGE`;
+        FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+        """
 
     @_abc_1.abstractmethod
     def RotateFingerprintKey(
@@ -100,6 +164,10 @@ class FingerprintServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_fingerprint_service_pb2.RotateFingerprintKeyResponse, _abc.Awaitable[_fingerprint_service_pb2.RotateFingerprintKeyResponse]]:
         """Makes a new fingerprint key version primary; by default destroys the previous one at once,
         breaking equality linkage across the rotation on purpose.
+
+        Errors: INVALID_ARGUMENT `INVALID_DURATION` (overlap negative or over 90 days);
+        FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+        rotation happened but its event was not made durable).
         """
 
     @_abc_1.abstractmethod
@@ -108,7 +176,11 @@ class FingerprintServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fingerprint_service_pb2.MintHandleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fingerprint_service_pb2.MintHandleResponse, _abc.Awaitable[_fingerprint_service_pb2.MintHandleResponse]]:
-        """Mints a random opaque public handle for one of the caller's internal resources."""
+        """Mints a random opaque public handle for one of the caller's internal resources.
+
+        Errors: INVALID_ARGUMENT `INVALID_HANDLE` (kind), `INVALID_REFERENCE`; UNAVAILABLE
+        `HANDLE_COLLISION` (retry).
+        """
 
     @_abc_1.abstractmethod
     def ResolveHandle(
@@ -116,6 +188,9 @@ class FingerprintServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fingerprint_service_pb2.ResolveHandleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fingerprint_service_pb2.ResolveHandleResponse, _abc.Awaitable[_fingerprint_service_pb2.ResolveHandleResponse]]:
-        """Resolves a handle back to the caller's internal reference."""
+        """Resolves a handle back to the caller's internal reference.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
+        """
 
 def add_FingerprintServiceServicer_to_server(servicer: FingerprintServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

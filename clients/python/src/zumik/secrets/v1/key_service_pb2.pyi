@@ -39,7 +39,10 @@ class ApiKey(_message.Message):
     LAST_USED_TIME_FIELD_NUMBER: _builtins.int
     ROTATED_FROM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name: `tenants/{tenant}/projects/{project}/apiKeys/key_{id}`."""
+    """Resource name: `tenants/{tenant}/projects/{project}/apiKeys/key_{id}`, where `{id}` is 22
+    base62 characters encoding 128 random bits (see common.proto); the same `{id}` appears in
+    the raw key.
+    """
     display_name: _builtins.str
     """Human-readable label chosen at creation."""
     masked_key: _builtins.str
@@ -144,7 +147,11 @@ class CreateApiKeyResponse(_message.Message):
     API_KEY_FIELD_NUMBER: _builtins.int
     RAW_KEY_FIELD_NUMBER: _builtins.int
     raw_key: _builtins.str
-    """The raw key. Returned only here, only once; the service cannot show it again."""
+    """The raw key. Returned only here, only once; the service cannot show it again. Format:
+    `zk_{env}_{id}_{secret}{check}`: `{env}` the environment, `{id}` the key's id (as in its
+    name), `{secret}` 32 random base62 characters, `{check}` 6 base62 characters of the CRC32
+    of everything before it (catches typos before any lookup).
+    """
     @_builtins.property
     def api_key(self) -> Global___ApiKey:
         """The key's metadata."""
@@ -473,7 +480,9 @@ class Session(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name: `tenants/{tenant}/projects/{project}/sessions/ses_{id}`."""
+    """Resource name: `tenants/{tenant}/projects/{project}/sessions/ses_{id}`, where `{id}` is 22
+    base62 characters encoding 128 random bits (see common.proto).
+    """
     user_subject: _builtins.str
     """The user the session belongs to (the platform's user id)."""
     state: _common_pb2.CredentialState.ValueType

@@ -28,6 +28,10 @@ if _version_not_supported:
 class KeyServiceStub:
     """KeyService issues and verifies the platform's credentials: API keys (stored only as a salted
     hash), session tokens (stored only as a hash) and short-lived signed tenant claims.
+
+    API keys are named `tenants/{tenant}/projects/{project}/apiKeys/key_{id}` and sessions
+    `tenants/{tenant}/projects/{project}/sessions/ses_{id}` (see common.proto for the grammar
+    and the errors every call can return).
     """
 
     def __init__(self, channel):
@@ -111,10 +115,18 @@ class KeyServiceStub:
 class KeyServiceServicer:
     """KeyService issues and verifies the platform's credentials: API keys (stored only as a salted
     hash), session tokens (stored only as a hash) and short-lived signed tenant claims.
+
+    API keys are named `tenants/{tenant}/projects/{project}/apiKeys/key_{id}` and sessions
+    `tenants/{tenant}/projects/{project}/sessions/ses_{id}` (see common.proto for the grammar
+    and the errors every call can return).
     """
 
     def CreateApiKey(self, request, context):
         """Creates an API key for a project. The raw key is returned once, in this response only.
+
+        Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
+        `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
+        UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key was created).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +134,12 @@ class KeyServiceServicer:
 
     def VerifyApiKey(self, request, context):
         """Verifies a presented API key and, when valid, mints a tenant claim. Failures are ordinary
-        answers (see VerifyResult), not error statuses.
+        answers (see VerifyResult), not error statuses: a malformed, unknown, expired or revoked
+        key is an OK response with that result.
+
+        Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (empty key), `INVALID_SCOPE`,
+        `TOO_MANY_SCOPES` (required_scopes); RESOURCE_EXHAUSTED `VERIFY_RATE_LIMITED` (too many
+        failed verifications lately from this caller or for this key id; RetryInfo says when).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +147,8 @@ class KeyServiceServicer:
 
     def GetApiKey(self, request, context):
         """Returns an API key's metadata (never the key).
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,20 +156,34 @@ class KeyServiceServicer:
 
     def ListApiKeys(self, request, context):
         """Lists a project's API keys (masked prefixes and metadata only).
+
+        Errors: INVALID_ARGUMENT `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN` (malformed, or issued
+        for another parent or show_revoked).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes an API key at once, on every replica within the stated propagation bound.
+        """Revokes an API key. When the call returns, the revocation is durable; within 1 second
+        every replica answers VerifyApiKey for it with VERIFY_RESULT_REVOKED, and refuses with
+        UNAUTHENTICATED every tenant claim already minted from the key (a claim names the
+        credential it was minted from), even before the claim's own expiry. Revoking a revoked key
+        changes nothing and returns it.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RotateApiKey(self, request, context):
-        """Replaces an API key with a new one; the old key keeps working for the grace period.
+        """Replaces an API key with a new one; the old key keeps working for the grace period, then
+        is refused like a revoked one.
+
+        Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
+        NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
+        UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +191,10 @@ class KeyServiceServicer:
 
     def CreateSession(self, request, context):
         """Creates a login session for a user. The raw token is returned once, in this response only.
+
+        Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (user_subject or scopes empty),
+        `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
+        timeout out of range); UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +202,10 @@ class KeyServiceServicer:
 
     def VerifySession(self, request, context):
         """Verifies a presented session token, slides its idle timeout, and mints a tenant claim.
+        Like VerifyApiKey, failures are ordinary answers (see VerifyResult).
+
+        Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (empty token), `INVALID_SCOPE`,
+        `TOO_MANY_SCOPES`; RESOURCE_EXHAUSTED `VERIFY_RATE_LIMITED`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,6 +213,8 @@ class KeyServiceServicer:
 
     def GetSession(self, request, context):
         """Returns a session's metadata (never the token).
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,13 +222,18 @@ class KeyServiceServicer:
 
     def RotateSession(self, request, context):
         """Issues a new token for a session and kills the old one (for privilege changes).
+
+        Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
+        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeSession(self, request, context):
-        """Revokes one session.
+        """Revokes one session: its token stops verifying at once.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +241,8 @@ class KeyServiceServicer:
 
     def RevokeUserSessions(self, request, context):
         """Revokes every session of one user in a project.
+
+        Errors: INVALID_ARGUMENT `FIELD_REQUIRED`, `INVALID_USER_SUBJECT`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -298,6 +348,10 @@ def add_KeyServiceServicer_to_server(servicer, server):
 class KeyService:
     """KeyService issues and verifies the platform's credentials: API keys (stored only as a salted
     hash), session tokens (stored only as a hash) and short-lived signed tenant claims.
+
+    API keys are named `tenants/{tenant}/projects/{project}/apiKeys/key_{id}` and sessions
+    `tenants/{tenant}/projects/{project}/sessions/ses_{id}` (see common.proto for the grammar
+    and the errors every call can return).
     """
 
     @staticmethod

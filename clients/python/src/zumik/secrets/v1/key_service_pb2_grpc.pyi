@@ -29,6 +29,10 @@ GRPC_VERSION: str
 class KeyServiceStub:
     """KeyService issues and verifies the platform's credentials: API keys (stored only as a salted
     hash), session tokens (stored only as a hash) and short-lived signed tenant claims.
+
+    API keys are named `tenants/{tenant}/projects/{project}/apiKeys/key_{id}` and sessions
+    `tenants/{tenant}/projects/{project}/sessions/ses_{id}` (see common.proto for the grammar
+    and the errors every call can return).
     """
 
     @_typing.overload
@@ -36,31 +40,84 @@ class KeyServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> KeyServiceAsyncStub: ...
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.CreateApiKeyRequest, _key_service_pb2.CreateApiKeyResponse]
-    """Creates an API key for a project. The raw key is returned once, in this response only."""
+    """Creates an API key for a project. The raw key is returned once, in this response only.
+
+    Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
+    `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
+    UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key was created).
+    """
     VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.VerifyApiKeyRequest, _key_service_pb2.VerifyApiKeyResponse]
     """Verifies a presented API key and, when valid, mints a tenant claim. Failures are ordinary
-    answers (see VerifyResult), not error statuses.
+    answers (see VerifyResult), not error statuses: a malformed, unknown, expired or revoked
+    key is an OK response with that result.
+
+    Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (empty key), `INVALID_SCOPE`,
+    `TOO_MANY_SCOPES` (required_scopes); RESOURCE_EXHAUSTED `VERIFY_RATE_LIMITED` (too many
+    failed verifications lately from this caller or for this key id; RetryInfo says when).
     """
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.GetApiKeyRequest, _key_service_pb2.GetApiKeyResponse]
-    """Returns an API key's metadata (never the key)."""
+    """Returns an API key's metadata (never the key).
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.ListApiKeysRequest, _key_service_pb2.ListApiKeysResponse]
-    """Lists a project's API keys (masked prefixes and metadata only)."""
+    """Lists a project's API keys (masked prefixes and metadata only).
+
+    Errors: INVALID_ARGUMENT `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN` (malformed, or issued
+    for another parent or show_revoked).
+    """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RevokeApiKeyRequest, _key_service_pb2.RevokeApiKeyResponse]
-    """Revokes an API key at once, on every replica within the stated propagation bound."""
+    """Revokes an API key. When the call returns, the revocation is durable; within 1 second
+    every replica answers VerifyApiKey for it with VERIFY_RESULT_REVOKED, and refuses with
+    UNAUTHENTICATED every tenant claim already minted from the key (a claim names the
+    credential it was minted from), even before the claim's own expiry. Revoking a revoked key
+    changes nothing and returns it.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     RotateApiKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RotateApiKeyRequest, _key_service_pb2.RotateApiKeyResponse]
-    """Replaces an API key with a new one; the old key keeps working for the grace period."""
+    """Replaces an API key with a new one; the old key keeps working for the grace period, then
+    is refused like a revoked one.
+
+    Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
+    NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
+    UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    """
     CreateSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.CreateSessionRequest, _key_service_pb2.CreateSessionResponse]
-    """Creates a login session for a user. The raw token is returned once, in this response only."""
+    """Creates a login session for a user. The raw token is returned once, in this response only.
+
+    Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (user_subject or scopes empty),
+    `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
+    timeout out of range); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    """
     VerifySession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.VerifySessionRequest, _key_service_pb2.VerifySessionResponse]
-    """Verifies a presented session token, slides its idle timeout, and mints a tenant claim."""
+    """Verifies a presented session token, slides its idle timeout, and mints a tenant claim.
+    Like VerifyApiKey, failures are ordinary answers (see VerifyResult).
+
+    Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (empty token), `INVALID_SCOPE`,
+    `TOO_MANY_SCOPES`; RESOURCE_EXHAUSTED `VERIFY_RATE_LIMITED`.
+    """
     GetSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.GetSessionRequest, _key_service_pb2.GetSessionResponse]
-    """Returns a session's metadata (never the token)."""
+    """Returns a session's metadata (never the token).
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     RotateSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RotateSessionRequest, _key_service_pb2.RotateSessionResponse]
-    """Issues a new token for a session and kills the old one (for privilege changes)."""
+    """Issues a new token for a session and kills the old one (for privilege changes).
+
+    Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
+    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired).
+    """
     RevokeSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]
-    """Revokes one session."""
+    """Revokes one session: its token stops verifying at once.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     RevokeUserSessions: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RevokeUserSessionsRequest, _key_service_pb2.RevokeUserSessionsResponse]
-    """Revokes every session of one user in a project."""
+    """Revokes every session of one user in a project.
+
+    Errors: INVALID_ARGUMENT `FIELD_REQUIRED`, `INVALID_USER_SUBJECT`.
+    """
     ListSigningKeys: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.ListSigningKeysRequest, _key_service_pb2.ListSigningKeysResponse]
     """Lists the public halves of the keys that sign tenant claims (JWK form), so that other
     services can verify claims offline.
@@ -74,35 +131,92 @@ class KeyServiceStub:
 class KeyServiceAsyncStub(KeyServiceStub):
     """KeyService issues and verifies the platform's credentials: API keys (stored only as a salted
     hash), session tokens (stored only as a hash) and short-lived signed tenant claims.
+
+    API keys are named `tenants/{tenant}/projects/{project}/apiKeys/key_{id}` and sessions
+    `tenants/{tenant}/projects/{project}/sessions/ses_{id}` (see common.proto for the grammar
+    and the errors every call can return).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.CreateApiKeyRequest, _key_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Creates an API key for a project. The raw key is returned once, in this response only."""
+    """Creates an API key for a project. The raw key is returned once, in this response only.
+
+    Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
+    `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
+    UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key was created).
+    """
     VerifyApiKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.VerifyApiKeyRequest, _key_service_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
     """Verifies a presented API key and, when valid, mints a tenant claim. Failures are ordinary
-    answers (see VerifyResult), not error statuses.
+    answers (see VerifyResult), not error statuses: a malformed, unknown, expired or revoked
+    key is an OK response with that result.
+
+    Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (empty key), `INVALID_SCOPE`,
+    `TOO_MANY_SCOPES` (required_scopes); RESOURCE_EXHAUSTED `VERIFY_RATE_LIMITED` (too many
+    failed verifications lately from this caller or for this key id; RetryInfo says when).
     """
     GetApiKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.GetApiKeyRequest, _key_service_pb2.GetApiKeyResponse]  # type: ignore[assignment]
-    """Returns an API key's metadata (never the key)."""
+    """Returns an API key's metadata (never the key).
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_key_service_pb2.ListApiKeysRequest, _key_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
-    """Lists a project's API keys (masked prefixes and metadata only)."""
+    """Lists a project's API keys (masked prefixes and metadata only).
+
+    Errors: INVALID_ARGUMENT `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN` (malformed, or issued
+    for another parent or show_revoked).
+    """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RevokeApiKeyRequest, _key_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
-    """Revokes an API key at once, on every replica within the stated propagation bound."""
+    """Revokes an API key. When the call returns, the revocation is durable; within 1 second
+    every replica answers VerifyApiKey for it with VERIFY_RESULT_REVOKED, and refuses with
+    UNAUTHENTICATED every tenant claim already minted from the key (a claim names the
+    credential it was minted from), even before the claim's own expiry. Revoking a revoked key
+    changes nothing and returns it.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     RotateApiKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RotateApiKeyRequest, _key_service_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
-    """Replaces an API key with a new one; the old key keeps working for the grace period."""
+    """Replaces an API key with a new one; the old key keeps working for the grace period, then
+    is refused like a revoked one.
+
+    Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
+    NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
+    UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    """
     CreateSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.CreateSessionRequest, _key_service_pb2.CreateSessionResponse]  # type: ignore[assignment]
-    """Creates a login session for a user. The raw token is returned once, in this response only."""
+    """Creates a login session for a user. The raw token is returned once, in this response only.
+
+    Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (user_subject or scopes empty),
+    `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
+    timeout out of range); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    """
     VerifySession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.VerifySessionRequest, _key_service_pb2.VerifySessionResponse]  # type: ignore[assignment]
-    """Verifies a presented session token, slides its idle timeout, and mints a tenant claim."""
+    """Verifies a presented session token, slides its idle timeout, and mints a tenant claim.
+    Like VerifyApiKey, failures are ordinary answers (see VerifyResult).
+
+    Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (empty token), `INVALID_SCOPE`,
+    `TOO_MANY_SCOPES`; RESOURCE_EXHAUSTED `VERIFY_RATE_LIMITED`.
+    """
     GetSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.GetSessionRequest, _key_service_pb2.GetSessionResponse]  # type: ignore[assignment]
-    """Returns a session's metadata (never the token)."""
+    """Returns a session's metadata (never the token).
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     RotateSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RotateSessionRequest, _key_service_pb2.RotateSessionResponse]  # type: ignore[assignment]
-    """Issues a new token for a session and kills the old one (for privilege changes)."""
+    """Issues a new token for a session and kills the old one (for privilege changes).
+
+    Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
+    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired).
+    """
     RevokeSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]  # type: ignore[assignment]
-    """Revokes one session."""
+    """Revokes one session: its token stops verifying at once.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     RevokeUserSessions: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RevokeUserSessionsRequest, _key_service_pb2.RevokeUserSessionsResponse]  # type: ignore[assignment]
-    """Revokes every session of one user in a project."""
+    """Revokes every session of one user in a project.
+
+    Errors: INVALID_ARGUMENT `FIELD_REQUIRED`, `INVALID_USER_SUBJECT`.
+    """
     ListSigningKeys: _aio.UnaryUnaryMultiCallable[_key_service_pb2.ListSigningKeysRequest, _key_service_pb2.ListSigningKeysResponse]  # type: ignore[assignment]
     """Lists the public halves of the keys that sign tenant claims (JWK form), so that other
     services can verify claims offline.
@@ -115,6 +229,10 @@ class KeyServiceAsyncStub(KeyServiceStub):
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """KeyService issues and verifies the platform's credentials: API keys (stored only as a salted
     hash), session tokens (stored only as a hash) and short-lived signed tenant claims.
+
+    API keys are named `tenants/{tenant}/projects/{project}/apiKeys/key_{id}` and sessions
+    `tenants/{tenant}/projects/{project}/sessions/ses_{id}` (see common.proto for the grammar
+    and the errors every call can return).
     """
 
     @_abc_1.abstractmethod
@@ -123,7 +241,12 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_key_service_pb2.CreateApiKeyResponse]]:
-        """Creates an API key for a project. The raw key is returned once, in this response only."""
+        """Creates an API key for a project. The raw key is returned once, in this response only.
+
+        Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
+        `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
+        UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key was created).
+        """
 
     @_abc_1.abstractmethod
     def VerifyApiKey(
@@ -132,7 +255,12 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.VerifyApiKeyResponse, _abc.Awaitable[_key_service_pb2.VerifyApiKeyResponse]]:
         """Verifies a presented API key and, when valid, mints a tenant claim. Failures are ordinary
-        answers (see VerifyResult), not error statuses.
+        answers (see VerifyResult), not error statuses: a malformed, unknown, expired or revoked
+        key is an OK response with that result.
+
+        Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (empty key), `INVALID_SCOPE`,
+        `TOO_MANY_SCOPES` (required_scopes); RESOURCE_EXHAUSTED `VERIFY_RATE_LIMITED` (too many
+        failed verifications lately from this caller or for this key id; RetryInfo says when).
         """
 
     @_abc_1.abstractmethod
@@ -141,7 +269,10 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.GetApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.GetApiKeyResponse, _abc.Awaitable[_key_service_pb2.GetApiKeyResponse]]:
-        """Returns an API key's metadata (never the key)."""
+        """Returns an API key's metadata (never the key).
+
+        Errors: NOT_FOUND `NOT_FOUND`.
+        """
 
     @_abc_1.abstractmethod
     def ListApiKeys(
@@ -149,7 +280,11 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.ListApiKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.ListApiKeysResponse, _abc.Awaitable[_key_service_pb2.ListApiKeysResponse]]:
-        """Lists a project's API keys (masked prefixes and metadata only)."""
+        """Lists a project's API keys (masked prefixes and metadata only).
+
+        Errors: INVALID_ARGUMENT `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN` (malformed, or issued
+        for another parent or show_revoked).
+        """
 
     @_abc_1.abstractmethod
     def RevokeApiKey(
@@ -157,7 +292,14 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_key_service_pb2.RevokeApiKeyResponse]]:
-        """Revokes an API key at once, on every replica within the stated propagation bound."""
+        """Revokes an API key. When the call returns, the revocation is durable; within 1 second
+        every replica answers VerifyApiKey for it with VERIFY_RESULT_REVOKED, and refuses with
+        UNAUTHENTICATED every tenant claim already minted from the key (a claim names the
+        credential it was minted from), even before the claim's own expiry. Revoking a revoked key
+        changes nothing and returns it.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
+        """
 
     @_abc_1.abstractmethod
     def RotateApiKey(
@@ -165,7 +307,13 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.RotateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.RotateApiKeyResponse, _abc.Awaitable[_key_service_pb2.RotateApiKeyResponse]]:
-        """Replaces an API key with a new one; the old key keeps working for the grace period."""
+        """Replaces an API key with a new one; the old key keeps working for the grace period, then
+        is refused like a revoked one.
+
+        Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
+        NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
+        UNAVAILABLE `AUDIT_UNAVAILABLE`.
+        """
 
     @_abc_1.abstractmethod
     def CreateSession(
@@ -173,7 +321,12 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.CreateSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.CreateSessionResponse, _abc.Awaitable[_key_service_pb2.CreateSessionResponse]]:
-        """Creates a login session for a user. The raw token is returned once, in this response only."""
+        """Creates a login session for a user. The raw token is returned once, in this response only.
+
+        Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (user_subject or scopes empty),
+        `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
+        timeout out of range); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+        """
 
     @_abc_1.abstractmethod
     def VerifySession(
@@ -181,7 +334,12 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.VerifySessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.VerifySessionResponse, _abc.Awaitable[_key_service_pb2.VerifySessionResponse]]:
-        """Verifies a presented session token, slides its idle timeout, and mints a tenant claim."""
+        """Verifies a presented session token, slides its idle timeout, and mints a tenant claim.
+        Like VerifyApiKey, failures are ordinary answers (see VerifyResult).
+
+        Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (empty token), `INVALID_SCOPE`,
+        `TOO_MANY_SCOPES`; RESOURCE_EXHAUSTED `VERIFY_RATE_LIMITED`.
+        """
 
     @_abc_1.abstractmethod
     def GetSession(
@@ -189,7 +347,10 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.GetSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.GetSessionResponse, _abc.Awaitable[_key_service_pb2.GetSessionResponse]]:
-        """Returns a session's metadata (never the token)."""
+        """Returns a session's metadata (never the token).
+
+        Errors: NOT_FOUND `NOT_FOUND`.
+        """
 
     @_abc_1.abstractmethod
     def RotateSession(
@@ -197,7 +358,11 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.RotateSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.RotateSessionResponse, _abc.Awaitable[_key_service_pb2.RotateSessionResponse]]:
-        """Issues a new token for a session and kills the old one (for privilege changes)."""
+        """Issues a new token for a session and kills the old one (for privilege changes).
+
+        Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
+        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired).
+        """
 
     @_abc_1.abstractmethod
     def RevokeSession(
@@ -205,7 +370,10 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.RevokeSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.RevokeSessionResponse, _abc.Awaitable[_key_service_pb2.RevokeSessionResponse]]:
-        """Revokes one session."""
+        """Revokes one session: its token stops verifying at once.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
+        """
 
     @_abc_1.abstractmethod
     def RevokeUserSessions(
@@ -213,7 +381,10 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _key_service_pb2.RevokeUserSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.RevokeUserSessionsResponse, _abc.Awaitable[_key_service_pb2.RevokeUserSessionsResponse]]:
-        """Revokes every session of one user in a project."""
+        """Revokes every session of one user in a project.
+
+        Errors: INVALID_ARGUMENT `FIELD_REQUIRED`, `INVALID_USER_SUBJECT`.
+        """
 
     @_abc_1.abstractmethod
     def ListSigningKeys(

@@ -55,7 +55,10 @@ class Secret(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name: `tenants/{tenant}/projects/{project}/secrets/sec_{id}`."""
+    """Resource name: `tenants/{tenant}/projects/{project}/secrets/sec_{id}`, where `{id}` is 22
+    base62 characters encoding 128 random bits (see common.proto). This name is what Open,
+    GetSecret, UpdateSecret and DeleteSecret take.
+    """
     display_name: _builtins.str
     """Human-readable label (at most 128 characters)."""
     version: _builtins.int
@@ -134,7 +137,9 @@ class SealRequest(_message.Message):
     """The secret to seal (1 byte to 64 KiB)."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Non-secret metadata, such as the provider name."""
+        """Non-secret metadata, such as the provider name (at most 16 entries; values at most 256
+        printable characters).
+        """
 
     def __init__(
         self,
@@ -161,7 +166,7 @@ class SealResponse(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def secret(self) -> Global___Secret:
-        """The new secret's metadata and opaque handle."""
+        """The new secret's metadata; `secret.name` identifies it from now on."""
 
     def __init__(
         self,
@@ -286,7 +291,9 @@ class ListSecretsRequest(_message.Message):
     parent: _builtins.str
     """`tenants/{tenant}/projects/{project}`."""
     page_size: _builtins.int
-    """Maximum number of secrets to return (default 50, at most 1000)."""
+    """Maximum number of secrets to return (0 for the default of 50; larger values are capped at
+    1000; negative is INVALID_ARGUMENT).
+    """
     page_token: _builtins.str
     """Token from a previous response's next_page_token."""
     def __init__(
@@ -449,7 +456,7 @@ class RotateDataKeyRequest(_message.Message):
     parent: _builtins.str
     """`tenants/{tenant}/projects/{project}`."""
     purpose: _common_pb2.DataKeyPurpose.ValueType
-    """Which data key to rotate."""
+    """Which data key to rotate; unset means DATA_KEY_PURPOSE_SEAL."""
     def __init__(
         self,
         *,
@@ -501,7 +508,7 @@ class ListDataKeyVersionsRequest(_message.Message):
     parent: _builtins.str
     """`tenants/{tenant}/projects/{project}`."""
     purpose: _common_pb2.DataKeyPurpose.ValueType
-    """Which data key."""
+    """Which data key; unset means DATA_KEY_PURPOSE_SEAL."""
     page_size: _builtins.int
     """Maximum number of versions to return (default 50, at most 1000)."""
     page_token: _builtins.str
@@ -562,7 +569,9 @@ class RewrapSecretsRequest(_message.Message):
     parent: _builtins.str
     """`tenants/{tenant}/projects/{project}`."""
     batch_size: _builtins.int
-    """How many secrets to rewrap in this call (default 100, at most 1000)."""
+    """How many secrets to rewrap in this call (0 for the default of 100; larger values are capped
+    at 1000).
+    """
     page_token: _builtins.str
     """Token from a previous response to resume from; empty to start."""
     def __init__(
@@ -627,7 +636,7 @@ class DestroyDataKeyVersionRequest(_message.Message):
     parent: _builtins.str
     """`tenants/{tenant}/projects/{project}`."""
     purpose: _common_pb2.DataKeyPurpose.ValueType
-    """Which data key."""
+    """Which data key; required (unset is INVALID_ARGUMENT `INVALID_PURPOSE`)."""
     version: _builtins.int
     """The version to destroy; must not be the primary one."""
     confirm_version: _builtins.int

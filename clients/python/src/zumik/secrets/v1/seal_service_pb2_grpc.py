@@ -29,6 +29,9 @@ class SealServiceStub:
     """SealService keeps customers' own provider keys (BYOK) sealed with AES-256-GCM under
     per-(tenant, project) data keys wrapped by the master keyring or the tenant's own KMS key.
     Plaintext leaves the service only through Open, at execution time.
+
+    A sealed secret is named `tenants/{tenant}/projects/{project}/secrets/sec_{id}` (see
+    common.proto for the grammar and the errors every call can return).
     """
 
     def __init__(self, channel):
@@ -93,10 +96,21 @@ class SealServiceServicer:
     """SealService keeps customers' own provider keys (BYOK) sealed with AES-256-GCM under
     per-(tenant, project) data keys wrapped by the master keyring or the tenant's own KMS key.
     Plaintext leaves the service only through Open, at execution time.
+
+    A sealed secret is named `tenants/{tenant}/projects/{project}/secrets/sec_{id}` (see
+    common.proto for the grammar and the errors every call can return).
     """
 
     def Seal(self, request, context):
-        """Seals a plaintext and returns an opaque handle. Never returns ciphertext or plaintext.
+        """Seals a plaintext as a new secret of the project and returns the secret's metadata. The
+        secret is identified by its resource name (`secret.name`,
+        `tenants/{tenant}/projects/{project}/secrets/sec_{id}`), which Open, GetSecret,
+        UpdateSecret and DeleteSecret take; there is no separate handle (the opaque handles of
+        FingerprintService.MintHandle are another thing). Never returns ciphertext or plaintext.
+
+        Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (plaintext empty or over 64 KiB, display name
+        or metadata out of bounds; BadRequest names the field); FAILED_PRECONDITION
+        `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +119,11 @@ class SealServiceServicer:
     def Open(self, request, context):
         """Opens a sealed secret and returns its plaintext. Every call is audited durably before the
         plaintext leaves the service; if the audit event cannot be written, nothing is returned.
+
+        Errors: NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `DATA_KEY_DESTROYED` (the data-key
+        version it was sealed under was destroyed), `DECRYPTION_FAILED`,
+        `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (nothing was returned; retry),
+        `CUSTOMER_KEY_UNREACHABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +131,8 @@ class SealServiceServicer:
 
     def GetSecret(self, request, context):
         """Returns a secret's metadata.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +140,8 @@ class SealServiceServicer:
 
     def ListSecrets(self, request, context):
         """Lists a project's secrets (metadata only).
+
+        Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (negative page_size), `INVALID_PAGE_TOKEN`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +149,9 @@ class SealServiceServicer:
 
     def UpdateSecret(self, request, context):
         """Replaces a secret's plaintext, creating a new version.
+
+        Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (plaintext empty or over 64 KiB); NOT_FOUND
+        `NOT_FOUND`; FAILED_PRECONDITION `CONCURRENT_UPDATE` (retry), `CUSTOMER_KEY_UNAVAILABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +161,8 @@ class SealServiceServicer:
         """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
         for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
         reply, GetSecret answering NOT_FOUND confirms the delete).
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +170,9 @@ class SealServiceServicer:
 
     def RotateDataKey(self, request, context):
         """Makes a new data-key version primary for a project and purpose.
+
+        Errors: INVALID_ARGUMENT `INVALID_PURPOSE`; FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`;
+        UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +180,9 @@ class SealServiceServicer:
 
     def ListDataKeyVersions(self, request, context):
         """Lists the data-key versions of a project and purpose.
+
+        Errors: INVALID_ARGUMENT `INVALID_PURPOSE`, `INVALID_ARGUMENT` (negative page_size),
+        `INVALID_PAGE_TOKEN`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +191,10 @@ class SealServiceServicer:
     def RewrapSecrets(self, request, context):
         """Re-encrypts a batch of a project's secrets under the primary data-key version without
         returning plaintext. Call again with next_page_token until it is empty.
+
+        Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (negative batch_size), `INVALID_PAGE_TOKEN`;
+        FAILED_PRECONDITION `DECRYPTION_FAILED`, `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE
+        `CUSTOMER_KEY_UNREACHABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +202,11 @@ class SealServiceServicer:
 
     def DestroyDataKeyVersion(self, request, context):
         """Crypto-shreds one data-key version: whatever only it protected can never be recovered.
+
+        Errors: INVALID_ARGUMENT `INVALID_PURPOSE`, `INVALID_ARGUMENT` (version 0),
+        `CONFIRMATION_MISMATCH` (confirm_version differs from version); NOT_FOUND `NOT_FOUND` (no
+        such version); FAILED_PRECONDITION `DATA_KEY_PRIMARY` (rotate first); UNAVAILABLE
+        `AUDIT_UNAVAILABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +277,9 @@ class SealService:
     """SealService keeps customers' own provider keys (BYOK) sealed with AES-256-GCM under
     per-(tenant, project) data keys wrapped by the master keyring or the tenant's own KMS key.
     Plaintext leaves the service only through Open, at execution time.
+
+    A sealed secret is named `tenants/{tenant}/projects/{project}/secrets/sec_{id}` (see
+    common.proto for the grammar and the errors every call can return).
     """
 
     @staticmethod

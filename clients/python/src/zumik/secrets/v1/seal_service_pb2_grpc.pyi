@@ -30,6 +30,9 @@ class SealServiceStub:
     """SealService keeps customers' own provider keys (BYOK) sealed with AES-256-GCM under
     per-(tenant, project) data keys wrapped by the master keyring or the tenant's own KMS key.
     Plaintext leaves the service only through Open, at execution time.
+
+    A sealed secret is named `tenants/{tenant}/projects/{project}/secrets/sec_{id}` (see
+    common.proto for the grammar and the errors every call can return).
     """
 
     @_typing.overload
@@ -37,73 +40,167 @@ class SealServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SealServiceAsyncStub: ...
     Seal: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.SealRequest, _seal_service_pb2.SealResponse]
-    """Seals a plaintext and returns an opaque handle. Never returns ciphertext or plaintext."""
+    """Seals a plaintext as a new secret of the project and returns the secret's metadata. The
+    secret is identified by its resource name (`secret.name`,
+    `tenants/{tenant}/projects/{project}/secrets/sec_{id}`), which Open, GetSecret,
+    UpdateSecret and DeleteSecret take; there is no separate handle (the opaque handles of
+    FingerprintService.MintHandle are another thing). Never returns ciphertext or plaintext.
+
+    Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (plaintext empty or over 64 KiB, display name
+    or metadata out of bounds; BadRequest names the field); FAILED_PRECONDITION
+    `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     Open: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.OpenRequest, _seal_service_pb2.OpenResponse]
     """Opens a sealed secret and returns its plaintext. Every call is audited durably before the
     plaintext leaves the service; if the audit event cannot be written, nothing is returned.
+
+    Errors: NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `DATA_KEY_DESTROYED` (the data-key
+    version it was sealed under was destroyed), `DECRYPTION_FAILED`,
+    `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (nothing was returned; retry),
+    `CUSTOMER_KEY_UNREACHABLE`.
     """
     GetSecret: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.GetSecretRequest, _seal_service_pb2.GetSecretResponse]
-    """Returns a secret's metadata."""
+    """Returns a secret's metadata.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     ListSecrets: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.ListSecretsRequest, _seal_service_pb2.ListSecretsResponse]
-    """Lists a project's secrets (metadata only)."""
+    """Lists a project's secrets (metadata only).
+
+    Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (negative page_size), `INVALID_PAGE_TOKEN`.
+    """
     UpdateSecret: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.UpdateSecretRequest, _seal_service_pb2.UpdateSecretResponse]
-    """Replaces a secret's plaintext, creating a new version."""
+    """Replaces a secret's plaintext, creating a new version.
+
+    Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (plaintext empty or over 64 KiB); NOT_FOUND
+    `NOT_FOUND`; FAILED_PRECONDITION `CONCURRENT_UPDATE` (retry), `CUSTOMER_KEY_UNAVAILABLE`.
+    """
     DeleteSecret: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.DeleteSecretRequest, _seal_service_pb2.DeleteSecretResponse]
     """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
     for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
     reply, GetSecret answering NOT_FOUND confirms the delete).
+
+    Errors: NOT_FOUND `NOT_FOUND`.
     """
     RotateDataKey: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.RotateDataKeyRequest, _seal_service_pb2.RotateDataKeyResponse]
-    """Makes a new data-key version primary for a project and purpose."""
+    """Makes a new data-key version primary for a project and purpose.
+
+    Errors: INVALID_ARGUMENT `INVALID_PURPOSE`; FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`;
+    UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     ListDataKeyVersions: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.ListDataKeyVersionsRequest, _seal_service_pb2.ListDataKeyVersionsResponse]
-    """Lists the data-key versions of a project and purpose."""
+    """Lists the data-key versions of a project and purpose.
+
+    Errors: INVALID_ARGUMENT `INVALID_PURPOSE`, `INVALID_ARGUMENT` (negative page_size),
+    `INVALID_PAGE_TOKEN`.
+    """
     RewrapSecrets: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.RewrapSecretsRequest, _seal_service_pb2.RewrapSecretsResponse]
     """Re-encrypts a batch of a project's secrets under the primary data-key version without
     returning plaintext. Call again with next_page_token until it is empty.
+
+    Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (negative batch_size), `INVALID_PAGE_TOKEN`;
+    FAILED_PRECONDITION `DECRYPTION_FAILED`, `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE
+    `CUSTOMER_KEY_UNREACHABLE`.
     """
     DestroyDataKeyVersion: _grpc.UnaryUnaryMultiCallable[_seal_service_pb2.DestroyDataKeyVersionRequest, _seal_service_pb2.DestroyDataKeyVersionResponse]
-    """Crypto-shreds one data-key version: whatever only it protected can never be recovered."""
+    """Crypto-shreds one data-key version: whatever only it protected can never be recovered.
+
+    Errors: INVALID_ARGUMENT `INVALID_PURPOSE`, `INVALID_ARGUMENT` (version 0),
+    `CONFIRMATION_MISMATCH` (confirm_version differs from version); NOT_FOUND `NOT_FOUND` (no
+    such version); FAILED_PRECONDITION `DATA_KEY_PRIMARY` (rotate first); UNAVAILABLE
+    `AUDIT_UNAVAILABLE`.
+    """
 
 @_typing.type_check_only
 class SealServiceAsyncStub(SealServiceStub):
     """SealService keeps customers' own provider keys (BYOK) sealed with AES-256-GCM under
     per-(tenant, project) data keys wrapped by the master keyring or the tenant's own KMS key.
     Plaintext leaves the service only through Open, at execution time.
+
+    A sealed secret is named `tenants/{tenant}/projects/{project}/secrets/sec_{id}` (see
+    common.proto for the grammar and the errors every call can return).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Seal: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.SealRequest, _seal_service_pb2.SealResponse]  # type: ignore[assignment]
-    """Seals a plaintext and returns an opaque handle. Never returns ciphertext or plaintext."""
+    """Seals a plaintext as a new secret of the project and returns the secret's metadata. The
+    secret is identified by its resource name (`secret.name`,
+    `tenants/{tenant}/projects/{project}/secrets/sec_{id}`), which Open, GetSecret,
+    UpdateSecret and DeleteSecret take; there is no separate handle (the opaque handles of
+    FingerprintService.MintHandle are another thing). Never returns ciphertext or plaintext.
+
+    Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (plaintext empty or over 64 KiB, display name
+    or metadata out of bounds; BadRequest names the field); FAILED_PRECONDITION
+    `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     Open: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.OpenRequest, _seal_service_pb2.OpenResponse]  # type: ignore[assignment]
     """Opens a sealed secret and returns its plaintext. Every call is audited durably before the
     plaintext leaves the service; if the audit event cannot be written, nothing is returned.
+
+    Errors: NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `DATA_KEY_DESTROYED` (the data-key
+    version it was sealed under was destroyed), `DECRYPTION_FAILED`,
+    `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (nothing was returned; retry),
+    `CUSTOMER_KEY_UNREACHABLE`.
     """
     GetSecret: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.GetSecretRequest, _seal_service_pb2.GetSecretResponse]  # type: ignore[assignment]
-    """Returns a secret's metadata."""
+    """Returns a secret's metadata.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
     ListSecrets: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.ListSecretsRequest, _seal_service_pb2.ListSecretsResponse]  # type: ignore[assignment]
-    """Lists a project's secrets (metadata only)."""
+    """Lists a project's secrets (metadata only).
+
+    Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (negative page_size), `INVALID_PAGE_TOKEN`.
+    """
     UpdateSecret: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.UpdateSecretRequest, _seal_service_pb2.UpdateSecretResponse]  # type: ignore[assignment]
-    """Replaces a secret's plaintext, creating a new version."""
+    """Replaces a secret's plaintext, creating a new version.
+
+    Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (plaintext empty or over 64 KiB); NOT_FOUND
+    `NOT_FOUND`; FAILED_PRECONDITION `CONCURRENT_UPDATE` (retry), `CUSTOMER_KEY_UNAVAILABLE`.
+    """
     DeleteSecret: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.DeleteSecretRequest, _seal_service_pb2.DeleteSecretResponse]  # type: ignore[assignment]
     """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
     for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
     reply, GetSecret answering NOT_FOUND confirms the delete).
+
+    Errors: NOT_FOUND `NOT_FOUND`.
     """
     RotateDataKey: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.RotateDataKeyRequest, _seal_service_pb2.RotateDataKeyResponse]  # type: ignore[assignment]
-    """Makes a new data-key version primary for a project and purpose."""
+    """Makes a new data-key version primary for a project and purpose.
+
+    Errors: INVALID_ARGUMENT `INVALID_PURPOSE`; FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`;
+    UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     ListDataKeyVersions: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.ListDataKeyVersionsRequest, _seal_service_pb2.ListDataKeyVersionsResponse]  # type: ignore[assignment]
-    """Lists the data-key versions of a project and purpose."""
+    """Lists the data-key versions of a project and purpose.
+
+    Errors: INVALID_ARGUMENT `INVALID_PURPOSE`, `INVALID_ARGUMENT` (negative page_size),
+    `INVALID_PAGE_TOKEN`.
+    """
     RewrapSecrets: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.RewrapSecretsRequest, _seal_service_pb2.RewrapSecretsResponse]  # type: ignore[assignment]
     """Re-encrypts a batch of a project's secrets under the primary data-key version without
     returning plaintext. Call again with next_page_token until it is empty.
+
+    Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (negative batch_size), `INVALID_PAGE_TOKEN`;
+    FAILED_PRECONDITION `DECRYPTION_FAILED`, `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE
+    `CUSTOMER_KEY_UNREACHABLE`.
     """
     DestroyDataKeyVersion: _aio.UnaryUnaryMultiCallable[_seal_service_pb2.DestroyDataKeyVersionRequest, _seal_service_pb2.DestroyDataKeyVersionResponse]  # type: ignore[assignment]
-    """Crypto-shreds one data-key version: whatever only it protected can never be recovered."""
+    """Crypto-shreds one data-key version: whatever only it protected can never be recovered.
+
+    Errors: INVALID_ARGUMENT `INVALID_PURPOSE`, `INVALID_ARGUMENT` (version 0),
+    `CONFIRMATION_MISMATCH` (confirm_version differs from version); NOT_FOUND `NOT_FOUND` (no
+    such version); FAILED_PRECONDITION `DATA_KEY_PRIMARY` (rotate first); UNAVAILABLE
+    `AUDIT_UNAVAILABLE`.
+    """
 
 class SealServiceServicer(metaclass=_abc_1.ABCMeta):
     """SealService keeps customers' own provider keys (BYOK) sealed with AES-256-GCM under
     per-(tenant, project) data keys wrapped by the master keyring or the tenant's own KMS key.
     Plaintext leaves the service only through Open, at execution time.
+
+    A sealed secret is named `tenants/{tenant}/projects/{project}/secrets/sec_{id}` (see
+    common.proto for the grammar and the errors every call can return).
     """
 
     @_abc_1.abstractmethod
@@ -112,7 +209,16 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.SealRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.SealResponse, _abc.Awaitable[_seal_service_pb2.SealResponse]]:
-        """Seals a plaintext and returns an opaque handle. Never returns ciphertext or plaintext."""
+        """Seals a plaintext as a new secret of the project and returns the secret's metadata. The
+        secret is identified by its resource name (`secret.name`,
+        `tenants/{tenant}/projects/{project}/secrets/sec_{id}`), which Open, GetSecret,
+        UpdateSecret and DeleteSecret take; there is no separate handle (the opaque handles of
+        FingerprintService.MintHandle are another thing). Never returns ciphertext or plaintext.
+
+        Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (plaintext empty or over 64 KiB, display name
+        or metadata out of bounds; BadRequest names the field); FAILED_PRECONDITION
+        `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+        """
 
     @_abc_1.abstractmethod
     def Open(
@@ -122,6 +228,11 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_seal_service_pb2.OpenResponse, _abc.Awaitable[_seal_service_pb2.OpenResponse]]:
         """Opens a sealed secret and returns its plaintext. Every call is audited durably before the
         plaintext leaves the service; if the audit event cannot be written, nothing is returned.
+
+        Errors: NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `DATA_KEY_DESTROYED` (the data-key
+        version it was sealed under was destroyed), `DECRYPTION_FAILED`,
+        `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (nothing was returned; retry),
+        `CUSTOMER_KEY_UNREACHABLE`.
         """
 
     @_abc_1.abstractmethod
@@ -130,7 +241,10 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.GetSecretRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.GetSecretResponse, _abc.Awaitable[_seal_service_pb2.GetSecretResponse]]:
-        """Returns a secret's metadata."""
+        """Returns a secret's metadata.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
+        """
 
     @_abc_1.abstractmethod
     def ListSecrets(
@@ -138,7 +252,10 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.ListSecretsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.ListSecretsResponse, _abc.Awaitable[_seal_service_pb2.ListSecretsResponse]]:
-        """Lists a project's secrets (metadata only)."""
+        """Lists a project's secrets (metadata only).
+
+        Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (negative page_size), `INVALID_PAGE_TOKEN`.
+        """
 
     @_abc_1.abstractmethod
     def UpdateSecret(
@@ -146,7 +263,11 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.UpdateSecretRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.UpdateSecretResponse, _abc.Awaitable[_seal_service_pb2.UpdateSecretResponse]]:
-        """Replaces a secret's plaintext, creating a new version."""
+        """Replaces a secret's plaintext, creating a new version.
+
+        Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (plaintext empty or over 64 KiB); NOT_FOUND
+        `NOT_FOUND`; FAILED_PRECONDITION `CONCURRENT_UPDATE` (retry), `CUSTOMER_KEY_UNAVAILABLE`.
+        """
 
     @_abc_1.abstractmethod
     def DeleteSecret(
@@ -157,6 +278,8 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a secret and every version of it. Not idempotent: a repeat answers NOT_FOUND, as
         for a name that never existed, so clients do not retry it on UNAVAILABLE (after a lost
         reply, GetSecret answering NOT_FOUND confirms the delete).
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
 
     @_abc_1.abstractmethod
@@ -165,7 +288,11 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.RotateDataKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.RotateDataKeyResponse, _abc.Awaitable[_seal_service_pb2.RotateDataKeyResponse]]:
-        """Makes a new data-key version primary for a project and purpose."""
+        """Makes a new data-key version primary for a project and purpose.
+
+        Errors: INVALID_ARGUMENT `INVALID_PURPOSE`; FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE`;
+        UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+        """
 
     @_abc_1.abstractmethod
     def ListDataKeyVersions(
@@ -173,7 +300,11 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.ListDataKeyVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.ListDataKeyVersionsResponse, _abc.Awaitable[_seal_service_pb2.ListDataKeyVersionsResponse]]:
-        """Lists the data-key versions of a project and purpose."""
+        """Lists the data-key versions of a project and purpose.
+
+        Errors: INVALID_ARGUMENT `INVALID_PURPOSE`, `INVALID_ARGUMENT` (negative page_size),
+        `INVALID_PAGE_TOKEN`.
+        """
 
     @_abc_1.abstractmethod
     def RewrapSecrets(
@@ -183,6 +314,10 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_seal_service_pb2.RewrapSecretsResponse, _abc.Awaitable[_seal_service_pb2.RewrapSecretsResponse]]:
         """Re-encrypts a batch of a project's secrets under the primary data-key version without
         returning plaintext. Call again with next_page_token until it is empty.
+
+        Errors: INVALID_ARGUMENT `INVALID_ARGUMENT` (negative batch_size), `INVALID_PAGE_TOKEN`;
+        FAILED_PRECONDITION `DECRYPTION_FAILED`, `CUSTOMER_KEY_UNAVAILABLE`; UNAVAILABLE
+        `CUSTOMER_KEY_UNREACHABLE`.
         """
 
     @_abc_1.abstractmethod
@@ -191,6 +326,12 @@ class SealServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _seal_service_pb2.DestroyDataKeyVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seal_service_pb2.DestroyDataKeyVersionResponse, _abc.Awaitable[_seal_service_pb2.DestroyDataKeyVersionResponse]]:
-        """Crypto-shreds one data-key version: whatever only it protected can never be recovered."""
+        """Crypto-shreds one data-key version: whatever only it protected can never be recovered.
+
+        Errors: INVALID_ARGUMENT `INVALID_PURPOSE`, `INVALID_ARGUMENT` (version 0),
+        `CONFIRMATION_MISMATCH` (confirm_version differs from version); NOT_FOUND `NOT_FOUND` (no
+        such version); FAILED_PRECONDITION `DATA_KEY_PRIMARY` (rotate first); UNAVAILABLE
+        `AUDIT_UNAVAILABLE`.
+        """
 
 def add_SealServiceServicer_to_server(servicer: SealServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

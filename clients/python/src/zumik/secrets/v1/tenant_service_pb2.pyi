@@ -67,15 +67,15 @@ class TenantSettings(_message.Message):
     """Whether the tenant's data keys are wrapped by its own customer-managed key."""
     @_builtins.property
     def audit_retention(self) -> _duration_pb2.Duration:
-        """How long audit events are kept."""
+        """How long audit events are kept (1 to 3650 days; default 400 days)."""
 
     @_builtins.property
     def revoked_key_retention(self) -> _duration_pb2.Duration:
-        """How long revoked API keys' metadata is kept."""
+        """How long revoked API keys' metadata is kept (0 to 3650 days; default 30 days)."""
 
     @_builtins.property
     def session_absolute_lifetime(self) -> _duration_pb2.Duration:
-        """Default absolute lifetime of new sessions."""
+        """Default absolute lifetime of new sessions (5 minutes to 30 days; default 12 hours)."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
@@ -163,7 +163,11 @@ class UpdateTenantSettingsRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Which fields to update (for example `telemetry_mode`)."""
+        """Which fields to update: any of `telemetry_mode`, `audit_retention`,
+        `revoked_key_retention`, `session_absolute_lifetime` (proto field names). A retention field
+        named here but unset in `settings` goes back to its default. In grpcurl's JSON:
+        `"update_mask": {"paths": ["telemetry_mode"]}`.
+        """
 
     def __init__(
         self,
@@ -410,7 +414,9 @@ class PurgeReceipt(_message.Message):
     KID_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """`tenants/{tenant}/purgeReceipts/rcp_{id}`."""
+    """Resource name: `tenants/{tenant}/purgeReceipts/rcp_{id}`, where `{id}` is 22 base62
+    characters encoding 128 random bits (see common.proto).
+    """
     target: _builtins.str
     """What was purged: `tenants/{tenant}` or `tenants/{tenant}/projects/{project}`."""
     audit_sequence: _builtins.int

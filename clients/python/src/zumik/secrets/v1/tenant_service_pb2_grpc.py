@@ -28,6 +28,10 @@ if _version_not_supported:
 class TenantServiceStub:
     """TenantService holds per-tenant settings (telemetry mode, retention, customer-managed key) and
     the tenant lifecycle: honest purge by crypto-shredding, with signed receipts.
+
+    Settings are named `tenants/{tenant}/settings`, receipts
+    `tenants/{tenant}/purgeReceipts/rcp_{id}` (see common.proto for the grammar and the errors
+    every call can return).
     """
 
     def __init__(self, channel):
@@ -76,6 +80,10 @@ class TenantServiceStub:
 class TenantServiceServicer:
     """TenantService holds per-tenant settings (telemetry mode, retention, customer-managed key) and
     the tenant lifecycle: honest purge by crypto-shredding, with signed receipts.
+
+    Settings are named `tenants/{tenant}/settings`, receipts
+    `tenants/{tenant}/purgeReceipts/rcp_{id}` (see common.proto for the grammar and the errors
+    every call can return).
     """
 
     def GetTenantSettings(self, request, context):
@@ -87,6 +95,10 @@ class TenantServiceServicer:
 
     def UpdateTenantSettings(self, request, context):
         """Updates the fields of a tenant's settings named by update_mask.
+
+        Errors: INVALID_ARGUMENT `UPDATE_MASK_REQUIRED`, `INVALID_UPDATE_MASK`,
+        `INVALID_TELEMETRY_MODE`, `RETENTION_OUT_OF_RANGE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+        change was undone).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +106,10 @@ class TenantServiceServicer:
 
     def ConfigureCustomerKey(self, request, context):
         """Binds a tenant's data keys to the tenant's own key in its OpenBao or Vault Transit engine.
+
+        Errors: INVALID_ARGUMENT `INVALID_CUSTOMER_KEY` (`metadata.field` names the bad field);
+        FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE` (the key refused the probe),
+        `DATA_KEYS_CHANGED` (retry); UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +124,9 @@ class TenantServiceServicer:
 
     def PurgeProject(self, request, context):
         """Purges a project: destroys its data keys first (crypto-shredding), then deletes its rows.
+
+        Errors: INVALID_ARGUMENT `CONFIRMATION_MISMATCH`; UNAVAILABLE `AUDIT_UNAVAILABLE`,
+        `PURGE_CONFLICT` (run it again: a purge resumes where it stopped).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +134,8 @@ class TenantServiceServicer:
 
     def PurgeTenant(self, request, context):
         """Purges a whole tenant, like PurgeProject for each of its projects and then the tenant.
+
+        Errors: as PurgeProject.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +143,8 @@ class TenantServiceServicer:
 
     def GetPurgeReceipt(self, request, context):
         """Returns a purge receipt made earlier.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +199,10 @@ def add_TenantServiceServicer_to_server(servicer, server):
 class TenantService:
     """TenantService holds per-tenant settings (telemetry mode, retention, customer-managed key) and
     the tenant lifecycle: honest purge by crypto-shredding, with signed receipts.
+
+    Settings are named `tenants/{tenant}/settings`, receipts
+    `tenants/{tenant}/purgeReceipts/rcp_{id}` (see common.proto for the grammar and the errors
+    every call can return).
     """
 
     @staticmethod

@@ -29,6 +29,10 @@ GRPC_VERSION: str
 class TenantServiceStub:
     """TenantService holds per-tenant settings (telemetry mode, retention, customer-managed key) and
     the tenant lifecycle: honest purge by crypto-shredding, with signed receipts.
+
+    Settings are named `tenants/{tenant}/settings`, receipts
+    `tenants/{tenant}/purgeReceipts/rcp_{id}` (see common.proto for the grammar and the errors
+    every call can return).
     """
 
     @_typing.overload
@@ -38,43 +42,91 @@ class TenantServiceStub:
     GetTenantSettings: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.GetTenantSettingsRequest, _tenant_service_pb2.GetTenantSettingsResponse]
     """Returns a tenant's settings (defaults for a tenant never configured)."""
     UpdateTenantSettings: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.UpdateTenantSettingsRequest, _tenant_service_pb2.UpdateTenantSettingsResponse]
-    """Updates the fields of a tenant's settings named by update_mask."""
+    """Updates the fields of a tenant's settings named by update_mask.
+
+    Errors: INVALID_ARGUMENT `UPDATE_MASK_REQUIRED`, `INVALID_UPDATE_MASK`,
+    `INVALID_TELEMETRY_MODE`, `RETENTION_OUT_OF_RANGE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+    change was undone).
+    """
     ConfigureCustomerKey: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.ConfigureCustomerKeyRequest, _tenant_service_pb2.ConfigureCustomerKeyResponse]
-    """Binds a tenant's data keys to the tenant's own key in its OpenBao or Vault Transit engine."""
+    """Binds a tenant's data keys to the tenant's own key in its OpenBao or Vault Transit engine.
+
+    Errors: INVALID_ARGUMENT `INVALID_CUSTOMER_KEY` (`metadata.field` names the bad field);
+    FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE` (the key refused the probe),
+    `DATA_KEYS_CHANGED` (retry); UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     RunRetention: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.RunRetentionRequest, _tenant_service_pb2.RunRetentionResponse]
     """Runs the retention sweeps now (expired sessions, revoked keys, old audit events)."""
     PurgeProject: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.PurgeProjectRequest, _tenant_service_pb2.PurgeProjectResponse]
-    """Purges a project: destroys its data keys first (crypto-shredding), then deletes its rows."""
+    """Purges a project: destroys its data keys first (crypto-shredding), then deletes its rows.
+
+    Errors: INVALID_ARGUMENT `CONFIRMATION_MISMATCH`; UNAVAILABLE `AUDIT_UNAVAILABLE`,
+    `PURGE_CONFLICT` (run it again: a purge resumes where it stopped).
+    """
     PurgeTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.PurgeTenantRequest, _tenant_service_pb2.PurgeTenantResponse]
-    """Purges a whole tenant, like PurgeProject for each of its projects and then the tenant."""
+    """Purges a whole tenant, like PurgeProject for each of its projects and then the tenant.
+
+    Errors: as PurgeProject.
+    """
     GetPurgeReceipt: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.GetPurgeReceiptRequest, _tenant_service_pb2.GetPurgeReceiptResponse]
-    """Returns a purge receipt made earlier."""
+    """Returns a purge receipt made earlier.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
 
 @_typing.type_check_only
 class TenantServiceAsyncStub(TenantServiceStub):
     """TenantService holds per-tenant settings (telemetry mode, retention, customer-managed key) and
     the tenant lifecycle: honest purge by crypto-shredding, with signed receipts.
+
+    Settings are named `tenants/{tenant}/settings`, receipts
+    `tenants/{tenant}/purgeReceipts/rcp_{id}` (see common.proto for the grammar and the errors
+    every call can return).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTenantSettings: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.GetTenantSettingsRequest, _tenant_service_pb2.GetTenantSettingsResponse]  # type: ignore[assignment]
     """Returns a tenant's settings (defaults for a tenant never configured)."""
     UpdateTenantSettings: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.UpdateTenantSettingsRequest, _tenant_service_pb2.UpdateTenantSettingsResponse]  # type: ignore[assignment]
-    """Updates the fields of a tenant's settings named by update_mask."""
+    """Updates the fields of a tenant's settings named by update_mask.
+
+    Errors: INVALID_ARGUMENT `UPDATE_MASK_REQUIRED`, `INVALID_UPDATE_MASK`,
+    `INVALID_TELEMETRY_MODE`, `RETENTION_OUT_OF_RANGE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+    change was undone).
+    """
     ConfigureCustomerKey: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.ConfigureCustomerKeyRequest, _tenant_service_pb2.ConfigureCustomerKeyResponse]  # type: ignore[assignment]
-    """Binds a tenant's data keys to the tenant's own key in its OpenBao or Vault Transit engine."""
+    """Binds a tenant's data keys to the tenant's own key in its OpenBao or Vault Transit engine.
+
+    Errors: INVALID_ARGUMENT `INVALID_CUSTOMER_KEY` (`metadata.field` names the bad field);
+    FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE` (the key refused the probe),
+    `DATA_KEYS_CHANGED` (retry); UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+    """
     RunRetention: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.RunRetentionRequest, _tenant_service_pb2.RunRetentionResponse]  # type: ignore[assignment]
     """Runs the retention sweeps now (expired sessions, revoked keys, old audit events)."""
     PurgeProject: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.PurgeProjectRequest, _tenant_service_pb2.PurgeProjectResponse]  # type: ignore[assignment]
-    """Purges a project: destroys its data keys first (crypto-shredding), then deletes its rows."""
+    """Purges a project: destroys its data keys first (crypto-shredding), then deletes its rows.
+
+    Errors: INVALID_ARGUMENT `CONFIRMATION_MISMATCH`; UNAVAILABLE `AUDIT_UNAVAILABLE`,
+    `PURGE_CONFLICT` (run it again: a purge resumes where it stopped).
+    """
     PurgeTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.PurgeTenantRequest, _tenant_service_pb2.PurgeTenantResponse]  # type: ignore[assignment]
-    """Purges a whole tenant, like PurgeProject for each of its projects and then the tenant."""
+    """Purges a whole tenant, like PurgeProject for each of its projects and then the tenant.
+
+    Errors: as PurgeProject.
+    """
     GetPurgeReceipt: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.GetPurgeReceiptRequest, _tenant_service_pb2.GetPurgeReceiptResponse]  # type: ignore[assignment]
-    """Returns a purge receipt made earlier."""
+    """Returns a purge receipt made earlier.
+
+    Errors: NOT_FOUND `NOT_FOUND`.
+    """
 
 class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
     """TenantService holds per-tenant settings (telemetry mode, retention, customer-managed key) and
     the tenant lifecycle: honest purge by crypto-shredding, with signed receipts.
+
+    Settings are named `tenants/{tenant}/settings`, receipts
+    `tenants/{tenant}/purgeReceipts/rcp_{id}` (see common.proto for the grammar and the errors
+    every call can return).
     """
 
     @_abc_1.abstractmethod
@@ -91,7 +143,12 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.UpdateTenantSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.UpdateTenantSettingsResponse, _abc.Awaitable[_tenant_service_pb2.UpdateTenantSettingsResponse]]:
-        """Updates the fields of a tenant's settings named by update_mask."""
+        """Updates the fields of a tenant's settings named by update_mask.
+
+        Errors: INVALID_ARGUMENT `UPDATE_MASK_REQUIRED`, `INVALID_UPDATE_MASK`,
+        `INVALID_TELEMETRY_MODE`, `RETENTION_OUT_OF_RANGE`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the
+        change was undone).
+        """
 
     @_abc_1.abstractmethod
     def ConfigureCustomerKey(
@@ -99,7 +156,12 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.ConfigureCustomerKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.ConfigureCustomerKeyResponse, _abc.Awaitable[_tenant_service_pb2.ConfigureCustomerKeyResponse]]:
-        """Binds a tenant's data keys to the tenant's own key in its OpenBao or Vault Transit engine."""
+        """Binds a tenant's data keys to the tenant's own key in its OpenBao or Vault Transit engine.
+
+        Errors: INVALID_ARGUMENT `INVALID_CUSTOMER_KEY` (`metadata.field` names the bad field);
+        FAILED_PRECONDITION `CUSTOMER_KEY_UNAVAILABLE` (the key refused the probe),
+        `DATA_KEYS_CHANGED` (retry); UNAVAILABLE `CUSTOMER_KEY_UNREACHABLE`.
+        """
 
     @_abc_1.abstractmethod
     def RunRetention(
@@ -115,7 +177,11 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.PurgeProjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.PurgeProjectResponse, _abc.Awaitable[_tenant_service_pb2.PurgeProjectResponse]]:
-        """Purges a project: destroys its data keys first (crypto-shredding), then deletes its rows."""
+        """Purges a project: destroys its data keys first (crypto-shredding), then deletes its rows.
+
+        Errors: INVALID_ARGUMENT `CONFIRMATION_MISMATCH`; UNAVAILABLE `AUDIT_UNAVAILABLE`,
+        `PURGE_CONFLICT` (run it again: a purge resumes where it stopped).
+        """
 
     @_abc_1.abstractmethod
     def PurgeTenant(
@@ -123,7 +189,10 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.PurgeTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.PurgeTenantResponse, _abc.Awaitable[_tenant_service_pb2.PurgeTenantResponse]]:
-        """Purges a whole tenant, like PurgeProject for each of its projects and then the tenant."""
+        """Purges a whole tenant, like PurgeProject for each of its projects and then the tenant.
+
+        Errors: as PurgeProject.
+        """
 
     @_abc_1.abstractmethod
     def GetPurgeReceipt(
@@ -131,6 +200,9 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.GetPurgeReceiptRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.GetPurgeReceiptResponse, _abc.Awaitable[_tenant_service_pb2.GetPurgeReceiptResponse]]:
-        """Returns a purge receipt made earlier."""
+        """Returns a purge receipt made earlier.
+
+        Errors: NOT_FOUND `NOT_FOUND`.
+        """
 
 def add_TenantServiceServicer_to_server(servicer: TenantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
