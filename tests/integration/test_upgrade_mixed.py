@@ -204,8 +204,15 @@ def test_previous_release_and_this_one_serve_one_postgresql_side_by_side(
         time.sleep(0.5)
 
         # 3. This release's server joins on the same database.
+        # The upgrade window from the previous release (docs/operations/upgrade.md): its
+        # claims name no source credential; this release accepts them only while told to.
         new = ServerProcess(
-            dev_pki, fresh_pg_url, keyring, tmp_path / "new.log", python_path=new_path
+            dev_pki,
+            fresh_pg_url,
+            keyring,
+            tmp_path / "new.log",
+            python_path=new_path,
+            extra_env={"ZUMIK_ACCEPT_CLAIMS_WITHOUT_CREDENTIAL": "1"},
         )
         servers.append(new)
         new.wait_serving()

@@ -181,3 +181,26 @@ def test_a_replica_started_later_replays_the_recent_feed(world: Any) -> None:
     fresh.load(Feed())  # type: ignore[arg-type]
     assert _refused(fresh, _claim("key_a"))
     assert len(fresh) == 1  # the hour-old change is past any claim's lifetime
+
+
+def test_claims_without_a_credential_are_accepted_only_in_the_upgrade_window() -> None:
+    """A claim of the previous release (no ``cid``) is refused unless the window is open."""
+    stores = _Stores()
+    strict = ClaimRevocations(stores, stores, stores, clock=_Clock())  # type: ignore[arg-type]
+    window = ClaimRevocations(
+        stores,  # type: ignore[arg-type]
+        stores,  # type: ignore[arg-type]
+        stores,  # type: ignore[arg-type]
+        clock=_Clock(),
+        accept_without_credential=True,
+    )
+    for rev in (strict, window):
+        rev.load()
+    legacy = _claim("")
+    with pytest.raises(Unauthenticated) as refused:
+        strict.check_claim(legacy, NOW)
+    assert refused.value.reason == "CLAIM_NO_CREDENTIAL"
+    assert window.check_claim(legacy, NOW) is legacy
+    stores.tombs.append(("acme", None, _dt(NOW - 1)))
+    window.load()
+    assert _refused(window, legacy)  # a purge tombstone still refuses it

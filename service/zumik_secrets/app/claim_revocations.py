@@ -76,6 +76,7 @@ class ClaimRevocations:
         *,
         max_claim_lifetime: float = MAX_TTL_SECONDS + DEFAULT_LEEWAY_SECONDS,
         clock: Callable[[], float] = time.time,
+        accept_without_credential: bool = False,
     ) -> None:
         """Create the set (empty until :meth:`load`).
 
@@ -86,7 +87,11 @@ class ClaimRevocations:
             max_claim_lifetime: Longest a claim can be accepted after it was minted (TTL plus
                 leeway), in seconds: how long a cut-off must be remembered.
             clock: Unix time.
+            accept_without_credential: Accept claims that name no credential (minted by the
+                previous release) during a rolling upgrade; they are still checked against the
+                purge tombstones, but no revocation can reach them before they expire.
         """
+        self._accept_without_credential = accept_without_credential
         self._api_keys = api_keys
         self._sessions = sessions
         self._purges = purges
@@ -198,11 +203,11 @@ class ClaimRevocations:
         Raises:
             Unauthenticated: reason ``CLAIM_REVOKED`` or ``CLAIM_NO_CREDENTIAL``.
         """
-        if not claim.credential_id:
+        if not claim.credential_id and not self._accept_without_credential:
             raise Unauthenticated(
                 "tenant claim names no credential", reason=REASON_CLAIM_NO_CREDENTIAL
             )
-        cut = self._cuts.get(claim.credential_id)
+        cut = self._cuts.get(claim.credential_id) if claim.credential_id else None
         if (
             (cut is not None and (now >= cut.valid_until or claim.issued_at < cut.issued_from))
             or claim.tenant_id in self._tenants

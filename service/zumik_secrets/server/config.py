@@ -337,6 +337,17 @@ class ServerConfig:
             )
         },
     )
+    accept_claims_without_credential: bool = field(
+        default=False,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_ACCEPT_CLAIMS_WITHOUT_CREDENTIAL",
+                "upgrade window only: accept claims minted by the previous release, which name no "
+                "source credential (cid) and so cannot be revoked before they expire (at most "
+                "the claim lifetime); turn off once every replica runs this release",
+            )
+        },
+    )
     audit_witness_dir: str = field(
         default="",
         metadata={

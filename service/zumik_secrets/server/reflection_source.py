@@ -70,6 +70,13 @@ def load_commented_files(
                 DESCRIPTOR_SET_RESOURCE,
             )
             continue
+        # Served as the running code has it, plus comments: protoc's descriptor set fills in
+        # every field's json_name, which makes grpcurl print lowerCamelCase names instead of the
+        # proto names it printed before (and that operators' scripts and README read).
+        for message in proto.message_type:
+            _strip_json_names(message)
+        for extension in proto.extension:
+            extension.ClearField("json_name")
         files[proto.name] = proto
     return files
 

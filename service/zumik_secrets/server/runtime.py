@@ -248,7 +248,14 @@ class Runtime:
                 store.sessions,
                 store.purges,
                 max_claim_lifetime=config.claim_ttl_seconds + verifier.leeway,
+                accept_without_credential=config.accept_claims_without_credential,
             )
+            if config.accept_claims_without_credential:
+                _LOG.warning(
+                    "ZUMIK_ACCEPT_CLAIMS_WITHOUT_CREDENTIAL is on: claims of the previous "
+                    "release are accepted and cannot be revoked before they expire; turn it "
+                    "off once every replica runs this release"
+                )
             for kind in ("api_key", "session", "purge"):
                 watcher.subscribe(kind, revocations.on_change)
             purges = PurgeService(

@@ -35,6 +35,15 @@ reasons specific to each method, each status code followed by its reasons):
   an API key, token, claim, private key or long random string; `metadata.field` names it);
 * NOT_FOUND `NOT_FOUND`: the named resource does not exist, or belongs to another tenant or
   project than the claim's; the two answers are byte-identical on purpose;
+* FAILED_PRECONDITION `SCOPE_PURGED`: the tenant or project was purged (a purge leaves a
+  tombstone: nothing in it is read or created again, by a claim or without one);
+* RESOURCE_EXHAUSTED `PEER_CALL_LIMIT`, `PEER_STREAM_LIMIT` (too many long-running calls or
+  streams from this caller at once), `SERVER_OVERLOADED` (the call was shed); each with a
+  `google.rpc.RetryInfo`;
+* INVALID_ARGUMENT `VALUE_OUT_OF_RANGE` (a number outside what storage can hold);
+* for a call that needs a data key: RESOURCE_EXHAUSTED `CUSTOMER_KEY_BUSY` (too many of the
+  tenant's calls wait on its own key server), UNAVAILABLE `DATA_KEY_BUSY` (the wait for a key
+  another call is unwrapping outlasted the deadline);
 * UNAVAILABLE `STORAGE_UNAVAILABLE` (retry with backoff), UNIMPLEMENTED
   `METHOD_NOT_FOUND`, INTERNAL `INTERNAL` (quote `metadata.correlation_id` to the operator);
 * for a call made by an operator under a break-glass grant (metadata `zumik-grant`, see

@@ -126,7 +126,9 @@ class KeyServiceServicer:
 
         Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
         `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
-        UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key was created).
+        PERMISSION_DENIED `SCOPE_ESCALATION` (a requested scope the caller's claim lacks: a key
+        never carries more than its minter holds); UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key
+        was created).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +185,7 @@ class KeyServiceServicer:
 
         Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
         NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
+        PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks);
         UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -194,7 +197,9 @@ class KeyServiceServicer:
 
         Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (user_subject or scopes empty),
         `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
-        timeout out of range); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+        timeout out of range); PERMISSION_DENIED `SCOPE_ESCALATION` (a scope the caller's claim
+        lacks), `IMPERSONATION_NOT_ALLOWED` (with a claim, user_subject must be the claim's own
+        subject unless the policy names an impersonation right); UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,7 +229,8 @@ class KeyServiceServicer:
         """Issues a new token for a session and kills the old one (for privilege changes).
 
         Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired).
+        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
+        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

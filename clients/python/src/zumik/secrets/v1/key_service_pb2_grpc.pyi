@@ -44,7 +44,9 @@ class KeyServiceStub:
 
     Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
     `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
-    UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key was created).
+    PERMISSION_DENIED `SCOPE_ESCALATION` (a requested scope the caller's claim lacks: a key
+    never carries more than its minter holds); UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key
+    was created).
     """
     VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.VerifyApiKeyRequest, _key_service_pb2.VerifyApiKeyResponse]
     """Verifies a presented API key and, when valid, mints a tenant claim. Failures are ordinary
@@ -81,6 +83,7 @@ class KeyServiceStub:
 
     Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
     NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
+    PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks);
     UNAVAILABLE `AUDIT_UNAVAILABLE`.
     """
     CreateSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.CreateSessionRequest, _key_service_pb2.CreateSessionResponse]
@@ -88,7 +91,9 @@ class KeyServiceStub:
 
     Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (user_subject or scopes empty),
     `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
-    timeout out of range); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    timeout out of range); PERMISSION_DENIED `SCOPE_ESCALATION` (a scope the caller's claim
+    lacks), `IMPERSONATION_NOT_ALLOWED` (with a claim, user_subject must be the claim's own
+    subject unless the policy names an impersonation right); UNAVAILABLE `AUDIT_UNAVAILABLE`.
     """
     VerifySession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.VerifySessionRequest, _key_service_pb2.VerifySessionResponse]
     """Verifies a presented session token, slides its idle timeout, and mints a tenant claim.
@@ -106,7 +111,8 @@ class KeyServiceStub:
     """Issues a new token for a session and kills the old one (for privilege changes).
 
     Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired).
+    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
+    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session).
     """
     RevokeSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]
     """Revokes one session: its token stops verifying at once.
@@ -143,7 +149,9 @@ class KeyServiceAsyncStub(KeyServiceStub):
 
     Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
     `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
-    UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key was created).
+    PERMISSION_DENIED `SCOPE_ESCALATION` (a requested scope the caller's claim lacks: a key
+    never carries more than its minter holds); UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key
+    was created).
     """
     VerifyApiKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.VerifyApiKeyRequest, _key_service_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
     """Verifies a presented API key and, when valid, mints a tenant claim. Failures are ordinary
@@ -180,6 +188,7 @@ class KeyServiceAsyncStub(KeyServiceStub):
 
     Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
     NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
+    PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks);
     UNAVAILABLE `AUDIT_UNAVAILABLE`.
     """
     CreateSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.CreateSessionRequest, _key_service_pb2.CreateSessionResponse]  # type: ignore[assignment]
@@ -187,7 +196,9 @@ class KeyServiceAsyncStub(KeyServiceStub):
 
     Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (user_subject or scopes empty),
     `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
-    timeout out of range); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    timeout out of range); PERMISSION_DENIED `SCOPE_ESCALATION` (a scope the caller's claim
+    lacks), `IMPERSONATION_NOT_ALLOWED` (with a claim, user_subject must be the claim's own
+    subject unless the policy names an impersonation right); UNAVAILABLE `AUDIT_UNAVAILABLE`.
     """
     VerifySession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.VerifySessionRequest, _key_service_pb2.VerifySessionResponse]  # type: ignore[assignment]
     """Verifies a presented session token, slides its idle timeout, and mints a tenant claim.
@@ -205,7 +216,8 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """Issues a new token for a session and kills the old one (for privilege changes).
 
     Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired).
+    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
+    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session).
     """
     RevokeSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]  # type: ignore[assignment]
     """Revokes one session: its token stops verifying at once.
@@ -245,7 +257,9 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
         `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
-        UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key was created).
+        PERMISSION_DENIED `SCOPE_ESCALATION` (a requested scope the caller's claim lacks: a key
+        never carries more than its minter holds); UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key
+        was created).
         """
 
     @_abc_1.abstractmethod
@@ -312,6 +326,7 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
         NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
+        PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks);
         UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
 
@@ -325,7 +340,9 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT `FIELD_REQUIRED` (user_subject or scopes empty),
         `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
-        timeout out of range); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+        timeout out of range); PERMISSION_DENIED `SCOPE_ESCALATION` (a scope the caller's claim
+        lacks), `IMPERSONATION_NOT_ALLOWED` (with a claim, user_subject must be the claim's own
+        subject unless the policy names an impersonation right); UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
 
     @_abc_1.abstractmethod
@@ -361,7 +378,8 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Issues a new token for a session and kills the old one (for privilege changes).
 
         Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired).
+        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
+        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session).
         """
 
     @_abc_1.abstractmethod
