@@ -29,7 +29,8 @@ LINT_PATHS = $(wildcard service clients tests bench scripts)
 MYPY_PATHS = service clients/python/src/zumik_secrets_client scripts
 GENERATED = clients/python/src service/zumik_secrets/server/contracts.binpb
 
-.PHONY: help venv node_modules proto proto-check buf-lint buf-breaking buf-release-snapshot client-check lint fmt \
+.PHONY: help venv node_modules proto proto-check buf-lint buf-breaking buf-release-snapshot \
+	client-check dist lint fmt \
 	test fuzz sbom lock release verify-release controls run bench bench-quick clean distclean deploy-tools deploy-check
 
 help: ## List the targets
@@ -119,8 +120,12 @@ buf-breaking: $(NODE_STAMP) ## buf breaking (FILE) against the last released con
 buf-release-snapshot: $(NODE_STAMP) ## After a release: make the current proto/ the released baseline
 	npx --no-install buf build --exclude-source-info -o $(BUF_RELEASED)
 
-client-check: $(VENV_STAMP) ## Install clients/python into a fresh scratch venv and import it
+client-check: $(VENV_STAMP) ## Install clients/python[typing] into a scratch venv; mypy --strict its README
 	PYTHON=$(PYTHON) DEV_PY=$(PY) scripts/client_check.sh
+
+DIST ?= dist
+dist: $(VENV_STAMP) ## sdist + wheel of client and service in dist/, twine check, install in a clean venv
+	PYTHON=$(PYTHON) DEV_PY=$(PY) DIST=$(abspath $(DIST)) scripts/dist.sh
 
 # ------------------------------------------------------------------------------ quality
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install clients/python for real (not editable) into a fresh scratch venv outside the repo and
-# check what a user of the distribution gets: imports from any directory, the typed stubs
-# (.pyi + py.typed, usable by mypy --strict), namespace packages, and dependency pins that match
-# the generated code. Deletes the scratch venv afterwards.
+# Install clients/python with its `typing` extra, and nothing else, for real (not editable) into
+# a fresh scratch venv outside the repo and check what a user of the distribution gets: imports
+# from any directory, the typed stubs (.pyi + py.typed), namespace packages, dependency pins that
+# match the generated code, and `mypy --strict` passing on the README's examples (and failing on
+# a script with type errors, so the check can fail). Deletes the scratch venv afterwards.
 #
 # Env: PYTHON (interpreter for the scratch venv, default python3), DEV_PY (a python with mypy,
 # default .venv/bin/python).
@@ -11,6 +12,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
 dev_py="${DEV_PY:-$repo/.venv/bin/python}"
+# Absolute: the checks below run from / (a relative DEV_PY silently skipped the mypy check).
+case "$dev_py" in /*) ;; *) dev_py="$PWD/$dev_py" ;; esac
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/zumik-client-check.XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
 
@@ -21,7 +24,7 @@ vpy="$scratch/venv/bin/python"
 mkdir "$scratch/src"
 tar -C "$repo/clients/python" --exclude=build --exclude='*.egg-info' --exclude=__pycache__ \
   --exclude=.mypy_cache -cf - . | tar -C "$scratch/src" -xf -
-"$vpy" -m pip install --quiet --disable-pip-version-check "$scratch/src"
+"$vpy" -m pip install --quiet --disable-pip-version-check "$scratch/src[typing]"
 
 cd /  # nothing from the repo may be importable by accident
 "$vpy" - <<'PY'
@@ -57,30 +60,72 @@ assert methods, "no idempotent methods found in the contracts"
 print(f"client-check: imports OK from {v1}; {len(methods)} idempotent methods; requires {requires}")
 PY
 
-# PEP 561: mypy --strict, run against the scratch venv, must see the installed types.
+# PEP 561: mypy --strict, run against the scratch venv, must see the installed types. The README's
+# ```python blocks are one module, in order, as tests/integration/test_client_readme.py runs them.
+"$vpy" - "$repo/clients/python/README.md" "$scratch/readme_examples.py" <<'PY'
+import pathlib
+import re
+import sys
+
+text = pathlib.Path(sys.argv[1]).read_text()
+blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+assert len(blocks) >= 6, f"only {len(blocks)} python blocks in the README"
+pathlib.Path(sys.argv[2]).write_text("\n".join(blocks))
+print(f"client-check: {len(blocks)} README blocks to type-check")
+PY
 cat > "$scratch/use_client.py" <<'PY'
 import grpc
 
 from zumik.secrets.v1 import key_service_pb2, key_service_pb2_grpc
-from zumik_secrets_client import connect
+from zumik_secrets_client import connect, errors
 
 
 def get(channel: grpc.Channel, name: str) -> str:
     stub = key_service_pb2_grpc.KeyServiceStub(channel)
-    reply: key_service_pb2.GetApiKeyResponse = stub.GetApiKey(
-        key_service_pb2.GetApiKeyRequest(name=name)
-    )
+    try:
+        reply: key_service_pb2.GetApiKeyResponse = stub.GetApiKey(
+            key_service_pb2.GetApiKeyRequest(name=name)
+        )
+    except errors.ApiKeyNotFound as exc:
+        return exc.reason or ""
     return reply.api_key.name
 
 
 def open_channel() -> grpc.Channel:
     return connect("localhost:8443", ca_file="ca.pem", cert_file="c.pem", key_file="k.pem")
 PY
+cat > "$scratch/wrong.py" <<'PY'
+import grpc
+
+from zumik.secrets.v1 import key_service_pb2, key_service_pb2_grpc, seal_service_pb2
+from zumik_secrets_client import aio, connect
+
+
+def get(channel: grpc.Channel) -> int:
+    stub = key_service_pb2_grpc.KeyServiceStub(channel)
+    return stub.GetApiKey(seal_service_pb2.OpenRequest(name="x")).api_key.name
+
+
+async def aget(channel: grpc.aio.Channel) -> None:
+    stub = key_service_pb2_grpc.KeyServiceStub(channel)
+    stub.GetApiKey(key_service_pb2.GetApiKeyRequest(name="x")).api_key
+
+
+connect("x", ca_file="a", cert_file="b", key_file="c", default_timeout="5")
+aio.connect("x", ca_file="a", cert_file="b", key_file="c", claim=42)
+PY
 if "$dev_py" -c 'import mypy' 2>/dev/null; then
-  # grpc-stubs and types-protobuf come from the dev venv; the package under test from the scratch one.
-  "$vpy" -m pip install --quiet --disable-pip-version-check grpc-stubs types-protobuf
-  "$dev_py" -m mypy --strict --no-incremental --cache-dir=/dev/null \
-    --python-executable "$vpy" "$scratch/use_client.py"
+  # mypy from the dev venv; every module it checks against (the client, grpc-stubs,
+  # types-protobuf) from the scratch venv.
+  mypy=("$dev_py" -m mypy --strict --no-incremental --cache-dir=/dev/null
+    --python-executable "$vpy")
+  "${mypy[@]}" "$scratch/use_client.py" "$scratch/readme_examples.py"
+  if out="$("${mypy[@]}" "$scratch/wrong.py" 2>&1)"; then
+    echo "$out"; echo "client-check: mypy accepted a script with type errors" >&2; exit 1
+  fi
+  errors="$(grep -c ': error:' <<<"$out" || true)"
+  [ "$errors" -ge 5 ] || { echo "$out"; echo "client-check: expected 5 type errors" >&2; exit 1; }
+  echo "client-check: mypy --strict rejects the wrong script ($errors errors), as it should"
 else
   echo "client-check: mypy not available in $dev_py; skipping the typing check" >&2
 fi

@@ -356,3 +356,20 @@ def test_session_rotation_kills_the_old_token(sessions: SessionService) -> None:
     assert sessions.verify(rotated.token, ["b"], GATEWAY).result is (
         VerifyResult.INSUFFICIENT_SCOPE
     )
+
+
+def test_claim_expires_no_later_than_its_key_even_when_cached(
+    service: ApiKeyService, issuer: ClaimIssuer, clock: Clock
+) -> None:
+    """Adversary finding: a claim minted just before a key's ttl ran out outlived the key."""
+    created = _create(service, ttl=timedelta(seconds=100))
+    first = service.verify(created.raw_key, [], GATEWAY).claim
+    assert first is not None and first.expires_at == int(clock.now) + 100
+    clock.now += 99.5  # half a second left: a one-second claim, not the 300 s one
+    last = service.verify(created.raw_key, [], GATEWAY).claim
+    assert last is not None and last.expires_at <= int(clock.now) + 1
+    # The issuer never hands back a cached claim that outlives the credential's new end.
+    long = issuer.issue("key_x", "acme", "web", "key_x", ["keys.read"])
+    assert long.expires_at == int(clock.now) + 300
+    short = issuer.issue("key_x", "acme", "web", "key_x", ["keys.read"], not_after=clock.now + 10)
+    assert short.token != long.token and short.expires_at <= clock.now + 10

@@ -126,6 +126,11 @@ def test_a_rotated_session_refuses_claims_issued_before_the_rotation(world: Any)
     rev.on_change(_change("session", "ses_a", at=NOW + 0.5))
     assert _refused(rev, _claim("ses_a", iat=NOW - 1))
     assert not _refused(rev, _claim("ses_a", iat=NOW + 1), NOW + 1)
+    # A claim of the rotation's own second is refused too (it may carry the old scopes); the
+    # new token's claims are minted from the next second on (issue_floor).
+    assert _refused(rev, _claim("ses_a", iat=int(NOW + 0.5)))
+    assert rev.issue_floor("ses_a") == int(NOW + 0.5) + 1
+    assert rev.issue_floor("ses_other") == 0.0
 
 
 def test_claims_without_a_credential_are_refused(world: Any) -> None:

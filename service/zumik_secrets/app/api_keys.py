@@ -61,6 +61,11 @@ from zumik_secrets.storage.records import ApiKeyRecord, ChangeRecord
 
 _LOG = logging.getLogger("zumik.api_keys")
 
+
+def _nothing() -> None:
+    """The default ``after_change``: no change feed to apply (unit tests)."""
+
+
 MAX_DISPLAY_NAME = 128
 MAX_KEY_SCOPES = 32
 MAX_TTL = timedelta(days=3650)
@@ -216,6 +221,10 @@ class ApiKeyService:
         self._clock = clock
         self._mono = monotonic
         self._lock = threading.Lock()
+        self.after_change: Callable[[], None] = _nothing
+        """Applies the change feed in this process before a revoking or rotating call answers
+        (the server wires the change watcher and the claim revocations), so no claim of the
+        credential is accepted here once the caller was told it is revoked."""
         self._cache: dict[str, _Entry] = {}
         self._negative: dict[str, float] = {}
         self._generation = 0
@@ -316,7 +325,14 @@ class ApiKeyService:
         if needed and not set(needed).issubset(rec.scopes):
             self._audit_verify(VerifyResult.INSUFFICIENT_SCOPE, handle, rec, actor)
             return ApiKeyVerification(VerifyResult.INSUFFICIENT_SCOPE, rec)
-        claim = self._claims.issue(handle, rec.tenant_id, rec.project_id, handle, rec.scopes)
+        claim = self._claims.issue(
+            handle,
+            rec.tenant_id,
+            rec.project_id,
+            handle,
+            rec.scopes,
+            not_after=None if entry.expire_ts == math.inf else entry.expire_ts,
+        )
         with self._lock:
             self._used[handle] = now
         self._audit_verify(VerifyResult.VALID, handle, rec, actor)
@@ -502,6 +518,7 @@ class ApiKeyService:
         self.invalidate(name.id)
         if rec is None:
             raise resource_not_found(str(name))
+        self.after_change()
         self._record(
             "api_key.revoke", rec.tenant_id, str(name), "success", "OK", actor, durable=False
         )
@@ -558,6 +575,7 @@ class ApiKeyService:
             raise resource_not_found(str(name)) from None
         finally:
             self.invalidate(old.key_id)
+        self.after_change()
         previous = self._store.get(name.tenant, name.project, name.id) or old
         self._audit_issue("api_key.rotate", inserted, actor)
         return RotatedApiKey(inserted, generated.raw, self._overlay(previous))

@@ -41,6 +41,7 @@ class ChangeWatcher:
         self._thread: threading.Thread | None = None
         self._listener: ChangeListener | None = None
         self._seq = 0
+        self._poll_lock = threading.Lock()
 
     @property
     def poll_interval(self) -> float:
@@ -72,7 +73,24 @@ class ChangeWatcher:
             self._thread.join(timeout=5)
 
     def poll_once(self) -> int:
-        """Read and dispatch whatever is new; returns how many records were dispatched."""
+        """Read and dispatch whatever is new; returns how many records were dispatched.
+
+        Serialised: a caller that polls to apply its own change before answering waits for a
+        concurrent poll (the watcher thread's) to finish dispatching what it already read, so
+        the change is applied when this returns, whoever read it.
+        """
+        with self._poll_lock:
+            return self._poll_locked()
+
+    def poll_once_quietly(self) -> None:
+        """:meth:`poll_once` for a caller whose change is already committed: a feed outage is
+        logged, not raised (the watcher thread applies the change once the feed is back)."""
+        try:
+            self.poll_once()
+        except ZumikError:
+            _LOG.warning("change feed unavailable; the watcher applies the change later")
+
+    def _poll_locked(self) -> int:
         dispatched = 0
         while True:
             batch = self._feed.since(self._seq)

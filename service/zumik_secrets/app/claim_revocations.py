@@ -8,8 +8,9 @@ about purged scopes, and refuses a claim that outlived its source:
   (purged) or revoked: every claim it minted is refused. An expiry (an API key's, including the
   end of a rotation's grace period; a session's absolute timeout): refused from that time on. A
   live session that changed (its token was rotated, perhaps with new scopes): claims issued
-  before the change's second are refused (claims carry whole seconds, so a claim minted in the
-  same second as the rotation survives it; its scopes were checked at minting).
+  up to the end of the change's second are refused (claims carry whole seconds); the new
+  token's claims are minted with ``iat`` after that second (``issue_floor``, within the
+  verifier's ``nbf`` leeway), so they are not caught by the cut.
   Only credentials whose claims could still be alive are kept: an entry is dropped once
   ``max_claim_lifetime`` passed after its cut-off, so the set is bounded by the changes of the
   last few minutes, not by history.
@@ -164,8 +165,11 @@ class ClaimRevocations:
         rec = self._sessions.get_by_id(record.entity_id)
         if rec is None or rec.state == "revoked" or rec.revoke_time is not None:
             return 0.0, _FOREVER
-        # A live session changed: its token was rotated (perhaps with narrower scopes).
-        return rec.absolute_expire_time.timestamp(), float(int(record.at.timestamp()))
+        # A live session changed: its token was rotated (perhaps with narrower scopes). Claims
+        # carry whole seconds, so every claim of the rotation's second is refused too (one
+        # minted from the old token a moment before would otherwise keep the old scopes for
+        # its whole TTL); the new token's claims are minted after it (``issue_floor``).
+        return rec.absolute_expire_time.timestamp(), float(int(record.at.timestamp()) + 1)
 
     def _note(self, cid: str, cut: tuple[float, float]) -> None:
         valid_until, issued_from = cut
@@ -194,6 +198,12 @@ class ClaimRevocations:
         with self._lock:
             self._prune(self._clock())
             return len(self._cuts)
+
+    def issue_floor(self, cid: str) -> float:
+        """The earliest ``iat`` a new claim of credential ``cid`` may carry to be accepted here
+        (0.0: no constraint): after a session's rotation, the second that follows it."""
+        cut = self._cuts.get(cid)
+        return 0.0 if cut is None or cut.issued_from == _FOREVER else cut.issued_from
 
     # -- checking ----------------------------------------------------------------------------
 

@@ -52,6 +52,16 @@ from zumik_secrets.storage.records import ChangeRecord, SessionRecord
 
 _LOG = logging.getLogger("zumik.sessions")
 
+
+def _nothing() -> None:
+    """The default ``after_change``: no change feed to apply (unit tests)."""
+
+
+def _no_floor(_session_id: str) -> float:
+    """The default ``claim_floor``: no rotation known."""
+    return 0.0
+
+
 MAX_SESSION_SCOPES = 32
 MAX_SUBJECT = 256
 MIN_TIMEOUT = timedelta(minutes=1)
@@ -174,6 +184,13 @@ class SessionService:
         self._clock = clock
         self._mono = monotonic
         self._lock = threading.Lock()
+        self.after_change: Callable[[], None] = _nothing
+        self.claim_floor: Callable[[str], float] = _no_floor
+        """The earliest ``iat`` a new claim of a session may carry (the server wires the claim
+        revocations' ``issue_floor``: after a rotation, the second that follows it)."""
+        """Applies the change feed in this process before a revoking or rotating call answers
+        (the server wires the change watcher and the claim revocations), so no claim of the
+        credential is accepted here once the caller was told it is revoked."""
         self._cache: dict[bytes, _Entry] = {}
         self._hash_of: dict[str, bytes] = {}
         self._generation = 0
@@ -271,7 +288,14 @@ class SessionService:
             self._audit_verify(VerifyResult.INSUFFICIENT_SCOPE, rec, actor)
             return SessionVerification(VerifyResult.INSUFFICIENT_SCOPE, rec)
         claim = self._claims.issue(
-            rec.session_id, rec.tenant_id, rec.project_id, rec.user_subject, rec.scopes
+            rec.session_id,
+            rec.tenant_id,
+            rec.project_id,
+            rec.user_subject,
+            rec.scopes,
+            # Dead at its absolute timeout, or idle_timeout after this use if not used again.
+            not_after=min(rec.absolute_expire_time.timestamp(), now + rec.idle_timeout_seconds),
+            not_before=self.claim_floor(rec.session_id),
         )
         with self._lock:
             self._seen[rec.session_id] = now
@@ -486,6 +510,7 @@ class SessionService:
                 reason="SESSION_NOT_ACTIVE",
                 metadata={"resource": str(name)},
             )
+        self.after_change()
         self._audit_issue("session.rotate", rec, actor)
         return IssuedSession(self._overlay(rec), raw)
 
@@ -499,6 +524,7 @@ class SessionService:
         self.invalidate(name.id)
         if rec is None:
             raise resource_not_found(str(name))
+        self.after_change()
         self._record(
             "session.revoke", rec.tenant_id, str(name), "success", "OK", actor, durable=False
         )
@@ -522,6 +548,7 @@ class SessionService:
             ]
         for session_id in doomed:
             self.invalidate(session_id)
+        self.after_change()
         self._record(
             "session.revoke_user",
             parent.tenant,

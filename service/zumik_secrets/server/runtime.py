@@ -258,6 +258,11 @@ class Runtime:
                 )
             for kind in ("api_key", "session", "purge"):
                 watcher.subscribe(kind, revocations.on_change)
+            # A revoking or rotating call applies its change here before it answers, as a
+            # purge does: no claim of the credential is accepted once the caller was told.
+            api_keys.after_change = watcher.poll_once_quietly
+            sessions.after_change = watcher.poll_once_quietly
+            sessions.claim_floor = revocations.issue_floor
             purges = PurgeService(
                 store.purges,
                 audit_log,

@@ -159,11 +159,20 @@ class AuditServicer(_grpc.AuditServiceServicer):
         tenant = _parent_tenant()
         start = _ts(request.start_time, "start_time", request.HasField("start_time"))
         end = _ts(request.end_time, "end_time", request.HasField("end_time"))
+        outcome = _OUTCOME_IN.get(request.outcome)
+        if outcome is None and request.outcome != _pb.AUDIT_OUTCOME_UNSPECIFIED:
+            # An outcome this server does not know must not silently become "any outcome".
+            raise InvalidArgument(
+                "outcome is not an AuditOutcome value",
+                reason="INVALID_ARGUMENT",
+                metadata={"field": "outcome"},
+                violations=[FieldViolation("outcome", "is not an AuditOutcome value")],
+            )
         flt = AuditFilter(
             action=request.action,
             actor=request.actor,
             target=request.target,
-            outcome=_OUTCOME_IN.get(request.outcome, ""),
+            outcome=outcome or "",
             start_time=start,
             end_time=end,
             project=project_view(tenant),

@@ -101,7 +101,8 @@ class AuditServiceServicer:
     def QueryEvents(self, request, context):
         """Queries a tenant's events with filters, oldest first.
 
-        Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`.
+        Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`,
+        `INVALID_ARGUMENT` (outcome not an AuditOutcome value).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

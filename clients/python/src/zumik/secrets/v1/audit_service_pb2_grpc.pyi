@@ -54,7 +54,8 @@ class AuditServiceStub:
     QueryEvents: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.QueryEventsRequest, _audit_service_pb2.QueryEventsResponse]
     """Queries a tenant's events with filters, oldest first.
 
-    Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`.
+    Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`,
+    `INVALID_ARGUMENT` (outcome not an AuditOutcome value).
     """
     ExportEvents: _grpc.UnaryStreamMultiCallable[_audit_service_pb2.ExportEventsRequest, _audit_service_pb2.ExportEventsResponse]
     """Streams a tenant's chain from a sequence number, one line per event in the export format
@@ -103,7 +104,8 @@ class AuditServiceAsyncStub(AuditServiceStub):
     QueryEvents: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.QueryEventsRequest, _audit_service_pb2.QueryEventsResponse]  # type: ignore[assignment]
     """Queries a tenant's events with filters, oldest first.
 
-    Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`.
+    Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`,
+    `INVALID_ARGUMENT` (outcome not an AuditOutcome value).
     """
     ExportEvents: _aio.UnaryStreamMultiCallable[_audit_service_pb2.ExportEventsRequest, _audit_service_pb2.ExportEventsResponse]  # type: ignore[assignment]
     """Streams a tenant's chain from a sequence number, one line per event in the export format
@@ -161,7 +163,8 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_service_pb2.QueryEventsResponse, _abc.Awaitable[_audit_service_pb2.QueryEventsResponse]]:
         """Queries a tenant's events with filters, oldest first.
 
-        Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`.
+        Errors: INVALID_ARGUMENT `INVALID_TIME`, `INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`,
+        `INVALID_ARGUMENT` (outcome not an AuditOutcome value).
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,196 @@
+"""Findings of the independent adversary run (attacks across methods and over time), replayed
+over gRPC holding one identity (console) plus the claims a gateway mints from keys/sessions.
+
+1. A claim outlived the expiry of the credential it was minted from: an API key created with a
+   ``ttl`` (or a session at its absolute or idle timeout) stopped verifying, but a claim minted
+   from it a moment earlier kept working for the whole claim TTL (5 minutes), although the
+   contract (``CLAIM_REVOKED``) says a claim dies with its credential's expiry.
+2. Revoking or rotating a credential answered before the replica applied the change to its
+   claim revocations: the claims stayed accepted until the watcher's next poll.
+3. QueryEvents dropped an unknown ``outcome`` filter silently instead of refusing it.
+4. A claim minted in the same second as a narrowing RotateSession kept the old scopes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from zumik.secrets.v1 import audit_service_pb2 as apb
+from zumik.secrets.v1 import common_pb2
+from zumik.secrets.v1 import key_service_pb2 as kpb
+
+from tests.fix_server import RunningServer
+from tests.grpc_errors import error_info
+
+pytestmark = pytest.mark.integration
+
+PARENT = "tenants/acme/projects/web"
+VALID = common_pb2.VERIFY_RESULT_VALID
+
+
+def test_claim_never_outlives_its_api_keys_expiry(zumik_server: RunningServer) -> None:
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    created = control.CreateApiKey(
+        kpb.CreateApiKeyRequest(
+            parent=PARENT, scopes=["keys.read"], ttl=duration_pb2.Duration(seconds=2)
+        )
+    )
+    expire = created.api_key.expire_time.seconds + created.api_key.expire_time.nanos / 1e9
+    verified = server.stubs("gateway").keys.VerifyApiKey(
+        kpb.VerifyApiKeyRequest(key=created.raw_key)
+    )
+    assert verified.result == VALID
+    # The claim says it dies no later than its key.
+    assert verified.claim_expire_time.seconds <= expire
+    attacker = server.stubs("console", claim=verified.claim).keys
+    attacker.GetApiKey(kpb.GetApiKeyRequest(name=created.api_key.name), timeout=10)
+    # Past the key's expiry (plus the verifier's clock-skew leeway of 5 s) the claim is dead.
+    time.sleep(max(0.0, verified.claim_expire_time.seconds + 6 - time.time()))
+    assert (
+        server.stubs("gateway")
+        .keys.VerifyApiKey(kpb.VerifyApiKeyRequest(key=created.raw_key))
+        .result
+        == common_pb2.VERIFY_RESULT_EXPIRED
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        attacker.GetApiKey(kpb.GetApiKeyRequest(name=created.api_key.name), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert error_info(caught.value).reason.startswith("CLAIM_")
+
+
+def test_session_claim_never_outlives_the_sessions_absolute_or_idle_timeout(
+    zumik_server: RunningServer,
+) -> None:
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    created = control.CreateSession(
+        kpb.CreateSessionRequest(
+            parent=PARENT,
+            user_subject="carol",
+            scopes=["keys.read"],
+            idle_timeout=duration_pb2.Duration(seconds=60),
+            absolute_timeout=duration_pb2.Duration(seconds=90),
+        )
+    )
+    session = created.session
+    before = time.time()
+    verified = server.stubs("gateway").keys.VerifySession(
+        kpb.VerifySessionRequest(token=created.token)
+    )
+    assert verified.result == VALID
+    # Idle timeout: unused for 60 s the session dies; a claim must not outlive that.
+    assert verified.claim_expire_time.seconds <= time.time() + 60
+    assert verified.claim_expire_time.seconds <= session.expire_time.seconds
+    assert verified.claim_expire_time.seconds >= int(before)
+
+
+def test_revoking_or_rotating_a_credential_refuses_its_claims_before_the_call_answers(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 2: RevokeApiKey, RotateApiKey (no grace), RevokeSession, RotateSession (to
+    narrower scopes) and RevokeUserSessions answered OK while the same replica still accepted
+    the credential's claims until its change watcher's next poll (up to 250 ms, more under
+    load): a stolen claim outlived an acknowledged revocation. Purge already applied its change
+    before answering; every credential change now does."""
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    gateway = server.stubs("gateway").keys
+    keys = [
+        control.CreateApiKey(
+            kpb.CreateApiKeyRequest(parent=PARENT, scopes=["keys.read", "keys.write"])
+        )
+        for _ in range(2)
+    ]
+    sessions = [
+        control.CreateSession(
+            kpb.CreateSessionRequest(
+                parent=PARENT, user_subject=f"user{i}", scopes=["keys.read", "sessions.write"]
+            )
+        )
+        for i in range(3)
+    ]
+    key_claims = [gateway.VerifyApiKey(kpb.VerifyApiKeyRequest(key=k.raw_key)) for k in keys]
+    ses_claims = [gateway.VerifySession(kpb.VerifySessionRequest(token=s.token)) for s in sessions]
+    assert all(v.result == VALID for v in [*key_claims, *ses_claims])
+    time.sleep(1.1)  # the claims' whole-second iat is before every change below
+    changes = [
+        lambda s: s.RevokeApiKey(kpb.RevokeApiKeyRequest(name=keys[0].api_key.name)),
+        lambda s: s.RotateApiKey(kpb.RotateApiKeyRequest(name=keys[1].api_key.name)),
+        lambda s: s.RevokeSession(kpb.RevokeSessionRequest(name=sessions[0].session.name)),
+        lambda s: s.RotateSession(
+            kpb.RotateSessionRequest(name=sessions[1].session.name, scopes=["sessions.write"])
+        ),
+        lambda s: s.RevokeUserSessions(
+            kpb.RevokeUserSessionsRequest(parent=PARENT, user_subject="user2")
+        ),
+    ]
+    for change, verified in zip(changes, [*key_claims, *ses_claims], strict=True):
+        holder = server.stubs("console", claim=verified.claim).keys
+        change(holder)
+        # At once, on the replica that answered: no window for the claim's holder.
+        with pytest.raises(grpc.RpcError) as caught:
+            holder.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert error_info(caught.value).reason == "CLAIM_REVOKED"
+
+
+def test_query_events_refuses_an_unknown_outcome_instead_of_dropping_the_filter(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 3: QueryEvents with an outcome value the server does not know (99) answered OK
+    with events of every outcome: the filter was silently dropped."""
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    created = control.CreateApiKey(kpb.CreateApiKeyRequest(parent=PARENT, scopes=["audit.read"]))
+    claim = (
+        server.stubs("gateway")
+        .keys.VerifyApiKey(kpb.VerifyApiKeyRequest(key=created.raw_key))
+        .claim
+    )
+    audit = server.stubs("console", claim=claim).audit
+    with pytest.raises(grpc.RpcError) as caught:
+        audit.QueryEvents(apb.QueryEventsRequest(parent="tenants/acme", outcome=99), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert error_info(caught.value).metadata["field"] == "outcome"
+    # Known values still filter.
+    audit.QueryEvents(
+        apb.QueryEventsRequest(parent="tenants/acme", outcome=apb.AUDIT_OUTCOME_SUCCESS),
+        timeout=10,
+    )
+
+
+def test_a_claim_minted_in_the_second_of_a_narrowing_session_rotation_dies_with_it(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 4: a claim minted from a session's old token in the same second as a
+    RotateSession that narrowed the scopes kept the old scopes for its whole TTL (claims carry
+    whole seconds and the cut refused only earlier seconds): 10 of 10 tries survived. The cut
+    now covers the rotation's second, and the new token's claims start after it."""
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    gateway = server.stubs("gateway").keys
+    for i in range(3):
+        created = control.CreateSession(
+            kpb.CreateSessionRequest(
+                parent=PARENT, user_subject=f"dana{i}", scopes=["keys.read", "sessions.write"]
+            )
+        )
+        old = gateway.VerifySession(kpb.VerifySessionRequest(token=created.token))
+        holder = server.stubs("console", claim=old.claim).keys
+        rotated = holder.RotateSession(
+            kpb.RotateSessionRequest(name=created.session.name, scopes=["sessions.write"])
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            holder.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
+        assert error_info(caught.value).reason == "CLAIM_REVOKED"
+        # The new token's claim works at once, with the narrowed scopes only.
+        new = gateway.VerifySession(kpb.VerifySessionRequest(token=rotated.token))
+        assert new.result == VALID and list(new.scopes) == ["sessions.write"]
+        narrowed = server.stubs("console", claim=new.claim).keys
+        narrowed.RevokeUserSessions(
+            kpb.RevokeUserSessionsRequest(parent=PARENT, user_subject="nobody"), timeout=10
+        )
