@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zumik_secrets.cli import audit_verify, lifecycle, signing_keys
+from zumik_secrets.cli import audit_verify, lifecycle, signing_keys, verify_release
 from zumik_secrets.cli.dev_pki import DEFAULT_ROLES, generate_dev_pki
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
@@ -254,7 +254,10 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_dev_pki(args: argparse.Namespace) -> int:
     """Write the development CA and certificates."""
     pki = generate_dev_pki(Path(args.out), trust_domain=args.trust_domain, overwrite=args.force)
-    print(f"dev PKI in {pki.directory}: ca.crt, server.crt/.key, roles {', '.join(DEFAULT_ROLES)}")
+    print(
+        f"dev PKI in {pki.directory}: ca.crt, server.crt/.key, roles {', '.join(DEFAULT_ROLES)},"
+        f" operators {', '.join(pki.operators)}"
+    )
     return 0
 
 
@@ -376,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_verify.add_parser(sub)
     lifecycle.add_parsers(sub)
     signing_keys.add_parsers(sub)
+    verify_release.add_parser(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zumik.secrets.v1 import (
     audit_service_pb2_grpc,
+    break_glass_service_pb2_grpc,
     fingerprint_service_pb2_grpc,
     key_service_pb2_grpc,
     seal_service_pb2_grpc,
@@ -24,6 +25,7 @@ from zumik.secrets.v1 import (
 
 from zumik_secrets.api.contracts import OPEN_METHODS, SERVICE_DESCRIPTORS, method_guards
 from zumik_secrets.api.servicers.audit import AuditServicer
+from zumik_secrets.api.servicers.break_glass import BreakGlassServicer
 from zumik_secrets.api.servicers.fingerprints import FingerprintServicer
 from zumik_secrets.api.servicers.keys import KeyServicer
 from zumik_secrets.api.servicers.seal import SealServicer
@@ -31,6 +33,7 @@ from zumik_secrets.api.servicers.tenant import TenantServicer
 from zumik_secrets.app.denial_audit import DenialAudit
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.server.authorization import Authorizer
+from zumik_secrets.server.break_glass import GrantGate
 from zumik_secrets.server.health_listener import HealthListener
 from zumik_secrets.server.interceptor import GuardInterceptor
 from zumik_secrets.server.limits import Limits, LimitSettings
@@ -138,6 +141,7 @@ class ZumikServer:
             self.denial_audit,
             guards,
             self.limits,
+            GrantGate(runtime.policy, runtime.break_glass),
         )
         self._server = grpc.server(
             self.limits.unary_pool,
@@ -184,6 +188,10 @@ class ZumikServer:
             TenantServicer(
                 runtime.tenant_settings, runtime.customer_keys, runtime.purges, runtime.retention
             ),
+            self._server,
+        )
+        break_glass_service_pb2_grpc.add_BreakGlassServiceServicer_to_server(
+            BreakGlassServicer(runtime.break_glass),
             self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -52,6 +52,7 @@ from zumik_secrets.core.errors import (
 )
 from zumik_secrets.core.secret_patterns import bounded
 from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
+from zumik_secrets.server.break_glass import GrantGate, grant_from
 from zumik_secrets.server.limits import Limits, LimitSettings, overloaded
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
 
@@ -174,6 +175,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         audit: AuditRecorder,
         guards: dict[str, MethodGuard],
         limits: Limits | None = None,
+        grants: GrantGate | None = None,
     ) -> None:
         """Create the interceptor.
 
@@ -184,7 +186,10 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             guards: The contracts' method guards by full method name.
             limits: Pools and per-peer caps (default: the defaults of :class:`LimitSettings`;
                 the server passes the one whose unary pool it runs on).
+            grants: Authorizes calls presenting a break-glass grant (None: such calls refused
+                like any other call the policy does not allow).
         """
+        self._grants = grants
         self._authorizer = authorizer
         self._telemetry = telemetry
         self._audit = audit
@@ -306,7 +311,36 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if open_method:
             return CallContext(method, identity, None, None, None, False, trace_hex), None
         resource = ""
+        raw_grant = grant_from(context.invocation_metadata()) if self._grants else None
         try:
+            if raw_grant is not None and self._grants is not None:
+                # Break-glass: the grant, not the policy or a claim, authorizes this call; the
+                # gate records the call durably (with the grant id) before it runs.
+                if request is _UNDECODABLE:
+                    raise _Malformed(
+                        InvalidArgument(
+                            "the request body is not a valid message of this method's request type",
+                            reason="MALFORMED_REQUEST",
+                        )
+                    )
+                if guard is not None and guard.tenant_scoped and request is not None:
+                    resource = getattr(request, guard.resource_field)
+                granted = self._grants.authorize(
+                    identity, method, guard, resource, raw_grant, raw_claim is not None, trace_hex
+                )
+                record.tenant_id = granted.tenant_id or ""
+                record.project_id = granted.project_id or ""
+                return CallContext(
+                    method,
+                    identity,
+                    None,
+                    granted.tenant_id,
+                    granted.project_id,
+                    True,
+                    trace_hex,
+                    resource=granted.resource,
+                    authority=granted.authority,
+                ), None
             decision = self._authorizer.check_identity(identity or None, method)
             if request is _UNDECODABLE:
                 raise _Malformed(

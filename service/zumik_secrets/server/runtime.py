@@ -27,6 +27,7 @@ from zumik_secrets.app.claim_revocations import ClaimRevocations
 from zumik_secrets.app.customer_keys import CustomerKeys
 from zumik_secrets.app.data_keys import DataKeys
 from zumik_secrets.app.fingerprints import Fingerprints, Sweeper
+from zumik_secrets.app.grants import BreakGlass
 from zumik_secrets.app.handles import Handles
 from zumik_secrets.app.purge import PurgeService
 from zumik_secrets.app.rate_limit import BucketSpec
@@ -116,6 +117,7 @@ class Runtime:
     retention: Retention
     retention_scheduler: RetentionScheduler
     metrics: ServerMetrics
+    break_glass: BreakGlass
 
     @classmethod
     def open(
@@ -304,6 +306,7 @@ class Runtime:
                 before_session_sweep=sessions.flush_touches,
             )
             retention_scheduler = RetentionScheduler(retention, config.retention_interval)
+            break_glass = BreakGlass(store.grants, policy.break_glass, policy.trust_domain, audit)
             watcher.start()
             # After the watcher took its starting point, so no change falls between the two.
             revocations.load(store.changes)
@@ -348,6 +351,7 @@ class Runtime:
             retention=retention,
             retention_scheduler=retention_scheduler,
             metrics=metrics,
+            break_glass=break_glass,
         )
         metrics.observe(runtime)
         return runtime

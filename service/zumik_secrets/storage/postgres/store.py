@@ -770,6 +770,9 @@ class PgStore:
 
         self.fingerprint_schedule = fingerprints.PgFingerprintScheduleStore(self._db)
         self.handles = fingerprints.PgHandleStore(self._db)
+        from zumik_secrets.storage.postgres import grants
+
+        self.grants = grants.PgGrantStore(self._db)
         from zumik_secrets.storage.postgres import purge
 
         self.purges = purge.PgPurgeStore(self._db)

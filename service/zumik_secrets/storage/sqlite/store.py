@@ -965,6 +965,9 @@ class SqliteStore:
 
         self.fingerprint_schedule = fingerprints.SqliteFingerprintScheduleStore(self._db)
         self.handles = fingerprints.SqliteHandleStore(self._db)
+        from zumik_secrets.storage.sqlite import grants
+
+        self.grants = grants.SqliteGrantStore(self._db)
         from zumik_secrets.storage.sqlite import purge
 
         self.purges = purge.SqlitePurgeStore(self._db)
