@@ -31,7 +31,8 @@ GENERATED = clients/python/src service/zumik_secrets/server/contracts.binpb
 
 .PHONY: help venv node_modules proto proto-check buf-lint buf-breaking buf-release-snapshot \
 	client-check dist lint fmt \
-	test fuzz sbom lock run bench bench-quick clean distclean deploy-tools deploy-check
+	test fuzz sbom lock release verify-release controls run bench bench-quick clean distclean \
+	deploy-tools deploy-check monitoring-rules monitoring-live probe-cost
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -147,11 +148,13 @@ fmt: $(VENV_STAMP) $(NODE_STAMP) ## Apply ruff format, ruff's safe fixes and buf
 	npx --no-install buf format -w
 
 # tests/integration/test_deploy_check.py runs deploy-check (on deploy/ and on a broken copy).
+# make controls reads $(TEST_JUNIT) instead of running the mapped tests again.
+TEST_JUNIT ?= build/test-results.xml
 test: $(VENV_STAMP) $(NODE_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## proto-check, lint, buf-breaking, then the whole pytest suite
 	$(MAKE) proto-check
 	$(MAKE) lint
 	$(MAKE) buf-breaking
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider --junitxml=$(TEST_JUNIT) $(PYTEST_ARGS)
 
 # The same fuzz tests `make test` runs with 25 examples per case, with ZUMIK_FUZZ_EXAMPLES (500)
 # random examples each; see tests/security/README.md.
@@ -178,10 +181,43 @@ lock: $(VENV_STAMP) ## Regenerate requirements/*.lock (hashed pins) from require
 	  --no-emit-package zumik-secrets --no-emit-package zumik-secrets-client \
 	  -o requirements/runtime.lock
 
+# ------------------------------------------------------------------------------ release (issue 22)
+# Signed release in build/release: sdists + wheels (service, client), the build SBOM, SLSA v1
+# provenance in a DSSE envelope and a signed SHA256SUMS (Ed25519 release key; dev key in
+# var/release/, or ZUMIK_RELEASE_KEY). docs/security/releases.md has the production path.
+RELEASE_DIR ?= build/release
+RELEASE_PUBKEY ?= build/release-key.pub.pem
+
+release: $(VENV_STAMP) ## Build, describe (SBOM, SLSA provenance) and sign a release in build/release
+	$(PY) scripts/release.py --out $(RELEASE_DIR)
+
+verify-release: $(VENV_STAMP) ## Verify build/release offline (every signature and digest)
+	$(VENV)/bin/zumik-secrets verify-release $(RELEASE_DIR) --key $(RELEASE_PUBKEY)
+
+# The controls checklist (security/controls.toml -> docs/security/controls.md). With
+# CONTROLS_JUNIT (make test writes $(TEST_JUNIT)) it reads those results instead of running the
+# mapped tests again.
+CONTROLS_JUNIT ?=
+controls: $(VENV_STAMP) ## Verify every security control's evidence; render docs/security/controls.md
+	$(PY) scripts/controls.py $(if $(CONTROLS_JUNIT),--junit $(CONTROLS_JUNIT),-- -n 2)
+
 # ------------------------------------------------------------------------------ deploy
 
 deploy-check: $(DEPLOY_STAMP) $(CHECKOV_STAMP) ## Build and check deploy/ offline (see deploy/README.md)
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) scripts/deploy_check.py
+
+# ------------------------------------------------------------------------------ monitoring
+# docs/observability.md. promtool and prometheus: the Debian package `prometheus` (.ci/run
+# installs it); deploy-check runs `promtool check rules` and `promtool test rules`.
+
+monitoring-rules: $(VENV_STAMP) ## Regenerate the PrometheusRule from deploy/k8s/monitoring/rules
+	$(PY) scripts/gen_prometheusrule.py
+
+monitoring-live: $(VENV_STAMP) ## A real Prometheus scrapes a real server and evaluates the alerts
+	$(PY) scripts/monitoring_live.py
+
+probe-cost: $(VENV_STAMP) ## CPU per health probe: exec probe vs the health-only listener
+	$(PY) scripts/probe_cost.py
 
 # ------------------------------------------------------------------------------ run
 

@@ -19,6 +19,10 @@ Steps (all run, then every failure is reported; exit status 1 if any failed):
 5. ``checkov --framework kubernetes --skip-download`` over the built manifests: zero failed
    checks (skips are annotations in the manifests, each with its reason).
 6. ``yamllint --strict`` over deploy/ and ``hadolint`` over deploy/Dockerfile.
+7. Monitoring (``deploy/k8s/monitoring``): builds, custom resources against their schemas, the
+   PrometheusRule equals ``rules/zumik.rules.yaml``, every alert's ``runbook_url`` is a section
+   of docs/observability.md, ``promtool check rules`` and ``promtool test rules`` (the fixtures
+   ``rules/*.test.yaml``) pass. promtool comes from the Debian package ``prometheus``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ FILE_SETTINGS = (
 # Copies of the packaged dev policy (kustomize cannot read files outside an overlay).
 DEV_POLICY_COPIES = ("k8s/overlays/dev/policy.toml",)
 PINNED_K8S_VERSION = "1.30.0"
+LIVENESS_SERVICE = "zumik.liveness"  # server/grpc_server.py LIVENESS_SERVICE
 
 Doc = dict[str, Any]
 
@@ -89,6 +94,7 @@ class Tools:
     yamllint: str
     hadolint: str
     checkov: str
+    promtool: str = "promtool"
 
 
 def _run(argv: Sequence[str], *, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -329,17 +335,11 @@ def _zumik_checks(docs: Sequence[Doc], deploy_dir: Path, problems: list[str]) ->
                 )
     usages = set(certificate["spec"].get("usages", []))
     if not {"server auth", "client auth"} <= usages:
-        problems.append("Certificate usages need 'server auth' and 'client auth' (exec probe)")
+        problems.append(
+            "Certificate usages need 'server auth' and 'client auth' (`zumik-secrets health`)"
+        )
     dns_names = set(certificate["spec"].get("dnsNames", []))
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        command = server.get(probe, {}).get("exec", {}).get("command", [])
-        if command[:2] != ["zumik-secrets", "health"]:
-            problems.append(f"{probe} is not `zumik-secrets health` (mTLS exec probe)")
-            continue
-        if "--server-name" in command:
-            server_name = command[command.index("--server-name") + 1]
-            if server_name not in dns_names:
-                problems.append(f"{probe} verifies {server_name!r}, not a dnsName of the cert")
+    _probe_checks(server, env, problems)
     namespace = deployment["metadata"].get("namespace", "")
     # Callers dial a Service by its short name (same namespace) or, from the other namespaces
     # the NetworkPolicy admits, with the namespace (`.svc` or `.svc.cluster.local`).
@@ -369,6 +369,129 @@ def _zumik_checks(docs: Sequence[Doc], deploy_dir: Path, problems: list[str]) ->
         copied = deploy_dir / copy
         if copied.exists() and copied.read_bytes() != packaged.read_bytes():
             problems.append(f"{copy} differs from the packaged {packaged.relative_to(REPO)}")
+
+
+def _listen_port(value: str) -> int | None:
+    host, sep, port = value.rpartition(":")
+    return int(port) if sep and host and port.isdigit() else None
+
+
+def _probe_checks(server: Doc, env: Mapping[str, str], problems: list[str]) -> None:
+    """Native gRPC probes on the health-only listener; side ports declared and consistent."""
+    ports = {p.get("name"): p.get("containerPort") for p in server.get("ports", [])}
+    health_port = _listen_port(env.get("ZUMIK_HEALTH_LISTEN", ""))
+    if health_port is None:
+        problems.append("ZUMIK_HEALTH_LISTEN is not host:port (the grpc probes need it)")
+    elif ports.get("health") != health_port:
+        problems.append(f"container port 'health' is not ZUMIK_HEALTH_LISTEN's {health_port}")
+    metrics_port = _listen_port(env.get("ZUMIK_METRICS_LISTEN", ""))
+    if metrics_port is None:
+        problems.append("ZUMIK_METRICS_LISTEN is not host:port (nothing to scrape)")
+    elif ports.get("metrics") != metrics_port:
+        problems.append(f"container port 'metrics' is not ZUMIK_METRICS_LISTEN's {metrics_port}")
+    grpc_port = _listen_port(env.get("ZUMIK_LISTEN", ""))
+    for probe, service in (
+        ("startupProbe", LIVENESS_SERVICE),
+        ("livenessProbe", LIVENESS_SERVICE),
+        ("readinessProbe", ""),
+    ):
+        spec = server.get(probe, {})
+        grpc = spec.get("grpc")
+        if not isinstance(grpc, dict) or "exec" in spec:
+            problems.append(f"{probe} is not a native grpc probe (an exec probe costs a process)")
+            continue
+        if grpc.get("port") != health_port or grpc.get("port") == grpc_port:
+            problems.append(f"{probe} does not probe the health-only listener ({health_port})")
+        if grpc.get("service", "") != service:
+            problems.append(f"{probe} must ask health service {service!r}")
+
+
+# ------------------------------------------------------------------------------ monitoring
+
+
+def monitoring_checks(
+    tools: Tools,
+    deploy_dir: Path,
+    out: Path,
+    schemas: Mapping[tuple[str, str], Any],
+    report: Report,
+) -> None:
+    """deploy/k8s/monitoring: build, validate, rules (promtool), runbook links, dashboard."""
+    monitoring = deploy_dir / "k8s/monitoring"
+    if not (monitoring / "kustomization.yaml").exists():
+        report.fail("monitoring", f"no kustomization in {monitoring}")
+        return
+    docs = build_overlay(tools, monitoring, report)
+    if docs is not None:
+        _dump(docs, out / "all" / "monitoring.yaml")
+        validate_custom("monitoring", docs, schemas, report)
+    rules_file = monitoring / "rules/zumik.rules.yaml"
+    problems: list[str] = []
+    rules = yaml.safe_load(rules_file.read_text(encoding="utf-8"))
+    crs = [d for d in docs or [] if d.get("kind") == "PrometheusRule"]
+    if len(crs) != 1 or crs[0].get("spec", {}).get("groups") != rules.get("groups"):
+        problems.append(
+            "prometheusrule.yaml differs from rules/zumik.rules.yaml: make monitoring-rules"
+        )
+    runbooks = _doc_anchors(REPO / "docs/observability.md")
+    alerts = [r for g in rules.get("groups", []) for r in g.get("rules", []) if "alert" in r]
+    for rule in alerts:
+        url = str(rule.get("annotations", {}).get("runbook_url", ""))
+        path, _, anchor = url.partition("#")
+        if path != "docs/observability.md" or anchor not in runbooks:
+            problems.append(f"{rule['alert']}: runbook_url {url!r} is not a section of the docs")
+    monitors = [d for d in docs or [] if d.get("kind") == "PodMonitor"]
+    if not monitors or any(
+        e.get("port") != "metrics" for m in monitors for e in m["spec"]["podMetricsEndpoints"]
+    ):
+        problems.append("the PodMonitor must scrape the container port named 'metrics'")
+    try:
+        dashboard = json.loads((monitoring / "grafana-dashboard.json").read_text(encoding="utf-8"))
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        if not exprs:
+            problems.append("the dashboard has no queries")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problems.append(f"grafana-dashboard.json: {exc}")
+    report.check("monitoring consistency", problems, f"{len(alerts)} alerts, runbooks linked")
+    promtool(tools, rules_file, report)
+
+
+def _doc_anchors(path: Path) -> set[str]:
+    """GitHub-style anchors of the Markdown headings of ``path``."""
+    anchors: set[str] = set()
+    if not path.exists():
+        return anchors
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def promtool(tools: Tools, rules_file: Path, report: Report) -> None:
+    """``promtool check rules`` and ``promtool test rules`` (the fixtures next to the rules)."""
+    if not shutil.which(tools.promtool) and not Path(tools.promtool).exists():
+        report.fail(
+            "promtool",
+            f"{tools.promtool} not found: install the Debian package `prometheus` (.ci/run does)",
+        )
+        return
+    result = _run([tools.promtool, "check", "rules", str(rules_file)])
+    output = (result.stdout + result.stderr).strip().splitlines()
+    report.check(
+        "promtool check rules",
+        output if result.returncode else [],
+        next((ln.strip() for ln in output if "rules found" in ln), ""),
+    )
+    tests = sorted(rules_file.parent.glob("*.test.yaml"))
+    if not tests:
+        report.fail("promtool test rules", "no *.test.yaml fixtures next to the rules")
+        return
+    result = _run(
+        [tools.promtool, "test", "rules", *(t.name for t in tests)], cwd=rules_file.parent
+    )
+    output = (result.stdout + result.stderr).strip().splitlines()
+    report.check("promtool test rules", output if result.returncode else [], f"{len(tests)} files")
 
 
 def _backup_checks(docs: Sequence[Doc], problems: list[str]) -> None:
@@ -487,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         yamllint=_find_tool("yamllint", args.bin_dir),
         hadolint=_find_tool("hadolint", args.bin_dir),
         checkov=args.checkov,
+        promtool=os.environ.get("PROMTOOL", "promtool"),
     )
     report = Report()
     if out.exists():
@@ -509,6 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubernetes_validate(tools, overlay.name, core_file, versions, report)
         validate_custom(overlay.name, docs, schemas, report)
         zumik_consistency(overlay.name, docs, deploy_dir, report)
+    monitoring_checks(tools, deploy_dir, out, schemas, report)
     # Standalone manifests applied by hand (the point-in-time restore): custom resources only.
     standalone = sorted((deploy_dir / "k8s/restore").glob("*.yaml"))
     if standalone:

@@ -48,6 +48,7 @@ _TABLES = (
     "handles",
     "purge_jobs",
     "purge_receipts",
+    "break_glass_grants",
 )
 _DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -26,6 +26,9 @@ Where it looks (the *haystacks*), at the end of the session:
 * text that tests hand over with :func:`add_haystack` (stderr of subprocess servers);
 * every span, through a session-wide tracer provider (:data:`SPAN_EXPORTER` tees into
   :data:`TEST_SPAN_EXPORTER`, which tests may clear);
+* every metric of every test server (:func:`record_metrics`, called when a server of
+  tests/fix_server.py closes): each data point's labels, and each exemplar's filtered labels
+  and trace/span ids; plus the text its Prometheus scrape endpoint served (:func:`scrape`);
 * the code, details and trailing metadata of every failed call seen by a captured channel;
 * every SQLite file (``*.db``, ``*-wal``) under the session's temp directory, raw bytes; every
   PostgreSQL test database (each table, each column) before a test's ``store_url`` or
@@ -156,6 +159,7 @@ class _Haystacks:
     client_errors: list[bytes] = field(default_factory=list)
     spans: list[bytes] = field(default_factory=list)
     logs: list[bytes] = field(default_factory=list)
+    metrics: list[bytes] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -208,6 +212,38 @@ class _TeeSpanExporter(SpanExporter):
 
     def shutdown(self) -> None:
         self.forward.shutdown()
+
+
+def record_metrics(reader: Any, where: str) -> None:
+    """Keep the labels and exemplars of every data point ``reader`` (an SDK
+    ``InMemoryMetricReader``) collects now, for the sweep."""
+    data = reader.get_metrics_data()
+    parts: list[str] = [where]
+    for resource_metrics in getattr(data, "resource_metrics", None) or ():
+        parts.append(repr(dict(resource_metrics.resource.attributes)))
+        for scope in resource_metrics.scope_metrics:
+            for metric in scope.metrics:
+                parts.append(metric.name)
+                for point in metric.data.data_points:
+                    parts.append(repr(dict(point.attributes or {})))
+                    for exemplar in getattr(point, "exemplars", None) or ():
+                        parts.append(
+                            f"exemplar {dict(exemplar.filtered_attributes or {})!r} "
+                            f"{exemplar.trace_id} {exemplar.span_id} {exemplar.value}"
+                        )
+    with _HAY._lock:
+        _HAY.metrics.append("\n".join(parts).encode("utf-8", "surrogatepass"))
+
+
+def scrape(port: int) -> bytes:
+    """The text a Prometheus scrape endpoint on loopback serves now (empty if none answers)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return bytes(response.read())
+    except OSError:
+        return b""
 
 
 #: Tests that look at spans use this one (and may clear it); the sweep keeps its own copy.
@@ -414,6 +450,7 @@ def sweep(tmp_root: Path | None) -> tuple[list[Finding], dict[str, int]]:
         "dropped_public": dropped,
         "log_records": len(_HAY.logs),
         "spans": len(_HAY.spans),
+        "metric_sets": len(_HAY.metrics),
         "client_errors": len(_HAY.client_errors),
         "texts": len(_HAY.texts),
         "db_files": 0,
@@ -426,6 +463,7 @@ def sweep(tmp_root: Path | None) -> tuple[list[Finding], dict[str, int]]:
 
     run("log records", b"\n".join(_HAY.logs))
     run("spans", b"\n".join(_HAY.spans))
+    run("metric labels and exemplars", b"\n".join(_HAY.metrics))
     run("errors seen by clients", b"\n".join(_HAY.client_errors))
     for where, text in _HAY.texts:
         run(where, text)
@@ -526,7 +564,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     findings: list[Finding] = _REPORT["findings"]
     terminalreporter.write_sep("-", "secret-leak sweep")
     terminalreporter.write_line(
-        "swept {bytes} bytes ({log_records} log records, {spans} spans, {client_errors} client "
+        "swept {bytes} bytes ({log_records} log records, {spans} spans, {metric_sets} servers'"
+        " metrics, {client_errors} client "
         "errors, {texts} handed-over texts, {db_files} database files) for {secrets} secrets and "
         "{key_pieces} API-key pieces ({dropped_public} dropped: also sent as public values) "
         "in {milliseconds} ms of sweeping (summed over xdist workers)".format(
@@ -536,6 +575,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                     "bytes",
                     "log_records",
                     "spans",
+                    "metric_sets",
                     "client_errors",
                     "texts",
                     "db_files",

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from zumik.secrets.v1 import (
     audit_service_pb2_grpc,
     fingerprint_service_pb2_grpc,
@@ -116,10 +117,19 @@ class RunningServer:
         fix_leaks.REGISTRY.add(token, "claim minted by a test")
         return token
 
+    metric_reader: InMemoryMetricReader | None = None
+
     def close(self) -> None:
-        """Close channels and drain the server."""
+        """Close channels, hand the server's metrics to the leak sweep, drain the server."""
         for ch in self._channels:
             ch.close()
+        if self.metric_reader is not None:
+            fix_leaks.record_metrics(self.metric_reader, f"metrics of server {self.target}")
+        endpoint = self.runtime.metrics.endpoint
+        if endpoint is not None:
+            fix_leaks.add_haystack(
+                f"scrape endpoint of server {self.target}", fix_leaks.scrape(endpoint.port)
+            )
         self.server.drain(grace=1.0)
 
 
@@ -144,13 +154,18 @@ def zumik_server_factory(dev_pki: DevPki, tmp_path: Path) -> Iterator[ServerFact
             "ZUMIK_POLICY_FILE": str(dev_policy_path()),
             "ZUMIK_MASTER_KEYRING_FILE": str(keyring_file),
             "ZUMIK_WORKERS": "8",
+            # Every test server exports metrics (a scrape endpoint on a free port and an
+            # in-memory reader), so the leak sweep sees every label and exemplar it records.
+            "ZUMIK_METRICS_LISTEN": "127.0.0.1:0",
         }
         env.update({k: str(v) for k, v in overrides.items()})
         config = ServerConfig.load(env)
-        runtime = Runtime.open(config)
+        reader = InMemoryMetricReader()
+        runtime = Runtime.open(config, metric_readers=[reader])
         server = ZumikServer(runtime)
         server.start()
         running = RunningServer(server, runtime, dev_pki, f"127.0.0.1:{server.port}")
+        running.metric_reader = reader
         started.append(running)
         return running
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from zumik.secrets.v1 import seal_service_pb2, tenant_service_pb2
 
 from tests import fix_leaks
@@ -268,6 +269,23 @@ def test_customer_key_wraps_and_its_loss_stops_only_that_tenant(
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(err).reason == "CUSTOMER_KEY_UNREACHABLE"
     assert _open(server, globex) == b"globex-provider-key-1"
+
+    # Every call to a key server was timed, by operation and outcome (docs/observability.md).
+    endpoint = server.runtime.metrics.endpoint
+    assert endpoint is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    counts = {
+        (s.labels["zumik_customer_key_operation"], s.labels["zumik_outcome"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "zumik_customer_key_call_duration_seconds_count"
+    }
+    assert counts[("encrypt", "ok")] >= 1 and counts[("decrypt", "ok")] >= 1
+    assert sum(v for (_, outcome), v in counts.items() if outcome == "CUSTOMER_KEY_UNREACHABLE")
+    assert sum(v for (_, outcome), v in counts.items() if outcome == "CUSTOMER_KEY_UNAVAILABLE")
+    for token in (acme_token, initech_token, umbrella_token):
+        assert token not in text
 
 
 def test_customer_key_configuration_is_validated(zumik_server: RunningServer) -> None:

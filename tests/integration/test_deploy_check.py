@@ -29,6 +29,8 @@ def _tools_installed() -> None:
     missing = [t for t in TOOLS if not (BIN / t).exists()]
     if not Path(CHECKOV).exists():
         missing.append(CHECKOV)
+    if not shutil.which("promtool"):
+        missing.append("promtool (Debian package prometheus)")
     if missing:
         message = f"deploy checkers missing ({', '.join(missing)}): run `make deploy-tools`"
         if os.environ.get("CI"):
@@ -63,6 +65,8 @@ def _replace(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
+# checkov alone takes about a minute; under a loaded machine the default 120 s is too short.
+@pytest.mark.timeout(600)
 def test_deploy_check_passes_on_the_real_manifests(tmp_path: Path) -> None:
     result = _deploy_check(REPO / "deploy", tmp_path / "out")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -80,6 +84,11 @@ def test_deploy_check_passes_on_the_real_manifests(tmp_path: Path) -> None:
         "checkov --framework kubernetes: ",
         "yamllint --strict deploy/",
         "hadolint deploy/Dockerfile",
+        "kustomize build monitoring",
+        "custom resources monitoring",
+        "monitoring consistency",
+        "promtool check rules",
+        "promtool test rules",
     ):
         assert f"PASS {step}" in result.stdout, step
     # Every checkov skip is a reasoned annotation; nothing else is skipped.
@@ -88,6 +97,7 @@ def test_deploy_check_passes_on_the_real_manifests(tmp_path: Path) -> None:
     assert (tmp_path / "out/all/prod.yaml").exists()
 
 
+@pytest.mark.timeout(600)
 def test_deploy_check_fails_on_injected_errors(tmp_path: Path) -> None:
     deploy = tmp_path / "deploy"
     shutil.copytree(REPO / "deploy", deploy)
@@ -129,6 +139,22 @@ def test_deploy_check_fails_on_injected_errors(tmp_path: Path) -> None:
     )
     # yamllint: trailing spaces.
     _replace(k8s / "overlays/prod/namespace.yaml", "kind: Namespace", "kind: Namespace   ")
+    # Zumik consistency: back to a process per probe.
+    _replace(
+        k8s / "base/deployment.yaml",
+        "          readinessProbe:\n            grpc:\n              port: 8081\n",
+        "          readinessProbe:\n            exec:\n"
+        '              command: ["zumik-secrets", "health"]\n',
+    )
+    # Monitoring: the PrometheusRule edited by hand (no longer the rule file), and a promtool
+    # fixture expecting an alert the rules do not raise.
+    _replace(k8s / "monitoring/prometheusrule.yaml", "for: 5m", "for: 50m")
+    _replace(
+        k8s / "monitoring/rules/zumik.rules.test.yaml",
+        "      - eval_time: 3m\n        alertname: ZumikHighErrorRatio\n        exp_alerts: []",
+        "      - eval_time: 3m\n        alertname: ZumikHighErrorRatio\n"
+        "        exp_alerts:\n          - exp_labels: {severity: critical}",
+    )
 
     result = _deploy_check(deploy, tmp_path / "out")
     out = result.stdout
@@ -141,6 +167,9 @@ def test_deploy_check_fails_on_injected_errors(tmp_path: Path) -> None:
         "FAIL checkov --framework kubernetes": "CKV_K8S_22",
         "FAIL yamllint --strict deploy/": "trailing-spaces",
         "FAIL hadolint deploy/Dockerfile": "DL3008",
+        "FAIL zumik consistency dev": "readinessProbe is not a native grpc probe",
+        "FAIL monitoring consistency": "differs from rules/zumik.rules.yaml",
+        "FAIL promtool test rules": "ZumikHighErrorRatio",
     }
     for step, detail in expected_failures.items():
         assert step in out, f"{step} missing from:\n{out}"
@@ -154,3 +183,4 @@ def test_deploy_check_fails_on_injected_errors(tmp_path: Path) -> None:
     # What was not broken still passes.
     assert "PASS kustomize build prod" in out
     assert "PASS custom resources dev" in out
+    assert "PASS promtool check rules" in out

@@ -21,6 +21,8 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.protobuf.message import Message
 from zumik.secrets.v1 import audit_service_pb2 as apb
+from zumik.secrets.v1 import break_glass_service_pb2 as bpb
+from zumik.secrets.v1 import break_glass_service_pb2_grpc as bgrpc
 from zumik.secrets.v1 import common_pb2
 from zumik.secrets.v1 import fingerprint_service_pb2 as fpb
 from zumik.secrets.v1 import key_service_pb2 as kpb
@@ -161,8 +163,46 @@ def _calls() -> dict[str, Call]:
             timeout=30,
         )
 
+    def operator(w: World, name: str) -> bgrpc.BreakGlassServiceStub:
+        return bgrpc.BreakGlassServiceStub(w.server.channel(name))
+
+    def grant(w: World) -> str:
+        """An approved break-glass grant on the world's tenant (alice asked, bob approved)."""
+        asked = (
+            operator(w, "alice")
+            .RequestGrant(
+                bpb.RequestGrantRequest(
+                    parent=f"tenants/{w.tenant}",
+                    permission_set="inspect-metadata",
+                    reason="idempotency test",
+                    ticket="INC-1",
+                ),
+                timeout=10,
+            )
+            .grant
+        )
+        operator(w, "bob").ApproveGrant(bpb.ApproveGrantRequest(name=asked.name), timeout=10)
+        return str(asked.name)
+
+    def get_grant(w: World) -> Any:
+        name = grant(w)
+        return lambda: operator(w, "bob").GetGrant(bpb.GetGrantRequest(name=name), timeout=10)
+
+    def list_grants(w: World) -> Any:
+        grant(w)
+        return lambda: operator(w, "bob").ListGrants(
+            bpb.ListGrantsRequest(parent=f"tenants/{w.tenant}"), timeout=10
+        )
+
+    def revoke_grant(w: World) -> Any:
+        name = grant(w)
+        return lambda: operator(w, "bob").RevokeGrant(bpb.RevokeGrantRequest(name=name), timeout=10)
+
     project_name = "tenants/{t}/projects/{p}"
     return {
+        "GetGrant": get_grant,
+        "ListGrants": list_grants,
+        "RevokeGrant": revoke_grant,
         "VerifyApiKey": lambda w: (
             lambda: w.stubs("gateway", False).keys.VerifyApiKey(
                 kpb.VerifyApiKeyRequest(key=w.raw_key), timeout=10

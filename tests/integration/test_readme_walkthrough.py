@@ -93,6 +93,9 @@ def test_readme_walkthrough_runs_verbatim(checkout: tuple[Path, ServerProcess]) 
     assert '"plaintext": "c2stdGVzdA=="' in out  # Open with the claim from VerifyApiKey
     assert "NotFound" in out  # another tenant's name
     assert '"ok": true' in out  # VerifyChain
+    assert "SELF_APPROVAL" in out  # break-glass: the requester cannot approve
+    assert '"state": "GRANT_STATE_ACTIVE"' in out  # approved by the second operator
+    assert '"state": "GRANT_STATE_REVOKED"' in out  # revoked
     assert "KEY_AFTER=[] CLAIM_AFTER=[]" in out  # unset at the end
     assert "INVALID_UPDATE_MASK" in out  # the field-mask example and reading an error's reason
     assert "command not found" not in out

@@ -93,6 +93,11 @@ def this_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _old_policy(tree: Path) -> Path:
+    """The previous release's own development policy."""
+    return tree / "service" / "zumik_secrets" / "server" / "dev_policy.toml"
+
+
 def _path(tree: Path) -> list[Path]:
     return [tree / "service", tree / "clients/python/src"]
 
@@ -150,7 +155,18 @@ def test_previous_release_and_this_one_serve_one_postgresql_side_by_side(
     fix_leaks.REGISTRY.add_keyring(keyring.read_text())
 
     # 1. The previous release owns the database.
-    old = ServerProcess(dev_pki, fresh_pg_url, keyring, tmp_path / "old.log", python_path=old_path)
+    # Each release reads its own policy file: the previous release refuses policy sections it
+    # does not know (this release's `[break_glass]`), so an upgrade adds them to the shared
+    # policy only once every replica runs this release (docs/operations/upgrade.md).
+    old_env = {"ZUMIK_POLICY_FILE": str(_old_policy(previous_release))}
+    old = ServerProcess(
+        dev_pki,
+        fresh_pg_url,
+        keyring,
+        tmp_path / "old.log",
+        python_path=old_path,
+        extra_env=old_env,
+    )
     servers.append(old)
     old.wait_serving()
     via_old = Client(dev_pki, old.target)
@@ -259,7 +275,12 @@ def test_previous_release_and_this_one_serve_one_postgresql_side_by_side(
     # nothing of its own to apply and leaves the newer versions alone).
     old.stop()
     again = ServerProcess(
-        dev_pki, fresh_pg_url, keyring, tmp_path / "old-again.log", python_path=old_path
+        dev_pki,
+        fresh_pg_url,
+        keyring,
+        tmp_path / "old-again.log",
+        python_path=old_path,
+        extra_env=old_env,
     )
     servers.append(again)
     again.wait_serving()

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from zumik_secrets.cli.dev_pki import (
+    DEFAULT_OPERATORS,
     DEFAULT_ROLES,
     CertPair,
     DevPki,
@@ -59,6 +60,8 @@ def test_writes_every_file(dev_pki: DevPki) -> None:
     names = {p.name for p in dev_pki.directory.iterdir()}
     expected = {"ca.crt", "ca.key", "server.crt", "server.key"}
     expected |= {f"{r}.{ext}" for r in DEFAULT_ROLES for ext in ("crt", "key")}
+    expected |= {f"{r}.{ext}" for r in DEFAULT_OPERATORS for ext in ("crt", "key")}
+    assert set(dev_pki.operators) == set(DEFAULT_OPERATORS)
     assert names == expected  # no leftover temporary files
 
 
@@ -231,6 +234,18 @@ def test_generate_ca_only(tmp_path: Path) -> None:
         generate_ca_only(tmp_path / "rogue")
     leaf = issue_client_cert(tmp_path / "rogue", "console", "spiffe://zumik.local/svc/console")
     _cert(leaf.cert).verify_directly_issued_by(cert)
+
+
+@pytest.mark.parametrize("name", DEFAULT_OPERATORS)
+def test_operator_cert_has_the_operator_spiffe_id(dev_pki: DevPki, name: str) -> None:
+    cert = _cert(dev_pki.client(name).cert)
+    san = _san(cert)
+    assert len(list(san)) == 1
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"spiffe://zumik.local/operator/{name}"
+    ]
+    assert dev_pki.spiffe_id(name) == f"spiffe://zumik.local/operator/{name}"
+    cert.verify_directly_issued_by(_cert(dev_pki.ca_cert))
 
 
 def test_outdated_server_cert_is_reissued_from_the_same_ca(tmp_path: Path) -> None:

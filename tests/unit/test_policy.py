@@ -79,8 +79,13 @@ def test_malformed_policies_are_rejected(data: dict[str, object]) -> None:
 def test_dev_policy_names_the_six_roles() -> None:
     with open(dev_policy_path(), "rb") as fh:
         policy = Policy.from_mapping(tomllib.load(fh))
-    roles = {i.rsplit("/", 1)[-1] for i in policy.identities}
+    roles = {i.rsplit("/", 1)[-1] for i in policy.identities if "/svc/" in i}
     assert roles == {"control-plane", "console", "gateway", "executor", "billing", "auditor"}
+    operators = {i for i in policy.identities if "/svc/" not in i}
+    assert operators == {
+        "spiffe://zumik.local/operator/alice",
+        "spiffe://zumik.local/operator/bob",
+    }
     assert not policy.decide(
         "spiffe://zumik.local/svc/console", "/zumik.secrets.v1.SealService/Open"
     ).allowed

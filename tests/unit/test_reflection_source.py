@@ -15,6 +15,7 @@ CONTRACT_FILES = {
     f"zumik/secrets/v1/{name}.proto"
     for name in (
         "audit_service",
+        "break_glass_service",
         "common",
         "error_reason",
         "fingerprint_service",

@@ -15,6 +15,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import Message
 from zumik.secrets.v1 import (
     audit_service_pb2,
+    break_glass_service_pb2,
     fingerprint_service_pb2,
     key_service_pb2,
     options_pb2,
@@ -29,6 +30,7 @@ SERVICE_DESCRIPTORS: tuple[_descriptor.ServiceDescriptor, ...] = (
     fingerprint_service_pb2.DESCRIPTOR.services_by_name["FingerprintService"],
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
     tenant_service_pb2.DESCRIPTOR.services_by_name["TenantService"],
+    break_glass_service_pb2.DESCRIPTOR.services_by_name["BreakGlassService"],
 )
 
 #: Methods open to any peer that completed mutual TLS (no policy entry needed).

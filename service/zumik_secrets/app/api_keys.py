@@ -228,6 +228,10 @@ class ApiKeyService:
         self._cache: dict[str, _Entry] = {}
         self._negative: dict[str, float] = {}
         self._generation = 0
+        #: Look-ups answered from memory (positive or negative entry) and from the store; read
+        #: by the metrics when scraped. Unlocked: a racing increment may be lost, never invented.
+        self.cache_hits = 0
+        self.cache_misses = 0
         self._used: dict[str, float] = {}
 
     # -- cache ---------------------------------------------------------------------------------
@@ -240,10 +244,13 @@ class ApiKeyService:
         now = self._mono()
         entry = self._cache.get(key_id)
         if entry is not None and entry.until > now:
+            self.cache_hits += 1
             return entry
         negative_until = self._negative.get(key_id)
         if negative_until is not None and negative_until > now:
+            self.cache_hits += 1
             return None
+        self.cache_misses += 1
         generation = self._generation
         rec = self._store.get_by_id(key_id)
         with self._lock:

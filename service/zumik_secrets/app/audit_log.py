@@ -82,13 +82,16 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+from opentelemetry import trace
 
 from zumik_secrets.app.audit import AuditEntry, note_recorded
 from zumik_secrets.app.audit_witness import AuditWitness
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
+from zumik_secrets.app.metrics import NOOP, Recorder
 from zumik_secrets.core import audit_chain as chain
 from zumik_secrets.core import deadlines, page_tokens
 from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint, EventDraft
@@ -108,6 +111,7 @@ MAX_PAGE_SIZE = 1000
 _READ_PAGE = 500
 _MAX_BACKOFF = 0.5
 """Longest pause of the writer between attempts while the store fails, seconds."""
+_TRACER = trace.get_tracer("zumik_secrets.audit")
 
 
 def _now() -> datetime:
@@ -127,7 +131,17 @@ class _Pending:
     ``threading.Event`` builds a Python condition and a waiter lock on every call.
     """
 
-    __slots__ = ("cancelled", "done", "draft", "dropped", "durable", "error", "result", "taken")
+    __slots__ = (
+        "cancelled",
+        "done",
+        "draft",
+        "dropped",
+        "durable",
+        "error",
+        "link",
+        "result",
+        "taken",
+    )
 
     def __init__(self, draft: EventDraft, *, durable: bool) -> None:
         self.draft = draft
@@ -141,6 +155,8 @@ class _Pending:
         self.taken = False
         self.cancelled = False
         self.dropped = False  # a non-durable event given up on (counted and logged)
+        # The waiting caller's span (durable events while tracing): the commit span links it.
+        self.link: trace.SpanContext | None = None
 
     def settle(self) -> None:
         """Wake the waiting caller (durable events; called once, when stored or failed)."""
@@ -262,6 +278,8 @@ class AuditLog:
         self.dropped = 0
         self.commits = 0
         self.on_health_change: Callable[[bool], None] = lambda healthy: None
+        #: Where batch sizes, commit and durable-wait times and failures go (the runtime sets it).
+        self.metrics: Recorder = NOOP
         # Daemon: if the store is down at shutdown, stop() gives up after its timeout (and logs
         # what was left) instead of keeping the process alive.
         self._writer = threading.Thread(
@@ -442,21 +460,38 @@ class AuditLog:
         except Unavailable:
             raise audit_unavailable() from None
         pending = _Pending(self._draft(entry), durable=True)
-        deadline = time.monotonic() + wait
-        self._submit(pending, deadline)
-        done = pending.done
-        if done is None or not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            with self._lock:
-                if not pending.taken:
-                    pending.cancelled = True
-            if pending.result is not None:
+        started = time.monotonic()
+        deadline = started + wait
+        outcome = "error"
+        # A child span of the call: the wait for the commit holding this event (a no-op span
+        # when tracing is off). It carries the action only, never the event's content.
+        with _TRACER.start_as_current_span(
+            "zumik.audit.append", attributes={"zumik.audit.action": pending.draft.action}
+        ) as span:
+            if span.is_recording():
+                pending.link = span.get_span_context()
+            try:
+                self._submit(pending, deadline)
+                done = pending.done
+                if done is None or not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    with self._lock:
+                        if not pending.taken:
+                            pending.cancelled = True
+                    if pending.result is not None:
+                        outcome = "ok"
+                        note_recorded(entry.actor)
+                        return pending.result
+                    outcome = "timeout"
+                    raise audit_unavailable()
+                if pending.error is not None or pending.result is None:
+                    raise audit_unavailable()
+                outcome = "ok"
                 note_recorded(entry.actor)
                 return pending.result
-            raise audit_unavailable()
-        if pending.error is not None or pending.result is None:
-            raise audit_unavailable()
-        note_recorded(entry.actor)
-        return pending.result
+            finally:
+                self.metrics.audit_durable_wait(time.monotonic() - started, outcome)
+                if outcome != "ok":
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
 
     def _submit(self, pending: _Pending, deadline: float | None = None) -> None:
         if deadline is None:
@@ -610,15 +645,19 @@ class AuditLog:
                 if not self._healthy:
                     self._probe()
                 continue
+            started = time.monotonic()
             try:
-                stored = self._store.append([p.draft for p in batch])
+                with self._commit_span(batch):
+                    stored = self._store.append([p.draft for p in batch])
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                self.metrics.audit_batch(len(batch), time.monotonic() - started, False)
                 self._failed(batch, exc)
                 if self._stop.wait(backoff):
                     return  # stopping while the store fails: stop() reports what is left
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             backoff = 0.05
+            self.metrics.audit_batch(len(batch), time.monotonic() - started, True)
             self.commits += 1
             self._set_healthy(True)
             with self._lock:
@@ -629,7 +668,28 @@ class AuditLog:
                 pending.settle()
             self._count(stored)
 
+    def _commit_span(self, batch: list[_Pending]) -> AbstractContextManager[trace.Span]:
+        """The span of one group commit, linked to the spans of the durable callers waiting
+        for it (a batch serves many calls, so it is nobody's child)."""
+        links = [trace.Link(p.link) for p in batch if p.link is not None]
+        if not links:
+            # Batches of non-durable events only: no traced caller waits, no span (a root span
+            # per linger would be noise).
+            return nullcontext(trace.INVALID_SPAN)
+        return _TRACER.start_as_current_span(
+            "zumik.audit.commit",
+            kind=trace.SpanKind.INTERNAL,
+            links=links,
+            attributes={"zumik.audit.batch_size": len(batch)},
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        """Events queued or in flight (the metrics read it when scraped)."""
+        return self._queued
+
     def _failed(self, batch: list[_Pending], exc: Exception) -> None:
+        self.metrics.audit_append_failed(len(batch), any(p.durable for p in batch))
         outage = isinstance(exc, Unavailable)
         if not outage:
             _LOG.error("audit batch failed unexpectedly", exc_info=exc)

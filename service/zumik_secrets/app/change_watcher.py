@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
+from zumik_secrets.app.metrics import NOOP, Recorder
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.storage.ports import ChangeFeed, ChangeListener
 from zumik_secrets.storage.records import ChangeRecord
@@ -42,6 +45,10 @@ class ChangeWatcher:
         self._listener: ChangeListener | None = None
         self._seq = 0
         self._poll_lock = threading.Lock()
+        #: Monotonic time of the last successful read of the feed (the metrics report its age).
+        self.last_success = time.monotonic()
+        #: Where the delay from a change's commit to its dispatch here goes.
+        self.metrics: Recorder = NOOP
 
     @property
     def poll_interval(self) -> float:
@@ -94,6 +101,11 @@ class ChangeWatcher:
         dispatched = 0
         while True:
             batch = self._feed.since(self._seq)
+            self.last_success = time.monotonic()
+            if batch and self.metrics.enabled:
+                now = datetime.now(UTC)
+                for record in batch:
+                    self.metrics.change_applied((now - record.at).total_seconds())
             for record in batch:
                 self._seq = max(self._seq, record.seq)
                 for subscriber in self._subscribers.get(record.kind, ()):

@@ -59,6 +59,16 @@ class CircuitBreaker:
             return self._opened_at is not None
 
     @property
+    def state(self) -> str:
+        """``closed``, ``open`` (failing fast) or ``half_open`` (a probe may go or is going)."""
+        with self._lock:
+            if self._opened_at is None:
+                return "closed"
+            if self._probing or self._clock() - self._opened_at >= self._open_seconds:
+                return "half_open"
+            return "open"
+
+    @property
     def is_closed(self) -> bool:
         """Whether the breaker has seen no failure since its last success."""
         with self._lock:
@@ -119,6 +129,15 @@ class Breakers:
                 breaker = CircuitBreaker(self._failures, self._open_seconds)
                 self._breakers[server] = breaker
             return breaker
+
+    def states(self) -> dict[str, int]:
+        """How many breakers are ``closed``, ``open`` and ``half_open`` now (the metrics)."""
+        with self._lock:
+            breakers = list(self._breakers.values())
+        counts = {"closed": 0, "open": 0, "half_open": 0}
+        for breaker in breakers:
+            counts[breaker.state] += 1
+        return counts
 
 
 def customer_key_busy(limit: int) -> ResourceExhausted:

@@ -192,6 +192,9 @@ class SessionService:
         (the server wires the change watcher and the claim revocations), so no claim of the
         credential is accepted here once the caller was told it is revoked."""
         self._cache: dict[bytes, _Entry] = {}
+        #: Look-ups answered from the cache and those that were not (read by the metrics).
+        self.cache_hits = 0
+        self.cache_misses = 0
         self._hash_of: dict[str, bytes] = {}
         self._generation = 0
         self._seen: dict[str, float] = {}
@@ -207,7 +210,9 @@ class SessionService:
         now = self._mono()
         entry = None if fresh else self._cache.get(token_hash)
         if entry is not None and entry.until > now:
+            self.cache_hits += 1
             return entry.record
+        self.cache_misses += 1
         generation = self._generation
         rec = self._store.get_by_token_hash(token_hash)
         with self._lock:

@@ -34,6 +34,9 @@ class TtlLru(Generic[K, V]):
         self._clock = clock
         self._lock = threading.Lock()
         self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        #: Look-ups that found a live value, and those that did not (read by the metrics).
+        self.hits = 0
+        self.misses = 0
 
     @property
     def ttl(self) -> float:
@@ -57,11 +60,14 @@ class TtlLru(Generic[K, V]):
         with self._lock:
             item = self._data.get(key)
             if item is None:
+                self.misses += 1
                 return None
             if item[0] <= now:
                 del self._data[key]
+                self.misses += 1
                 return None
             self._data.move_to_end(key)
+            self.hits += 1
             return item[1]
 
     def put(self, key: K, value: V) -> None:

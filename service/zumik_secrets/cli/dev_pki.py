@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
+    "DEFAULT_OPERATORS",
     "DEFAULT_ROLES",
     "DEFAULT_SERVER_SANS",
     "DEFAULT_TRUST_DOMAIN",
@@ -38,6 +39,7 @@ __all__ = [
     "generate_dev_pki",
     "issue_client_cert",
     "issue_server_cert",
+    "operator_id_for",
     "spiffe_id_for",
 ]
 
@@ -50,6 +52,9 @@ DEFAULT_ROLES: tuple[str, ...] = (
     "billing",
     "auditor",
 )
+#: Operator (human) identities of the dev PKI: ``<name>.crt`` with
+#: ``spiffe://<trust-domain>/operator/<name>`` (break-glass only, see the dev policy).
+DEFAULT_OPERATORS: tuple[str, ...] = ("alice", "bob")
 SERVER_SERVICE_NAME = "zumik-secrets"
 # The names callers dial: loopback, and the Kubernetes Services (deploy/k8s) in the namespaces
 # of both overlays, short and fully qualified, so the dev PKI also serves a cluster deployment.
@@ -113,6 +118,8 @@ class DevPki:
     """The server's certificate and key."""
     clients: Mapping[str, CertPair] = field(hash=False)
     """One certificate and key per role, keyed by role name."""
+    operators: Mapping[str, CertPair] = field(default_factory=dict, hash=False)
+    """One certificate and key per operator (human), keyed by name."""
 
     def client(self, role: str) -> CertPair:
         """Return the certificate pair of ``role``.
@@ -121,12 +128,14 @@ class DevPki:
             KeyError: No certificate was issued for that role.
         """
         try:
-            return self.clients[role]
+            return self.clients[role] if role in self.clients else self.operators[role]
         except KeyError:
             raise KeyError(f"no dev client certificate for role {role!r}") from None
 
     def spiffe_id(self, role: str) -> str:
-        """Return the SPIFFE ID that the certificate of ``role`` carries."""
+        """Return the SPIFFE ID that the certificate of ``role`` (or operator) carries."""
+        if role in self.operators and role not in self.clients:
+            return operator_id_for(self.trust_domain, role)
         return spiffe_id_for(self.trust_domain, role)
 
 
@@ -141,6 +150,17 @@ def spiffe_id_for(trust_domain: str, name: str) -> str:
     return f"spiffe://{trust_domain}/svc/{name}"
 
 
+def operator_id_for(trust_domain: str, name: str) -> str:
+    """Return ``spiffe://<trust_domain>/operator/<name>`` (a human operator).
+
+    Raises:
+        DevPkiError: The trust domain or the name is not valid in a SPIFFE ID.
+    """
+    _check_trust_domain(trust_domain)
+    _check_name(name)
+    return f"spiffe://{trust_domain}/operator/{name}"
+
+
 def generate_dev_pki(
     out_dir: Path,
     *,
@@ -149,6 +169,7 @@ def generate_dev_pki(
     server_sans: Sequence[str] = DEFAULT_SERVER_SANS,
     validity_days: int = 30,
     overwrite: bool = False,
+    operators: Iterable[str] = DEFAULT_OPERATORS,
 ) -> DevPki:
     """Write a CA, a server certificate and one client certificate per role into ``out_dir``.
 
@@ -164,6 +185,8 @@ def generate_dev_pki(
         server_sans: DNS names and IP addresses of the server certificate.
         validity_days: Lifetime of the CA and of every certificate issued now.
         overwrite: Replace every file with a freshly generated PKI (new CA).
+        operators: Operator (human) names; each gets ``<name>.crt``/``<name>.key`` with the URI
+            SAN ``spiffe://<trust_domain>/operator/<name>``.
 
     Returns:
         The paths of the PKI.
@@ -232,6 +255,27 @@ def generate_dev_pki(
             _check_existing(pair, role_id)
         clients[role] = pair
 
+    operator_pairs: dict[str, CertPair] = {}
+    for name in dict.fromkeys(operators):
+        _check_name(name)
+        if name in clients or name in (SERVER_NAME, "ca"):
+            raise DevPkiError(f"operator name {name!r} collides with a role or PKI file")
+        pair = CertPair(directory / f"{name}.crt", directory / f"{name}.key")
+        operator_id = operator_id_for(trust_domain, name)
+        if overwrite or not _pair_present(pair):
+            _issue_leaf(
+                ca_for_issuing(),
+                pair,
+                common_name=name,
+                spiffe_id=operator_id,
+                dns_and_ips=(),
+                server=False,
+                validity_days=validity_days,
+            )
+        else:
+            _check_existing(pair, operator_id)
+        operator_pairs[name] = pair
+
     return DevPki(
         directory=directory,
         trust_domain=trust_domain,
@@ -239,6 +283,7 @@ def generate_dev_pki(
         ca_key=ca.key,
         server=server,
         clients=MappingProxyType(clients),
+        operators=MappingProxyType(operator_pairs),
     )
 
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zumik_secrets.cli import audit_verify, lifecycle, signing_keys
+from zumik_secrets.cli import audit_verify, lifecycle, signing_keys, verify_release
 from zumik_secrets.cli.dev_pki import DEFAULT_ROLES, generate_dev_pki
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.core.keyring import MasterKeyring, generate_keyring
@@ -93,10 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from zumik_secrets.server.grpc_server import serve
     from zumik_secrets.server.log_setup import configure_logging
     from zumik_secrets.server.runtime import Runtime
-    from zumik_secrets.server.telemetry import configure_tracing
+    from zumik_secrets.server.telemetry import configure_access_log, configure_tracing
 
     config = ServerConfig.load()
     configure_logging(config.log_level)
+    configure_access_log(config.access_log_level)
     configure_tracing()
     runtime = Runtime.open(config)
     if config.dev:
@@ -253,7 +254,10 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_dev_pki(args: argparse.Namespace) -> int:
     """Write the development CA and certificates."""
     pki = generate_dev_pki(Path(args.out), trust_domain=args.trust_domain, overwrite=args.force)
-    print(f"dev PKI in {pki.directory}: ca.crt, server.crt/.key, roles {', '.join(DEFAULT_ROLES)}")
+    print(
+        f"dev PKI in {pki.directory}: ca.crt, server.crt/.key, roles {', '.join(DEFAULT_ROLES)},"
+        f" operators {', '.join(pki.operators)}"
+    )
     return 0
 
 
@@ -375,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_verify.add_parser(sub)
     lifecycle.add_parsers(sub)
     signing_keys.add_parsers(sub)
+    verify_release.add_parser(sub)
     return parser
 
 

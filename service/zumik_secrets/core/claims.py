@@ -363,6 +363,9 @@ class ClaimVerifier:
         self._max_entries = max_cache_entries
         self._lock = threading.Lock()
         self._cache: dict[bytes, TenantClaim] = {}
+        #: Look-ups answered from the cache and those that were not (read by the metrics).
+        self.cache_hits = 0
+        self.cache_misses = 0
         self._verifiers: dict[str, Ed25519Verifier] = {}
         self._generation = 0
 
@@ -428,6 +431,10 @@ class ClaimVerifier:
         with self._lock:
             cached = self._cache.get(digest)
             generation = self._generation
+            if cached is None:
+                self.cache_misses += 1
+            else:
+                self.cache_hits += 1
         if cached is not None:
             try:
                 self._check_time(cached, now)

@@ -52,6 +52,7 @@ SESSION_PATTERN = "tenants/{tenant}/projects/{project}/sessions/ses_{id}"
 SECRET_PATTERN = "tenants/{tenant}/projects/{project}/secrets/sec_{id}"  # noqa: S105
 HANDLE_PATTERN = "tenants/{tenant}/handles/{kind}_{id}"
 PURGE_RECEIPT_PATTERN = "tenants/{tenant}/purgeReceipts/rcp_{id}"
+GRANT_PATTERN = "tenants/{tenant}/breakGlassGrants/bg_{id}"
 SETTINGS_PATTERN = "tenants/{tenant}/settings"
 
 ANY_TENANT = "-"
@@ -64,6 +65,7 @@ _SESSION_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})/sessions/(ses_{_BOD
 _SECRET_RE = re.compile(rf"tenants/({_ID})/projects/({_ID})/secrets/(sec_{_BODY})")
 _HANDLE_RE = re.compile(rf"tenants/({_ID})/handles/([a-z]{{2,8}}_{_BODY})")
 _PURGE_RECEIPT_RE = re.compile(rf"tenants/({_ID})/purgeReceipts/(rcp_{_BODY})")
+_GRANT_RE = re.compile(rf"tenants/({_ID})/breakGlassGrants/(bg_{_BODY})")
 
 
 def _bad(field: str, message: str, reason: str = REASON_INVALID_NAME) -> InvalidArgument:
@@ -282,6 +284,27 @@ class PurgeReceiptName:
         return f"tenants/{self.tenant}/purgeReceipts/{self.id}"
 
 
+@dataclass(frozen=True, slots=True)
+class GrantName:
+    """``tenants/{tenant}/breakGlassGrants/bg_{id}``; ``id`` is the full grant id."""
+
+    tenant: str
+    id: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant, field="tenant")
+        if _GRANT_ID_FULL(self.id) is None:
+            raise _bad("id", "id must look like bg_{id}")
+
+    @property
+    def parent(self) -> TenantName:
+        """The tenant this grant covers."""
+        return TenantName(self.tenant)
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/breakGlassGrants/{self.id}"
+
+
 def _reraise_as(field: str, pattern: str) -> InvalidArgument:
     # A component passed the regex but failed a deeper check (a handle body over 128 bits):
     # report it against the caller's field and the whole pattern, saying why.
@@ -373,6 +396,19 @@ def parse_purge_receipt_name(text: str, *, field: str = "name") -> PurgeReceiptN
         raise _reraise_as(field, PURGE_RECEIPT_PATTERN) from None
 
 
+def parse_grant_name(text: str, *, field: str = "name") -> GrantName:
+    """Parse ``tenants/{tenant}/breakGlassGrants/bg_{id}``.
+
+    Raises:
+        InvalidArgument: Reason ``INVALID_NAME``.
+    """
+    m = _match(_GRANT_RE, text, field, GRANT_PATTERN)
+    try:
+        return GrantName(m.group(1), m.group(2))
+    except InvalidArgument:
+        raise _reraise_as(field, GRANT_PATTERN) from None
+
+
 ResourceName = (
     TenantName
     | SettingsName
@@ -382,6 +418,7 @@ ResourceName = (
     | SecretName
     | HandleName
     | PurgeReceiptName
+    | GrantName
 )
 """Any resource name of the API."""
 
@@ -394,6 +431,7 @@ _PATTERNS: dict[type[object], str] = {
     SecretName: SECRET_PATTERN,
     HandleName: HANDLE_PATTERN,
     PurgeReceiptName: PURGE_RECEIPT_PATTERN,
+    GrantName: GRANT_PATTERN,
 }
 
 _Name = TypeVar("_Name", bound=ResourceName)
@@ -439,6 +477,8 @@ def parse_resource(text: str, *, field: str = "name") -> ResourceName:
         return parse_handle_name(text, field=field)
     if len(parts) == 4 and parts[2] == "purgeReceipts":
         return parse_purge_receipt_name(text, field=field)
+    if len(parts) == 4 and parts[2] == "breakGlassGrants":
+        return parse_grant_name(text, field=field)
     raise _bad(field, f"{field} must be a resource name (tenants/{{tenant}}/...)")
 
 
@@ -466,6 +506,7 @@ _KIND_HANDLE = {
     "secrets": re.compile(rf"sec_{_BODY}").fullmatch,
 }
 _RECEIPT_FULL = re.compile(rf"rcp_{_BODY}").fullmatch
+_GRANT_FULL = _GRANT_ID_FULL = re.compile(rf"bg_{_BODY}").fullmatch
 
 
 def is_resource_name(text: str) -> bool:
@@ -498,6 +539,8 @@ def is_resource_name(text: str) -> bool:
             return _HANDLE_FULL(last) is not None
         if collection == "purgeReceipts":
             return _RECEIPT_FULL(last) is not None
+        if collection == "breakGlassGrants":
+            return _GRANT_FULL(last) is not None
         return False
     if count == 6 and parts[2] == "projects" and _ID_FULL(parts[3]) is not None:
         check = _KIND_HANDLE.get(parts[4])

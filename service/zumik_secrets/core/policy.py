@@ -31,13 +31,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from zumik_secrets.core.break_glass import BREAK_GLASS_SERVICE, BreakGlassPolicy, is_operator
 from zumik_secrets.core.errors import InvalidArgument
 
 _SPIFFE_ID = re.compile(r"^spiffe://[a-z0-9.-]{1,255}(/[A-Za-z0-9._-]{1,128}){1,8}$")
 _PATTERN = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*/(\*|[A-Za-z_][A-Za-z0-9_]*)$"
 )
-_KNOWN_TOP_KEYS = frozenset({"trust_domain", "common", "identities"})
+_KNOWN_TOP_KEYS = frozenset({"trust_domain", "common", "identities", "break_glass"})
 _KNOWN_IDENTITY_KEYS = frozenset({"allow", "without_claim", "description", "impersonate"})
 
 
@@ -84,9 +85,14 @@ class Policy:
     """
 
     def __init__(
-        self, trust_domain: str, common: frozenset[str], identities: Mapping[str, _Identity]
+        self,
+        trust_domain: str,
+        common: frozenset[str],
+        identities: Mapping[str, _Identity],
+        break_glass: BreakGlassPolicy | None = None,
     ) -> None:
         self.trust_domain = trust_domain
+        self.break_glass = break_glass if break_glass is not None else BreakGlassPolicy.empty()
         self._common = common
         self._identities = dict(identities)
         self._cache: dict[tuple[str, str], Decision] = {}
@@ -195,7 +201,21 @@ class Policy:
             impersonate = body.get("impersonate", False)
             if not isinstance(impersonate, bool):
                 raise bad(f"{spiffe_id}.impersonate must be true or false")
+            if is_operator(spiffe_id, trust_domain):
+                # Operators are people: no standing access, only the break-glass service.
+                standing = {p for p in allow if not p.startswith(BREAK_GLASS_SERVICE + "/")}
+                if standing or impersonate:
+                    raise bad(
+                        f"operator {spiffe_id!r} may only be allowed {BREAK_GLASS_SERVICE} "
+                        f"methods and never impersonate (standing access: {sorted(standing)}); "
+                        "use a break-glass grant"
+                    )
             identities[spiffe_id] = _Identity(
                 allow=allow, without_claim=without, impersonate=impersonate
             )
-        return cls(trust_domain, common, identities)
+        break_glass = (
+            BreakGlassPolicy.from_mapping(data["break_glass"])
+            if "break_glass" in data
+            else BreakGlassPolicy.empty()
+        )
+        return cls(trust_domain, common, identities, break_glass)

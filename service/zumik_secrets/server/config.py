@@ -21,6 +21,7 @@ from zumik_secrets.app.purge import PAUSE_PHASES
 DEV_DIR = Path("var/dev")
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/zumik.db"
+_LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "OFF"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +423,46 @@ class ServerConfig:
     log_level: str = field(
         default="INFO", metadata={"setting": Setting("ZUMIK_LOG_LEVEL", "log level")}
     )
+    access_log_level: str = field(
+        default="INFO",
+        metadata={
+            "setting": Setting(
+                "ZUMIK_ACCESS_LOG_LEVEL",
+                "level of the per-call access log, apart from ZUMIK_LOG_LEVEL (INFO: one line"
+                " per call; WARNING or OFF: none)",
+            )
+        },
+    )
+    metrics_listen: str = field(
+        default="",
+        metadata={
+            "setting": Setting(
+                "ZUMIK_METRICS_LISTEN",
+                "host:port of the plain-HTTP scrape endpoint (/metrics, /healthz, /livez"
+                " only; empty: off)",
+            )
+        },
+    )
+    metrics_tenant_limit: int = field(
+        default=100,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_METRICS_TENANT_LIMIT",
+                "tenants (rich telemetry mode only) labelled on zumik.tenant.rpc.calls per"
+                " process; later ones count as _OTHER (0: no tenant labels)",
+            )
+        },
+    )
+    health_listen: str = field(
+        default="",
+        metadata={
+            "setting": Setting(
+                "ZUMIK_HEALTH_LISTEN",
+                "host:port of the health-only gRPC listener for Kubernetes grpc probes"
+                " (plaintext, grpc.health.v1.Health/Check only; empty: off)",
+            )
+        },
+    )
     dev: bool = field(
         default=False,
         metadata={"setting": Setting("ZUMIK_DEV", "use the var/dev/ PKI, keyring and dev policy")},
@@ -466,6 +507,11 @@ class ServerConfig:
             config = config._with_dev_defaults()
         config.validate()
         return config
+
+    @property
+    def port_fixed(self) -> bool:
+        """``ZUMIK_LISTEN`` names a port (not 0, which picks a free one)."""
+        return not self.listen.endswith(":0")
 
     def _with_dev_defaults(self) -> ServerConfig:
         pki = DEV_DIR / "pki"
@@ -573,6 +619,19 @@ class ServerConfig:
             raise ValueError("ZUMIK_RETENTION_INTERVAL must be between 0.5 and 604800 seconds")
         if self.test_purge_pause_after not in ("", *PAUSE_PHASES):
             raise ValueError("ZUMIK_TEST_PURGE_PAUSE_AFTER must be empty, shred or delete")
+        if self.access_log_level.upper() not in _LOG_LEVELS:
+            raise ValueError(
+                "ZUMIK_ACCESS_LOG_LEVEL must be one of " + ", ".join(sorted(_LOG_LEVELS))
+            )
+        if not 0 <= self.metrics_tenant_limit <= 10_000:
+            raise ValueError("ZUMIK_METRICS_TENANT_LIMIT must be between 0 and 10000")
+        for name in ("metrics_listen", "health_listen"):
+            value = getattr(self, name)
+            host, sep, port = value.rpartition(":")
+            if value and (not sep or not port.isdigit() or not host):
+                raise ValueError(f"{_env_of(name)} must be host:port (or empty for off)")
+        if self.health_listen and self.health_listen == self.listen and self.port_fixed:
+            raise ValueError("ZUMIK_HEALTH_LISTEN must differ from ZUMIK_LISTEN")
         if not 0.1 <= self.customer_key_timeout <= 60:
             raise ValueError("ZUMIK_CUSTOMER_KEY_TIMEOUT must be between 0.1 and 60 seconds")
 

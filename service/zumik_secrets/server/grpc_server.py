@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zumik.secrets.v1 import (
     audit_service_pb2_grpc,
+    break_glass_service_pb2_grpc,
     fingerprint_service_pb2_grpc,
     key_service_pb2_grpc,
     seal_service_pb2_grpc,
@@ -24,6 +25,7 @@ from zumik.secrets.v1 import (
 
 from zumik_secrets.api.contracts import OPEN_METHODS, SERVICE_DESCRIPTORS, method_guards
 from zumik_secrets.api.servicers.audit import AuditServicer
+from zumik_secrets.api.servicers.break_glass import BreakGlassServicer
 from zumik_secrets.api.servicers.fingerprints import FingerprintServicer
 from zumik_secrets.api.servicers.keys import KeyServicer
 from zumik_secrets.api.servicers.seal import SealServicer
@@ -31,6 +33,8 @@ from zumik_secrets.api.servicers.tenant import TenantServicer
 from zumik_secrets.app.denial_audit import DenialAudit
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.server.authorization import Authorizer
+from zumik_secrets.server.break_glass import GrantGate
+from zumik_secrets.server.health_listener import HealthListener
 from zumik_secrets.server.interceptor import GuardInterceptor
 from zumik_secrets.server.limits import Limits, LimitSettings
 from zumik_secrets.server.reflection_source import commented_pool
@@ -42,6 +46,29 @@ _LOG = logging.getLogger("zumik.server")
 
 _SERVICE_NAMES = tuple(s.full_name for s in SERVICE_DESCRIPTORS)
 _REFLECTION = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+
+#: Health service name that answers SERVING while the process runs, whatever storage does (NOT
+#: SERVING only once draining): what liveness and startup probes ask, so that a database outage
+#: makes pods unready without restarting them. Readiness asks the whole server ("").
+LIVENESS_SERVICE = "zumik.liveness"
+
+
+def served_methods() -> dict[tuple[str, str], str]:
+    """Full method name by (short service name, method name): every method a server serves
+    (the only values the call metrics use as labels)."""
+    methods = {
+        (s.name, m.name): f"{s.full_name}/{m.name}" for s in SERVICE_DESCRIPTORS for m in s.methods
+    }
+    for full in (
+        f"{health.SERVICE_NAME}/Check",
+        f"{health.SERVICE_NAME}/Watch",
+        *(f"{name}/ServerReflectionInfo" for name in _REFLECTION),
+        BENCH_EMPTY_METHOD.lstrip("/"),
+    ):
+        service, method = full.split("/")
+        methods[(service.rsplit(".", 1)[-1], method)] = full
+    return methods
+
 
 #: The benchmarks' ceiling (opt-in, ZUMIK_BENCH_EMPTY_RPC=1): a no-op RPC behind the same
 #: interceptor. Raw bytes in and out, not in the contracts; the policy must still allow it.
@@ -83,6 +110,11 @@ class ZumikServer:
         config = runtime.config
         self.runtime = runtime
         self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.serving = False
+        #: The storage monitor's last verdict (the zumik.storage.ready metric).
+        self.storage_ready = True
+        if runtime.metrics.otel is not None:
+            runtime.metrics.otel.sources.storage_ready = lambda: self.storage_ready
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.limits = Limits(
             LimitSettings(
@@ -111,10 +143,11 @@ class ZumikServer:
         )
         interceptor = GuardInterceptor(
             Authorizer(runtime.policy, runtime.verify_claim, runtime.revocations.check_scope),
-            Telemetry(runtime.tenant_settings.rich_mode),
+            Telemetry(runtime.tenant_settings.rich_mode, runtime.metrics.otel, served_methods()),
             self.denial_audit,
             guards,
             self.limits,
+            GrantGate(runtime.policy, runtime.break_glass),
         )
         self._server = grpc.server(
             self.limits.unary_pool,
@@ -137,7 +170,12 @@ class ZumikServer:
         # Every servicer implements every RPC of its service: the generated bases declare them
         # abstract, so mypy refuses a servicer with a missing RPC at type-check time.
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-            KeyServicer(runtime.claim_keys, runtime.api_keys, runtime.sessions),
+            KeyServicer(
+                runtime.claim_keys,
+                runtime.api_keys,
+                runtime.sessions,
+                metrics=runtime.metrics.recorder,
+            ),
             self._server,
         )
         seal_service_pb2_grpc.add_SealServiceServicer_to_server(
@@ -156,6 +194,10 @@ class ZumikServer:
             TenantServicer(
                 runtime.tenant_settings, runtime.customer_keys, runtime.purges, runtime.retention
             ),
+            self._server,
+        )
+        break_glass_service_pb2_grpc.add_BreakGlassServiceServicer_to_server(
+            BreakGlassServicer(runtime.break_glass),
             self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -177,10 +219,19 @@ class ZumikServer:
             self.port = 0
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {config.listen} (in use or not an address)")
+        self.health_listener: HealthListener | None = None
+        if config.health_listen:
+            otel = runtime.metrics.otel
+            self.health_listener = HealthListener(
+                config.health_listen,
+                self.health,
+                otel.health_probe if otel is not None else lambda status: None,
+            )
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch_storage, daemon=True)
 
     def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        self.serving = status == health_pb2.HealthCheckResponse.SERVING
         self.health.set("", status)
         for name in _SERVICE_NAMES:
             self.health.set(name, status)
@@ -188,8 +239,12 @@ class ZumikServer:
     def start(self) -> None:
         """Start serving; health turns SERVING (storage and keys are ready by construction)."""
         self._server.start()
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.denial_audit.start()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.runtime.metrics.start(lambda: self.serving)
+        if self.health_listener is not None:
+            self.health_listener.start()
         self._monitor.start()
 
     def _watch_storage(self) -> None:
@@ -211,6 +266,7 @@ class ZumikServer:
             # wait for the writer's own probe.
             audit_log = self.runtime.audit_log
             ok = ok and (audit_log.healthy or audit_log.probe())
+            self.storage_ready = ok
             if ok != healthy and not self._stopping.is_set():
                 healthy = ok
                 _LOG.warning("storage %s", "recovered" if ok else "unavailable")
@@ -230,6 +286,8 @@ class ZumikServer:
         self._server.stop(grace).wait()
         self.limits.shutdown()
         self.denial_audit.close()
+        if self.health_listener is not None:
+            self.health_listener.stop()
         self.runtime.close()
 
     def wait(self) -> None:

@@ -53,6 +53,7 @@ from zumik_secrets.core.errors import (
 )
 from zumik_secrets.core.secret_patterns import bounded
 from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
+from zumik_secrets.server.break_glass import GrantGate, grant_from
 from zumik_secrets.server.limits import Limits, LimitSettings, overloaded
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
 
@@ -187,6 +188,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         audit: AuditRecorder,
         guards: dict[str, MethodGuard],
         limits: Limits | None = None,
+        grants: GrantGate | None = None,
     ) -> None:
         """Create the interceptor.
 
@@ -197,7 +199,10 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             guards: The contracts' method guards by full method name.
             limits: Pools and per-peer caps (default: the defaults of :class:`LimitSettings`;
                 the server passes the one whose unary pool it runs on).
+            grants: Authorizes calls presenting a break-glass grant (None: such calls refused
+                like any other call the policy does not allow).
         """
+        self._grants = grants
         self._authorizer = authorizer
         self._telemetry = telemetry
         self._audit = audit
@@ -319,7 +324,36 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if open_method:
             return CallContext(method, identity, None, None, None, False, trace_hex), None
         resource = ""
+        raw_grant = grant_from(context.invocation_metadata()) if self._grants else None
         try:
+            if raw_grant is not None and self._grants is not None:
+                # Break-glass: the grant, not the policy or a claim, authorizes this call; the
+                # gate records the call durably (with the grant id) before it runs.
+                if request is _UNDECODABLE:
+                    raise _Malformed(
+                        InvalidArgument(
+                            "the request body is not a valid message of this method's request type",
+                            reason="MALFORMED_REQUEST",
+                        )
+                    )
+                if guard is not None and guard.tenant_scoped and request is not None:
+                    resource = getattr(request, guard.resource_field)
+                granted = self._grants.authorize(
+                    identity, method, guard, resource, raw_grant, raw_claim is not None, trace_hex
+                )
+                record.tenant_id = granted.tenant_id or ""
+                record.project_id = granted.project_id or ""
+                return CallContext(
+                    method,
+                    identity,
+                    None,
+                    granted.tenant_id,
+                    granted.project_id,
+                    True,
+                    trace_hex,
+                    resource=granted.resource,
+                    authority=granted.authority,
+                ), None
             decision = self._authorizer.check_identity(identity or None, method)
             if request is _UNDECODABLE:
                 raise _Malformed(
@@ -458,6 +492,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     ) -> NoReturn:
         """Record the outcome and abort the call with its rich status (raises)."""
         if isinstance(error, _Denied | _Malformed):
+            record.denied = isinstance(error, _Denied)
             error = error.error
         if isinstance(error, ZumikError):
             record.code = status_code_for(error).name
@@ -499,7 +534,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             record = CallRecord(service, name)
-            span = self._telemetry.start_span(service, name)
+            span = self._telemetry.start_span(service, name, context)
             # Every wait of the call (pool checkout, statements, durable audit) ends before the
             # caller's deadline, so it gets UNAVAILABLE instead of DEADLINE_EXCEEDED.
             deadline_token = deadlines.enter(_remaining(context))
@@ -530,7 +565,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             record = CallRecord(service, name)
-            span = self._telemetry.start_span(service, name)
+            span = self._telemetry.start_span(service, name, context)
             try:
                 with trace.use_span(span, end_on_exit=False):
                     release = None
@@ -640,7 +675,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request_iterator: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             record = CallRecord(service, name)
-            span = self._telemetry.start_span(service, name)
+            span = self._telemetry.start_span(service, name, context)
             try:
                 try:
                     release = self._limits.stream(_peer(context)[0])
@@ -669,7 +704,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             record = CallRecord(service, name)
-            span = self._telemetry.start_span(service, name)
+            span = self._telemetry.start_span(service, name, context)
             try:
                 try:
                     self._authorize(context, record, method, None, None, None, False)

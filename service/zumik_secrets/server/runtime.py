@@ -8,10 +8,14 @@ from __future__ import annotations
 import logging
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from opentelemetry.sdk.metrics.export import MetricReader
+
+from zumik_secrets.app import metrics as app_metrics
 from zumik_secrets.app.api_keys import ApiKeyService
 from zumik_secrets.app.audit import AuditRecorder
 from zumik_secrets.app.audit_log import AuditLog
@@ -23,6 +27,7 @@ from zumik_secrets.app.claim_revocations import ClaimRevocations
 from zumik_secrets.app.customer_keys import CustomerKeys
 from zumik_secrets.app.data_keys import DataKeys
 from zumik_secrets.app.fingerprints import Fingerprints, Sweeper
+from zumik_secrets.app.grants import BreakGlass
 from zumik_secrets.app.handles import Handles
 from zumik_secrets.app.purge import PurgeService
 from zumik_secrets.app.rate_limit import BucketSpec
@@ -38,6 +43,7 @@ from zumik_secrets.core.claims import ClaimVerifier, TenantClaim
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.core.policy import Policy
 from zumik_secrets.server.config import ServerConfig
+from zumik_secrets.server.metrics import ServerMetrics, create_metrics
 from zumik_secrets.storage.factory import open_store, redact_url
 from zumik_secrets.storage.ports import Store
 
@@ -110,10 +116,24 @@ class Runtime:
     purges: PurgeService
     retention: Retention
     retention_scheduler: RetentionScheduler
+    metrics: ServerMetrics
+    break_glass: BreakGlass
 
     @classmethod
-    def open(cls, config: ServerConfig, *, migrate: bool = True) -> Runtime:
+    def open(
+        cls,
+        config: ServerConfig,
+        *,
+        migrate: bool = True,
+        metric_readers: Sequence[MetricReader] = (),
+    ) -> Runtime:
         """Open storage, apply migrations, load keys and policy, start the change watcher.
+
+        Args:
+            config: The settings.
+            migrate: Apply pending migrations first.
+            metric_readers: Extra metric readers (tests), besides those the settings and the
+                ``OTEL_*`` variables configure.
 
         Raises:
             Unavailable: storage is down.
@@ -123,6 +143,10 @@ class Runtime:
         keyring = load_keyring(config)
         # Page tokens are authenticated under a key every replica derives alike (finding 6).
         page_tokens.configure(next(v.key for v in keyring.versions if v.version == keyring.primary))
+        metrics = create_metrics(config, extra_readers=metric_readers)
+        if metrics.otel is not None:
+            # Code far from the runtime (customer-key client, breakers) records through it.
+            app_metrics.install(metrics.otel)
         store = open_store(config.database_url)
         try:
             if migrate:
@@ -282,6 +306,7 @@ class Runtime:
                 before_session_sweep=sessions.flush_touches,
             )
             retention_scheduler = RetentionScheduler(retention, config.retention_interval)
+            break_glass = BreakGlass(store.grants, policy.break_glass, policy.trust_domain, audit)
             watcher.start()
             # After the watcher took its starting point, so no change falls between the two.
             revocations.load(store.changes)
@@ -290,6 +315,7 @@ class Runtime:
             retention_scheduler.start()
         except BaseException:
             store.close()
+            metrics.shutdown()
             raise
         _LOG.info(
             "runtime ready",
@@ -300,7 +326,7 @@ class Runtime:
                 "keyring_fingerprint": keyring.fingerprint(),
             },
         )
-        return cls(
+        runtime = cls(
             config=config,
             store=store,
             keyring=keyring,
@@ -324,7 +350,11 @@ class Runtime:
             purges=purges,
             retention=retention,
             retention_scheduler=retention_scheduler,
+            metrics=metrics,
+            break_glass=break_glass,
         )
+        metrics.observe(runtime)
+        return runtime
 
     def verify_claim(self, token: str) -> TenantClaim:
         """Verify a raw tenant claim now (the signature is cached after the first verification;
@@ -345,3 +375,6 @@ class Runtime:
         self.watcher.stop()
         self.audit_log.stop()
         self.store.close()
+        if self.metrics.otel is not None and app_metrics.recorder() is self.metrics.otel:
+            app_metrics.install(app_metrics.NOOP)
+        self.metrics.shutdown()

@@ -3,40 +3,50 @@
 Both carry metadata only (service, method, status code, reason, peer SPIFFE ID, tenant,
 project, TLS version, duration). A tenant in the richer mode (switched on by the control plane)
 also gets the request's non-sensitive fields; sensitive fields never appear in any mode.
-Exporters are off unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+Exporters follow the standard ``OTEL_*`` variables (:mod:`zumik_secrets.server.otel_env`); an
+incoming W3C ``traceparent`` (gRPC metadata) becomes the server span's parent while tracing is
+on. The same end of call feeds the call metrics (:mod:`zumik_secrets.server.metrics`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf.message import Message
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from zumik_secrets.api.redaction import describe_message
 from zumik_secrets.server.log_setup import submit_access_line
+from zumik_secrets.server.metrics import OTHER, OtelMetrics
+from zumik_secrets.server.otel_env import configure_tracing
+
+__all__ = ["ACCESS_LOG", "CallRecord", "Telemetry", "configure_access_log", "configure_tracing"]
 
 ACCESS_LOG = logging.getLogger("zumik.access")
 _TRACER = trace.get_tracer("zumik_secrets.server")
+#: Metadata keys of the W3C trace context (OTEL_PROPAGATORS may add others, e.g. b3).
+_TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage", "b3", "x-b3-traceid"})
+_MAX_TRACE_VALUE = 512
 
 
-def configure_tracing(service_name: str = "zumik-secrets") -> None:
-    """Install an SDK tracer provider with an OTLP exporter when an endpoint is configured."""
-    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+def configure_access_log(level: str) -> None:
+    """Give the access log its own level (``ZUMIK_ACCESS_LOG_LEVEL``), apart from the root's.
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    ``INFO`` writes one line per call even when ``ZUMIK_LOG_LEVEL`` is WARNING; ``WARNING`` or
+    ``OFF`` writes none (the call metrics still count every call).
+    """
+    name = level.upper()
+    ACCESS_LOG.setLevel(logging.CRITICAL + 1 if name == "OFF" else name)
+
+
+def _tracing_on() -> bool:
+    return isinstance(trace.get_tracer_provider(), SdkTracerProvider)
 
 
 @dataclass(slots=True)
@@ -52,23 +62,44 @@ class CallRecord:
     code: str = "OK"
     reason: str = ""
     request: Message | None = None
+    denied: bool = False
 
 
 class Telemetry:
     """Emits the span and the access-log line of each call."""
 
-    def __init__(self, rich_mode: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        rich_mode: Callable[[str], bool],
+        metrics: OtelMetrics | None = None,
+        methods: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         """Create the emitter.
 
         Args:
             rich_mode: Whether a tenant opted into the richer mode (must be cheap: cached).
+            metrics: The call metrics (None: metrics off).
+            methods: Full method name by (short service name, method name) for every method
+                the server serves; any other path is counted as ``_OTHER`` (a caller must not
+                be able to mint label values).
         """
         self._rich_mode = rich_mode
+        self._metrics = metrics
+        self._methods = dict(methods or {})
 
-    def start_span(self, service: str, method: str) -> trace.Span:
-        """Start the server span of a call (a no-op span when tracing is off)."""
+    def start_span(
+        self, service: str, method: str, context: grpc.ServicerContext | None = None
+    ) -> trace.Span:
+        """Start the server span of a call (a no-op span when tracing is off).
+
+        While tracing is on, a W3C trace context in the call's metadata becomes the parent.
+        """
+        parent = None
+        if context is not None and _tracing_on():
+            parent = _remote_parent(context)
         return _TRACER.start_span(
             f"{service}/{method}",
+            context=parent,
             kind=trace.SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
         )
@@ -95,6 +126,19 @@ class Telemetry:
             if record.code != "OK":
                 span.set_status(trace.Status(trace.StatusCode.ERROR, record.reason or record.code))
         span.end()
+        metrics = self._metrics
+        if metrics is not None:
+            tenant = None
+            if record.tenant_id and (detail is not None or self._rich_mode(record.tenant_id)):
+                tenant = record.tenant_id
+            metrics.rpc_finished(
+                self._methods.get((record.service, record.method), OTHER),
+                record.code,
+                record.reason,
+                duration_s,
+                denied=record.denied,
+                tenant=tenant,
+            )
         if ACCESS_LOG.isEnabledFor(logging.INFO):
             trace_id = span.get_span_context().trace_id
             extra: dict[str, Any] = {
@@ -113,3 +157,15 @@ class Telemetry:
                 extra["request"] = detail
             if not submit_access_line(ACCESS_LOG, "rpc", extra):
                 ACCESS_LOG.info("rpc", extra=extra)
+
+
+def _remote_parent(context: grpc.ServicerContext) -> Any:
+    """The trace context the caller sent in its metadata (None when it sent none)."""
+    carrier: dict[str, str] = {}
+    for item in context.invocation_metadata() or ():
+        key, value = item
+        if key in _TRACE_KEYS and isinstance(value, str) and len(value) <= _MAX_TRACE_VALUE:
+            carrier[key] = value
+    if not carrier:
+        return None
+    return propagate.extract(carrier)

@@ -24,6 +24,7 @@ from zumik_secrets.storage.records import (
     ChangeRecord,
     CustomerKeyRecord,
     DataKeyRecord,
+    GrantRecord,
     HandleRecord,
     MigrationInfo,
     PurgeJob,
@@ -716,6 +717,37 @@ class PurgeStore(Protocol):
         ...
 
 
+class GrantStore(Protocol):
+    """Break-glass grants. State changes are conditional updates, so two approvers (or an
+    approve racing a revoke) cannot both win."""
+
+    def create(self, grant: GrantRecord) -> None:
+        """Store a new ``pending`` grant.
+
+        Raises:
+            AlreadyExists: The id is taken.
+        """
+        ...
+
+    def get(self, grant_id: str) -> GrantRecord | None:
+        """A grant by id (any tenant), or None."""
+        ...
+
+    def approve(self, grant_id: str, approver: str, approver_cert: str, at: datetime) -> bool:
+        """Move a ``pending`` grant to ``active`` (expiring ``at`` + its duration, computed by
+        the store) if the approver is neither the requester nor their certificate. Returns
+        whether this call did it."""
+        ...
+
+    def revoke(self, grant_id: str, by: str, at: datetime) -> bool:
+        """Move a ``pending`` or ``active`` grant to ``revoked``. Returns whether this call did."""
+        ...
+
+    def list(self, tenant_id: str, limit: int) -> list[GrantRecord]:
+        """The tenant's grants, newest first (at most ``limit``)."""
+        ...
+
+
 class Store(Protocol):
     """A whole store: the aggregates plus lifecycle."""
 
@@ -772,6 +804,11 @@ class Store(Protocol):
     @property
     def changes(self) -> ChangeFeed:
         """Change feed."""
+        ...
+
+    @property
+    def grants(self) -> GrantStore:
+        """Break-glass grants."""
         ...
 
     @property

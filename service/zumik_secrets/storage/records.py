@@ -372,6 +372,48 @@ class PurgeReceiptRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """One break-glass grant (migration 0010). Holds no secret: the id only works for its
+    requester's certificate identity.
+
+    Attributes:
+        grant_id: ``bg_<22 base62>``.
+        tenant_id: The one tenant the grant covers.
+        permission_set: Name of the policy's permission set.
+        requester: Operator SPIFFE ID that asked (the only one who can use it).
+        requester_cert: SHA-256 hex of the requester's client certificate.
+        reason: Free text why (checked for secrets before it is stored).
+        ticket: Incident or change ticket reference.
+        duration: Lifetime asked for (at most the set's maximum), counted from approval.
+        state: ``pending``, ``active`` or ``revoked`` as stored (expiry is computed).
+        requested_at: When it was asked for.
+        approver: Operator SPIFFE ID that approved ("" while pending).
+        approver_cert: SHA-256 hex of the approver's certificate ("" while pending).
+        approved_at: When approved.
+        expires_at: approved_at + duration.
+        revoked_by: Who revoked it ("" unless revoked).
+        revoked_at: When revoked.
+    """
+
+    grant_id: str
+    tenant_id: str
+    permission_set: str
+    requester: str
+    requester_cert: str
+    reason: str
+    ticket: str
+    duration: timedelta
+    state: str
+    requested_at: datetime
+    approver: str = ""
+    approver_cert: str = ""
+    approved_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_by: str = ""
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationInfo:
     """One schema migration as ``migrate --status`` shows it.
 

@@ -22,6 +22,7 @@ from zumik_secrets.api.servicers.signing_keys import signing_key_proto
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.api_keys import MAX_GRACE, MAX_TTL, ApiKeyService, api_key_name, key_state
 from zumik_secrets.app.claim_issuer import IssuedClaim
+from zumik_secrets.app.metrics import NOOP, Recorder
 from zumik_secrets.app.sessions import (
     MAX_ABSOLUTE_TIMEOUT,
     MAX_IDLE_TIMEOUT,
@@ -134,9 +135,15 @@ class KeyServicer(_grpc.KeyServiceServicer):
     """KeyService over gRPC."""
 
     def __init__(
-        self, claim_keys: SigningKeys, api_keys: ApiKeyService, sessions: SessionService
+        self,
+        claim_keys: SigningKeys,
+        api_keys: ApiKeyService,
+        sessions: SessionService,
+        *,
+        metrics: Recorder = NOOP,
     ) -> None:
-        """Serve the given use cases."""
+        """Serve the given use cases (``metrics`` counts verify results by kind)."""
+        self._metrics = metrics
         self._claim_keys = claim_keys
         self._api_keys = api_keys
         self._sessions = sessions
@@ -173,6 +180,7 @@ class KeyServicer(_grpc.KeyServiceServicer):
         answer = self._api_keys.verify(
             request.key, list(request.required_scopes), _actor(current_call())
         )
+        self._metrics.verify_result("api_key", answer.result.name)
         rec = answer.record
         if rec is None:
             return _pb.VerifyApiKeyResponse(result=_RESULTS[answer.result])
@@ -287,6 +295,7 @@ class KeyServicer(_grpc.KeyServiceServicer):
         answer = self._sessions.verify(
             request.token, list(request.required_scopes), _actor(current_call())
         )
+        self._metrics.verify_result("session", answer.result.name)
         rec = answer.record
         if rec is None:
             return _pb.VerifySessionResponse(result=_RESULTS[answer.result])

@@ -32,6 +32,7 @@ from zumik_secrets.core import deadlines, errors
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage import outbox
 from zumik_secrets.storage.breaker import CircuitBreaker
+from zumik_secrets.storage.observe import PgCursor
 from zumik_secrets.storage.postgres.audit import PgAuditStore, write_outbox
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
@@ -837,7 +838,8 @@ class PgStore:
         pool_timeout: float = 3.0,
     ) -> None:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
-        kwargs: dict[str, Any] = {"autocommit": True}
+        # PgCursor: statement spans while tracing (storage/observe.py).
+        kwargs: dict[str, Any] = {"autocommit": True, "cursor_factory": PgCursor}
         if "connect_timeout" not in params:
             kwargs["connect_timeout"] = connect_timeout
         if "application_name" not in params:
@@ -877,6 +879,9 @@ class PgStore:
 
         self.fingerprint_schedule = fingerprints.PgFingerprintScheduleStore(self._db)
         self.handles = fingerprints.PgHandleStore(self._db)
+        from zumik_secrets.storage.postgres import grants
+
+        self.grants = grants.PgGrantStore(self._db)
         from zumik_secrets.storage.postgres import purge
 
         self.purges = purge.PgPurgeStore(self._db)
@@ -958,6 +963,10 @@ class PgStore:
             # A connection the check could not replace is replaced by the pool later.
             self._db.pool.check()
         self._db.breaker.reset()
+
+    def pool_stats(self) -> dict[str, int]:
+        """psycopg_pool's counters (cumulative; read by the metrics when scraped)."""
+        return dict(self._db.pool.get_stats())
 
     def close(self) -> None:
         """Close the pool. Idempotent; later calls raise Unavailable."""

@@ -26,6 +26,7 @@ from typing import Any
 from zumik_secrets.core import deadlines, errors
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage import outbox
+from zumik_secrets.storage.observe import SqliteConnection
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
@@ -255,6 +256,7 @@ class _Db:
             timeout=self._busy_timeout_ms / 1000,
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
             check_same_thread=False,  # a pooled connection moves between threads, one at a time
+            factory=SqliteConnection,  # statement spans while tracing (storage/observe.py)
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous = FULL")
@@ -1007,6 +1009,9 @@ class SqliteStore:
 
         self.fingerprint_schedule = fingerprints.SqliteFingerprintScheduleStore(self._db)
         self.handles = fingerprints.SqliteHandleStore(self._db)
+        from zumik_secrets.storage.sqlite import grants
+
+        self.grants = grants.SqliteGrantStore(self._db)
         from zumik_secrets.storage.sqlite import purge
 
         self.purges = purge.SqlitePurgeStore(self._db)

@@ -48,7 +48,12 @@ reasons specific to each method, each status code followed by its reasons):
   down it is answered at once), `DEADLINE_TOO_SHORT` (the call's deadline left no time for
   the database or audit wait it needs); both with a `google.rpc.RetryInfo`, and always before
   the caller's deadline; UNIMPLEMENTED `METHOD_NOT_FOUND`, INTERNAL `INTERNAL` (quote
-  `metadata.correlation_id` to the operator).
+  `metadata.correlation_id` to the operator);
+* for a call made by an operator under a break-glass grant (metadata `zumik-grant`, see
+  break_glass_service.proto): PERMISSION_DENIED `GRANT_NOT_FOUND`, `GRANT_NOT_APPROVED`,
+  `GRANT_EXPIRED`, `GRANT_REVOKED`, `GRANT_METHOD_NOT_ALLOWED`, `GRANT_WRONG_TENANT`,
+  `GRANT_WITH_CLAIM`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the call could not be audited and did
+  not run).
 
 A transport failure (no or untrusted client certificate) is UNAVAILABLE with no details.
 
@@ -68,7 +73,8 @@ A transport failure (no or untrusted client certificate) is UNAVAILABLE with no 
   `tenants/{tenant}/projects/{project}/apiKeys/key_{id}`,
   `tenants/{tenant}/projects/{project}/sessions/ses_{id}`,
   `tenants/{tenant}/projects/{project}/secrets/sec_{id}`,
-  `tenants/{tenant}/handles/{kind}_{id}`, `tenants/{tenant}/purgeReceipts/rcp_{id}`;
+  `tenants/{tenant}/handles/{kind}_{id}`, `tenants/{tenant}/purgeReceipts/rcp_{id}`,
+  `tenants/{tenant}/breakGlassGrants/bg_{id}`;
   at most 256 characters.
 * Scopes: `^[a-z][a-z0-9_.:-]{0,63}$`, by convention `{service}.{verb}` (`secrets.open`).
 """

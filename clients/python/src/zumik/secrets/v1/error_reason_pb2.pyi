@@ -251,7 +251,41 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: a number in the request (e.g. a page offset) is outside what storage can
     represent.
     """
-    ERROR_REASON_DEADLINE_TOO_SHORT: _ErrorReason.ValueType  # 92
+    ERROR_REASON_NOT_AN_OPERATOR: _ErrorReason.ValueType  # 92
+    """PERMISSION_DENIED: only operator identities (`spiffe://<domain>/operator/<name>`) manage
+    break-glass grants.
+    """
+    ERROR_REASON_UNKNOWN_PERMISSION_SET: _ErrorReason.ValueType  # 93
+    """INVALID_ARGUMENT: `permission_set` names no permission set of the policy file."""
+    ERROR_REASON_INVALID_TICKET: _ErrorReason.ValueType  # 94
+    """INVALID_ARGUMENT: `ticket` is not a ticket reference (1 to 64 characters, such as INC-1234)."""
+    ERROR_REASON_GRANT_TOO_LONG: _ErrorReason.ValueType  # 95
+    """INVALID_ARGUMENT: the grant's duration is longer than its permission set's maximum."""
+    ERROR_REASON_GRANT_TOO_SHORT: _ErrorReason.ValueType  # 96
+    """INVALID_ARGUMENT: the grant's duration is shorter than 60 seconds."""
+    ERROR_REASON_SELF_APPROVAL: _ErrorReason.ValueType  # 97
+    """PERMISSION_DENIED: the requester of a grant cannot approve it (whatever certificate)."""
+    ERROR_REASON_SAME_CERTIFICATE: _ErrorReason.ValueType  # 98
+    """PERMISSION_DENIED: a grant cannot be approved with the requester's certificate."""
+    ERROR_REASON_GRANT_NOT_PENDING: _ErrorReason.ValueType  # 99
+    """FAILED_PRECONDITION: the grant is not pending (already approved, revoked, expired, or not
+    approved within the approval window); a grant is never approved twice or extended.
+    """
+    ERROR_REASON_GRANT_EXPIRED: _ErrorReason.ValueType  # 100
+    """PERMISSION_DENIED: the grant presented with the call has expired."""
+    ERROR_REASON_GRANT_NOT_FOUND: _ErrorReason.ValueType  # 101
+    """PERMISSION_DENIED: the presented grant does not exist or is not the caller's own."""
+    ERROR_REASON_GRANT_NOT_APPROVED: _ErrorReason.ValueType  # 102
+    """PERMISSION_DENIED: the presented grant has not been approved yet."""
+    ERROR_REASON_GRANT_REVOKED: _ErrorReason.ValueType  # 103
+    """PERMISSION_DENIED: the presented grant was revoked."""
+    ERROR_REASON_GRANT_METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 104
+    """PERMISSION_DENIED: the grant's permission set does not include the called method."""
+    ERROR_REASON_GRANT_WRONG_TENANT: _ErrorReason.ValueType  # 105
+    """PERMISSION_DENIED: the request names a resource outside the grant's tenant."""
+    ERROR_REASON_GRANT_WITH_CLAIM: _ErrorReason.ValueType  # 106
+    """PERMISSION_DENIED: a call carries both a tenant claim and a break-glass grant."""
+    ERROR_REASON_DEADLINE_TOO_SHORT: _ErrorReason.ValueType  # 107
     """UNAVAILABLE: the caller's deadline left no time for the database or audit wait the call
     needs (the server answers before the deadline instead of timing out); retry with a longer
     deadline. `google.rpc.RetryInfo` is attached.
@@ -502,7 +536,41 @@ ERROR_REASON_VALUE_OUT_OF_RANGE: ErrorReason.ValueType  # 91
 """INVALID_ARGUMENT: a number in the request (e.g. a page offset) is outside what storage can
 represent.
 """
-ERROR_REASON_DEADLINE_TOO_SHORT: ErrorReason.ValueType  # 92
+ERROR_REASON_NOT_AN_OPERATOR: ErrorReason.ValueType  # 92
+"""PERMISSION_DENIED: only operator identities (`spiffe://<domain>/operator/<name>`) manage
+break-glass grants.
+"""
+ERROR_REASON_UNKNOWN_PERMISSION_SET: ErrorReason.ValueType  # 93
+"""INVALID_ARGUMENT: `permission_set` names no permission set of the policy file."""
+ERROR_REASON_INVALID_TICKET: ErrorReason.ValueType  # 94
+"""INVALID_ARGUMENT: `ticket` is not a ticket reference (1 to 64 characters, such as INC-1234)."""
+ERROR_REASON_GRANT_TOO_LONG: ErrorReason.ValueType  # 95
+"""INVALID_ARGUMENT: the grant's duration is longer than its permission set's maximum."""
+ERROR_REASON_GRANT_TOO_SHORT: ErrorReason.ValueType  # 96
+"""INVALID_ARGUMENT: the grant's duration is shorter than 60 seconds."""
+ERROR_REASON_SELF_APPROVAL: ErrorReason.ValueType  # 97
+"""PERMISSION_DENIED: the requester of a grant cannot approve it (whatever certificate)."""
+ERROR_REASON_SAME_CERTIFICATE: ErrorReason.ValueType  # 98
+"""PERMISSION_DENIED: a grant cannot be approved with the requester's certificate."""
+ERROR_REASON_GRANT_NOT_PENDING: ErrorReason.ValueType  # 99
+"""FAILED_PRECONDITION: the grant is not pending (already approved, revoked, expired, or not
+approved within the approval window); a grant is never approved twice or extended.
+"""
+ERROR_REASON_GRANT_EXPIRED: ErrorReason.ValueType  # 100
+"""PERMISSION_DENIED: the grant presented with the call has expired."""
+ERROR_REASON_GRANT_NOT_FOUND: ErrorReason.ValueType  # 101
+"""PERMISSION_DENIED: the presented grant does not exist or is not the caller's own."""
+ERROR_REASON_GRANT_NOT_APPROVED: ErrorReason.ValueType  # 102
+"""PERMISSION_DENIED: the presented grant has not been approved yet."""
+ERROR_REASON_GRANT_REVOKED: ErrorReason.ValueType  # 103
+"""PERMISSION_DENIED: the presented grant was revoked."""
+ERROR_REASON_GRANT_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 104
+"""PERMISSION_DENIED: the grant's permission set does not include the called method."""
+ERROR_REASON_GRANT_WRONG_TENANT: ErrorReason.ValueType  # 105
+"""PERMISSION_DENIED: the request names a resource outside the grant's tenant."""
+ERROR_REASON_GRANT_WITH_CLAIM: ErrorReason.ValueType  # 106
+"""PERMISSION_DENIED: a call carries both a tenant claim and a break-glass grant."""
+ERROR_REASON_DEADLINE_TOO_SHORT: ErrorReason.ValueType  # 107
 """UNAVAILABLE: the caller's deadline left no time for the database or audit wait the call
 needs (the server answers before the deadline instead of timing out); retry with a longer
 deadline. `google.rpc.RetryInfo` is attached.
