@@ -428,11 +428,15 @@ class AuditLog:
         try:
             self._outbox_due = False
             while True:
+                started = time.monotonic()
                 try:
                     events = self._store.drain_outbox(self._max_batch)
                 except BaseException:
                     self._outbox_due = True
+                    self.metrics.audit_batch(0, time.monotonic() - started, False)
                     raise
+                if events:
+                    self.metrics.audit_batch(len(events), time.monotonic() - started, True)
                 moved += len(events)
                 self.drained += len(events)
                 if events:
