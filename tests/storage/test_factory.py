@@ -93,10 +93,7 @@ def test_migrations_ship_as_package_data():
     for pkg in ("zumik_secrets.storage.sqlite", "zumik_secrets.storage.postgres"):
         migrations = load_migrations(pkg)
         versions = [m.version for m in migrations]
-        # Ascending and unique from 1; 0006-0009 are reserved for work in flight on other
-        # branches (0010 is break-glass), so the only gap allowed is that reserved range.
-        assert versions == sorted(set(versions)) and versions[0] == 1
-        missing = set(range(1, versions[-1] + 1)) - set(versions)
-        assert missing <= {6, 7, 8, 9}, missing
+        # Ascending, unique and gapless from 1.
+        assert versions == list(range(1, len(versions) + 1)), versions
         assert 3 in versions  # data keys and sealed secrets
         assert "CREATE TABLE api_keys" in migrations[0].sql

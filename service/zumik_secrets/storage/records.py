@@ -373,7 +373,7 @@ class PurgeReceiptRecord:
 
 @dataclass(frozen=True, slots=True)
 class GrantRecord:
-    """One break-glass grant (migration 0010). Holds no secret: the id only works for its
+    """One break-glass grant (migration 0008). Holds no secret: the id only works for its
     requester's certificate identity.
 
     Attributes:

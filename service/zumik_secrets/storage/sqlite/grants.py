@@ -1,4 +1,4 @@
-"""SQLite adapter of the break-glass grant store (migration 0010)."""
+"""SQLite adapter of the break-glass grant store (migration 0008)."""
 
 from __future__ import annotations
 

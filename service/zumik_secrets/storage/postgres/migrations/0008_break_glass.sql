@@ -1,4 +1,4 @@
--- Zumik Secrets, PostgreSQL schema 0010: break-glass grants (an operator's emergency access to
+-- Zumik Secrets, PostgreSQL schema 0008: break-glass grants (an operator's emergency access to
 -- one tenant, approved by a second operator, time-bound, revocable). Expiry is computed from
 -- expires_at, never written; state only moves pending -> active -> revoked (or pending -> revoked).
 CREATE TABLE break_glass_grants (
