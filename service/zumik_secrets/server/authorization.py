@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from zumik_secrets.api.contracts import MethodGuard
 from zumik_secrets.core.authority import AUDIT_TENANT_VIEW, NO_AUTHORITY, Authority
@@ -48,6 +49,16 @@ from zumik_secrets.core.names import (
 from zumik_secrets.core.policy import Decision, Policy
 
 CLAIM_METADATA_KEY = "zumik-claim"
+
+
+def metadata_value(metadata: Any, key: str) -> str | None:
+    """The first value of ``key`` in a call's invocation metadata (bytes decoded), if any."""
+    for item in metadata or ():
+        if item.key == key:
+            value = item.value
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
 
 _V1 = "/zumik.secrets.v1."
 

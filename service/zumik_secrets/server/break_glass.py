@@ -27,16 +27,12 @@ from zumik_secrets.core.break_glass import GRANT_METADATA_KEY, is_operator
 from zumik_secrets.core.errors import InvalidArgument, PermissionDenied
 from zumik_secrets.core.names import ANY_TENANT, name_project, parse_resource
 from zumik_secrets.core.policy import Policy
-from zumik_secrets.server.authorization import Authorization
+from zumik_secrets.server.authorization import Authorization, metadata_value
 
 
 def grant_from(metadata: Sequence[Any] | None) -> str | None:
     """The ``zumik-grant`` metadata value, if present."""
-    for item in metadata or ():
-        if item.key == GRANT_METADATA_KEY:
-            value = item.value
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return None
+    return metadata_value(metadata, GRANT_METADATA_KEY)
 
 
 class GrantGate:

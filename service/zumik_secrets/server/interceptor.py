@@ -52,7 +52,12 @@ from zumik_secrets.core.errors import (
     ZumikError,
 )
 from zumik_secrets.core.secret_patterns import bounded
-from zumik_secrets.server.authorization import CLAIM_METADATA_KEY, Authorization, Authorizer
+from zumik_secrets.server.authorization import (
+    CLAIM_METADATA_KEY,
+    Authorization,
+    Authorizer,
+    metadata_value,
+)
 from zumik_secrets.server.break_glass import GrantGate, grant_from
 from zumik_secrets.server.limits import Limits, LimitSettings, overloaded
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
@@ -164,11 +169,7 @@ def _decision(
 
 
 def _claim_from(metadata: Any) -> str | None:
-    for item in metadata or ():
-        if item.key == CLAIM_METADATA_KEY:
-            value = item.value
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return None
+    return metadata_value(metadata, CLAIM_METADATA_KEY)
 
 
 def _releasing(responses: Iterator[Any], release: Callable[[], None]) -> Iterator[Any]:
