@@ -237,9 +237,8 @@ class Limits:
             self.shed_count += 1
         return full
 
-    @contextmanager
-    def call(self, peer: str, time_remaining: float | None) -> Iterator[None]:
-        """Hold one of ``peer``'s unary-call slots for the body.
+    def admit(self, peer: str, time_remaining: float | None) -> Callable[[], None]:
+        """Take one of ``peer``'s unary-call slots; returns its release (call it once).
 
         Raises:
             ResourceExhausted: ``PEER_CALL_LIMIT``, or ``SERVER_OVERLOADED`` when the call's
@@ -247,7 +246,12 @@ class Limits:
         """
         if time_remaining is not None and time_remaining <= 0:
             raise overloaded()
-        release = self._calls.acquire(peer)
+        return self._calls.acquire(peer)
+
+    @contextmanager
+    def call(self, peer: str, time_remaining: float | None) -> Iterator[None]:
+        """Hold one of ``peer``'s unary-call slots for the body (see :meth:`admit`)."""
+        release = self.admit(peer, time_remaining)
         try:
             yield
         finally:
