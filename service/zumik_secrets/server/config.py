@@ -302,6 +302,15 @@ class ServerConfig:
             )
         },
     )
+    open_cache_entries: int = field(
+        default=4096,
+        metadata={
+            "setting": Setting(
+                "ZUMIK_OPEN_CACHE_ENTRIES",
+                "sealed rows Open keeps, each for the change-feed poll interval (0: none)",
+            )
+        },
+    )
     fingerprint_sweep_interval: float = field(
         default=5.0,
         metadata={
@@ -607,6 +616,8 @@ class ServerConfig:
             )
         if self.data_key_cache_size < 1:
             raise ValueError("ZUMIK_DATA_KEY_CACHE_SIZE must be at least 1")
+        if not 0 <= self.open_cache_entries <= 1_000_000:
+            raise ValueError("ZUMIK_OPEN_CACHE_ENTRIES must be between 0 and 1000000")
         if not 0.1 <= self.data_key_cache_ttl <= 3600:
             raise ValueError("ZUMIK_DATA_KEY_CACHE_TTL must be between 0.1 and 3600 seconds")
         if not 0.1 <= self.fingerprint_sweep_interval <= 3600:
