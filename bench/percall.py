@@ -9,8 +9,12 @@ whole process (the log writer thread included), so two trees can be compared run
     PYTHONPATH=<other tree>/service .venv/bin/python -m bench.percall
 
 Rows: the interceptor around the benchmarks' empty RPC (policy check, span, access line,
-deadline and call context; ``intercept_service`` included), and one task through the server's
-unary pool (submit, run, done-callback, as grpcio drives it).
+deadline and call context; ``intercept_service`` included); one task through the server's
+unary pool (submit, run, done-callback, as grpcio drives it); and the whole call below grpcio
+for warm VerifyApiKey and Open 1 KiB (interceptor, servicer, use case, SQLite store, the audit
+writer thread; 16 callers at once, so that audit events are group-committed as under load),
+over a real :class:`Runtime` in a temp dir. Request parsing and response serialisation are
+included; grpcio's own work (HTTP/2, TLS, its polling thread) is not.
 """
 
 from __future__ import annotations
@@ -146,6 +150,188 @@ def pool_us(calls: int) -> float:
         pool.shutdown()
 
 
+class _Md:
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: str, value: str) -> None:
+        self.key = key
+        self.value = value
+
+
+class _ClaimContext(_Context):
+    def __init__(self, peer: bytes, claim: str | None) -> None:
+        self._auth = {"peer_spiffe_id": [peer], "ssl_tls_version": [b"TLSv1.3"]}
+        self._md = (_Md("zumik-claim", claim),) if claim else ()
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+    def invocation_metadata(self) -> tuple[Any, ...]:
+        return self._md
+
+
+class _Collect:
+    """Stands in for a grpc server: collects the handlers a servicer registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        return None
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        for name, handler in handlers.items():
+            self.handlers[f"/{service}/{name}"] = handler
+
+
+DATABASE_URL = ""
+"""The store of the full-path rows (``--database-url``; default: SQLite in a temp dir)."""
+
+
+def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
+    """Server CPU (us) of one warm VerifyApiKey or Open 1 KiB below grpcio (see the module
+    docstring), ``callers`` at once."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from zumik.secrets.v1 import (
+        key_service_pb2,
+        key_service_pb2_grpc,
+        seal_service_pb2,
+        seal_service_pb2_grpc,
+    )
+
+    from bench.harness import BENCH_ROLE
+    from zumik_secrets.api.servicers.keys import KeyServicer
+    from zumik_secrets.api.servicers.seal import SealServicer
+    from zumik_secrets.app.actor import Actor
+    from zumik_secrets.cli.dev_pki import generate_dev_pki, spiffe_id_for
+    from zumik_secrets.core.authority import Authority
+    from zumik_secrets.core.keyring import generate_keyring
+    from zumik_secrets.core.names import ProjectName
+    from zumik_secrets.server.config import ServerConfig
+    from zumik_secrets.server.runtime import Runtime
+
+    root = Path(tempfile.mkdtemp(prefix="zumik-percall-"))
+    if DATABASE_URL.startswith("postgresql"):
+        from bench.harness import create_scratch_db
+
+        create_scratch_db(DATABASE_URL.rsplit("/", 1)[-1])  # fresh: a new keyring each time
+    pki = generate_dev_pki(root / "pki")
+    (root / "keyring.json").write_text(generate_keyring())
+    (root / "policy.toml").write_text(dev_policy_path().read_text() + _BENCH_POLICY)
+    config = ServerConfig.load(
+        {
+            "ZUMIK_DATABASE_URL": DATABASE_URL or f"sqlite:///{root}/z.db",
+            "ZUMIK_TLS_CERT": str(pki.server.cert),
+            "ZUMIK_TLS_KEY": str(pki.server.key),
+            "ZUMIK_TLS_CLIENT_CA": str(pki.ca_cert),
+            "ZUMIK_POLICY_FILE": str(root / "policy.toml"),
+            "ZUMIK_MASTER_KEYRING_FILE": str(root / "keyring.json"),
+        }
+    )
+    runtime = Runtime.open(config)
+    limits = Limits(LimitSettings())
+    try:
+        interceptor = GuardInterceptor(
+            Authorizer(runtime.policy, runtime.verify_claim, runtime.revocations.check_scope),
+            Telemetry(lambda _tenant: False, None, served_methods()),
+            runtime.audit,
+            method_guards(),
+            limits,
+        )
+        collect = _Collect()
+        key_service_pb2_grpc.add_KeyServiceServicer_to_server(
+            KeyServicer(runtime.claim_keys, runtime.api_keys, runtime.sessions), collect
+        )
+        seal_service_pb2_grpc.add_SealServiceServicer_to_server(
+            SealServicer(runtime.sealed_secrets), collect
+        )
+        peer = spiffe_id_for("zumik.local", BENCH_ROLE).encode()
+        parent = ProjectName("bench", "p")
+        actor = Actor(identity=peer.decode())
+        if scenario == "verify_warm":
+            method = "/zumik.secrets.v1.KeyService/VerifyApiKey"
+            raws = [
+                runtime.api_keys.create(
+                    parent,
+                    display_name="k",
+                    scopes=["keys.read"],
+                    ttl=None,
+                    environment="",
+                    actor=actor,
+                    authority=Authority.unbounded(),
+                ).raw_key
+                for _ in range(64)
+            ]
+            bodies = [
+                key_service_pb2.VerifyApiKeyRequest(key=raw).SerializeToString() for raw in raws
+            ]
+            claim = None
+        elif scenario == "seal_1k":
+            method = "/zumik.secrets.v1.SealService/Seal"
+            bodies = [
+                seal_service_pb2.SealRequest(
+                    parent="tenants/bench/projects/p", plaintext=bytes([i]) * 1024
+                ).SerializeToString()
+                for i in range(64)
+            ]
+            claim, _ = runtime.claim_keys.signer.mint(
+                "bench",
+                "p",
+                "bench",
+                ("secrets.seal", "secrets.read"),
+                int(time.time()),
+                300,
+                credential_id="key_bench",
+            )
+        else:
+            method = "/zumik.secrets.v1.SealService/Open"
+            names = [
+                runtime.sealed_secrets.seal(parent, "s", b"x" * 1024, {}, actor).secret_id
+                for _ in range(64)
+            ]
+            bodies = [
+                seal_service_pb2.OpenRequest(
+                    name=f"tenants/bench/projects/p/secrets/{n}"
+                ).SerializeToString()
+                for n in names
+            ]
+            claim, _ = runtime.claim_keys.signer.mint(
+                "bench",
+                "p",
+                "bench",
+                ("secrets.open", "secrets.read"),
+                int(time.time()),
+                300,
+                credential_id="key_bench",
+            )
+        context = _ClaimContext(peer, claim)
+        details = _Details(method)
+        details.invocation_metadata = context.invocation_metadata()  # type: ignore[assignment]
+
+        def continuation(d: Any) -> Any:
+            return collect.handlers.get(d.method)
+
+        def one(i: int) -> None:
+            handler = interceptor.intercept_service(continuation, details)  # type: ignore[arg-type]
+            request = handler.request_deserializer(bodies[i % 64])  # type: ignore[misc]
+            response = handler.unary_unary(request, context)  # type: ignore[misc]
+            handler.response_serializer(response)  # type: ignore[misc]
+
+        with ThreadPoolExecutor(callers) as pool:
+            list(pool.map(one, range(256)))  # warm: caches, claims, data keys
+            started = time.process_time()
+            list(pool.map(one, range(calls)))
+            runtime.audit_log.drain_outbox()
+            return (time.process_time() - started) / calls * 1e6
+    finally:
+        limits.shutdown()
+        limits.unary_pool.shutdown()
+        runtime.close()
+
+
 def _policy() -> dict[str, Any]:
     import tomllib
 
@@ -157,10 +343,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rows", default="empty,pool,verify,open,seal", help="rows to measure")
+    parser.add_argument("--database-url", default="", help="store of the full-path rows")
     args = parser.parse_args()
-    for name, fn in (("interceptor (empty RPC)", interceptor_us), ("unary pool task", pool_us)):
-        best = min(fn(args.calls) for _ in range(args.rounds))
-        print(f"{name:28s} {best:7.1f} us/call (best of {args.rounds} x {args.calls})")
+    global DATABASE_URL
+    DATABASE_URL = args.database_url
+    rows: dict[str, tuple[str, Callable[[int], float]]] = {
+        "empty": ("interceptor (empty RPC)", interceptor_us),
+        "pool": ("unary pool task", pool_us),
+        "verify": ("VerifyApiKey warm, full", lambda n: full_path_us(n // 4, "verify_warm")),
+        "open": ("Open 1 KiB, full", lambda n: full_path_us(n // 10, "open_1k")),
+        "seal": ("Seal 1 KiB, full", lambda n: full_path_us(n // 10, "seal_1k")),
+    }
+    for row in args.rows.split(","):
+        name, fn = rows[row]
+        values = sorted(fn(args.calls) for _ in range(args.rounds))
+        print(
+            f"{name:28s} {values[0]:7.1f} us/call best, {values[len(values) // 2]:7.1f} median"
+            f" ({args.rounds} rounds)",
+            flush=True,
+        )
     grpc_version = getattr(grpc, "__version__", "?")
     print(f"grpcio {grpc_version}")
 
