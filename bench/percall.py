@@ -249,6 +249,13 @@ def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
             SealServicer(runtime.sealed_secrets), collect
         )
         peer = spiffe_id_for("zumik.local", BENCH_ROLE).encode()
+
+        def mint(scopes: tuple[str, ...]) -> str:
+            token, _ = runtime.claim_keys.signer.mint(
+                "bench", "p", "bench", scopes, int(time.time()), 300, credential_id="key_bench"
+            )
+            return str(token)
+
         parent = ProjectName("bench", "p")
         actor = Actor(identity=peer.decode())
         if scenario == "verify_warm":
@@ -277,15 +284,7 @@ def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
                 ).SerializeToString()
                 for i in range(64)
             ]
-            claim, _ = runtime.claim_keys.signer.mint(
-                "bench",
-                "p",
-                "bench",
-                ("secrets.seal", "secrets.read"),
-                int(time.time()),
-                300,
-                credential_id="key_bench",
-            )
+            claim = mint(("secrets.seal", "secrets.read"))
         else:
             method = "/zumik.secrets.v1.SealService/Open"
             names = [
@@ -298,15 +297,7 @@ def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
                 ).SerializeToString()
                 for n in names
             ]
-            claim, _ = runtime.claim_keys.signer.mint(
-                "bench",
-                "p",
-                "bench",
-                ("secrets.open", "secrets.read"),
-                int(time.time()),
-                300,
-                credential_id="key_bench",
-            )
+            claim = mint(("secrets.open", "secrets.read"))
         context = _ClaimContext(peer, claim)
         details = _Details(method)
         details.invocation_metadata = context.invocation_metadata()  # type: ignore[assignment]

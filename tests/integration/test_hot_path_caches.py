@@ -20,7 +20,7 @@ import pytest
 from zumik.secrets.v1 import common_pb2, key_service_pb2, seal_service_pb2, tenant_service_pb2
 
 from tests.fix_server import RunningServer, ServerFactory
-from tests.grpc_errors import error_info
+from tests.integration.purge_support import claim_refused
 from tests.integration.test_audit_service import find
 from tests.integration.test_revocation_propagation import BOUND_SECONDS, _time_until_revoked
 from zumik_secrets.cli.dev_pki import DevPki, issue_client_cert
@@ -173,13 +173,7 @@ def test_feed_drops_cached_rows_on_each_backend(
         tenant_service_pb2.PurgeProjectRequest(name=parent, confirm=parent), timeout=60
     )
     dropped_within(key, BOUND_SECONDS)
-    try:
-        _opener(second, name)()
-    except grpc.RpcError as err:
-        assert err.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
-        assert error_info(err).reason == "CLAIM_REVOKED"
-    else:
-        pytest.fail("a purged project's secret was opened")
+    claim_refused(_opener(second, name))  # the purged project's claim: CLAIM_REVOKED
 
 
 def test_warm_verify_marks_stay_inside_the_bound_on_each_backend(
