@@ -176,14 +176,16 @@ class SealedSecrets:
         revocation bound); ``entries`` 0 keeps none."""
         self._rows = TtlLru(entries, ttl) if entries > 0 else None
 
-    def forget_rows(self, tenant: str, project: str | None = None, secret_id: str = "") -> None:
+    def forget_rows(
+        self, tenant: str, project: str | None = None, secret_id: str | None = None
+    ) -> None:
         """Drop the cached rows of a secret, a project or (``project`` None) a tenant."""
         rows = self._rows
         if rows is None:
             return
         with self._rows_lock:
             self._rows_generation += 1
-            if secret_id and project is not None:
+            if secret_id is not None and project is not None:
                 rows.pop((tenant, project, secret_id))
             elif project is not None:
                 rows.pop_where(lambda key: key[0] == tenant and key[1] == project)
