@@ -176,6 +176,11 @@ class SealedSecrets:
         revocation bound); ``entries`` 0 keeps none."""
         self._rows = TtlLru(entries, ttl) if entries > 0 else None
 
+    def row_cache_stats(self) -> tuple[int, int, int]:
+        """Open's row cache: hits, misses, rows held (zeros when off; read by the metrics)."""
+        rows = self._rows
+        return (0, 0, 0) if rows is None else (rows.hits, rows.misses, len(rows))
+
     def forget_rows(
         self, tenant: str, project: str | None = None, secret_id: str | None = None
     ) -> None:
