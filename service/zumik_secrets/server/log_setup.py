@@ -151,17 +151,18 @@ def _render_access(ts: str, logger: str, message: str, fields: dict[str, Any]) -
         or not (trace_id.isascii() and (trace_id.isalnum() or not trace_id))
     ):
         return None
-    key = tuple(fields[k] for k in _ACCESS_FIXED)
+    key = (logger, message, *(fields[k] for k in _ACCESS_FIXED))
     middle = _fragments.get(key)
     if middle is None:
-        middle = json.dumps(dict(zip(_ACCESS_FIXED, key, strict=True)), ensure_ascii=False)[1:-1]
+        # json.dumps with options builds an encoder per call: done once per distinct line head.
+        head = {"level": "INFO", "logger": logger, "msg": message}
+        head.update(zip(_ACCESS_FIXED, key[2:], strict=True))
+        middle = json.dumps(head, ensure_ascii=False)[1:-1]
         if len(_fragments) >= _FRAGMENT_CACHE_SIZE:
             _fragments.clear()
         _fragments[key] = middle
-    head = json.dumps(logger, ensure_ascii=False), json.dumps(message, ensure_ascii=False)
     return redact(
-        f'{{"ts": "{ts}", "level": "INFO", "logger": {head[0]}, "msg": {head[1]}, {middle}, '
-        f'"duration_ms": {duration!r}, "trace_id": "{trace_id}"}}'
+        f'{{"ts": "{ts}", {middle}, "duration_ms": {duration!r}, "trace_id": "{trace_id}"}}'
     )
 
 
