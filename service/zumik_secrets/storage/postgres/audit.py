@@ -34,7 +34,7 @@ from zumik_secrets.storage.outbox import OUTBOX_COLS
 from zumik_secrets.storage.ports import AuditFilter
 
 if TYPE_CHECKING:
-    from zumik_secrets.storage.postgres.store import Conn, _Db
+    from zumik_secrets.storage.postgres.kernel import Conn, PgKernel
 
 BACKEND = "postgresql"
 Row = tuple[Any, ...]
@@ -131,62 +131,6 @@ def _insert_checkpoint(conn: Conn, cp: Checkpoint) -> Checkpoint:
     return cp if row is None else _cp(row)
 
 
-def write_outbox(conn: Conn, drafts: Sequence[EventDraft], *, only_if_changed: bool) -> bool:
-    """Write ``drafts`` to the outbox in the caller's transaction (see storage/outbox.py).
-
-    Args:
-        conn: A connection inside a transaction.
-        drafts: The events.
-        only_if_changed: Write only if the transaction has written (or locked) a row already.
-
-    Returns:
-        Whether the events were written.
-    """
-    if not drafts:
-        return False
-    columns = list(zip(*(_outbox_params(d) for d in drafts), strict=True))
-    cur = conn.execute(
-        f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[],"
-        " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
-        + (" WHERE pg_current_xact_id_if_assigned() IS NOT NULL" if only_if_changed else ""),
-        [list(col) for col in columns],
-    )
-    return cur.rowcount > 0
-
-
-def outbox_cte(drafts: Sequence[EventDraft]) -> tuple[str, list[Any]]:
-    """A data-modifying CTE that writes ``drafts`` to the outbox, and its parameters.
-
-    For a hot single-statement change (Seal's insert): ``WITH ins AS (...), ob AS (<this>)
-    SELECT ...`` makes the change and writes its events in one statement, one round trip,
-    atomically (both or neither), instead of BEGIN, INSERT, INSERT, COMMIT.
-    """
-    columns = list(zip(*(_outbox_params(d) for d in drafts), strict=True))
-    return (
-        f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[],"
-        " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])",
-        [list(col) for col in columns],
-    )
-
-
-def _outbox_params(d: EventDraft) -> tuple[Any, ...]:
-    return (
-        d.tenant,
-        d.event_id,
-        c.require_aware(d.time),
-        d.actor,
-        d.actor_subject,
-        d.action,
-        d.target,
-        d.outcome,
-        d.reason,
-        d.trace_id,
-        attributes_json(d.attributes),
-    )
-
-
 def _draft(row: Row) -> EventDraft:
     return EventDraft(
         tenant=row[0],
@@ -257,7 +201,7 @@ class _Rollback(Exception):
 class PgAuditStore:
     """:class:`~zumik_secrets.storage.ports.AuditStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     def append(self, drafts: Sequence[EventDraft]) -> list[ChainEvent]:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from zumik_secrets.storage import _common as c
-from zumik_secrets.storage.postgres.store import _Db, _record_changes
+from zumik_secrets.storage.postgres.kernel import PgKernel
 from zumik_secrets.storage.records import HandleRecord, ScheduledDestroy
 
 Row = tuple[Any, ...]
@@ -24,7 +24,7 @@ def _sd(row: Row) -> ScheduledDestroy:
 class PgFingerprintScheduleStore:
     """:class:`~zumik_secrets.storage.ports.FingerprintScheduleStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     def schedule(
@@ -40,7 +40,7 @@ class PgFingerprintScheduleStore:
                     " least(fingerprint_key_schedule.destroy_at, excluded.destroy_at)",
                     [(tenant_id, project_id, v, at) for v in versions],
                 )
-            _record_changes(conn, "data_key", [f"{tenant_id}/{project_id}/{PURPOSE}"])
+            self._db.record_changes(conn, "data_key", [f"{tenant_id}/{project_id}/{PURPOSE}"])
 
     def pending(self, tenant_id: str, project_id: str) -> list[ScheduledDestroy]:
         rows = self._db.all(
@@ -90,7 +90,7 @@ class PgFingerprintScheduleStore:
 class PgHandleStore:
     """:class:`~zumik_secrets.storage.ports.HandleStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     def insert(self, rec: HandleRecord) -> HandleRecord:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from zumik_secrets.storage import _common as c
-from zumik_secrets.storage.postgres.store import _Db
+from zumik_secrets.storage.postgres.kernel import PgKernel
 from zumik_secrets.storage.records import GrantRecord
 
 _COLS = (
@@ -44,7 +44,7 @@ def _grant(row: tuple[Any, ...]) -> GrantRecord:
 class PgGrantStore:
     """:class:`~zumik_secrets.storage.ports.GrantStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     def create(self, grant: GrantRecord) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
-from zumik_secrets.storage.postgres.store import Conn, _Db, _record_changes
+from zumik_secrets.storage.postgres.kernel import Conn, PgKernel
 from zumik_secrets.storage.records import PurgeJob, PurgeReceiptRecord, ShreddedKey
 
 Row = tuple[Any, ...]
@@ -73,7 +73,7 @@ def _counts_json(counts: dict[str, int]) -> str:
 class PgPurgeStore:
     """:class:`~zumik_secrets.storage.ports.PurgeStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     @staticmethod
@@ -136,7 +136,7 @@ class PgPurgeStore:
                 ),
             )
             scope = job.tenant_id if job.project_id is None else f"{job.tenant_id}/{job.project_id}"
-            _record_changes(conn, "purge", [scope])
+            self._db.record_changes(conn, "purge", [scope])
         return job
 
     def open_job(self, target: str) -> PurgeJob | None:
@@ -185,9 +185,9 @@ class PgPurgeStore:
             destroyed["customer_keys"] = customer
             advanced = self._advance(conn, job, "shredded", destroyed, shredded, at)
             triples = sorted({f"{job.tenant_id}/{k.project_id}/{k.purpose}" for k in shredded})
-            _record_changes(conn, "data_key", triples)
+            self._db.record_changes(conn, "data_key", triples)
             if customer:
-                _record_changes(conn, "customer_key", [job.tenant_id])
+                self._db.record_changes(conn, "customer_key", [job.tenant_id])
             return advanced
 
     def delete_rows(self, receipt_id: str, at: datetime) -> PurgeJob:
@@ -237,15 +237,15 @@ class PgPurgeStore:
             )
             advanced = self._advance(conn, job, "deleted", destroyed, shredded, at)
             # Change records last: the advisory lock they take must follow every row lock.
-            _record_changes(conn, "api_key", sorted(key_ids))
-            _record_changes(conn, "session", sorted(session_ids))
+            self._db.record_changes(conn, "api_key", sorted(key_ids))
+            self._db.record_changes(conn, "session", sorted(session_ids))
             if late:
                 triples = sorted({f"{job.tenant_id}/{r[0]}/{r[1]}" for r in late})
-                _record_changes(conn, "data_key", triples)
+                self._db.record_changes(conn, "data_key", triples)
             if customer:
-                _record_changes(conn, "customer_key", [job.tenant_id])
+                self._db.record_changes(conn, "customer_key", [job.tenant_id])
             if settings:
-                _record_changes(conn, "tenant_settings", [job.tenant_id])
+                self._db.record_changes(conn, "tenant_settings", [job.tenant_id])
             return advanced
 
     def finish(self, receipt_id: str, receipt: PurgeReceiptRecord, at: datetime) -> PurgeJob:

@@ -16,8 +16,7 @@ from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage import outbox
 from zumik_secrets.storage.ports import DataKeyId
-from zumik_secrets.storage.postgres.audit import outbox_cte
-from zumik_secrets.storage.postgres.store import Conn, _Db, _record_changes
+from zumik_secrets.storage.postgres.kernel import Conn, PgKernel, outbox_cte
 from zumik_secrets.storage.records import CustomerKeyRecord, DataKeyRecord, SealedSecretRecord
 
 Row = tuple[Any, ...]
@@ -58,7 +57,7 @@ def _primary_key_violation() -> errors.FailedPrecondition:
 class PgDataKeyStore:
     """:class:`~zumik_secrets.storage.ports.DataKeyStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     def insert_first(self, rec: DataKeyRecord) -> None:
@@ -151,7 +150,7 @@ class PgDataKeyStore:
                 f" RETURNING {_DK_COLS}",
                 (tenant_id, project_id, purpose, version, wrapped, wrapped_by, c.require_aware(at)),
             ).fetchone()
-            _record_changes(conn, "data_key", [_entity(tenant_id, project_id, purpose)])
+            self._db.record_changes(conn, "data_key", [_entity(tenant_id, project_id, purpose)])
             return _dk(new)
 
     def destroy(
@@ -177,7 +176,7 @@ class PgDataKeyStore:
                 f" RETURNING {_DK_COLS}",
                 (c.require_aware(at), *key),
             ).fetchone()
-            _record_changes(conn, "data_key", [_entity(tenant_id, project_id, purpose)])
+            self._db.record_changes(conn, "data_key", [_entity(tenant_id, project_id, purpose)])
             return _dk(row)
 
     def list_wrapped(self, *, after: DataKeyId | None, limit: int) -> Sequence[DataKeyRecord]:
@@ -246,7 +245,7 @@ def _ss(row: Row) -> SealedSecretRecord:
 class PgSealedSecretStore:
     """:class:`~zumik_secrets.storage.ports.SealedSecretStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     def insert(self, rec: SealedSecretRecord) -> SealedSecretRecord:
@@ -366,7 +365,7 @@ _CK_COLS = "tenant_id, address, mount, key_name, wrapped_token, ca_certificate_p
 class PgCustomerKeyStore:
     """:class:`~zumik_secrets.storage.ports.CustomerKeyStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     def get(self, tenant_id: str) -> CustomerKeyRecord | None:
@@ -416,4 +415,4 @@ class PgCustomerKeyStore:
                     c.require_aware(rec.updated_at),
                 ),
             )
-            _record_changes(conn, "customer_key", [rec.tenant_id])
+            self._db.record_changes(conn, "customer_key", [rec.tenant_id])

@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,237 +28,25 @@ import psycopg_pool.base
 
 from zumik_secrets.core import deadlines, errors
 from zumik_secrets.storage import _common as c
-from zumik_secrets.storage import outbox
+from zumik_secrets.storage.aggregates.tenant_settings import SqlTenantSettingsStore
 from zumik_secrets.storage.breaker import CircuitBreaker
 from zumik_secrets.storage.observe import PgCursor
-from zumik_secrets.storage.postgres.audit import PgAuditStore, write_outbox
+from zumik_secrets.storage.postgres.audit import PgAuditStore
+from zumik_secrets.storage.postgres.dialect import BACKEND
+from zumik_secrets.storage.postgres.kernel import MIGRATION_LOCK, Conn, PgConnection, PgKernel, Row
+from zumik_secrets.storage.postgres.listener import PgChangeListener
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
     ChangeRecord,
     MigrationInfo,
     SessionRecord,
     SigningKeyRecord,
-    TenantSettings,
 )
-
-BACKEND = "postgresql"
-NOTIFY_CHANNEL = "zumik_changes"
-# Advisory lock keys (arbitrary constants, spelled from ASCII so they are recognisable in pg_locks).
-_MIGRATION_LOCK = 0x7A756D696B6D6967  # "zumikmig"
-_CHANGES_LOCK = 0x7A756D696B636867  # "zumikchg"
-
-Row = tuple[Any, ...]
-Conn = psycopg.Connection[Row]
 
 PROBE_TIMEOUT_S = 1.0
 """How long the readiness probe waits for the database."""
 
-RECONNECT_INTERVAL_S = 0.5
-"""Seconds between the pool's reconnection attempts while the database is down (issue 24).
-
-psycopg_pool doubles the delay after each failed attempt (1 s, 2 s, 4 s ... up to its
-reconnect timeout), so the time to recover grew with the outage (17.6 s after a 40 s outage).
-The pool offers no cap, so the backoff policy class it uses is set to a constant interval;
-this process has no other psycopg pool.
-"""
-psycopg_pool.base.AttemptWithBackoff.INITIAL_DELAY = RECONNECT_INTERVAL_S
-psycopg_pool.base.AttemptWithBackoff.DELAY_BACKOFF = 1.0
-
 _log = logging.getLogger(__name__)
-
-
-@contextmanager
-def map_db_errors(breaker: CircuitBreaker | None = None) -> Iterator[None]:
-    """Translate psycopg errors into domain errors at the adapter boundary.
-
-    With ``breaker``: a connection failure counts against it, a success closes it.
-
-    Raises:
-        AlreadyExists: A unique constraint failed.
-        Unavailable: Cannot connect, the pool timed out or is closed, the server went away,
-            or the transaction must be retried (serialization failure, deadlock).
-        InvalidArgument: ``VALUE_OUT_OF_RANGE``: a value the column cannot hold.
-    """
-    try:
-        yield
-    except psycopg.errors.UniqueViolation as exc:
-        raise c.already_exists() from exc
-    except (psycopg.errors.NumericValueOutOfRange, psycopg.DataError, OverflowError) as exc:
-        # A value the column cannot hold (an integer >= 2^63): bad input, never INTERNAL.
-        raise c.out_of_range() from exc
-    except (psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
-        # OperationalError covers PoolTimeout, connection failures, admin shutdown, query
-        # cancellation and transaction-rollback errors: all "try again later".
-        if breaker is not None and _is_outage(exc):
-            breaker.failure()
-        raise c.unavailable(BACKEND) from exc
-    if breaker is not None:
-        breaker.success()
-
-
-def _is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot be reached (not a busy row or a timeout)."""
-    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
-        return True
-    if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
-        return False  # the database answered: our statement or lock timeout fired
-    # A serialization failure or deadlock (TransactionRollback): the database is up.
-    return not isinstance(exc, psycopg.errors.TransactionRollback)
-
-
-_SHORT_DEADLINE_S = 2.0
-"""A caller with less time left than this gets a transaction-local ``statement_timeout`` (one
-more round trip, paid only by calls that are short of time)."""
-
-_TRIAL_CHECKOUT_S = 0.25
-"""Longest pool wait of the breaker's half-open trial call."""
-
-_CANCEL_SLACK_S = 0.05
-"""Kept back from a deadline-bound statement timeout for the round trip of the error."""
-
-
-class _Db:
-    """Pool plus read/transaction helpers.
-
-    Every wait is bounded by the caller's deadline (:mod:`zumik_secrets.core.deadlines`): the
-    pool checkout by the remaining time, and, when less than ``_SHORT_DEADLINE_S`` is left, the
-    statements by a transaction-local ``statement_timeout``. A circuit breaker fails calls
-    at once while the database is known to be down.
-    """
-
-    def __init__(
-        self,
-        pool: psycopg_pool.ConnectionPool[Conn],
-        pool_timeout: float,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        self.pool = pool
-        self._timeout = pool_timeout
-        self.breaker = breaker or CircuitBreaker(make_error=lambda: c.unavailable(BACKEND))
-
-    def _checkout_timeout(self) -> float:
-        self.breaker.before()
-        wait = deadlines.budget(self._timeout)
-        if self.breaker.state != "closed":
-            # The half-open trial: the pool is still reconnecting, do not hold a worker long.
-            wait = min(wait, _TRIAL_CHECKOUT_S)
-        return wait
-
-    @contextmanager
-    def conn(self) -> Iterator[Conn]:
-        left = deadlines.remaining()
-        if outbox.pending() is not None or (left is not None and left < _SHORT_DEADLINE_S):
-            # Staged audit events need a transaction to commit with; a short deadline needs a
-            # transaction-local statement timeout.
-            with self.tx() as conn:
-                yield conn
-            return
-        with (
-            map_db_errors(self.breaker),
-            self.pool.connection(timeout=self._checkout_timeout()) as conn,
-        ):
-            yield conn
-
-    @contextmanager
-    def autocommit(self) -> Iterator[Conn]:
-        """A pooled connection in autocommit, whatever is staged (for one-statement changes
-        that write their staged events themselves, see ``outbox_cte``)."""
-        with (
-            map_db_errors(self.breaker),
-            self.pool.connection(timeout=self._checkout_timeout()) as conn,
-        ):
-            yield conn
-
-    @contextmanager
-    def tx(self) -> Iterator[Conn]:
-        staged: outbox.Staged | None = None
-        with (
-            map_db_errors(self.breaker),
-            self.pool.connection(timeout=self._checkout_timeout()) as conn,
-        ):
-            with conn.transaction():
-                left = deadlines.remaining()
-                if left is not None and left < _SHORT_DEADLINE_S:
-                    ms = max(1, int((left - _CANCEL_SLACK_S) * 1000))
-                    conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(ms),))
-                yield conn
-                staged = outbox.pending()
-                if staged is not None and not _write_staged(conn, staged):
-                    staged = None
-            # Committed (the transaction block would have raised otherwise).
-            if staged is not None:
-                outbox.written(staged)
-
-    def one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Row | None:
-        with self.conn() as conn:
-            return conn.execute(sql, params).fetchone()
-
-    def all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Row]:
-        with self.conn() as conn:
-            return conn.execute(sql, params).fetchall()
-
-
-def _write_staged(conn: Conn, staged: outbox.Staged) -> bool:
-    """Write the staged audit events if this transaction changed anything; True if written.
-
-    A transaction is assigned an id only by its first write or row lock, so a call that found
-    nothing to change (a revoke of a missing key) writes no event.
-    """
-    return write_outbox(conn, staged.drafts, only_if_changed=True)
-
-
-def _record_changes(conn: Conn, kind: str, entity_ids: Sequence[str]) -> None:
-    """Append changes and notify, inside the caller's transaction. Call it last in a transaction
-    (after every row lock is taken) so the advisory lock cannot take part in a deadlock."""
-    if not entity_ids:
-        return
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CHANGES_LOCK,))
-    row = conn.execute(
-        "WITH ins AS (INSERT INTO changes (kind, entity_id, at)"
-        " SELECT %s, unnest(%s::text[]), now() RETURNING seq)"
-        " SELECT max(seq) FROM ins",
-        (kind, list(entity_ids)),
-    ).fetchone()
-    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(c.returned_int(row))))
-
-
-class PgTenantSettingsStore:
-    """:class:`~zumik_secrets.storage.ports.TenantSettingsStore` on PostgreSQL."""
-
-    def __init__(self, db: _Db) -> None:
-        self._db = db
-
-    def get(self, tenant_id: str) -> TenantSettings | None:
-        row = self._db.one(
-            "SELECT tenant_id, telemetry_mode, updated_at, audit_retention_s,"
-            " revoked_key_retention_s, session_absolute_lifetime_s FROM tenant_settings"
-            " WHERE tenant_id = %s",
-            (tenant_id,),
-        )
-        if row is None:
-            return None
-        return TenantSettings(row[0], row[1], c.utc(row[2]), *(c.opt_seconds(v) for v in row[3:6]))
-
-    def put(self, settings: TenantSettings) -> None:
-        with self._db.tx() as conn:
-            conn.execute(
-                "INSERT INTO tenant_settings (tenant_id, telemetry_mode, updated_at,"
-                " audit_retention_s, revoked_key_retention_s, session_absolute_lifetime_s)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id) DO UPDATE SET"
-                " telemetry_mode = excluded.telemetry_mode, updated_at = excluded.updated_at,"
-                " audit_retention_s = excluded.audit_retention_s,"
-                " revoked_key_retention_s = excluded.revoked_key_retention_s,"
-                " session_absolute_lifetime_s = excluded.session_absolute_lifetime_s",
-                (
-                    settings.tenant_id,
-                    settings.telemetry_mode,
-                    c.require_aware(settings.updated_at),
-                    c.opt_to_seconds(settings.audit_retention),
-                    c.opt_to_seconds(settings.revoked_key_retention),
-                    c.opt_to_seconds(settings.session_absolute_lifetime),
-                ),
-            )
-            _record_changes(conn, "tenant_settings", [settings.tenant_id])
 
 
 _SK_COLS = (
@@ -285,7 +71,7 @@ def _sk(row: Row) -> SigningKeyRecord:
 class PgSigningKeyStore:
     """:class:`~zumik_secrets.storage.ports.SigningKeyStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     def add(self, rec: SigningKeyRecord) -> None:
@@ -322,7 +108,7 @@ class PgSigningKeyStore:
             ).fetchone()
             if row is None:
                 return None
-            _record_changes(conn, "signing_key", [kid])
+            self._db.record_changes(conn, "signing_key", [kid])
             return _sk(row)
 
     def replace_wrapped(
@@ -367,7 +153,7 @@ def _ak(row: Row) -> ApiKeyRecord:
 class PgApiKeyStore:
     """:class:`~zumik_secrets.storage.ports.ApiKeyStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     @staticmethod
@@ -452,7 +238,7 @@ class PgApiKeyStore:
             ).fetchone()
             if row is None:
                 return self._get(conn, tenant_id, project_id, key_id)
-            _record_changes(conn, "api_key", [key_id])
+            self._db.record_changes(conn, "api_key", [key_id])
             return _ak(row)
 
     def set_expiry(
@@ -467,7 +253,7 @@ class PgApiKeyStore:
             ).fetchone()
             if row is None:
                 return None
-            _record_changes(conn, "api_key", [key_id])
+            self._db.record_changes(conn, "api_key", [key_id])
             return _ak(row)
 
     def insert_rotation(
@@ -496,7 +282,7 @@ class PgApiKeyStore:
                     (old_expire, old_expire, old_key_id),
                 )
             inserted = self._insert(conn, dataclasses.replace(new_rec, rotated_from=old_key_id))
-            _record_changes(conn, "api_key", [old_key_id])
+            self._db.record_changes(conn, "api_key", [old_key_id])
             return inserted
 
     def record_last_used(self, updates: Mapping[str, datetime]) -> None:
@@ -573,7 +359,7 @@ def _se(row: Row) -> SessionRecord:
 class PgSessionStore:
     """:class:`~zumik_secrets.storage.ports.SessionStore` on PostgreSQL."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: PgKernel) -> None:
         self._db = db
 
     @staticmethod
@@ -671,7 +457,7 @@ class PgSessionStore:
             ).fetchone()
             if row is None:
                 return None
-            _record_changes(conn, "session", [session_id])
+            self._db.record_changes(conn, "session", [session_id])
             return _se(row)
 
     def revoke(
@@ -687,7 +473,7 @@ class PgSessionStore:
             ).fetchone()
             if row is None:
                 return self._get(conn, tenant_id, project_id, session_id)
-            _record_changes(conn, "session", [session_id])
+            self._db.record_changes(conn, "session", [session_id])
             return _se(row)
 
     def revoke_user(self, tenant_id: str, project_id: str, user_subject: str, at: datetime) -> int:
@@ -699,7 +485,7 @@ class PgSessionStore:
                 (c.require_aware(at), tenant_id, project_id, user_subject),
             ).fetchall()
             ids = sorted(str(r[0]) for r in rows)
-            _record_changes(conn, "session", ids)
+            self._db.record_changes(conn, "session", ids)
             return len(ids)
 
     def delete_expired(self, now: datetime, *, tenant_id: str | None = None) -> int:
@@ -716,69 +502,11 @@ class PgSessionStore:
             return conn.execute(f"DELETE FROM sessions WHERE {where}", params).rowcount
 
 
-class PgChangeListener:
-    """A LISTEN subscription on a dedicated connection (outside the pool), in a daemon thread.
-
-    Reconnects with backoff if the connection drops, and calls the callback after each
-    reconnect because notifications sent meanwhile are lost.
-    """
-
-    _POLL_SECONDS = 0.25  # how often the thread checks for stop(); bounds stop() latency
-
-    def __init__(
-        self, conninfo: str, connect_kwargs: Mapping[str, Any], callback: Callable[[], None]
-    ) -> None:
-        self._conninfo = conninfo
-        self._kwargs = dict(connect_kwargs)
-        self._callback = callback
-        self._stop = threading.Event()
-        self.ready = threading.Event()
-        self.first_attempt_done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="zumik-pg-listen", daemon=True)
-        self._thread.start()
-
-    def _fire(self) -> None:
-        try:
-            self._callback()
-        except Exception:  # noqa: BLE001 - a broken callback must not kill the listener
-            _log.exception("change listener callback failed")
-
-    def _run(self) -> None:
-        backoff = 0.1
-        connected_before = False
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._conninfo, autocommit=True, **self._kwargs) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self.ready.set()
-                    self.first_attempt_done.set()
-                    if connected_before:
-                        self._fire()
-                    connected_before = True
-                    backoff = 0.1
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=self._POLL_SECONDS):
-                            self._fire()
-                            if self._stop.is_set():
-                                break
-            except psycopg.Error:
-                self.first_attempt_done.set()
-                _log.warning("change listener lost its connection; reconnecting")
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    def stop(self) -> None:
-        """Stop listening and close the dedicated connection. Idempotent."""
-        self._stop.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
-
-
 class PgChangeFeed:
     """:class:`~zumik_secrets.storage.ports.ChangeFeed` on PostgreSQL, with LISTEN/NOTIFY."""
 
     def __init__(
-        self, db: _Db, conninfo: str, connect_kwargs: Mapping[str, Any], connect_timeout: float
+        self, db: PgKernel, conninfo: str, connect_kwargs: Mapping[str, Any], connect_timeout: float
     ) -> None:
         self._db = db
         self._conninfo = conninfo
@@ -847,6 +575,7 @@ class PgStore:
         self._conninfo = conninfo
         pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
             conninfo,
+            connection_class=PgConnection,
             min_size=min_size,
             max_size=max_size,
             kwargs=kwargs,
@@ -860,10 +589,10 @@ class PgStore:
         # Do not wait: a store whose database is down still opens, and calls fail with
         # Unavailable until it comes back (health reports NOT_SERVING meanwhile).
         pool.open(wait=False)
-        self._db = _Db(pool, pool_timeout)
+        self._db = PgKernel(pool, pool_timeout)
         self._connect_kwargs = {k: v for k, v in kwargs.items() if k != "connect_timeout"}
         listen_kwargs = {k: v for k, v in kwargs.items() if k != "autocommit"}
-        self.tenants = PgTenantSettingsStore(self._db)
+        self.tenants = SqlTenantSettingsStore(self._db)
         self.signing_keys = PgSigningKeyStore(self._db)
         self.api_keys = PgApiKeyStore(self._db)
         self.sessions = PgSessionStore(self._db)
@@ -900,7 +629,7 @@ class PgStore:
         migrations = c.load_migrations("zumik_secrets.storage.postgres")
         applied_now: list[int] = []
         with self._db.tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version integer NOT NULL PRIMARY KEY, name text NOT NULL,"

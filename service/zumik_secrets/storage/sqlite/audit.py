@@ -25,7 +25,7 @@ from zumik_secrets.storage.outbox import OUTBOX_COLS
 from zumik_secrets.storage.ports import AuditFilter
 
 if TYPE_CHECKING:
-    from zumik_secrets.storage.sqlite.store import _Db
+    from zumik_secrets.storage.sqlite.kernel import SqliteKernel
 
 Row = tuple[Any, ...]
 
@@ -91,32 +91,6 @@ def _insert_checkpoint(conn: sqlite3.Connection, cp: Checkpoint) -> Checkpoint:
     return cp if row is None else _cp(row)
 
 
-def write_outbox(conn: sqlite3.Connection, drafts: Sequence[EventDraft]) -> None:
-    """Write ``drafts`` to the outbox in the caller's transaction (see storage/outbox.py)."""
-    if not drafts:
-        return
-    conn.executemany(
-        f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                d.tenant,
-                d.event_id,
-                c.to_us(d.time),
-                d.actor,
-                d.actor_subject,
-                d.action,
-                d.target,
-                d.outcome,
-                d.reason,
-                d.trace_id,
-                attributes_json(d.attributes),
-            )
-            for d in drafts
-        ],
-    )
-
-
 def _draft(row: Row) -> EventDraft:
     return EventDraft(
         tenant=row[0],
@@ -171,7 +145,7 @@ class _Rollback(Exception):
 class SqliteAuditStore:
     """:class:`~zumik_secrets.storage.ports.AuditStore` on SQLite."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: SqliteKernel) -> None:
         self._db = db
 
     def append(self, drafts: Sequence[EventDraft]) -> list[ChainEvent]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.records import HandleRecord, ScheduledDestroy
-from zumik_secrets.storage.sqlite.store import _Db, _record_changes
+from zumik_secrets.storage.sqlite.kernel import SqliteKernel
 
 Row = tuple[Any, ...]
 PURPOSE = "fingerprint"
@@ -24,7 +24,7 @@ def _sd(row: Row) -> ScheduledDestroy:
 class SqliteFingerprintScheduleStore:
     """:class:`~zumik_secrets.storage.ports.FingerprintScheduleStore` on SQLite."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: SqliteKernel) -> None:
         self._db = db
 
     def schedule(
@@ -38,7 +38,7 @@ class SqliteFingerprintScheduleStore:
                 " DO UPDATE SET destroy_at = min(destroy_at, excluded.destroy_at)",
                 [(tenant_id, project_id, v, at) for v in versions],
             )
-            _record_changes(conn, "data_key", [f"{tenant_id}/{project_id}/{PURPOSE}"])
+            self._db.record_changes(conn, "data_key", [f"{tenant_id}/{project_id}/{PURPOSE}"])
 
     def pending(self, tenant_id: str, project_id: str) -> list[ScheduledDestroy]:
         rows = self._db.all(
@@ -88,7 +88,7 @@ class SqliteFingerprintScheduleStore:
 class SqliteHandleStore:
     """:class:`~zumik_secrets.storage.ports.HandleStore` on SQLite."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: SqliteKernel) -> None:
         self._db = db
 
     def insert(self, rec: HandleRecord) -> HandleRecord:

@@ -7,7 +7,7 @@ from typing import Any
 
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.records import GrantRecord
-from zumik_secrets.storage.sqlite.store import _Db
+from zumik_secrets.storage.sqlite.kernel import SqliteKernel
 
 _COLS = (
     "grant_id, tenant_id, permission_set, requester, requester_cert, reason, ticket, duration_s,"
@@ -44,7 +44,7 @@ def _grant(row: tuple[Any, ...]) -> GrantRecord:
 class SqliteGrantStore:
     """:class:`~zumik_secrets.storage.ports.GrantStore` on SQLite."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: SqliteKernel) -> None:
         self._db = db
 
     def create(self, grant: GrantRecord) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.records import PurgeJob, PurgeReceiptRecord, ShreddedKey
-from zumik_secrets.storage.sqlite.store import _Db, _record_changes
+from zumik_secrets.storage.sqlite.kernel import SqliteKernel
 
 Row = tuple[Any, ...]
 _JOB_COLS = (
@@ -74,7 +74,7 @@ def _counts_json(counts: dict[str, int]) -> str:
 class SqlitePurgeStore:
     """:class:`~zumik_secrets.storage.ports.PurgeStore` on SQLite."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: SqliteKernel) -> None:
         self._db = db
 
     @staticmethod
@@ -131,7 +131,7 @@ class SqlitePurgeStore:
                 ),
             )
             scope = job.tenant_id if job.project_id is None else f"{job.tenant_id}/{job.project_id}"
-            _record_changes(conn, "purge", [scope])
+            self._db.record_changes(conn, "purge", [scope])
         return job
 
     def open_job(self, target: str) -> PurgeJob | None:
@@ -177,9 +177,9 @@ class SqlitePurgeStore:
                 ).rowcount
             conn.execute(f"DELETE FROM fingerprint_key_schedule WHERE {where}", params)
             triples = sorted({f"{job.tenant_id}/{k.project_id}/{k.purpose}" for k in shredded})
-            _record_changes(conn, "data_key", triples)
+            self._db.record_changes(conn, "data_key", triples)
             if customer:
-                _record_changes(conn, "customer_key", [job.tenant_id])
+                self._db.record_changes(conn, "customer_key", [job.tenant_id])
             destroyed = dict(job.destroyed)
             destroyed["customer_keys"] = customer
             return self._advance(conn, job, "shredded", destroyed, shredded, at)
@@ -222,14 +222,14 @@ class SqlitePurgeStore:
                     "DELETE FROM customer_keys WHERE tenant_id = ?", (job.tenant_id,)
                 ).rowcount
                 if customer:
-                    _record_changes(conn, "customer_key", [job.tenant_id])
-            _record_changes(conn, "api_key", sorted(key_ids))
-            _record_changes(conn, "session", sorted(session_ids))
+                    self._db.record_changes(conn, "customer_key", [job.tenant_id])
+            self._db.record_changes(conn, "api_key", sorted(key_ids))
+            self._db.record_changes(conn, "session", sorted(session_ids))
             if late:
                 triples = sorted({f"{job.tenant_id}/{r[0]}/{r[1]}" for r in late})
-                _record_changes(conn, "data_key", triples)
+                self._db.record_changes(conn, "data_key", triples)
             if settings:
-                _record_changes(conn, "tenant_settings", [job.tenant_id])
+                self._db.record_changes(conn, "tenant_settings", [job.tenant_id])
             destroyed = dict(job.destroyed)
             destroyed.update(
                 api_keys=len(key_ids),

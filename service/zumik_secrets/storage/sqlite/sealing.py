@@ -16,7 +16,7 @@ from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.ports import DataKeyId
 from zumik_secrets.storage.records import CustomerKeyRecord, DataKeyRecord, SealedSecretRecord
-from zumik_secrets.storage.sqlite.store import _Db, _record_changes
+from zumik_secrets.storage.sqlite.kernel import SqliteKernel
 
 Row = tuple[Any, ...]
 
@@ -56,7 +56,7 @@ def _primary_key_violation() -> errors.FailedPrecondition:
 class SqliteDataKeyStore:
     """:class:`~zumik_secrets.storage.ports.DataKeyStore` on SQLite."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: SqliteKernel) -> None:
         self._db = db
 
     def insert_first(self, rec: DataKeyRecord) -> None:
@@ -142,7 +142,7 @@ class SqliteDataKeyStore:
                 f" RETURNING {_DK_COLS}",
                 (tenant_id, project_id, purpose, version, wrapped, wrapped_by, c.to_us(at)),
             ).fetchone()
-            _record_changes(conn, "data_key", [_entity(tenant_id, project_id, purpose)])
+            self._db.record_changes(conn, "data_key", [_entity(tenant_id, project_id, purpose)])
             return _dk(new)
 
     def destroy(
@@ -168,7 +168,7 @@ class SqliteDataKeyStore:
                 f" RETURNING {_DK_COLS}",
                 (c.to_us(at), *key),
             ).fetchone()
-            _record_changes(conn, "data_key", [_entity(tenant_id, project_id, purpose)])
+            self._db.record_changes(conn, "data_key", [_entity(tenant_id, project_id, purpose)])
             return _dk(row)
 
     def list_wrapped(self, *, after: DataKeyId | None, limit: int) -> Sequence[DataKeyRecord]:
@@ -237,7 +237,7 @@ def _ss(row: Row) -> SealedSecretRecord:
 class SqliteSealedSecretStore:
     """:class:`~zumik_secrets.storage.ports.SealedSecretStore` on SQLite."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: SqliteKernel) -> None:
         self._db = db
 
     def insert(self, rec: SealedSecretRecord) -> SealedSecretRecord:
@@ -350,7 +350,7 @@ _CK_COLS = "tenant_id, address, mount, key_name, wrapped_token, ca_certificate_p
 class SqliteCustomerKeyStore:
     """:class:`~zumik_secrets.storage.ports.CustomerKeyStore` on SQLite."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: SqliteKernel) -> None:
         self._db = db
 
     def get(self, tenant_id: str) -> CustomerKeyRecord | None:
@@ -400,4 +400,4 @@ class SqliteCustomerKeyStore:
                     c.to_us(rec.updated_at),
                 ),
             )
-            _record_changes(conn, "customer_key", [rec.tenant_id])
+            self._db.record_changes(conn, "customer_key", [rec.tenant_id])
