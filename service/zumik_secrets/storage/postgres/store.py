@@ -28,6 +28,11 @@ import psycopg_pool.base
 
 from zumik_secrets.core import deadlines, errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates.sealing import (
+    SqlCustomerKeyStore,
+    SqlDataKeyStore,
+    SqlSealedSecretStore,
+)
 from zumik_secrets.storage.aggregates.tenant_settings import SqlTenantSettingsStore
 from zumik_secrets.storage.breaker import CircuitBreaker
 from zumik_secrets.storage.observe import PgCursor
@@ -598,12 +603,9 @@ class PgStore:
         self.sessions = PgSessionStore(self._db)
         self.changes = PgChangeFeed(self._db, conninfo, listen_kwargs, float(connect_timeout))
         self.audit = PgAuditStore(self._db)
-        # Imported here: the sealing adapters build on this module's helpers.
-        from zumik_secrets.storage.postgres import sealing
-
-        self.data_keys = sealing.PgDataKeyStore(self._db)
-        self.sealed_secrets = sealing.PgSealedSecretStore(self._db)
-        self.customer_keys = sealing.PgCustomerKeyStore(self._db)
+        self.data_keys = SqlDataKeyStore(self._db)
+        self.sealed_secrets = SqlSealedSecretStore(self._db)
+        self.customer_keys = SqlCustomerKeyStore(self._db)
         from zumik_secrets.storage.postgres import fingerprints
 
         self.fingerprint_schedule = fingerprints.PgFingerprintScheduleStore(self._db)

@@ -20,6 +20,11 @@ from typing import Any
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates.sealing import (
+    SqlCustomerKeyStore,
+    SqlDataKeyStore,
+    SqlSealedSecretStore,
+)
 from zumik_secrets.storage.aggregates.tenant_settings import SqlTenantSettingsStore
 from zumik_secrets.storage.records import (
     ApiKeyRecord,
@@ -541,12 +546,9 @@ class SqliteStore:
         self.sessions = SqliteSessionStore(self._db)
         self.changes = SqliteChangeFeed(self._db)
         self.audit = SqliteAuditStore(self._db)
-        # Imported here: the sealing adapters build on this module's helpers.
-        from zumik_secrets.storage.sqlite import sealing
-
-        self.data_keys = sealing.SqliteDataKeyStore(self._db)
-        self.sealed_secrets = sealing.SqliteSealedSecretStore(self._db)
-        self.customer_keys = sealing.SqliteCustomerKeyStore(self._db)
+        self.data_keys = SqlDataKeyStore(self._db)
+        self.sealed_secrets = SqlSealedSecretStore(self._db)
+        self.customer_keys = SqlCustomerKeyStore(self._db)
         from zumik_secrets.storage.sqlite import fingerprints
 
         self.fingerprint_schedule = fingerprints.SqliteFingerprintScheduleStore(self._db)
