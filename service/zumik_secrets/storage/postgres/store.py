@@ -28,6 +28,7 @@ import psycopg_pool.base
 
 from zumik_secrets.core import deadlines, errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates.purge import SqlPurgeStore
 from zumik_secrets.storage.aggregates.sealing import (
     SqlCustomerKeyStore,
     SqlDataKeyStore,
@@ -613,9 +614,7 @@ class PgStore:
         from zumik_secrets.storage.postgres import grants
 
         self.grants = grants.PgGrantStore(self._db)
-        from zumik_secrets.storage.postgres import purge
-
-        self.purges = purge.PgPurgeStore(self._db)
+        self.purges = SqlPurgeStore(self._db)
 
     def migrate(self) -> list[int]:
         """Apply pending migrations in one transaction under an advisory lock.

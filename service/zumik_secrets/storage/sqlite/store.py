@@ -20,6 +20,7 @@ from typing import Any
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates.purge import SqlPurgeStore
 from zumik_secrets.storage.aggregates.sealing import (
     SqlCustomerKeyStore,
     SqlDataKeyStore,
@@ -556,9 +557,7 @@ class SqliteStore:
         from zumik_secrets.storage.sqlite import grants
 
         self.grants = grants.SqliteGrantStore(self._db)
-        from zumik_secrets.storage.sqlite import purge
-
-        self.purges = purge.SqlitePurgeStore(self._db)
+        self.purges = SqlPurgeStore(self._db)
 
     @property
     def path(self) -> str:
