@@ -31,7 +31,13 @@ from zumik_secrets.storage import outbox
 from zumik_secrets.storage._audit_json import attributes_json
 from zumik_secrets.storage.breaker import CircuitBreaker
 from zumik_secrets.storage.outbox import OUTBOX_COLS
-from zumik_secrets.storage.postgres.dialect import BACKEND, POSTGRES, PgDialect, map_db_errors
+from zumik_secrets.storage.postgres.dialect import (
+    BACKEND,
+    POSTGRES,
+    PgDialect,
+    fail_unavailable,
+    map_db_errors,
+)
 from zumik_secrets.storage.sql.kernel import Connection, Params
 
 Row = tuple[Any, ...]
@@ -194,6 +200,12 @@ class PgKernel:
     def lock_key(self, conn: Connection, key: str) -> None:
         """A transaction-scoped advisory lock on ``key`` (hashed to 64 bits)."""
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+    # -- added by S2
+
+    def fail_closed(self) -> AbstractContextManager[None]:
+        """Every psycopg error inside is Unavailable (see :func:`fail_unavailable`)."""
+        return fail_unavailable()
 
 
 def _write_staged(conn: Conn, staged: outbox.Staged) -> bool:

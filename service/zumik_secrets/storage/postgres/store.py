@@ -28,6 +28,7 @@ import psycopg_pool.base
 
 from zumik_secrets.core import deadlines, errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates.audit import SqlAuditStore
 from zumik_secrets.storage.aggregates.purge import SqlPurgeStore
 from zumik_secrets.storage.aggregates.sealing import (
     SqlCustomerKeyStore,
@@ -37,7 +38,6 @@ from zumik_secrets.storage.aggregates.sealing import (
 from zumik_secrets.storage.aggregates.tenant_settings import SqlTenantSettingsStore
 from zumik_secrets.storage.breaker import CircuitBreaker
 from zumik_secrets.storage.observe import PgCursor
-from zumik_secrets.storage.postgres.audit import PgAuditStore
 from zumik_secrets.storage.postgres.dialect import BACKEND
 from zumik_secrets.storage.postgres.kernel import MIGRATION_LOCK, Conn, PgConnection, PgKernel, Row
 from zumik_secrets.storage.postgres.listener import PgChangeListener
@@ -603,7 +603,7 @@ class PgStore:
         self.api_keys = PgApiKeyStore(self._db)
         self.sessions = PgSessionStore(self._db)
         self.changes = PgChangeFeed(self._db, conninfo, listen_kwargs, float(connect_timeout))
-        self.audit = PgAuditStore(self._db)
+        self.audit = SqlAuditStore(self._db)
         self.data_keys = SqlDataKeyStore(self._db)
         self.sealed_secrets = SqlSealedSecretStore(self._db)
         self.customer_keys = SqlCustomerKeyStore(self._db)

@@ -116,3 +116,14 @@ class Kernel(Protocol):
     def lock_key(self, conn: Connection, key: str) -> None:
         """Serialise transactions that name the same ``key`` until ``conn``'s commits."""
         ...
+
+    # -- added by S2
+
+    def fail_closed(self) -> AbstractContextManager[None]:
+        """Around :meth:`transaction`: every database error inside is Unavailable, whatever it
+        is (the audit trail fails closed: retry later, never INTERNAL).
+
+        Raises:
+            Unavailable: On any driver error raised inside.
+        """
+        ...

@@ -20,6 +20,7 @@ from typing import Any
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates.audit import SqlAuditStore
 from zumik_secrets.storage.aggregates.purge import SqlPurgeStore
 from zumik_secrets.storage.aggregates.sealing import (
     SqlCustomerKeyStore,
@@ -34,7 +35,6 @@ from zumik_secrets.storage.records import (
     SessionRecord,
     SigningKeyRecord,
 )
-from zumik_secrets.storage.sqlite.audit import SqliteAuditStore
 from zumik_secrets.storage.sqlite.dialect import BACKEND
 from zumik_secrets.storage.sqlite.kernel import SqliteKernel, private_file
 
@@ -546,7 +546,7 @@ class SqliteStore:
         self.api_keys = SqliteApiKeyStore(self._db)
         self.sessions = SqliteSessionStore(self._db)
         self.changes = SqliteChangeFeed(self._db)
-        self.audit = SqliteAuditStore(self._db)
+        self.audit = SqlAuditStore(self._db)
         self.data_keys = SqlDataKeyStore(self._db)
         self.sealed_secrets = SqlSealedSecretStore(self._db)
         self.customer_keys = SqlCustomerKeyStore(self._db)
