@@ -18,15 +18,53 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
 
 from zumik_secrets.core.audit_chain import EventDraft
+from zumik_secrets.storage._audit_json import attributes_from_json, attributes_json
 
 OUTBOX_COLS = (
     "tenant, event_id, time, actor, actor_subject, action, target, outcome, reason, trace_id,"
     " attributes"
 )
+
+
+def draft_row(draft: EventDraft, time_in: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    """``draft`` as an outbox row (the columns of :data:`OUTBOX_COLS`), its time converted by
+    the backend's ``time_in``."""
+    return (
+        draft.tenant,
+        draft.event_id,
+        time_in(draft.time),
+        draft.actor,
+        draft.actor_subject,
+        draft.action,
+        draft.target,
+        draft.outcome,
+        draft.reason,
+        draft.trace_id,
+        attributes_json(draft.attributes),
+    )
+
+
+def draft_from_row(row: Sequence[Any], time_out: Callable[[Any], datetime]) -> EventDraft:
+    """Inverse of :func:`draft_row`."""
+    return EventDraft(
+        tenant=row[0],
+        event_id=row[1],
+        time=time_out(row[2]),
+        actor=row[3],
+        actor_subject=row[4],
+        action=row[5],
+        target=row[6],
+        outcome=row[7],
+        reason=row[8],
+        trace_id=row[9],
+        attributes=attributes_from_json(row[10]),
+    )
 
 
 class Staged:

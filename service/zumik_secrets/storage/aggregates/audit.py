@@ -40,7 +40,7 @@ from zumik_secrets.core.audit_chain import (
 )
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage._audit_json import attributes_from_json, attributes_json
-from zumik_secrets.storage.outbox import OUTBOX_COLS
+from zumik_secrets.storage.outbox import OUTBOX_COLS, draft_from_row
 from zumik_secrets.storage.ports import AuditFilter
 from zumik_secrets.storage.sql.dialect import Dialect
 from zumik_secrets.storage.sql.kernel import Connection, Kernel
@@ -216,22 +216,6 @@ def _cp(d: Dialect, row: Row) -> Checkpoint:
     return Checkpoint(row[0], int(row[1]), bytes(row[2]), d.time_out(row[3]), row[4], bytes(row[5]))
 
 
-def _draft(d: Dialect, row: Row) -> EventDraft:
-    return EventDraft(
-        tenant=row[0],
-        event_id=row[1],
-        time=d.time_out(row[2]),
-        actor=row[3],
-        actor_subject=row[4],
-        action=row[5],
-        target=row[6],
-        outcome=row[7],
-        reason=row[8],
-        trace_id=row[9],
-        attributes=attributes_from_json(row[10]),
-    )
-
-
 class _Rollback(Exception):
     """Ends the probe transaction without committing it."""
 
@@ -302,7 +286,7 @@ class SqlAuditStore:
             ).fetchall()
             if not rows:
                 return []
-            events = self._chain(conn, [_draft(self._d, r[1:]) for r in rows])
+            events = self._chain(conn, [draft_from_row(r[1:], self._d.time_out) for r in rows])
             self._delete_drained(conn, [r[0] for r in rows])
             return events
 

@@ -28,7 +28,6 @@ from zumik_secrets.core import deadlines
 from zumik_secrets.core.audit_chain import EventDraft
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage import outbox
-from zumik_secrets.storage._audit_json import attributes_json
 from zumik_secrets.storage.breaker import CircuitBreaker
 from zumik_secrets.storage.outbox import OUTBOX_COLS
 from zumik_secrets.storage.postgres.dialect import (
@@ -273,16 +272,4 @@ def outbox_cte(drafts: Sequence[EventDraft]) -> tuple[str, list[Any]]:
 
 
 def _outbox_params(d: EventDraft) -> tuple[Any, ...]:
-    return (
-        d.tenant,
-        d.event_id,
-        c.require_aware(d.time),
-        d.actor,
-        d.actor_subject,
-        d.action,
-        d.target,
-        d.outcome,
-        d.reason,
-        d.trace_id,
-        attributes_json(d.attributes),
-    )
+    return outbox.draft_row(d, c.require_aware)
