@@ -30,7 +30,6 @@ from zumik_secrets.core import deadlines
 from zumik_secrets.core.audit_chain import EventDraft
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage import outbox
-from zumik_secrets.storage._audit_json import attributes_json
 from zumik_secrets.storage.breaker import CircuitBreaker
 from zumik_secrets.storage.observe import PgCursor
 from zumik_secrets.storage.outbox import OUTBOX_COLS
@@ -282,7 +281,7 @@ def write_outbox(conn: Conn, drafts: Sequence[EventDraft], *, only_if_changed: b
     """
     if not drafts:
         return False
-    columns = list(zip(*(_outbox_params(d) for d in drafts), strict=True))
+    columns = list(zip(*(outbox.row(d, POSTGRES) for d in drafts), strict=True))
     cur = conn.execute(
         f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[],"
@@ -300,26 +299,10 @@ def outbox_cte(drafts: Sequence[EventDraft]) -> tuple[str, list[Any]]:
     SELECT ...`` makes the change and writes its events in one statement, one round trip,
     atomically (both or neither), instead of BEGIN, INSERT, INSERT, COMMIT.
     """
-    columns = list(zip(*(_outbox_params(d) for d in drafts), strict=True))
+    columns = list(zip(*(outbox.row(d, POSTGRES) for d in drafts), strict=True))
     return (
         f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[],"
         " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])",
         [list(col) for col in columns],
-    )
-
-
-def _outbox_params(d: EventDraft) -> tuple[Any, ...]:
-    return (
-        d.tenant,
-        d.event_id,
-        c.require_aware(d.time),
-        d.actor,
-        d.actor_subject,
-        d.action,
-        d.target,
-        d.outcome,
-        d.reason,
-        d.trace_id,
-        attributes_json(d.attributes),
     )

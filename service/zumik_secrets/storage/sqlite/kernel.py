@@ -24,7 +24,6 @@ from zumik_secrets.core import deadlines
 from zumik_secrets.core.audit_chain import EventDraft
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage import observe, outbox
-from zumik_secrets.storage._audit_json import attributes_json
 from zumik_secrets.storage.outbox import OUTBOX_COLS
 from zumik_secrets.storage.sql.dialect import to_qmark
 from zumik_secrets.storage.sql.kernel import Connection, Params
@@ -67,22 +66,7 @@ def write_outbox(conn: sqlite3.Connection, drafts: Sequence[EventDraft]) -> None
     conn.executemany(
         f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        [
-            (
-                d.tenant,
-                d.event_id,
-                c.to_us(d.time),
-                d.actor,
-                d.actor_subject,
-                d.action,
-                d.target,
-                d.outcome,
-                d.reason,
-                d.trace_id,
-                attributes_json(d.attributes),
-            )
-            for d in drafts
-        ],
+        [outbox.row(d, SQLITE) for d in drafts],
     )
 
 
