@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zumik_secrets.core.audit_chain import EventDraft
 from zumik_secrets.storage._audit_json import attributes_from_json, attributes_json
+
+if TYPE_CHECKING:
+    from zumik_secrets.storage.sql.dialect import Dialect
 
 OUTBOX_COLS = (
     "tenant, event_id, time, actor, actor_subject, action, target, outcome, reason, trace_id,"
@@ -32,13 +34,12 @@ OUTBOX_COLS = (
 )
 
 
-def draft_row(draft: EventDraft, time_in: Callable[[datetime], Any]) -> tuple[Any, ...]:
-    """``draft`` as an outbox row (the columns of :data:`OUTBOX_COLS`), its time converted by
-    the backend's ``time_in``."""
+def row(draft: EventDraft, dialect: Dialect) -> tuple[Any, ...]:
+    """``draft`` as the values of one outbox row, in :data:`OUTBOX_COLS` order."""
     return (
         draft.tenant,
         draft.event_id,
-        time_in(draft.time),
+        dialect.time_in(draft.time),
         draft.actor,
         draft.actor_subject,
         draft.action,
@@ -50,20 +51,20 @@ def draft_row(draft: EventDraft, time_in: Callable[[datetime], Any]) -> tuple[An
     )
 
 
-def draft_from_row(row: Sequence[Any], time_out: Callable[[Any], datetime]) -> EventDraft:
-    """Inverse of :func:`draft_row`."""
+def draft(values: Sequence[Any], dialect: Dialect) -> EventDraft:
+    """Inverse of :func:`row`: the draft of one outbox row's values."""
     return EventDraft(
-        tenant=row[0],
-        event_id=row[1],
-        time=time_out(row[2]),
-        actor=row[3],
-        actor_subject=row[4],
-        action=row[5],
-        target=row[6],
-        outcome=row[7],
-        reason=row[8],
-        trace_id=row[9],
-        attributes=attributes_from_json(row[10]),
+        tenant=values[0],
+        event_id=values[1],
+        time=dialect.time_out(values[2]),
+        actor=values[3],
+        actor_subject=values[4],
+        action=values[5],
+        target=values[6],
+        outcome=values[7],
+        reason=values[8],
+        trace_id=values[9],
+        attributes=attributes_from_json(values[10]),
     )
 
 

@@ -39,8 +39,9 @@ from zumik_secrets.core.audit_chain import (
     extend_chain,
 )
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage import outbox
 from zumik_secrets.storage._audit_json import attributes_from_json, attributes_json
-from zumik_secrets.storage.outbox import OUTBOX_COLS, draft_from_row
+from zumik_secrets.storage.outbox import OUTBOX_COLS
 from zumik_secrets.storage.ports import AuditFilter
 from zumik_secrets.storage.sql.dialect import Dialect
 from zumik_secrets.storage.sql.kernel import Connection, Kernel
@@ -286,7 +287,7 @@ class SqlAuditStore:
             ).fetchall()
             if not rows:
                 return []
-            events = self._chain(conn, [draft_from_row(r[1:], self._d.time_out) for r in rows])
+            events = self._chain(conn, [outbox.draft(r[1:], self._d) for r in rows])
             self._delete_drained(conn, [r[0] for r in rows])
             return events
 

@@ -29,6 +29,7 @@ class PgDialect(Dialect):
     name = BACKEND
     for_update = " FOR UPDATE"
     skip_locked = True
+    arrays = True
 
     def time_in(self, dt: datetime) -> datetime:
         return c.require_aware(dt)

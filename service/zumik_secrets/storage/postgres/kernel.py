@@ -16,11 +16,13 @@ Implements :class:`~zumik_secrets.storage.sql.kernel.Kernel`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 import psycopg_pool
 import psycopg_pool.base
 
@@ -29,6 +31,7 @@ from zumik_secrets.core.audit_chain import EventDraft
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage import outbox
 from zumik_secrets.storage.breaker import CircuitBreaker
+from zumik_secrets.storage.observe import PgCursor
 from zumik_secrets.storage.outbox import OUTBOX_COLS
 from zumik_secrets.storage.postgres.dialect import (
     BACKEND,
@@ -37,11 +40,11 @@ from zumik_secrets.storage.postgres.dialect import (
     fail_unavailable,
     map_db_errors,
 )
+from zumik_secrets.storage.postgres.listener import NOTIFY_CHANNEL, PgChangeListener
 from zumik_secrets.storage.sql.kernel import Connection, Params
 
 Row = tuple[Any, ...]
 
-NOTIFY_CHANNEL = "zumik_changes"
 # Advisory lock keys (arbitrary constants, spelled from ASCII so they are recognisable in pg_locks).
 MIGRATION_LOCK = 0x7A756D696B6D6967  # "zumikmig"
 _CHANGES_LOCK = 0x7A756D696B636867  # "zumikchg"
@@ -56,6 +59,8 @@ this process has no other psycopg pool.
 """
 psycopg_pool.base.AttemptWithBackoff.INITIAL_DELAY = RECONNECT_INTERVAL_S
 psycopg_pool.base.AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
+_log = logging.getLogger(__name__)
 
 
 class PgConnection(psycopg.Connection[Row]):
@@ -92,11 +97,43 @@ class PgKernel:
 
     def __init__(
         self,
-        pool: psycopg_pool.ConnectionPool[Conn],
+        conninfo: str,
+        *,
+        min_size: int,
+        max_size: int,
+        connect_timeout: int,
         pool_timeout: float,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        self.pool = pool
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+        # PgCursor: statement spans while tracing (storage/observe.py).
+        kwargs: dict[str, Any] = {"autocommit": True, "cursor_factory": PgCursor}
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = connect_timeout
+        if "application_name" not in params:
+            kwargs["application_name"] = "zumik-secrets"
+        #: The database, for connections outside the pool (readiness probe, listener).
+        self.conninfo = conninfo
+        #: Connection options for a probe connection (its own connect timeout).
+        self.connect_kwargs = {k: v for k, v in kwargs.items() if k != "connect_timeout"}
+        self._listen_kwargs = {k: v for k, v in kwargs.items() if k != "autocommit"}
+        self._connect_timeout = float(connect_timeout)
+        self.pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
+            conninfo,
+            connection_class=PgConnection,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=kwargs,
+            timeout=pool_timeout,
+            open=False,
+            name="zumik-secrets",
+            # Never give up reconnecting (an outage longer than this would otherwise leave the
+            # pool shrunk until demand regrows it).
+            reconnect_timeout=24 * 3600.0,
+        )
+        # Do not wait: a store whose database is down still opens, and calls fail with
+        # Unavailable until it comes back (health reports NOT_SERVING meanwhile).
+        self.pool.open(wait=False)
         self._timeout = pool_timeout
         self.breaker = breaker or CircuitBreaker(make_error=lambda: c.unavailable(BACKEND))
         #: The dialect of aggregate modules' queries (storage/sql/dialect.py).
@@ -206,6 +243,18 @@ class PgKernel:
         """Every psycopg error inside is Unavailable (see :func:`fail_unavailable`)."""
         return fail_unavailable()
 
+    def listen(self, callback: Callable[[], None]) -> PgChangeListener:
+        """Start a listener; waits (up to the connect timeout) for its first connection attempt.
+
+        If the database is down the listener keeps retrying in the background and fires the
+        callback once it connects; callers should poll the change feed meanwhile.
+        """
+        listener = PgChangeListener(self.conninfo, self._listen_kwargs, callback)
+        listener.first_attempt_done.wait(self._connect_timeout + 1)
+        if not listener.ready.is_set():
+            _log.warning("change listener not connected yet; it keeps retrying")
+        return listener
+
 
 def _write_staged(conn: Conn, staged: outbox.Staged) -> bool:
     """Write the staged audit events if this transaction changed anything; True if written.
@@ -244,7 +293,7 @@ def write_outbox(conn: Conn, drafts: Sequence[EventDraft], *, only_if_changed: b
     """
     if not drafts:
         return False
-    columns = list(zip(*(_outbox_params(d) for d in drafts), strict=True))
+    columns = list(zip(*(outbox.row(d, POSTGRES) for d in drafts), strict=True))
     cur = conn.execute(
         f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[],"
@@ -262,14 +311,10 @@ def outbox_cte(drafts: Sequence[EventDraft]) -> tuple[str, list[Any]]:
     SELECT ...`` makes the change and writes its events in one statement, one round trip,
     atomically (both or neither), instead of BEGIN, INSERT, INSERT, COMMIT.
     """
-    columns = list(zip(*(_outbox_params(d) for d in drafts), strict=True))
+    columns = list(zip(*(outbox.row(d, POSTGRES) for d in drafts), strict=True))
     return (
         f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[],"
         " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])",
         [list(col) for col in columns],
     )
-
-
-def _outbox_params(d: EventDraft) -> tuple[Any, ...]:
-    return outbox.draft_row(d, c.require_aware)

@@ -9,7 +9,8 @@ from typing import Any
 
 import psycopg
 
-from zumik_secrets.storage.postgres.kernel import NOTIFY_CHANNEL
+NOTIFY_CHANNEL = "zumik_changes"
+"""The channel every change is notified on (payload: the new highest seq)."""
 
 _log = logging.getLogger(__name__)
 

@@ -57,6 +57,8 @@ class Dialect(abc.ABC):
     for_update: str
     #: Whether ``FOR UPDATE SKIP LOCKED`` exists (concurrent lessees take different rows).
     skip_locked: bool
+    #: Whether array parameters and ``unnest`` exist (a batch in one statement).
+    arrays: bool
 
     def pick(self, *, sqlite: T, postgresql: T) -> T:
         """The variant for this backend: statements that differ as a whole, side by side."""

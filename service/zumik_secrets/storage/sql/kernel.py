@@ -24,10 +24,11 @@ the same transaction when it changed a row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
+from zumik_secrets.storage.ports import ChangeListener
 from zumik_secrets.storage.sql.dialect import Dialect
 
 Row = tuple[Any, ...]
@@ -115,6 +116,11 @@ class Kernel(Protocol):
 
     def lock_key(self, conn: Connection, key: str) -> None:
         """Serialise transactions that name the same ``key`` until ``conn``'s commits."""
+        ...
+
+    def listen(self, callback: Callable[[], None]) -> ChangeListener | None:
+        """Call ``callback`` soon after any change commits, on any replica (see
+        :meth:`~zumik_secrets.storage.ports.ChangeFeed.listen`); None: cannot push, poll."""
         ...
 
     # -- added by S2

@@ -26,6 +26,7 @@ class SqliteDialect(Dialect):
     # BEGIN IMMEDIATE already excludes every other writer for the whole transaction.
     for_update = ""
     skip_locked = False
+    arrays = False
 
     def time_in(self, dt: datetime) -> int:
         return c.to_us(dt)

@@ -52,6 +52,13 @@ class SqliteConnection(observe.SqliteConnection):
         return super().executemany(to_qmark(sql), parameters)
 
 
+def execute_verbatim(conn: sqlite3.Connection, sql: str) -> sqlite3.Cursor:
+    """Run SQLite's own SQL text (a migration statement) without placeholder conversion."""
+    if isinstance(conn, SqliteConnection):
+        return observe.SqliteConnection.execute(conn, sql)
+    return conn.execute(sql)
+
+
 def write_outbox(conn: sqlite3.Connection, drafts: Sequence[EventDraft]) -> None:
     """Write ``drafts`` to the outbox in the caller's transaction (see storage/outbox.py)."""
     if not drafts:
@@ -59,7 +66,7 @@ def write_outbox(conn: sqlite3.Connection, drafts: Sequence[EventDraft]) -> None
     conn.executemany(
         f"INSERT INTO audit_outbox ({OUTBOX_COLS})"  # noqa: S608
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        [outbox.draft_row(d, c.to_us) for d in drafts],
+        [outbox.row(d, SQLITE) for d in drafts],
     )
 
 
@@ -324,6 +331,10 @@ class SqliteKernel:
 
     def lock_key(self, conn: Connection, key: str) -> None:
         """Nothing to take: ``BEGIN IMMEDIATE`` already serialises every writer of the file."""
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """SQLite cannot push: always None (poll the change feed's latest seq)."""
+        return None
 
     def write_combined(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work(conn)`` in a write transaction that it may share with other callers'.
