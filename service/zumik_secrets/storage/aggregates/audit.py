@@ -268,8 +268,10 @@ class SqlAuditStore:
         return [ev for ev in out if ev is not None]
 
     def _insert_checkpoint(self, conn: Connection, cp: Checkpoint) -> Checkpoint:
-        params = (cp.tenant, cp.sequence, cp.head_hash, self._d.time_in(cp.time), cp.kid)
-        row = self._insert_checkpoint_row(conn, (*params, cp.signature))
+        time = self._d.time_in(cp.time)
+        row = self._insert_checkpoint_row(
+            conn, (cp.tenant, cp.sequence, cp.head_hash, time, cp.kid, cp.signature)
+        )
         return cp if row is None else _cp(self._d, row)
 
     def append(self, drafts: Sequence[EventDraft]) -> list[ChainEvent]:
