@@ -457,6 +457,36 @@ def test_probe_write_leaves_nothing(store: Store) -> None:
     assert store.audit.events("~probe", after_sequence=0, limit=5) == []
 
 
+def test_any_refused_audit_write_is_unavailable_on_postgresql(
+    store: Store, store_url: str, backend: str
+) -> None:
+    """PostgreSQL audit writes fail closed: an error the kernel does not map (here a trigger's
+    exception) is Unavailable too, never a driver error. SQLite maps its errors in the write
+    transaction itself (a refused row stays its sqlite3 error, as before issue 17)."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's fail-closed mapping")
+    raw = RawDb(store_url)
+    raw.run(
+        "CREATE FUNCTION zumik_test_refuse() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+    )
+    try:
+        raw.run(
+            "CREATE TRIGGER zumik_test_refuse BEFORE INSERT ON audit_events"
+            " FOR EACH ROW EXECUTE FUNCTION zumik_test_refuse()"
+        )
+        draft = ac.EventDraft(
+            "acme", "ev-1", datetime.now(UTC), "a", "", "x.y", "t", "success", "", "", ()
+        )
+        with pytest.raises(Unavailable):
+            store.audit.append([draft])
+        with pytest.raises(Unavailable):
+            store.audit.probe_write()
+        assert store.audit.head("acme") is None
+    finally:
+        raw.run("DROP FUNCTION zumik_test_refuse() CASCADE")
+
+
 # -- pins (issue 16) ----------------------------------------------------------------------------
 
 

@@ -33,7 +33,13 @@ from zumik_secrets.storage import outbox
 from zumik_secrets.storage.breaker import CircuitBreaker
 from zumik_secrets.storage.observe import PgCursor
 from zumik_secrets.storage.outbox import OUTBOX_COLS
-from zumik_secrets.storage.postgres.dialect import BACKEND, POSTGRES, PgDialect, map_db_errors
+from zumik_secrets.storage.postgres.dialect import (
+    BACKEND,
+    POSTGRES,
+    PgDialect,
+    fail_unavailable,
+    map_db_errors,
+)
 from zumik_secrets.storage.postgres.listener import NOTIFY_CHANNEL, PgChangeListener
 from zumik_secrets.storage.sql.kernel import Connection, Params
 
@@ -242,6 +248,10 @@ class PgKernel:
         if not listener.ready.is_set():
             _log.warning("change listener not connected yet; it keeps retrying")
         return listener
+
+    def fail_closed(self) -> AbstractContextManager[None]:
+        """Every psycopg error inside is Unavailable (see :func:`fail_unavailable`)."""
+        return fail_unavailable()
 
 
 def _write_staged(conn: Conn, staged: outbox.Staged) -> bool:

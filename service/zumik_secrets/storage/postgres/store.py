@@ -16,25 +16,25 @@ import psycopg
 from zumik_secrets.core import deadlines
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.aggregates.api_keys import SqlApiKeyStore
+from zumik_secrets.storage.aggregates.audit import SqlAuditStore
 from zumik_secrets.storage.aggregates.changes import SqlChangeFeed
 from zumik_secrets.storage.aggregates.fingerprints import (
     SqlFingerprintScheduleStore,
     SqlHandleStore,
 )
 from zumik_secrets.storage.aggregates.grants import SqlGrantStore
+from zumik_secrets.storage.aggregates.purge import SqlPurgeStore
+from zumik_secrets.storage.aggregates.sealing import (
+    SqlCustomerKeyStore,
+    SqlDataKeyStore,
+    SqlSealedSecretStore,
+)
 from zumik_secrets.storage.aggregates.sessions import SqlSessionStore
 from zumik_secrets.storage.aggregates.signing_keys import SqlSigningKeyStore
 from zumik_secrets.storage.aggregates.tenant_settings import SqlTenantSettingsStore
 from zumik_secrets.storage.breaker import CircuitBreaker
-from zumik_secrets.storage.postgres.audit import PgAuditStore
 from zumik_secrets.storage.postgres.dialect import BACKEND
 from zumik_secrets.storage.postgres.kernel import MIGRATION_LOCK, PgKernel
-from zumik_secrets.storage.postgres.purge import PgPurgeStore
-from zumik_secrets.storage.postgres.sealing import (
-    PgCustomerKeyStore,
-    PgDataKeyStore,
-    PgSealedSecretStore,
-)
 from zumik_secrets.storage.records import MigrationInfo
 
 PROBE_TIMEOUT_S = 1.0
@@ -78,12 +78,11 @@ class PgStore:
         self.grants = SqlGrantStore(self._db)
         self.fingerprint_schedule = SqlFingerprintScheduleStore(self._db)
         self.handles = SqlHandleStore(self._db)
-        # The audit, sealing and purge stores (issue 17: S2 moves them to storage/aggregates/).
-        self.audit = PgAuditStore(self._db)
-        self.data_keys = PgDataKeyStore(self._db)
-        self.sealed_secrets = PgSealedSecretStore(self._db)
-        self.customer_keys = PgCustomerKeyStore(self._db)
-        self.purges = PgPurgeStore(self._db)
+        self.audit = SqlAuditStore(self._db)
+        self.data_keys = SqlDataKeyStore(self._db)
+        self.sealed_secrets = SqlSealedSecretStore(self._db)
+        self.customer_keys = SqlCustomerKeyStore(self._db)
+        self.purges = SqlPurgeStore(self._db)
 
     def migrate(self) -> list[int]:
         """Apply pending migrations in one transaction under an advisory lock.

@@ -122,3 +122,12 @@ class Kernel(Protocol):
         """Call ``callback`` soon after any change commits, on any replica (see
         :meth:`~zumik_secrets.storage.ports.ChangeFeed.listen`); None: cannot push, poll."""
         ...
+
+    def fail_closed(self) -> AbstractContextManager[None]:
+        """Around :meth:`transaction`: every database error inside is Unavailable, whatever it
+        is (the audit trail fails closed: retry later, never INTERNAL).
+
+        Raises:
+            Unavailable: On any driver error raised inside.
+        """
+        ...

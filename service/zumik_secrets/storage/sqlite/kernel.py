@@ -456,3 +456,10 @@ class SqliteKernel:
             self._all = []
         for conn in idle:
             conn.close()
+
+    # -- added by S2
+
+    def fail_closed(self) -> contextlib.nullcontext[None]:
+        """Nothing to add: :meth:`transaction` maps every sqlite3 error it can (a lock held
+        past ``busy_timeout`` is Unavailable already)."""
+        return contextlib.nullcontext()

@@ -15,25 +15,25 @@ from pathlib import Path
 
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.aggregates.api_keys import SqlApiKeyStore
+from zumik_secrets.storage.aggregates.audit import SqlAuditStore
 from zumik_secrets.storage.aggregates.changes import SqlChangeFeed
 from zumik_secrets.storage.aggregates.fingerprints import (
     SqlFingerprintScheduleStore,
     SqlHandleStore,
 )
 from zumik_secrets.storage.aggregates.grants import SqlGrantStore
+from zumik_secrets.storage.aggregates.purge import SqlPurgeStore
+from zumik_secrets.storage.aggregates.sealing import (
+    SqlCustomerKeyStore,
+    SqlDataKeyStore,
+    SqlSealedSecretStore,
+)
 from zumik_secrets.storage.aggregates.sessions import SqlSessionStore
 from zumik_secrets.storage.aggregates.signing_keys import SqlSigningKeyStore
 from zumik_secrets.storage.aggregates.tenant_settings import SqlTenantSettingsStore
 from zumik_secrets.storage.records import MigrationInfo
-from zumik_secrets.storage.sqlite.audit import SqliteAuditStore
 from zumik_secrets.storage.sqlite.dialect import BACKEND
 from zumik_secrets.storage.sqlite.kernel import SqliteKernel, execute_verbatim, private_file
-from zumik_secrets.storage.sqlite.purge import SqlitePurgeStore
-from zumik_secrets.storage.sqlite.sealing import (
-    SqliteCustomerKeyStore,
-    SqliteDataKeyStore,
-    SqliteSealedSecretStore,
-)
 
 
 def _split_statements(script: str) -> list[str]:
@@ -75,12 +75,11 @@ class SqliteStore:
         self.grants = SqlGrantStore(self._db)
         self.fingerprint_schedule = SqlFingerprintScheduleStore(self._db)
         self.handles = SqlHandleStore(self._db)
-        # The audit, sealing and purge stores (issue 17: S2 moves them to storage/aggregates/).
-        self.audit = SqliteAuditStore(self._db)
-        self.data_keys = SqliteDataKeyStore(self._db)
-        self.sealed_secrets = SqliteSealedSecretStore(self._db)
-        self.customer_keys = SqliteCustomerKeyStore(self._db)
-        self.purges = SqlitePurgeStore(self._db)
+        self.audit = SqlAuditStore(self._db)
+        self.data_keys = SqlDataKeyStore(self._db)
+        self.sealed_secrets = SqlSealedSecretStore(self._db)
+        self.customer_keys = SqlCustomerKeyStore(self._db)
+        self.purges = SqlPurgeStore(self._db)
 
     @property
     def path(self) -> str:
