@@ -6,10 +6,10 @@ are ``text[]``; durations are intervals (``make_interval(secs => ...)``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg.errors
@@ -30,15 +30,19 @@ class PgDialect(Dialect):
     for_update = " FOR UPDATE"
     skip_locked = True
     arrays = True
+    fragments: ClassVar[Mapping[str, str]] = {
+        "interval": "make_interval(secs => {})",
+        "least": "least({}, {})",
+        "greatest": "greatest({}, {})",
+        # No conflict target: every uniqueness rule (primary key and unique indexes) is covered.
+        "insert_ignore": "INSERT {} ON CONFLICT DO NOTHING",
+    }
 
     def time_in(self, dt: datetime) -> datetime:
         return c.require_aware(dt)
 
     def time_out(self, value: Any) -> datetime:
         return c.utc(value)
-
-    def interval(self, seconds_sql: str) -> str:
-        return f"make_interval(secs => {seconds_sql})"
 
     def json_in(self, value: Any) -> Jsonb:
         return Jsonb(value)
@@ -51,15 +55,6 @@ class PgDialect(Dialect):
 
     def texts_out(self, value: Any) -> tuple[str, ...]:
         return tuple(value)
-
-    def least(self, a: str, b: str) -> str:
-        return f"least({a}, {b})"
-
-    def greatest(self, a: str, b: str) -> str:
-        return f"greatest({a}, {b})"
-
-    def insert_ignore(self, into: str) -> str:
-        return f"INSERT {into} ON CONFLICT DO NOTHING"
 
 
 POSTGRES = PgDialect()

@@ -148,12 +148,12 @@ class PgKernel:
         return wait
 
     @contextmanager
-    def conn(self) -> Iterator[Conn]:
+    def _conn(self) -> Iterator[Conn]:
         left = deadlines.remaining()
         if outbox.pending() is not None or (left is not None and left < _SHORT_DEADLINE_S):
             # Staged audit events need a transaction to commit with; a short deadline needs a
             # transaction-local statement timeout.
-            with self.tx() as conn:
+            with self.transaction() as conn:
                 yield conn
             return
         with (
@@ -163,7 +163,7 @@ class PgKernel:
             yield conn
 
     @contextmanager
-    def autocommit(self) -> Iterator[Conn]:
+    def _autocommit(self) -> Iterator[Conn]:
         """A pooled connection in autocommit, whatever is staged (for one-statement changes
         that write their staged events themselves, see ``outbox_cte``)."""
         with (
@@ -173,7 +173,9 @@ class PgKernel:
             yield conn
 
     @contextmanager
-    def tx(self) -> Iterator[Conn]:
+    def transaction(self) -> Iterator[Conn]:
+        """A pooled connection inside ``conn.transaction()``; staged audit events are written
+        before the commit if the transaction changed a row."""
         staged: outbox.Staged | None = None
         with (
             map_db_errors(self.breaker),
@@ -193,35 +195,31 @@ class PgKernel:
                 outbox.written(staged)
 
     def one(self, sql: str, params: Params = ()) -> Row | None:
-        with self.conn() as conn:
+        with self._conn() as conn:
             return conn.execute(sql, params).fetchone()
 
     def all(self, sql: str, params: Params = ()) -> list[Row]:
-        with self.conn() as conn:
+        with self._conn() as conn:
             return conn.execute(sql, params).fetchall()
 
     def read(self) -> AbstractContextManager[Conn]:
         """A pooled connection in autocommit (a transaction if audit events are staged)."""
-        return self.conn()
+        return self._conn()
 
     def change(self) -> AbstractContextManager[Conn]:
         """One data-changing statement: autocommit, one round trip (a transaction if audit
         events are staged or the deadline is short)."""
-        return self.conn()
-
-    def transaction(self) -> AbstractContextManager[Conn]:
-        """A pooled connection inside ``conn.transaction()``."""
-        return self.tx()
+        return self._conn()
 
     def write_hot(self, sql: str, params: Sequence[Any]) -> Row | None:
         """One ``INSERT ... RETURNING``; with staged audit events, one statement that writes
         them too (a data-modifying CTE: one round trip, both or neither)."""
         staged = outbox.pending()
         if staged is None:
-            with self.tx() as conn:
+            with self.transaction() as conn:
                 return conn.execute(sql, params).fetchone()
         events_sql, events_params = outbox_cte(staged.drafts)
-        with self.autocommit() as conn:
+        with self._autocommit() as conn:
             row = conn.execute(
                 f"WITH ins AS ({sql}), ob AS ({events_sql}) SELECT * FROM ins",  # noqa: S608
                 [*params, *events_params],
@@ -237,12 +235,6 @@ class PgKernel:
         """A transaction-scoped advisory lock on ``key`` (hashed to 64 bits)."""
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
-    # -- added by S2
-
-    def fail_closed(self) -> AbstractContextManager[None]:
-        """Every psycopg error inside is Unavailable (see :func:`fail_unavailable`)."""
-        return fail_unavailable()
-
     def listen(self, callback: Callable[[], None]) -> PgChangeListener:
         """Start a listener; waits (up to the connect timeout) for its first connection attempt.
 
@@ -254,6 +246,10 @@ class PgKernel:
         if not listener.ready.is_set():
             _log.warning("change listener not connected yet; it keeps retrying")
         return listener
+
+    def fail_closed(self) -> AbstractContextManager[None]:
+        """Every psycopg error inside is Unavailable (see :func:`fail_unavailable`)."""
+        return fail_unavailable()
 
 
 def _write_staged(conn: Conn, staged: outbox.Staged) -> bool:

@@ -15,33 +15,17 @@ import psycopg
 
 from zumik_secrets.core import deadlines
 from zumik_secrets.storage import _common as c
-from zumik_secrets.storage.aggregates.api_keys import SqlApiKeyStore
-from zumik_secrets.storage.aggregates.audit import SqlAuditStore
-from zumik_secrets.storage.aggregates.changes import SqlChangeFeed
-from zumik_secrets.storage.aggregates.fingerprints import (
-    SqlFingerprintScheduleStore,
-    SqlHandleStore,
-)
-from zumik_secrets.storage.aggregates.grants import SqlGrantStore
-from zumik_secrets.storage.aggregates.purge import SqlPurgeStore
-from zumik_secrets.storage.aggregates.sealing import (
-    SqlCustomerKeyStore,
-    SqlDataKeyStore,
-    SqlSealedSecretStore,
-)
-from zumik_secrets.storage.aggregates.sessions import SqlSessionStore
-from zumik_secrets.storage.aggregates.signing_keys import SqlSigningKeyStore
-from zumik_secrets.storage.aggregates.tenant_settings import SqlTenantSettingsStore
 from zumik_secrets.storage.breaker import CircuitBreaker
 from zumik_secrets.storage.postgres.dialect import BACKEND
 from zumik_secrets.storage.postgres.kernel import MIGRATION_LOCK, PgKernel
 from zumik_secrets.storage.records import MigrationInfo
+from zumik_secrets.storage.sql.store import SqlAggregates
 
 PROBE_TIMEOUT_S = 1.0
 """How long the readiness probe waits for the database."""
 
 
-class PgStore:
+class PgStore(SqlAggregates):
     """The whole store on PostgreSQL.
 
     Args:
@@ -70,19 +54,7 @@ class PgStore:
             connect_timeout=connect_timeout,
             pool_timeout=pool_timeout,
         )
-        self.tenants = SqlTenantSettingsStore(self._db)
-        self.signing_keys = SqlSigningKeyStore(self._db)
-        self.api_keys = SqlApiKeyStore(self._db)
-        self.sessions = SqlSessionStore(self._db)
-        self.changes = SqlChangeFeed(self._db)
-        self.grants = SqlGrantStore(self._db)
-        self.fingerprint_schedule = SqlFingerprintScheduleStore(self._db)
-        self.handles = SqlHandleStore(self._db)
-        self.audit = SqlAuditStore(self._db)
-        self.data_keys = SqlDataKeyStore(self._db)
-        self.sealed_secrets = SqlSealedSecretStore(self._db)
-        self.customer_keys = SqlCustomerKeyStore(self._db)
-        self.purges = SqlPurgeStore(self._db)
+        super().__init__(self._db)
 
     def migrate(self) -> list[int]:
         """Apply pending migrations in one transaction under an advisory lock.
@@ -97,7 +69,7 @@ class PgStore:
         """
         migrations = c.load_migrations("zumik_secrets.storage.postgres")
         applied_now: list[int] = []
-        with self._db.tx() as conn:
+        with self._db.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("

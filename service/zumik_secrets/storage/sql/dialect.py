@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
@@ -59,6 +59,8 @@ class Dialect(abc.ABC):
     skip_locked: bool
     #: Whether array parameters and ``unnest`` exist (a batch in one statement).
     arrays: bool
+    #: SQL fragments that differ, as templates (filled by the methods below).
+    fragments: ClassVar[Mapping[str, str]]
 
     def pick(self, *, sqlite: T, postgresql: T) -> T:
         """The variant for this backend: statements that differ as a whole, side by side."""
@@ -86,10 +88,10 @@ class Dialect(abc.ABC):
         """:meth:`time_out` that lets None through."""
         return None if value is None else self.time_out(value)
 
-    @abc.abstractmethod
     def interval(self, seconds_sql: str) -> str:
         """SQL for a duration of ``seconds_sql`` (an SQL expression of whole seconds) that adds
         to and subtracts from a stored time: ``f"at + {d.interval('ttl_s')}"``."""
+        return self.fragments["interval"].format(seconds_sql)
 
     # -- JSON and lists ------------------------------------------------------------------------
 
@@ -111,15 +113,15 @@ class Dialect(abc.ABC):
 
     # -- SQL fragments -------------------------------------------------------------------------
 
-    @abc.abstractmethod
     def least(self, a: str, b: str) -> str:
         """SQL for the smaller of two expressions (NULL semantics are the backend's own)."""
+        return self.fragments["least"].format(a, b)
 
-    @abc.abstractmethod
     def greatest(self, a: str, b: str) -> str:
         """SQL for the larger of two expressions (NULL semantics are the backend's own)."""
+        return self.fragments["greatest"].format(a, b)
 
-    @abc.abstractmethod
     def insert_ignore(self, into: str) -> str:
         """``INSERT <into>`` that inserts nothing when the row breaks any uniqueness rule;
         ``into`` is the rest of the statement (``INTO t (...) VALUES (...)``)."""
+        return self.fragments["insert_ignore"].format(into)

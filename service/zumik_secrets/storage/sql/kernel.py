@@ -123,8 +123,6 @@ class Kernel(Protocol):
         :meth:`~zumik_secrets.storage.ports.ChangeFeed.listen`); None: cannot push, poll."""
         ...
 
-    # -- added by S2
-
     def fail_closed(self) -> AbstractContextManager[None]:
         """Around :meth:`transaction`: every database error inside is Unavailable, whatever it
         is (the audit trail fails closed: retry later, never INTERNAL).

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.sql.dialect import Dialect
@@ -27,15 +27,18 @@ class SqliteDialect(Dialect):
     for_update = ""
     skip_locked = False
     arrays = False
+    fragments: ClassVar[Mapping[str, str]] = {
+        "interval": "({}) * 1000000",  # microseconds
+        "least": "min({}, {})",  # the scalar min/max of two or more arguments
+        "greatest": "max({}, {})",
+        "insert_ignore": "INSERT OR IGNORE {}",
+    }
 
     def time_in(self, dt: datetime) -> int:
         return c.to_us(dt)
 
     def time_out(self, value: Any) -> datetime:
         return c.from_us(int(value))
-
-    def interval(self, seconds_sql: str) -> str:
-        return f"({seconds_sql}) * 1000000"
 
     def json_in(self, value: Any) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -48,15 +51,6 @@ class SqliteDialect(Dialect):
 
     def texts_out(self, value: Any) -> tuple[str, ...]:
         return tuple(str(s) for s in json.loads(value))
-
-    def least(self, a: str, b: str) -> str:
-        return f"min({a}, {b})"
-
-    def greatest(self, a: str, b: str) -> str:
-        return f"max({a}, {b})"
-
-    def insert_ignore(self, into: str) -> str:
-        return f"INSERT OR IGNORE {into}"
 
 
 SQLITE = SqliteDialect()

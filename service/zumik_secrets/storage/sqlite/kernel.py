@@ -120,7 +120,7 @@ def _settle(batch: list[_Combined], failure: BaseException | None) -> None:
 
 
 class _Write:
-    """``with db.write() as conn``: a pooled connection inside ``BEGIN IMMEDIATE``.
+    """``with db.transaction() as conn``: a pooled connection inside ``BEGIN IMMEDIATE``.
 
     A class rather than nested generator context managers: every write runs through here
     (reads through :meth:`SqliteKernel.one` and :meth:`SqliteKernel.all`, also without them),
@@ -252,7 +252,7 @@ class SqliteKernel:
 
     def init_file(self) -> None:
         """Switch the file to WAL once (persistent), before any pooled use."""
-        with map_db_errors(), self.connection() as conn:
+        with map_db_errors(), self._connection() as conn:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 raise sqlite3.OperationalError("could not enable WAL journal mode")
@@ -290,7 +290,7 @@ class SqliteKernel:
             conn.close()
 
     @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self) -> Iterator[sqlite3.Connection]:
         conn = self.checkout()
         try:
             yield conn
@@ -300,12 +300,8 @@ class SqliteKernel:
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A connection for single-statement reads (autocommit)."""
-        with map_db_errors(), self.connection() as conn:
+        with map_db_errors(), self._connection() as conn:
             yield conn
-
-    def write(self) -> _Write:
-        """A connection inside ``BEGIN IMMEDIATE``; commits on success, rolls back on error."""
-        return _Write(self)
 
     def change(self) -> _Write:
         """One data-changing statement: a ``BEGIN IMMEDIATE`` transaction like any write."""

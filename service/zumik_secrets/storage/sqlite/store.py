@@ -14,24 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 from zumik_secrets.storage import _common as c
-from zumik_secrets.storage.aggregates.api_keys import SqlApiKeyStore
-from zumik_secrets.storage.aggregates.audit import SqlAuditStore
-from zumik_secrets.storage.aggregates.changes import SqlChangeFeed
-from zumik_secrets.storage.aggregates.fingerprints import (
-    SqlFingerprintScheduleStore,
-    SqlHandleStore,
-)
-from zumik_secrets.storage.aggregates.grants import SqlGrantStore
-from zumik_secrets.storage.aggregates.purge import SqlPurgeStore
-from zumik_secrets.storage.aggregates.sealing import (
-    SqlCustomerKeyStore,
-    SqlDataKeyStore,
-    SqlSealedSecretStore,
-)
-from zumik_secrets.storage.aggregates.sessions import SqlSessionStore
-from zumik_secrets.storage.aggregates.signing_keys import SqlSigningKeyStore
-from zumik_secrets.storage.aggregates.tenant_settings import SqlTenantSettingsStore
 from zumik_secrets.storage.records import MigrationInfo
+from zumik_secrets.storage.sql.store import SqlAggregates
 from zumik_secrets.storage.sqlite.dialect import BACKEND
 from zumik_secrets.storage.sqlite.kernel import SqliteKernel, execute_verbatim, private_file
 
@@ -53,7 +37,7 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore:
+class SqliteStore(SqlAggregates):
     """The whole store on one SQLite file.
 
     Args:
@@ -67,19 +51,7 @@ class SqliteStore:
         private_file(str(path))
         self._db = SqliteKernel(str(path), busy_timeout_ms)
         self._db.init_file()
-        self.tenants = SqlTenantSettingsStore(self._db)
-        self.signing_keys = SqlSigningKeyStore(self._db)
-        self.api_keys = SqlApiKeyStore(self._db)
-        self.sessions = SqlSessionStore(self._db)
-        self.changes = SqlChangeFeed(self._db)
-        self.grants = SqlGrantStore(self._db)
-        self.fingerprint_schedule = SqlFingerprintScheduleStore(self._db)
-        self.handles = SqlHandleStore(self._db)
-        self.audit = SqlAuditStore(self._db)
-        self.data_keys = SqlDataKeyStore(self._db)
-        self.sealed_secrets = SqlSealedSecretStore(self._db)
-        self.customer_keys = SqlCustomerKeyStore(self._db)
-        self.purges = SqlPurgeStore(self._db)
+        super().__init__(self._db)
 
     @property
     def path(self) -> str:
@@ -99,7 +71,7 @@ class SqliteStore:
         """
         migrations = c.load_migrations("zumik_secrets.storage.sqlite")
         applied_now: list[int] = []
-        with self._db.write() as conn:
+        with self._db.transaction() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,"
