@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import SYSTEM, Actor
-from zumik_secrets.app.audit import AuditEntry
+from zumik_secrets.app.audit import event, record
 from zumik_secrets.app.audit_log import AuditLog
 from zumik_secrets.app.sessions import SWEEP_MARGIN
 from zumik_secrets.app.tenant_settings import BOUNDS, TenantSettingsService
@@ -112,20 +112,9 @@ class Retention:
         removed["audit_events"] = sum(deleted for _seq, deleted in swept.pruned.values())
         if tenant is None:
             removed["changes"] = self._changes.prune_before(now - CHANGE_FEED_RETENTION)
-        self._audit.record(
-            AuditEntry(
-                tenant_id=tenant,
-                actor=actor.identity,
-                actor_subject=actor.subject,
-                action="retention.run",
-                target=f"tenants/{tenant or '-'}",
-                outcome="success",
-                reason="OK",
-                trace_id=actor.trace_id,
-                attributes={kind: str(n) for kind, n in removed.items()},
-            ),
-            durable=True,
-        )
+        counts = {kind: str(n) for kind, n in removed.items()}
+        entry = event(actor, tenant, "retention.run", f"tenants/{tenant or '-'}", attributes=counts)
+        record(self._audit, entry, durable=True)
         _LOG.info("retention run", extra={"tenant": tenant or "-", "removed": removed})
         return removed
 

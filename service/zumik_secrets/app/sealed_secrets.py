@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditRecorder, audited_change, event, record
 from zumik_secrets.app.data_keys import DataKeys, data_key_destroyed
 from zumik_secrets.core import page_tokens, sealing
 from zumik_secrets.core.errors import (
@@ -53,7 +53,6 @@ DEFAULT_BATCH = 100
 MAX_BATCH = 1000
 
 REASON_DECRYPTION_FAILED = "DECRYPTION_FAILED"
-REASON_AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 REASON_INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 (a reason code)
 _TOKEN_VERSION = 1
 
@@ -174,43 +173,6 @@ class SealedSecrets:
                     "metadata", f"values must be at most {MAX_METADATA_VALUE} printable characters"
                 )
 
-    # -- audit -----------------------------------------------------------------------------------
-
-    def _record(
-        self,
-        actor: Actor,
-        tenant_id: str,
-        action: str,
-        target: str,
-        outcome: str,
-        reason: str,
-        attributes: Mapping[str, str],
-        *,
-        durable: bool,
-    ) -> None:
-        """Record an event; with ``durable``, raise Unavailable if it cannot be stored."""
-        entry = AuditEntry(
-            tenant_id=tenant_id,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action=action,
-            target=target,
-            outcome=outcome,
-            reason=reason,
-            trace_id=actor.trace_id,
-            attributes=dict(attributes),
-        )
-        try:
-            self._audit.record(entry, durable=durable)
-        except Exception:  # noqa: BLE001 - any recorder failure: fail closed when durable
-            if durable:
-                raise Unavailable(
-                    "the audit trail cannot record this call right now; nothing was done or "
-                    "returned that needed it, retry later",
-                    reason=REASON_AUDIT_UNAVAILABLE,
-                ) from None
-            _LOG.warning("audit of %s failed", action)
-
     # -- use cases -------------------------------------------------------------------------------
 
     def _seal(
@@ -245,10 +207,14 @@ class SealedSecrets:
         dk_version, blob = self._seal(parent.tenant, parent.project, secret_id, 1, plaintext)
         now = self._clock()
         name = SecretName(parent.tenant, parent.project, secret_id)
-        entry = _entry(
-            actor, parent.tenant, "secret.seal", str(name), {"data_key_version": str(dk_version)}
+        entry = event(
+            actor,
+            parent.tenant,
+            "secret.seal",
+            str(name),
+            attributes={"data_key_version": str(dk_version)},
         )
-        with self._audit.change(entry):
+        with audited_change(self._audit, entry):
             return self._store.insert(
                 SealedSecretRecord(
                     secret_id=secret_id,
@@ -302,26 +268,24 @@ class SealedSecrets:
             rec = self._get(name)
             plaintext = self._open_record(name, rec)
         except ZumikError as error:
-            self._record(
-                actor,
-                name.tenant,
-                "secret.open",
-                target,
-                "failure",
-                error.reason,
-                {},
+            record(
+                self._audit,
+                event(actor, name.tenant, "secret.open", target, "failure", error.reason),
                 durable=False,
             )
             raise
         try:
-            self._record(
-                actor,
-                name.tenant,
-                "secret.open",
-                target,
-                "success",
-                "OK",
-                {"version": str(rec.version), "data_key_version": str(rec.data_key_version)},
+            record(
+                self._audit,
+                event(
+                    actor,
+                    name.tenant,
+                    "secret.open",
+                    target,
+                    "success",
+                    "OK",
+                    {"version": str(rec.version), "data_key_version": str(rec.data_key_version)},
+                ),
                 durable=True,
             )
         except Unavailable:
@@ -365,14 +329,14 @@ class SealedSecrets:
             rec = self._get(name)
             version = rec.version + 1
             dk_version, blob = self._seal(name.tenant, name.project, name.id, version, plaintext)
-            entry = _entry(
+            entry = event(
                 actor,
                 name.tenant,
                 "secret.update",
                 str(name),
-                {"version": str(version), "data_key_version": str(dk_version)},
+                attributes={"version": str(version), "data_key_version": str(dk_version)},
             )
-            with self._audit.change(entry, record_unchanged=False):
+            with audited_change(self._audit, entry, record_unchanged=False):
                 updated = self._store.replace_ciphertext(
                     rec,
                     version=version,
@@ -396,7 +360,7 @@ class SealedSecrets:
         Raises:
             NotFound: no such secret.
         """
-        with self._audit.change(_entry(actor, name.tenant, "secret.delete", str(name), {})):
+        with audited_change(self._audit, event(actor, name.tenant, "secret.delete", str(name))):
             if not self._store.delete(name.tenant, name.project, name.id):
                 raise resource_not_found(str(name))
         if not rotate:
@@ -413,8 +377,10 @@ class SealedSecrets:
         """
         # The new version is chosen in the rotation's transaction: the data-key service sets
         # the event's "version" there (outbox.annotate), before it is written with the change.
-        entry = _entry(actor, parent.tenant, "data_key.rotate", str(parent), {"purpose": purpose})
-        with self._audit.change(entry):
+        entry = event(
+            actor, parent.tenant, "data_key.rotate", str(parent), attributes={"purpose": purpose}
+        )
+        with audited_change(self._audit, entry):
             return self._data_keys.rotate(parent.tenant, parent.project, purpose)
 
     def list_data_keys(
@@ -494,14 +460,17 @@ class SealedSecrets:
         remaining = sum(n for v, n in counts.items() if v != primary and v not in destroyed)
         more = len(rows) > limit
         next_token = encode_token("rewrap", parent, rows[limit - 1].seq, primary) if more else ""
-        self._record(
-            actor,
-            tenant,
-            "secrets.rewrap",
-            str(parent),
-            "success",
-            "OK",
-            {"rewrapped": str(done), "remaining": str(remaining), "target": str(primary)},
+        record(
+            self._audit,
+            event(
+                actor,
+                tenant,
+                "secrets.rewrap",
+                str(parent),
+                "success",
+                "OK",
+                {"rewrapped": str(done), "remaining": str(remaining), "target": str(primary)},
+            ),
             durable=False,
         )
         return RewrapResult(done, remaining, next_token, primary)
@@ -527,35 +496,18 @@ class SealedSecrets:
             # is under the primary, which cannot be destroyed).
             counts = self._store.count_by_data_key_version(parent.tenant, parent.project)
             lost = counts.get(version, 0)
-        entry = _entry(
+        entry = event(
             actor,
             parent.tenant,
             "data_key.destroy",
             str(parent),
-            {"purpose": purpose, "version": str(version), "unrecoverable": str(lost)},
+            attributes={"purpose": purpose, "version": str(version), "unrecoverable": str(lost)},
         )
-        with self._audit.change(entry):
+        with audited_change(self._audit, entry):
             rec = self._data_keys.destroy(parent.tenant, parent.project, purpose, version)
             if rec is None:
                 raise resource_not_found(f"{parent}/dataKeys/{purpose}/versions/{version}")
         return DestroyResult(rec, lost)
-
-
-def _entry(
-    actor: Actor, tenant_id: str, action: str, target: str, attributes: Mapping[str, str]
-) -> AuditEntry:
-    """A successful change's event."""
-    return AuditEntry(
-        tenant_id=tenant_id,
-        actor=actor.identity,
-        actor_subject=actor.subject,
-        action=action,
-        target=target,
-        outcome="success",
-        reason="OK",
-        trace_id=actor.trace_id,
-        attributes=dict(attributes),
-    )
 
 
 __all__ = [
