@@ -98,21 +98,6 @@ class DestroyResult:
     unrecoverable_secrets: int
 
 
-def encode_token(kind: str, parent: ProjectName, position: int, extra: int = 0) -> str:
-    """An opaque, authenticated page token (:mod:`zumik_secrets.core.page_tokens`): position
-    and extra, bound to the listing's kind and parent."""
-    return page_tokens.codec().encode(kind, str(parent), position, extra)
-
-
-def decode_token(kind: str, parent: ProjectName, token: str) -> tuple[int, int]:
-    """``(position, extra)`` of a token from :func:`encode_token`.
-
-    Raises:
-        InvalidArgument: Reason ``INVALID_PAGE_TOKEN``.
-    """
-    return page_tokens.codec().decode(kind, str(parent), token)
-
-
 def page_size(value: int, default: int, maximum: int, field: str = "page_size") -> int:
     """A request's page size: the default for 0, capped at ``maximum``.
 
@@ -310,10 +295,14 @@ class SealedSecrets:
             InvalidArgument: bad page size or token.
         """
         limit = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_token("secrets", parent, token)[0] if token else 0
+        after = page_tokens.codec().decode("secrets", str(parent), token)[0] if token else 0
         rows = self._store.list(parent.tenant, parent.project, page_size=limit + 1, after_seq=after)
         page = rows[:limit]
-        next_token = encode_token("secrets", parent, page[-1].seq) if len(rows) > limit else ""
+        next_token = (
+            page_tokens.codec().encode("secrets", str(parent), page[-1].seq)
+            if len(rows) > limit
+            else ""
+        )
         return page, next_token
 
     def update(self, name: SecretName, plaintext: bytes, actor: Actor) -> SealedSecretRecord:
@@ -393,12 +382,16 @@ class SealedSecrets:
         """
         limit = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         kind = f"data_keys/{purpose}"
-        after = decode_token(kind, parent, token)[0] if token else 0
+        after = page_tokens.codec().decode(kind, str(parent), token)[0] if token else 0
         rows = self._data_keys.list_page(
             parent.tenant, parent.project, purpose, page_size=limit + 1, after_version=after
         )
         page = rows[:limit]
-        next_token = encode_token(kind, parent, page[-1].version) if len(rows) > limit else ""
+        next_token = (
+            page_tokens.codec().encode(kind, str(parent), page[-1].version)
+            if len(rows) > limit
+            else ""
+        )
         return page, next_token
 
     def rewrap(self, parent: ProjectName, *, batch: int, token: str, actor: Actor) -> RewrapResult:
@@ -416,7 +409,9 @@ class SealedSecrets:
         primary = self._data_keys.existing_primary(tenant, project, PURPOSE)
         if primary is None:
             return RewrapResult(0, 0, "", 0)
-        after, target = decode_token("rewrap", parent, token) if token else (0, primary)
+        after, target = (
+            page_tokens.codec().decode("rewrap", str(parent), token) if token else (0, primary)
+        )
         if target != primary:  # rotated since the last batch: start over towards the new one
             after = 0
         destroyed = {
@@ -459,7 +454,11 @@ class SealedSecrets:
         counts = self._store.count_by_data_key_version(tenant, project)
         remaining = sum(n for v, n in counts.items() if v != primary and v not in destroyed)
         more = len(rows) > limit
-        next_token = encode_token("rewrap", parent, rows[limit - 1].seq, primary) if more else ""
+        next_token = (
+            page_tokens.codec().encode("rewrap", str(parent), rows[limit - 1].seq, primary)
+            if more
+            else ""
+        )
         record(
             self._audit,
             event(
