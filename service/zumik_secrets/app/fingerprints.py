@@ -48,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 from zumik_secrets.app.actor import SYSTEM, Actor
 from zumik_secrets.app.audit import AuditRecorder, audited_change, event
 from zumik_secrets.app.data_keys import REASON_DATA_KEY_DESTROYED, DataKeys
+from zumik_secrets.app.periodic import PeriodicJob
 from zumik_secrets.app.ttl_cache import TtlLru
 from zumik_secrets.core import fingerprints as fp
 from zumik_secrets.core.errors import (
@@ -417,42 +418,7 @@ class Fingerprints:
 _FOREVER = float("inf")
 
 
-class Sweeper:
-    """A daemon thread running :meth:`Fingerprints.sweep` every ``interval`` seconds."""
-
-    def __init__(
-        self, fingerprints: Fingerprints, interval: float = DEFAULT_SWEEP_INTERVAL
-    ) -> None:
-        """Create the sweeper (not started)."""
-        self._fingerprints = fingerprints
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def interval(self) -> float:
-        """Seconds between sweeps (part of the stated destruction bound)."""
-        return self._interval
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread = threading.Thread(
-            target=self._run, name="zumik-fingerprint-sweep", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread. Idempotent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._fingerprints.sweep()
-            except ZumikError as error:
-                _LOG.warning("fingerprint sweep failed: %s", error.reason)
-            except Exception:  # noqa: BLE001 - a background job must never kill the thread
-                _LOG.exception("fingerprint sweep failed")
+def sweeper(fingerprints: Fingerprints, interval: float = DEFAULT_SWEEP_INTERVAL) -> PeriodicJob:
+    """The job running :meth:`Fingerprints.sweep` every ``interval`` seconds (not started); its
+    interval is part of the stated destruction bound."""
+    return PeriodicJob("fingerprint sweep", interval, fingerprints.sweep, log=_LOG)
