@@ -74,7 +74,7 @@ def test_encode_refuses_out_of_range_positions() -> None:
 
 
 def test_the_listings_share_the_codec() -> None:
-    from zumik_secrets.app import api_keys, audit_log, sealed_secrets
+    from zumik_secrets.app import api_keys, audit_reader, sealed_secrets
     from zumik_secrets.core.names import ProjectName
 
     parent = ProjectName("acme", "web")
@@ -83,5 +83,5 @@ def test_the_listings_share_the_codec() -> None:
     assert api_keys.decode_page_token(api_keys.encode_page_token(9, parent, False), parent, False)
     # SealedSecrets calls the codec itself (kind, str(parent)): no wrapper of its own.
     assert not hasattr(sealed_secrets, "encode_token")
-    assert audit_log._read_token(audit_log._make_token(9, "d"), "d") == 9
+    assert audit_reader.read_token(audit_reader.make_token(9, "d"), "d") == 9
     assert codec.decode("api_keys", f"{parent}|0", api_keys.encode_page_token(9, parent, False))
