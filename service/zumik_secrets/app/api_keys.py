@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event, record
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event
 from zumik_secrets.app.claim_issuer import ClaimIssuer, IssuedClaim
 from zumik_secrets.app.verification import (
     CHARGED_RESULTS,
@@ -39,6 +39,7 @@ from zumik_secrets.app.verification import (
     FailureGuard,
     VerifyResult,
     field_required,
+    record_verification,
     validate_scopes,
 )
 from zumik_secrets.core import api_keys as key_format
@@ -367,17 +368,11 @@ class ApiKeyService:
         *,
         limited: str = "",
     ) -> None:
-        outcome = "success" if result is VerifyResult.VALID else "failure"
-        entry = event(
-            actor,
-            rec.tenant_id if rec is not None else None,
-            "api_key.verify",
-            api_key_name(rec) if rec is not None else (handle or ""),
-            "denied" if limited else outcome,
-            limited or result.value,
-            {"result": result.value},
+        tenant = rec.tenant_id if rec is not None else None
+        target = api_key_name(rec) if rec is not None else (handle or "")
+        record_verification(
+            self._audit, actor, "api_key.verify", tenant, target, result, limited=limited
         )
-        record(self._audit, entry, durable=False)
 
     # -- last used -----------------------------------------------------------------------------
 

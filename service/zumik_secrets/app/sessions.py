@@ -32,6 +32,7 @@ from zumik_secrets.app.verification import (
     FailureGuard,
     VerifyResult,
     field_required,
+    record_verification,
     validate_scopes,
 )
 from zumik_secrets.core import session_tokens
@@ -322,17 +323,10 @@ class SessionService:
     def _audit_verify(
         self, result: VerifyResult, rec: SessionRecord | None, actor: Actor, *, limited: str = ""
     ) -> None:
-        outcome = "success" if result is VerifyResult.VALID else "failure"
-        entry = event(
-            actor,
-            rec.tenant_id if rec is not None else None,
-            "session.verify",
-            session_name(rec) if rec is not None else "",
-            "denied" if limited else outcome,
-            limited or result.value,
-            {"result": result.value},
+        tenant, target = (rec.tenant_id, session_name(rec)) if rec is not None else (None, "")
+        record_verification(
+            self._audit, actor, "session.verify", tenant, target, result, limited=limited
         )
-        record(self._audit, entry, durable=False)
 
     # -- touches and sweep ---------------------------------------------------------------------
 
