@@ -174,7 +174,7 @@ def test_non_durable_records_do_not_wait_for_room_while_the_store_is_down(
     try:
         log.record(entry)
         log.record(entry)  # the queue is full now
-        log.writer._set_healthy(False)  # as after a failed commit
+        log._set_healthy(False)
         done = threading.Event()
 
         def record() -> None:

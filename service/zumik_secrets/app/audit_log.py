@@ -1,9 +1,10 @@
 """The tamper-evident audit log: the real :class:`~zumik_secrets.app.audit.AuditRecorder`.
 
-:class:`AuditLog` is the one object the runtime, the servicers and the jobs hold; it composes
-three parts, one owner each:
+:class:`AuditLog` is the one object the runtime, the servicers and the jobs hold; it is the
+writer and composes the other two parts, one owner each:
 
-* :mod:`zumik_secrets.app.audit_writer` records (the outbox of changes, group commit, health);
+* :mod:`zumik_secrets.app.audit_writer` records (the outbox of changes, group commit, health):
+  :class:`AuditLog` is an :class:`~zumik_secrets.app.audit_writer.AuditWriter`;
 * :mod:`zumik_secrets.app.audit_checkpoints` signs checkpoints, keeps the pins, publishes to the
   witness;
 * :mod:`zumik_secrets.app.audit_reader` queries, verifies and exports.
@@ -17,17 +18,16 @@ Retention
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Unpack
 
 from zumik_secrets.app.audit import AuditEntry
 from zumik_secrets.app.audit_checkpoints import AuditCheckpointer, CheckpointKeyInfo
 from zumik_secrets.app.audit_reader import AuditReader
 from zumik_secrets.app.audit_witness import AuditWitness
-from zumik_secrets.app.audit_writer import AuditWriter, utc_now
+from zumik_secrets.app.audit_writer import AuditWriter, WriterOptions, utc_now
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
-from zumik_secrets.app.metrics import Recorder
 from zumik_secrets.core import audit_chain as chain
 from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint
 from zumik_secrets.storage.ports import AuditFilter, AuditStore
@@ -43,8 +43,8 @@ class SweepResult:
     pruned: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-class AuditLog:
-    """Records, stores, checkpoints, verifies, exports and prunes the audit chains."""
+class AuditLog(AuditWriter):
+    """Records (as the writer), checkpoints, verifies, exports and prunes the audit chains."""
 
     def __init__(
         self,
@@ -52,18 +52,12 @@ class AuditLog:
         keys: CheckpointKeys,
         *,
         clock: Callable[[], datetime] = utc_now,
-        group_commit: bool = True,
-        durable_timeout: float = 3.0,
-        queue_limit: int = 10_000,
-        enqueue_timeout: float = 1.0,
-        max_batch: int = 512,
-        linger: float = 0.0,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
         retention: timedelta = DEFAULT_RETENTION,
         retention_for: Callable[[str], timedelta] | None = None,
-        outbox_poll: float = 1.0,
         witness: AuditWitness | None = None,
+        **writer_options: Unpack[WriterOptions],
     ) -> None:
         """Create the log (call :meth:`start` to run its threads).
 
@@ -71,152 +65,52 @@ class AuditLog:
             store: The audit store.
             keys: Checkpoint signing keys (loaded).
             clock: Current time.
-            group_commit, durable_timeout, queue_limit, enqueue_timeout, max_batch, linger,
-                outbox_poll: The writer's (:class:`~zumik_secrets.app.audit_writer.AuditWriter`).
-            checkpoint_every, checkpoint_interval: The checkpointer's
-                (:class:`~zumik_secrets.app.audit_checkpoints.AuditCheckpointer`).
+            checkpoint_every: Events of one tenant (in this process) that trigger a checkpoint.
+            checkpoint_interval: Seconds between periodic checkpoints of moved heads.
             retention: Default retention period.
             retention_for: Per-tenant retention (defaults to ``retention`` for every tenant).
             witness: Where signed checkpoints are also published (None: nowhere).
+            **writer_options: The writer's tuning
+                (:class:`~zumik_secrets.app.audit_writer.WriterOptions`).
         """
-        self._store = store
-        self._clock = clock
-        self._retention = retention
-        self._retention_for = retention_for or (lambda _tenant: retention)
         self.checkpoints = AuditCheckpointer(
             store,
             keys,
             clock=clock,
-            read_barrier=self._read_barrier,
+            read_barrier=self.read_barrier,
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,
             witness=witness,
         )
-        self.writer = AuditWriter(
-            store,
-            clock=clock,
-            group_commit=group_commit,
-            durable_timeout=durable_timeout,
-            queue_limit=queue_limit,
-            enqueue_timeout=enqueue_timeout,
-            max_batch=max_batch,
-            linger=linger,
-            outbox_poll=outbox_poll,
-            on_stored=self.checkpoints.note_stored,
+        super().__init__(
+            store, clock=clock, on_stored=self.checkpoints.note_stored, **writer_options
         )
         self.reader = AuditReader(
-            store, keys, self.checkpoints, read_barrier=self._read_barrier, witness=witness
+            store, keys, self.checkpoints, read_barrier=self.read_barrier, witness=witness
         )
-
-    def _read_barrier(self) -> None:
-        self.writer.read_barrier()
-
-    # -- lifecycle --------------------------------------------------------------------------
+        self._retention = retention
+        self._retention_for = retention_for or (lambda _tenant: retention)
 
     def start(self) -> None:
         """Start the writer thread and the periodic checkpoints."""
-        self.writer.start()
+        super().start()
         self.checkpoints.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued (up to ``timeout``), drain the outbox, stop the threads, then
-        checkpoint what this process wrote. Idempotent."""
-        self.writer.stop(timeout)
+        checkpoint what this process wrote (no unanchored tail after a clean stop). Idempotent."""
+        super().stop(timeout)
         self.checkpoints.stop()
-
-    @property
-    def healthy(self) -> bool:
-        """False from a failed commit (or probe) until the next successful one."""
-        return self.writer.healthy
-
-    def probe(self) -> bool:
-        """Try an audit write (rolled back); update and return :attr:`healthy`."""
-        return self.writer.probe()
-
-    @property
-    def metrics(self) -> Recorder:
-        """Where batch sizes, commit and durable-wait times and failures go."""
-        return self.writer.metrics
-
-    @metrics.setter
-    def metrics(self, recorder: Recorder) -> None:
-        self.writer.metrics = recorder
-
-    @property
-    def on_health_change(self) -> Callable[[bool], None]:
-        """Called with the new health when it changes."""
-        return self.writer.on_health_change
-
-    @on_health_change.setter
-    def on_health_change(self, observer: Callable[[bool], None]) -> None:
-        self.writer.on_health_change = observer
-
-    @property
-    def queue_depth(self) -> int:
-        """Events queued or in flight."""
-        return self.writer.queue_depth
-
-    @property
-    def dropped(self) -> int:
-        """Non-durable events given up on (each logged at ERROR)."""
-        return self.writer.dropped
-
-    @property
-    def commits(self) -> int:
-        """Transactions that stored events."""
-        return self.writer.commits
-
-    @property
-    def drained(self) -> int:
-        """Events moved from the outbox into the chains by this process."""
-        return self.writer.drained
 
     @property
     def rewrites_detected(self) -> int:
         """Rewrites of the chain detected by the pin check."""
         return self.checkpoints.rewrites_detected
 
-    # -- recording (the writer) ---------------------------------------------------------------
-
-    def record(self, entry: AuditEntry, *, durable: bool = False) -> None:
-        """See :meth:`AuditWriter.record`.
-
-        Raises:
-            Unavailable: reason ``AUDIT_UNAVAILABLE``, only when ``durable`` and the event
-                could not be committed in time.
-        """
-        self.writer.record(entry, durable=durable)
-
-    def change(
-        self, *entries: AuditEntry, record_unchanged: bool = True
-    ) -> AbstractContextManager[None]:
-        """See :meth:`AuditWriter.change`.
-
-        Raises:
-            Unavailable: reason ``AUDIT_UNAVAILABLE``, only on its durable fallback.
-        """
-        return self.writer.change(*entries, record_unchanged=record_unchanged)
-
-    def append(self, entry: AuditEntry) -> ChainEvent:
-        """Record one event durably and return it as stored (:meth:`AuditWriter.append`).
-
-        Raises:
-            Unavailable: reason ``AUDIT_UNAVAILABLE`` when it could not be committed in time.
-        """
-        return self.writer.append(entry)
-
-    def drain_outbox(self, wait: float = -1) -> int:
-        """Move every outbox event into the chains now (:meth:`AuditWriter.drain_outbox`).
-
-        Raises:
-            Unavailable: storage is down, or ``wait`` ran out.
-        """
-        return self.writer.drain_outbox(wait)
-
-    # -- checkpoints (the checkpointer) -------------------------------------------------------
+    # -- checkpoints and reads: the checkpointer's and the reader's ----------------------------
 
     def checkpoint_moved_heads(self, limit: int = 10_000) -> int:
-        """Sign a checkpoint over every head no checkpoint covers yet; returns how many.
+        """:meth:`AuditCheckpointer.checkpoint_moved_heads`.
 
         Raises:
             Unavailable: storage is down.
@@ -224,7 +118,7 @@ class AuditLog:
         return self.checkpoints.checkpoint_moved_heads(limit)
 
     def create_checkpoint(self, tenant: str) -> Checkpoint:
-        """Sign (or return the existing) checkpoint over the tenant's current head.
+        """:meth:`AuditCheckpointer.create_checkpoint`.
 
         Raises:
             Unavailable: storage is down.
@@ -235,10 +129,8 @@ class AuditLog:
         """Every checkpoint key, newest first."""
         return self.checkpoints.checkpoint_keys()
 
-    # -- reading (the reader) -----------------------------------------------------------------
-
     def verify(self, tenant: str, start_sequence: int = 0, end_sequence: int = 0) -> ChainReport:
-        """Verify a range of a tenant's chain (:meth:`AuditReader.verify`).
+        """:meth:`AuditReader.verify`.
 
         Raises:
             InvalidArgument: reason ``INVALID_RANGE``.
@@ -247,7 +139,7 @@ class AuditLog:
         return self.reader.verify(tenant, start_sequence, end_sequence)
 
     def export(self, tenant: str, start_sequence: int = 0) -> Iterator[str]:
-        """The tenant's chain as self-verifying export lines (:meth:`AuditReader.export`).
+        """:meth:`AuditReader.export`.
 
         Raises:
             InvalidArgument: a negative start.
@@ -258,7 +150,7 @@ class AuditLog:
     def query(
         self, tenant: str, flt: AuditFilter, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[ChainEvent], str]:
-        """One page of a tenant's events matching ``flt`` (:meth:`AuditReader.query`).
+        """:meth:`AuditReader.query`.
 
         Raises:
             InvalidArgument: a bad page size or a token from another query.

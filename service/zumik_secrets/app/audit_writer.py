@@ -60,6 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
+from typing import TypedDict
 
 from opentelemetry import trace
 
@@ -130,6 +131,18 @@ class _Pending:
         """Wake the waiting caller (durable events; called once, when stored or failed)."""
         if self.done is not None:
             self.done.release()
+
+
+class WriterOptions(TypedDict, total=False):
+    """The writer's tuning (the keyword arguments of :class:`AuditWriter` after ``clock``)."""
+
+    group_commit: bool
+    durable_timeout: float
+    queue_limit: int
+    enqueue_timeout: float
+    max_batch: int
+    linger: float
+    outbox_poll: float
 
 
 class AuditWriter:
@@ -558,7 +571,7 @@ class AuditWriter:
                 return
             if not batch:
                 if not self._healthy:
-                    self._probe()
+                    self.probe()
                 continue
             started = time.monotonic()
             try:
@@ -624,9 +637,6 @@ class AuditWriter:
             if pending.durable:
                 pending.error = audit_unavailable()
                 pending.settle()
-
-    def _probe(self) -> None:
-        self.probe()
 
     def probe(self) -> bool:
         """Try an audit write (rolled back); update and return :attr:`healthy`."""
