@@ -62,14 +62,10 @@ class AuditLog(AuditWriter):
         """Create the log (call :meth:`start` to run its threads).
 
         Args:
-            store: The audit store.
-            keys: Checkpoint signing keys (loaded).
-            clock: Current time.
-            checkpoint_every: Events of one tenant (in this process) that trigger a checkpoint.
-            checkpoint_interval: Seconds between periodic checkpoints of moved heads.
+            store, keys, clock, checkpoint_every, checkpoint_interval, witness: As for
+                :class:`~zumik_secrets.app.audit_checkpoints.AuditCheckpointer`.
             retention: Default retention period.
             retention_for: Per-tenant retention (defaults to ``retention`` for every tenant).
-            witness: Where signed checkpoints are also published (None: nowhere).
             **writer_options: The writer's tuning
                 (:class:`~zumik_secrets.app.audit_writer.WriterOptions`).
         """
