@@ -490,15 +490,17 @@ def test_any_refused_audit_write_is_unavailable_on_postgresql(
 # -- pins (issue 16) ----------------------------------------------------------------------------
 
 
-def test_a_head_read_before_this_process_wrote_more_is_no_rewrite(audit_log: AuditLog) -> None:
+def test_a_head_read_before_this_process_wrote_more_is_no_rewrite(
+    store: Store, audit_log: AuditLog
+) -> None:
     """The checkpointer reads a head, the writer commits more (moving the pin past it): that
     race must not be reported as a rewrite."""
     for i in range(5):
         audit_log.append(entry(i=i))
-    first_three = audit_log._store.event("acme", 3)
+    first_three = store.audit.event("acme", 3)
     assert first_three is not None
-    assert audit_log._pin_conflict("acme", 3, first_three.hash) is None
-    cp = audit_log._sign_head("acme", 3, first_three.hash)
+    assert audit_log.checkpoints.pin_conflict("acme", 3, first_three.hash) is None
+    cp = audit_log.checkpoints.sign_head("acme", 3, first_three.hash)
     assert (cp.sequence, audit_log.rewrites_detected) == (3, 0)
 
 
