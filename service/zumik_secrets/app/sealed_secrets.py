@@ -421,9 +421,7 @@ class SealedSecrets:
             NotFound: no such secret.
         """
         try:
-            with audited_change(
-                self._audit, event(actor, name.tenant, "secret.delete", str(name))
-            ):
+            with audited_change(self._audit, event(actor, name.tenant, "secret.delete", str(name))):
                 if not self._store.delete(name.tenant, name.project, name.id):
                     raise resource_not_found(str(name))
         finally:
