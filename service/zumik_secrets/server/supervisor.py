@@ -33,7 +33,7 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 - starts its own workers (sys.executable), no shell
 import sys
 import threading
 import time
@@ -366,7 +366,7 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         spec = f"{w.index}:{write_fd}:{os.getpid()}"
         try:
-            w.proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            w.proc = subprocess.Popen(  # noqa: S603  # nosec B603 - our own argv, no shell
                 [*self._command, WORKER_OPTION, spec], env=self._env, pass_fds=(write_fd,)
             )
         except OSError:
