@@ -42,23 +42,27 @@ def _config(tmp_path: Path) -> ServerConfig:
     )
 
 
-def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "zumik.supervisor"]
+def _run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, *worker: str, processes: int = 1
+) -> tuple[int, list[logging.LogRecord]]:
+    """Supervise stand-in workers (``worker``: serve|fail, seconds to live); exit code, records."""
+    caplog.set_level(logging.INFO, logger="zumik.supervisor")
+    command = [sys.executable, "-c", _WORKER, *worker]
+    code = Supervisor(_config(tmp_path), processes, command, policy=FAST).run()
+    return code, [r for r in caplog.records if r.name == "zumik.supervisor"]
 
 
 def test_a_crashing_worker_is_restarted_then_the_supervisor_gives_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="zumik.supervisor")
-    command = [sys.executable, "-c", _WORKER, "serve", "0.2"]
-    supervisor = Supervisor(_config(tmp_path), 1, command, policy=FAST)
-    assert supervisor.run() == 1
-    messages = _messages(caplog)
+    code, records = _run(tmp_path, caplog, "serve", "0.2")
+    assert code == 1
+    messages = [r.getMessage() for r in records]
     # Two restarts are allowed within the window; the third exit is a crash loop.
     assert messages.count("worker restarted") == FAST.max_restarts
     assert messages.count("worker exited") == FAST.max_restarts
     assert "worker crash loop: giving up" in messages
-    exited = [r for r in caplog.records if r.getMessage() == "worker exited"]
+    exited = [r for r in records if r.getMessage() == "worker exited"]
     assert [getattr(r, "exit_code", None) for r in exited] == [3, 3]
     assert [getattr(r, "restart_in_s", None) for r in exited] == [0.01, 0.02]
 
@@ -66,11 +70,9 @@ def test_a_crashing_worker_is_restarted_then_the_supervisor_gives_up(
 def test_a_worker_that_never_serves_fails_the_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="zumik.supervisor")
-    command = [sys.executable, "-c", _WORKER, "fail", "0"]
-    supervisor = Supervisor(_config(tmp_path), 2, command, policy=FAST)
-    assert supervisor.run() == 1
-    messages = _messages(caplog)
+    code, records = _run(tmp_path, caplog, "fail", "0", processes=2)
+    assert code == 1
+    messages = [r.getMessage() for r in records]
     assert "worker exited before serving" in messages
     assert "worker restarted" not in messages
     assert messages.count("worker started") == 1  # the second waits for the first to serve
