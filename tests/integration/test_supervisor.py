@@ -307,7 +307,10 @@ def test_port_already_taken_fails_loudly(
             "2",
             ZUMIK_LISTEN=f"127.0.0.1:{port}",
         )
-        code = sup.proc.wait(timeout=30)
+        try:
+            code = sup.proc.wait(timeout=30)
+        finally:
+            sup.stop()  # a supervisor that did start must not outlive the test
     assert code != 0
     text = sup.log.read_text()
     assert f"cannot listen on 127.0.0.1:{port}" in text
