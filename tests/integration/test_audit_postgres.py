@@ -90,6 +90,7 @@ def two_servers(dev_pki: DevPki, pg_url: str, tmp_path: Path) -> Iterator[list[s
             ZUMIK_TLS_CLIENT_CA=str(dev_pki.ca_cert),
             ZUMIK_POLICY_FILE=str(dev_policy_path()),
             ZUMIK_MASTER_KEYRING_FILE=str(keyring),
+            ZUMIK_PROCESSES="1",  # one process per replica: what this test is about
             ZUMIK_WORKERS="8",
             ZUMIK_AUDIT_CHECKPOINT_SECONDS="0.5",  # checkpoints race the appends, on purpose
         )
