@@ -175,6 +175,7 @@ class ZumikServer:
                 runtime.api_keys,
                 runtime.sessions,
                 metrics=runtime.metrics.recorder,
+                revocation_feed=runtime.revocation_feed,
             ),
             self._server,
         )
@@ -283,7 +284,10 @@ class ZumikServer:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         grace = self.runtime.config.drain_seconds if grace is None else grace
-        self._server.stop(grace).wait()
+        stopped = self._server.stop(grace)
+        # Feed streams never finish on their own: end them now rather than after the grace.
+        self.runtime.revocation_feed.close()
+        stopped.wait()
         self.limits.shutdown()
         self.denial_audit.close()
         if self.health_listener is not None:
