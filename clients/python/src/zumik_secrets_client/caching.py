@@ -54,6 +54,8 @@ _LOG = logging.getLogger("zumik_secrets_client.caching")
 DEFAULT_MAX_TTL: Final = 60.0
 #: Default number of cached answers.
 DEFAULT_MAX_ENTRIES: Final = 10_000
+#: Shorter lives are not worth an entry.
+MIN_TTL: Final = 0.01
 #: Events remembered to judge answers that were in flight (far more than arrive in a few s).
 _RECENT_EVENTS: Final = 4096
 _VALID: Final = common_pb2.VERIFY_RESULT_VALID
@@ -206,7 +208,7 @@ class VerificationCache:
         now = self._clock()
         with self._lock:
             if (
-                ttl <= 0
+                ttl < MIN_TTL
                 or not credential_id
                 or not self._synced
                 or ticket.epoch != self._epoch
