@@ -33,7 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 from zumik.secrets.v1 import common_pb2, key_service_pb2, key_service_pb2_grpc
 
 from bench.harness import (

@@ -189,8 +189,9 @@ def test_silent_stream_fails_closed(zumik_server: RunningServer) -> None:
     feed = zumik_server.runtime.revocation_feed
     with _verifier(zumik_server) as verifier:
         _cached(verifier, lambda: verifier.verify_api_key(key.raw_key))
-        real_read = feed._last_read  # noqa: SLF001 - simulate a server that cannot read its feed
-        feed._last_read = lambda: 0.0  # noqa: SLF001
+        # Simulate a server whose watcher cannot read the change feed.
+        real_read = feed._last_read
+        feed._last_read = lambda: 0.0
         try:
             deadline = time.monotonic() + verifier.cache.stall_after + 3
             while verifier.cache.serving() and time.monotonic() < deadline:
@@ -200,7 +201,7 @@ def test_silent_stream_fails_closed(zumik_server: RunningServer) -> None:
             assert verifier.verify_api_key(key.raw_key).result == VALID
             assert verifier.stats().hits == hits, "answered from memory on a silent stream"
         finally:
-            feed._last_read = real_read  # noqa: SLF001
+            feed._last_read = real_read
         assert verifier.wait_synced(10)
         deadline = time.monotonic() + 5
         while not verifier.cache.serving() and time.monotonic() < deadline:

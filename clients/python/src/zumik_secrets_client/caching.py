@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import secrets
 import threading
 import time
@@ -549,7 +548,7 @@ class CachingVerifier:
                 self._synced_event.clear()
                 with self._call_lock:
                     self._call = None
-            if self._closed.wait(backoff * (0.5 + random.random())):  # noqa: S311 - jitter
+            if self._closed.wait(backoff * (0.5 + secrets.randbelow(1000) / 1000)):
                 return
             backoff = min(backoff * 2, 5.0)
 
