@@ -260,6 +260,13 @@ def test_resume_replays_or_says_resync(zumik_server: RunningServer) -> None:
         _first_messages(keys, -1, 1)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert error_info(err.value).reason == "INVALID_RANGE"
+    # Cancelled streams give back their subscription, stream worker and per-peer slot.
+    deadline = time.monotonic() + 5
+    feed, limits = zumik_server.runtime.revocation_feed, zumik_server.server.limits
+    gateway = "spiffe://zumik.local/svc/gateway"
+    while (feed.subscribers or limits.streams_held(gateway)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert feed.subscribers == 0 and limits.streams_held(gateway) == 0
 
 
 def test_only_verifiers_without_a_claim_may_subscribe(zumik_server: RunningServer) -> None:
