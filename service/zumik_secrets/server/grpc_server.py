@@ -192,6 +192,7 @@ class ZumikServer:
                 runtime.api_keys,
                 runtime.sessions,
                 metrics=runtime.metrics.recorder,
+                revocation_feed=runtime.revocation_feed,
             ),
             self._server,
         )
@@ -304,7 +305,10 @@ class ZumikServer:
         if self._on_health is not None:
             self._on_health(False)
         grace = self.runtime.config.drain_seconds if grace is None else grace
-        self._server.stop(grace).wait()
+        stopped = self._server.stop(grace)
+        # Feed streams never finish on their own: end them now rather than after the grace.
+        self.runtime.revocation_feed.close()
+        stopped.wait()
         self.limits.shutdown()
         self.denial_audit.close()
         if self.health_listener is not None:
