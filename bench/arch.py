@@ -17,7 +17,7 @@ from bench.runner import Result, RunSpec, measure
 from bench.scenarios import Ctx, NotServed, SetupFailed, _verify_warm
 
 if TYPE_CHECKING:
-    from bench.cli import Settings
+    from bench.settings import Settings
 
 EMPTY = "/zumik.bench.v1.BenchService/Empty"
 

@@ -9,7 +9,6 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,57 +25,10 @@ from bench.harness import (
 from bench.loadgen import Generators
 from bench.runner import Result, RunSpec, measure
 from bench.scenarios import BY_NAME, SCENARIOS, Ctx, NotServed, SetupFailed
+from bench.settings import Progress, Settings
 
 RESULTS = REPO / "bench" / "results"
 LATEST_PNG = REPO / "bench" / "latest.png"
-
-
-@dataclass
-class Settings:
-    """The knobs of one invocation."""
-
-    quick: bool
-    scenarios: list[str]
-    concurrency: list[int]
-    warmup: float
-    duration: float
-    backend: str
-    generators: int
-    generator: str
-    channels: int
-    server_procs: int
-    peer: bool
-    scale: bool
-    scale_rows: int
-    arch: bool
-    profile: bool
-    server_env: dict[str, str] = field(default_factory=dict)
-
-
-class Progress:
-    """A one-line progress indicator on stderr."""
-
-    def __init__(self, total: int) -> None:
-        """Start counting ``total`` steps."""
-        self.total = max(1, total)
-        self.done = 0
-        self.started = time.monotonic()
-
-    def step(self, text: str) -> None:
-        """Show the step about to run."""
-        self.done += 1
-        elapsed = time.monotonic() - self.started
-        line = f"[{self.done:>3}/{self.total}] {elapsed:6.0f}s  {text}"
-        if sys.stderr.isatty():
-            sys.stderr.write("\r\033[K" + line)
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def end(self) -> None:
-        """Finish the line."""
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
 
 
 def _parse_list(text: str) -> list[int]:

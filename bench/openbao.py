@@ -25,7 +25,7 @@ from bench.loadgen import Generators, Tls
 from bench.runner import Result, RunSpec, measure
 
 if TYPE_CHECKING:
-    from bench.cli import Progress, Settings
+    from bench.settings import Progress, Settings
 
 TOKEN = "root"  # noqa: S105 - the throwaway dev server's root token
 KEY = "bench"

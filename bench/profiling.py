@@ -22,7 +22,7 @@ from bench.runner import Result, RunSpec, measure
 from bench.scenarios import BY_NAME, Ctx, NotServed, SetupFailed
 
 if TYPE_CHECKING:
-    from bench.cli import Settings
+    from bench.settings import Settings
 
 TOP_SCENARIOS = ("empty", "verify_warm", "seal_1k", "open_1k", "fp_100")
 

@@ -36,7 +36,7 @@ from bench.runner import Result, RunSpec, measure
 from bench.scenarios import PROJECT, TENANT, Ctx, NotServed, SetupFailed, _open
 
 if TYPE_CHECKING:
-    from bench.cli import Settings
+    from bench.settings import Settings
 
 DB = "zumik_bench_scale"
 SMALL = 1_000
