@@ -47,7 +47,8 @@ class Job:
         kind: ``aio``, ``threads`` or ``http``.
         target: ``host:port``.
         tls: Credentials.
-        method: gRPC method path, or ``"<HTTP method> <path>"`` for http.
+        method: gRPC method path, or ``"<HTTP method> <path>"`` for http (in the path ``{n}``
+            becomes a name unique to each call, ``{k}`` the index of the request body).
         requests: Request bodies, used round-robin (each caller starts at its own offset).
         metadata: gRPC metadata (or HTTP headers) sent with every call.
         concurrency: Callers in this generator.
@@ -234,19 +235,30 @@ def _threads_job(job: Job) -> Share:
 # -- HTTP/1.1 keep-alive over TLS -------------------------------------------------------------
 
 
+def http_path(path: str, index: int, unique: str) -> str:
+    """The path of one HTTP call: ``{k}`` is the request body's index, ``{n}`` a unique name."""
+    return path.replace("{k}", str(index)).replace("{n}", unique)
+
+
 async def _http_job(job: Job) -> Share:
     host, port = job.target.rsplit(":", 1)
     ctx = ssl.create_default_context(cadata=job.tls.ca.decode("ascii"))
     verb, path = job.method.split(" ", 1)
     headers = "".join(f"{k}: {v}\r\n" for k, v in job.metadata)
-    heads = [
+    # A path holding "{n}" gets a name no other call of the run uses (a KV put of a new secret,
+    # as Seal stores a new one): "<run>-<generator>-<caller>-<count>". "{k}" is the index of the
+    # request body sent with it (a GET over 64 paths: 64 empty bodies).
+    templated = "{n}" in path
+    tails = [
         (
-            f"{verb} {path} HTTP/1.1\r\nHost: {job.target}\r\n{headers}"
+            f" HTTP/1.1\r\nHost: {job.target}\r\n{headers}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode("ascii")
         + body
         for body in job.requests
     ]
+    heads = [f"{verb} {http_path(path, j, '')}".encode("ascii") + t for j, t in enumerate(tails)]
+    run = f"{int(job.start_at * 1000) % 10**9}-{job.offset}"
     win = _Window(job)
     lat: array[float] = array("d")
     errors: Counter[str] = Counter()
@@ -257,8 +269,15 @@ async def _http_job(job: Job) -> Share:
         await asyncio.sleep(max(0.0, win.start - time.perf_counter()))
         perf = time.perf_counter
         try:
+            count = 0
             while True:
-                req = heads[pos % len(heads)]
+                if templated:
+                    count += 1
+                    j = pos % len(tails)
+                    name = http_path(path, j, f"{run}-{i}-{count}")
+                    req = f"{verb} {name}".encode("ascii") + tails[j]
+                else:
+                    req = heads[pos % len(heads)]
                 pos += job.concurrency
                 t0 = perf()
                 writer.write(req)

@@ -34,6 +34,7 @@ class Result:
     client_cpu_us_per_call: float = 0.0
     ratio_to_empty: float | None = None
     notes: str = ""
+    channels: int = 0  # channels per generator (0: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the JSON report."""
