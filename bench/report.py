@@ -229,6 +229,7 @@ def scale_targets(scale: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Verify and Open within 10% from 1,000 to the large size (every round), from bench/scale."""
     out = []
     ratios = (scale or {}).get("ratios") or {}
+    sizes = (scale or {}).get("sizes") or [1_000, 1_000_000]
     for name in ("verify_warm", "open_1k"):
         r = ratios.get(name) or {}
         value = _num(r.get("ratio"))
@@ -248,7 +249,8 @@ def scale_targets(scale: dict[str, Any] | None) -> list[dict[str, Any]]:
             _target(
                 f"scale_{name}",
                 "scale",
-                f"{_NAMES[name]}: 1,000,000 rows within 10% of 1,000 (median; every round)",
+                f"{_NAMES[name]}: {sizes[-1]:,} rows within 10% of {sizes[0]:,}"
+                " (median; every round)",
                 value,
                 met,
                 note,
@@ -480,6 +482,8 @@ def peer_ratios_markdown(peers: Sequence[dict[str, Any]]) -> str:
 
 def peer_ratios_text(peers: Sequence[dict[str, Any]]) -> str:
     """Our/OpenBao ratios for the terminal."""
+    if all(p["ratio"] is None for p in peers):
+        return "  not measured (no pair has both sides in this run)"
     out = []
     for p in peers:
         ratio = "n/a (" + p.get("note", "") + ")" if p["ratio"] is None else f"{p['ratio']:.2f}x"
