@@ -26,7 +26,7 @@ from bench.harness import (
 from bench.loadgen import Generators
 from bench.openbao import peer_steps, run_openbao
 from bench.profiling import run_profile
-from bench.runner import Result, RunSpec, measure
+from bench.runner import Result, measure
 from bench.scale import run_scale
 from bench.scenarios import BY_NAME, SCENARIOS, Ctx, NotServed, SetupFailed
 from bench.settings import Progress, Settings
@@ -239,19 +239,8 @@ def run_scenarios(
                         results.append(row)
                         continue
                     server.reset_log()
-                    spec = RunSpec(
-                        kind=s.generator,
-                        target=server.target,
-                        tls=env.tls(),
-                        method=prep.method,
-                        requests=prep.requests,
-                        metadata=prep.metadata,
-                        concurrency=c,
-                        warmup=s.warmup,
-                        duration=s.duration,
-                        channels_per_generator=ch,
-                        distinct=prep.distinct,
-                        items_per_call=prep.items_per_call,
+                    spec = prep.spec(
+                        s.generator, server.target, env.tls(), c, s.warmup, s.duration, ch
                     )
                     measure(gens, spec, server.pids, proc_cpu_seconds, proc_rss_bytes, row)
                     logged = server.reset_log()
