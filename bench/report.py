@@ -85,21 +85,26 @@ def table(results: Sequence[Result]) -> str:
             f"{items:>9} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.p999_ms:>7.2f} "
             f"{sum(r.errors.values()):>5} {r.server_cpu_pct:>7.0f} "
             f"{r.server_cpu_us_per_call:>7.0f} {r.server_rss_mb:>7.0f} {ratio:>6}"
-            + (f"  ({r.notes})" if r.notes else "")
+            + (f"  ({_notes(r)})" if _notes(r) else "")
         )
     return "\n".join(lines)
+
+
+def _notes(r: Result) -> str:
+    split = "/".join(f"{x:.0f}" for x in r.server_cpu_split)
+    return "; ".join(x for x in (r.notes, f"CPU split {split}%" if split else "") if x)
 
 
 def markdown_table(results: Sequence[Result]) -> str:
     """The same table in Markdown (for bench/README.md)."""
     lines = [
         "| group | scenario | c | calls/s | items/s | p50 ms | p99 ms | p99.9 ms | errors "
-        "| server CPU % | server us/call | RSS MB | x empty |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server CPU % | server us/call | RSS MB | x empty | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in results:
         if r.status != "ok":
-            lines.append(f"| {r.group} | {r.label} | {r.concurrency} | {r.status} |" + " |" * 9)
+            lines.append(f"| {r.group} | {r.label} | {r.concurrency} | {r.status} |" + " |" * 10)
             continue
         ratio = f"{r.ratio_to_empty:.2f}" if r.ratio_to_empty is not None else "-"
         items = _fmt_num(r.items_per_s) if r.items_per_s != r.throughput else ""
@@ -107,7 +112,7 @@ def markdown_table(results: Sequence[Result]) -> str:
             f"| {r.group} | {r.label} | {r.concurrency} | {_fmt_num(r.throughput)} | {items} "
             f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f} | {sum(r.errors.values())} "
             f"| {r.server_cpu_pct:.0f} | {r.server_cpu_us_per_call:.0f} | {r.server_rss_mb:.0f} "
-            f"| {ratio} |"
+            f"| {ratio} | {_notes(r)} |"
         )
     return "\n".join(lines)
 

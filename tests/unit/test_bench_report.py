@@ -147,10 +147,12 @@ def test_channel_sweep_rows_compare_with_the_empty_run_of_their_channels() -> No
         _row("channels", "empty", 64, 1000.0, channels=2),
         _row("channels", "empty", 64, 2000.0, channels=8),
         _row("channels", "verify_warm", 64, 800.0, channels=2),
-        _row("channels", "verify_warm", 64, 800.0, channels=8),
+        _row("channels", "verify_warm", 64, 800.0, channels=8, server_cpu_split=[61.5, 38.5]),
     ]
     report.set_empty_ratios(rows)
     assert [r.ratio_to_empty for r in rows[2:]] == [pytest.approx(0.8), pytest.approx(0.4)]
+    assert "(CPU split 62/38%)" in report.table(rows)
+    assert "| CPU split 62/38% |" in report.markdown_table(rows)
     s = settings_from(build_parser().parse_args(["--channels", "2,4,8", "--quick"]))
     assert s.channels == 2 and s.channel_sweep == [2, 4, 8]
     assert s.peer_concurrency == [64]
