@@ -203,6 +203,10 @@ class ServerGroup:
                 "ZUMIK_POLICY_FILE": str(e.policy_file),
                 "ZUMIK_MASTER_KEYRING_FILE": str(e.keyring_file),
                 "ZUMIK_BENCH_EMPTY_RPC": "1",
+                # Each process the harness starts is one server process (the bench starts and
+                # measures N itself, `--reuse-port`); `serve` would otherwise supervise one
+                # worker per core on PostgreSQL and the measured pid would be the supervisor.
+                "ZUMIK_PROCESSES": "1",
                 "GRPC_VERBOSITY": "ERROR",
                 "PYTHONPATH": os.pathsep.join(
                     [str(REPO / "service"), str(REPO / "clients/python/src"), str(REPO)]
