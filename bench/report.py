@@ -55,7 +55,7 @@ GATEWAY_RATIO = 100.0
 GATEWAY_REVOCATION_S = 1.0
 SCALE_BAND = 0.10
 FP_100_RATE = 100_000.0  # kept from the earlier bar (issue 9)
-GATEWAY_JSON = "latest-gateway-cache.json"  # written by bench/gateway_cache.py
+GATEWAY_JSON = "gateway_cache.json"  # written by bench/gateway_cache.py (its --output default)
 
 
 def _fmt_num(v: float) -> str:
@@ -194,20 +194,35 @@ def _num(value: Any) -> float | None:
 
 
 def gateway_targets(gateway: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The two gateway-cache targets from bench/gateway_cache.py's JSON (or not measured)."""
+    """The two gateway-cache targets from bench/gateway_cache.py's JSON (or not measured).
+
+    Its JSON holds, per backend, ``ratio_per_client_core`` and ``revocation_ms`` (``p99``,
+    ``n``): the worst backend counts, and the revocation target needs both backends with at
+    least 100 revocations each.
+    """
     ratio = rev = None
-    where = "not measured (bench/gateway_cache.py has not written " + GATEWAY_JSON + ")"
-    if gateway is not None:
-        where = f"bench/gateway_cache.py, {gateway.get('started', 'time not recorded')}"
-        ratio = _num(gateway.get("ratio"))
-        cached = _num(gateway.get("cached_per_core_per_s"))
-        uncached = _num(gateway.get("uncached_per_core_per_s"))
-        if ratio is None and cached is not None and uncached:
-            ratio = cached / uncached
-        p99 = gateway.get("revocation_p99_s")
-        values = [_num(v) for v in p99.values()] if isinstance(p99, dict) else [_num(p99)]
-        known = [v for v in values if v is not None]
-        rev = max(known) if known else None
+    where = f"not measured (no bench/results/{GATEWAY_JSON}: run python -m bench.gateway_cache)"
+    rev_note = where
+    backends = (gateway or {}).get("backends")
+    if isinstance(backends, dict) and backends:
+        names = ", ".join(sorted(backends))
+        date = (gateway or {}).get("date") or "undated"
+        where = f"bench/gateway_cache.py, {date} ({names})"
+        ratios = [_num(b.get("ratio_per_client_core")) for b in backends.values()]
+        known = [x for x in ratios if x is not None]
+        ratio = min(known) if known else None
+        revs = [b.get("revocation_ms") or {} for b in backends.values()]
+        p99s = [_num(r.get("p99")) for r in revs]
+        counts = [int(r.get("n") or 0) for r in revs]
+        if all(x is not None for x in p99s):
+            rev = max(x for x in p99s if x is not None) / 1000.0
+        rev_note = f"{where}; revocations per backend: {', '.join(map(str, counts))}"
+        if rev is not None and (len(backends) < 2 or min(counts) < 100):
+            rev_note += " (the target asks for both backends and >= 100 each)"
+    rev_met = None
+    if rev is not None:
+        full = len(backends or {}) >= 2 and "(the target asks" not in rev_note
+        rev_met = rev <= GATEWAY_REVOCATION_S and full
     return [
         _target(
             "gateway_cache_vs_uncached",
@@ -223,8 +238,8 @@ def gateway_targets(gateway: dict[str, Any] | None) -> list[dict[str, Any]]:
             "gateway",
             f"revocation seen through the cache within {GATEWAY_REVOCATION_S:.0f} s (p99)",
             rev,
-            None if rev is None else rev <= GATEWAY_REVOCATION_S,
-            where,
+            rev_met,
+            rev_note,
             unit="s",
         ),
     ]

@@ -5,6 +5,7 @@ Nothing here starts a server or measures anything (CI never runs the bench itsel
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,15 +98,28 @@ def test_ratios_targets_and_peer_pairs() -> None:
 
 def test_gateway_figures_come_from_gateway_cache_json(tmp_path: Path) -> None:
     assert report.read_gateway(tmp_path) is None
-    (tmp_path / report.GATEWAY_JSON).write_text(
-        '{"cached_per_core_per_s": 250000, "uncached_per_core_per_s": 2000,'
-        ' "revocation_p99_s": {"sqlite": 0.2, "postgresql": 1.4}, "started": "t"}'
-    )
-    got = _met(report.gateway_targets(report.read_gateway(tmp_path)))
-    assert got == {"gateway_cache_vs_uncached": True, "gateway_revocation_p99": False}
-    (tmp_path / report.GATEWAY_JSON).write_text('{"ratio": 40.0, "revocation_p99_s": 0.3}')
-    got = _met(report.gateway_targets(report.read_gateway(tmp_path)))
-    assert got == {"gateway_cache_vs_uncached": False, "gateway_revocation_p99": True}
+    assert _met(report.gateway_targets(None)) == {
+        "gateway_cache_vs_uncached": None,
+        "gateway_revocation_p99": None,
+    }
+
+    def backend(ratio: float, p99_ms: float, n: int = 120) -> dict[str, object]:
+        return {"ratio_per_client_core": ratio, "revocation_ms": {"p99": p99_ms, "n": n}}
+
+    def write(backends: dict[str, object]) -> list[dict[str, object]]:
+        payload = {"date": "2026-12-03T23:00:00Z", "backends": backends}
+        (tmp_path / report.GATEWAY_JSON).write_text(json.dumps(payload))
+        return report.gateway_targets(report.read_gateway(tmp_path))
+
+    got = write({"sqlite": backend(250.0, 200.0), "postgresql": backend(180.0, 1400.0)})
+    assert _met(got) == {"gateway_cache_vs_uncached": True, "gateway_revocation_p99": False}
+    assert got[0]["value"] == 180.0 and got[1]["value"] == pytest.approx(1.4)  # the worst
+    got = write({"sqlite": backend(40.0, 300.0), "postgresql": backend(150.0, 500.0)})
+    assert _met(got) == {"gateway_cache_vs_uncached": False, "gateway_revocation_p99": True}
+    got = write({"sqlite": backend(400.0, 300.0)})  # one backend is not the target
+    assert _met(got) == {"gateway_cache_vs_uncached": True, "gateway_revocation_p99": False}
+    got = write({"sqlite": backend(400.0, 30.0, n=50), "postgresql": backend(400.0, 30.0)})
+    assert got[1]["met"] is False and ">= 100 each" in got[1]["note"]
     (tmp_path / report.GATEWAY_JSON).write_text("not json")
     assert report.read_gateway(tmp_path) is None
 
