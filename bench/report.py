@@ -265,6 +265,9 @@ def scale_targets(scale: dict[str, Any] | None) -> list[dict[str, Any]]:
                 if rounds
                 else "one round"
             )
+            a, b = r.get("cpu_us_per_call_small"), r.get("cpu_us_per_call_large")
+            if a and b:
+                note += f"; server CPU/call {a:,.0f} -> {b:,.0f} us ({b / a:.2f}x)"
         out.append(
             _target(
                 f"scale_{name}",

@@ -293,9 +293,11 @@ def scale_ratios(measured: list[tuple[int, int, Result]], small: int, large: int
     out: dict[str, Any] = {}
     for scenario in ("verify_warm", "open_1k"):
         by: dict[int, dict[int, float]] = {small: {}, large: {}}
+        cpu: dict[int, list[float]] = {small: [], large: []}
         for size, k, r in measured:
             if r.scenario == scenario and r.status == "ok" and size in by:
                 by[size][k] = r.throughput
+                cpu[size].append(r.server_cpu_us_per_call)
         a, b = by[small], by[large]
         if not a or not b:
             out[scenario] = {"ratio": None}
@@ -312,6 +314,9 @@ def scale_ratios(measured: list[tuple[int, int, Result]], small: int, large: int
             "round_ratios": rounds,
             "spread_small": (max(a.values()) - min(a.values())) / med_a if med_a else None,
             "spread_large": (max(b.values()) - min(b.values())) / med_b if med_b else None,
+            # Server CPU per call: steadier than calls/s when the machine is shared.
+            "cpu_us_per_call_small": statistics.median(cpu[small]) if cpu[small] else None,
+            "cpu_us_per_call_large": statistics.median(cpu[large]) if cpu[large] else None,
             "flat_within_10pct": ratio is not None
             and abs(1 - ratio) <= 0.10
             and all(abs(1 - x) <= 0.10 for x in rounds),

@@ -145,6 +145,7 @@ def test_scale_ratios_need_every_round_within_the_band() -> None:
     assert v["ratio"] == pytest.approx(980 / 1000) and v["flat_within_10pct"]
     assert v["round_ratios"] == pytest.approx([0.98, 1050 / 1100, 950 / 900])
     assert v["spread_small"] == pytest.approx(0.2)
+    assert v["cpu_us_per_call_small"] == 0.0  # the rows here carry no CPU figures
     assert not ratios["open_1k"]["flat_within_10pct"]  # round 1 is 0.80
     met = _met(report.scale_targets({"ratios": ratios}))
     assert met == {"scale_verify_warm": True, "scale_open_1k": False}
