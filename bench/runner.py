@@ -60,6 +60,7 @@ class RunSpec:
     method: str
     requests: list[bytes]
     metadata: tuple[tuple[str, str], ...] = ()
+    caller_metadata: tuple[tuple[tuple[str, str], ...], ...] = ()
     concurrency: int = 1
     warmup: float = 1.0
     duration: float = 5.0
@@ -93,6 +94,7 @@ def measure(
                 method=spec.method,
                 requests=tuple(reqs),
                 metadata=spec.metadata,
+                caller_metadata=spec.caller_metadata,
                 concurrency=c,
                 channels=spec.channels_per_generator,
                 start_at=start_at,
