@@ -195,7 +195,11 @@ class BaoServer:
     def request(
         self, method: str, path: str, body: dict[str, Any] | None = None, token: str | None = None
     ) -> Any:
-        """One HTTPS call (default: the root token); returns the decoded JSON (or None)."""
+        """One HTTPS call (default: the root token); returns the decoded JSON (or None).
+
+        A call that times out is tried again (twice): on a shared machine under load a set-up
+        call can take longer than the 30 s allowed; an extra token or secret is harmless.
+        """
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
@@ -204,12 +208,18 @@ class BaoServer:
             method=method,
             headers={"X-Vault-Token": token or self.token, "Content-Type": "application/json"},
         )
-        try:
-            with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:  # noqa: S310
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:200]
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code} {detail}") from exc
+        for attempt in range(3):
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:  # noqa: S310
+                    raw = resp.read()
+                break
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:200]
+                raise RuntimeError(f"{method} {path}: HTTP {exc.code} {detail}") from exc
+            except (TimeoutError, urllib.error.URLError) as exc:
+                timed_out = isinstance(getattr(exc, "reason", exc), TimeoutError)
+                if attempt == 2 or not timed_out:
+                    raise
         return json.loads(raw) if raw else None
 
     def reset_audit(self) -> None:
