@@ -313,14 +313,17 @@ def targets(
         for ours, theirs in pairs:
             a = _find(results, "zumik", ours, c)
             b = _find(results, peer, theirs, c)
-            value = a.throughput / b.throughput if a and b and b.throughput else None
-            note = ""
-            if value is None:
+            value: float | None = None
+            if a is None or b is None or not b.throughput:
                 note = _peer_note(results, peer, theirs, c) or (
                     f"{ours if a is None else theirs} not measured"
                 )
             else:
-                note = f"{a.throughput:,.0f}/s vs {b.throughput:,.0f}/s"  # type: ignore[union-attr]
+                value = a.throughput / b.throughput
+                note = (
+                    f"{a.throughput:,.0f}/s vs {b.throughput:,.0f}/s; "
+                    f"load {a.load1:.1f} vs {b.load1:.1f}"
+                )
             out.append(
                 _target(
                     f"{ours}_vs_{theirs}_{'prod' if peer == 'openbao_prod' else 'dev'}",

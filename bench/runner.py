@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from collections import Counter
@@ -36,6 +37,7 @@ class Result:
     notes: str = ""
     channels: int = 0  # channels per generator (0: not recorded)
     server_cpu_split: list[float] = field(default_factory=list)  # % of server CPU per process
+    load1: float = 0.0  # the machine's 1-minute load average at the end of the window
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the JSON report."""
@@ -120,6 +122,7 @@ def measure(
             samples[f"pid{i}"] = b - a
         samples["t1"] = time.monotonic()
         samples["rss"] = sum(rss_of(p) for p in server_pids)
+        samples["load1"] = os.getloadavg()[0]
 
     th = threading.Thread(target=sampler)
     th.start()
@@ -169,6 +172,7 @@ def measure(
         result.server_cpu_us_per_call = 1e6 * server_cpu / total_calls
         result.client_cpu_us_per_call = 1e6 * client_cpu / total_calls
     result.server_rss_mb = samples.get("rss", 0) / 2**20
+    result.load1 = samples.get("load1", 0.0)
     if exhausted:
         result.notes = f"distinct requests ran out after {seconds:.1f}s"
     if errors and not n:
