@@ -321,7 +321,8 @@ def targets(
             else:
                 value = a.throughput / b.throughput
                 note = (
-                    f"{a.throughput:,.0f}/s vs {b.throughput:,.0f}/s; "
+                    f"{a.throughput:,.0f}/s vs {b.throughput:,.0f}/s; server CPU/call "
+                    f"{a.server_cpu_us_per_call:,.0f} vs {b.server_cpu_us_per_call:,.0f} us; "
                     f"load {a.load1:.1f} vs {b.load1:.1f}"
                 )
             out.append(

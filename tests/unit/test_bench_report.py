@@ -83,7 +83,9 @@ def test_ratios_targets_and_peer_pairs() -> None:
     by_key = {t["target"]: t for t in got}
     assert by_key["verify_warm_vs_token_lookup_prod"]["value"] == pytest.approx(850 / 800)
     assert "did not run: boom" in by_key["seal_1k_vs_kv_put_1k_dev"]["note"]
-    assert by_key["verify_warm_vs_token_lookup_prod"]["note"] == "850/s vs 800/s; load 0.0 vs 0.0"
+    assert by_key["verify_warm_vs_token_lookup_prod"]["note"] == (
+        "850/s vs 800/s; server CPU/call 0 vs 0 us; load 0.0 vs 0.0"
+    )
     assert by_key["seal_1k_vs_empty"]["value"] == pytest.approx(0.4)
     peers = {(p["peer"], p["openbao"]): p for p in report.peer_ratios(rows)}
     assert peers[("openbao_prod", "kv_put_1k")]["ratio"] == pytest.approx(400 / 300)
