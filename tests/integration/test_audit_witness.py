@@ -265,7 +265,7 @@ def test_a_checkpoint_key_planted_in_the_database_is_not_trusted(
         )
     finally:
         store.close()
-    server.runtime.audit._keys.refresh()
+    server.runtime.audit_log.checkpoints.keys.refresh()
     listed = server.stubs("auditor").audit.ListCheckpointKeys(
         apb.ListCheckpointKeysRequest(), timeout=10
     )

@@ -457,18 +457,50 @@ def test_probe_write_leaves_nothing(store: Store) -> None:
     assert store.audit.events("~probe", after_sequence=0, limit=5) == []
 
 
+def test_any_refused_audit_write_is_unavailable_on_postgresql(
+    store: Store, store_url: str, backend: str
+) -> None:
+    """PostgreSQL audit writes fail closed: an error the kernel does not map (here a trigger's
+    exception) is Unavailable too, never a driver error. SQLite maps its errors in the write
+    transaction itself (a refused row stays its sqlite3 error, as before issue 17)."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's fail-closed mapping")
+    raw = RawDb(store_url)
+    raw.run(
+        "CREATE FUNCTION zumik_test_refuse() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+    )
+    try:
+        raw.run(
+            "CREATE TRIGGER zumik_test_refuse BEFORE INSERT ON audit_events"
+            " FOR EACH ROW EXECUTE FUNCTION zumik_test_refuse()"
+        )
+        draft = ac.EventDraft(
+            "acme", "ev-1", datetime.now(UTC), "a", "", "x.y", "t", "success", "", "", ()
+        )
+        with pytest.raises(Unavailable):
+            store.audit.append([draft])
+        with pytest.raises(Unavailable):
+            store.audit.probe_write()
+        assert store.audit.head("acme") is None
+    finally:
+        raw.run("DROP FUNCTION zumik_test_refuse() CASCADE")
+
+
 # -- pins (issue 16) ----------------------------------------------------------------------------
 
 
-def test_a_head_read_before_this_process_wrote_more_is_no_rewrite(audit_log: AuditLog) -> None:
+def test_a_head_read_before_this_process_wrote_more_is_no_rewrite(
+    store: Store, audit_log: AuditLog
+) -> None:
     """The checkpointer reads a head, the writer commits more (moving the pin past it): that
     race must not be reported as a rewrite."""
     for i in range(5):
         audit_log.append(entry(i=i))
-    first_three = audit_log._store.event("acme", 3)
+    first_three = store.audit.event("acme", 3)
     assert first_three is not None
-    assert audit_log._pin_conflict("acme", 3, first_three.hash) is None
-    cp = audit_log._sign_head("acme", 3, first_three.hash)
+    assert audit_log.checkpoints.pin_conflict("acme", 3, first_three.hash) is None
+    cp = audit_log.checkpoints.sign_head("acme", 3, first_three.hash)
     assert (cp.sequence, audit_log.rewrites_detected) == (3, 0)
 
 

@@ -22,7 +22,7 @@ from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.audit import AuditEntry
 from zumik_secrets.app.customer_keys import CustomerKeys
 from zumik_secrets.app.data_keys import DataKeys
-from zumik_secrets.app.fingerprints import Fingerprints, MatchResult, Sweeper
+from zumik_secrets.app.fingerprints import Fingerprints, MatchResult, sweeper
 from zumik_secrets.app.handles import Handles
 from zumik_secrets.core import fingerprints as fp
 from zumik_secrets.core.errors import InvalidArgument, NotFound, Unavailable
@@ -307,10 +307,10 @@ def test_periodic_sweep_across_projects(env: Env) -> None:
         A.tenant,
         B.tenant,
     }
-    sweeper = Sweeper(env.fps, interval=0.05)
-    sweeper.start()
-    sweeper.stop()
-    sweeper.stop()
+    job = sweeper(env.fps, interval=0.05)
+    job.start()
+    job.stop()
+    job.stop()
 
 
 def test_second_rotation_during_a_window_keeps_one_previous(env: Env) -> None:

@@ -23,7 +23,6 @@ the usage flusher every second or so), never once per verification.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import threading
 import time
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event
 from zumik_secrets.app.claim_issuer import ClaimIssuer, IssuedClaim
 from zumik_secrets.app.verification import (
     CHARGED_RESULTS,
@@ -40,6 +39,7 @@ from zumik_secrets.app.verification import (
     FailureGuard,
     VerifyResult,
     field_required,
+    record_verification,
     validate_scopes,
 )
 from zumik_secrets.core import api_keys as key_format
@@ -58,8 +58,6 @@ from zumik_secrets.core.names import ApiKeyName, ProjectName
 from zumik_secrets.core.primitives import sha256
 from zumik_secrets.storage.ports import ApiKeyStore
 from zumik_secrets.storage.records import ApiKeyRecord, ChangeRecord
-
-_LOG = logging.getLogger("zumik.api_keys")
 
 
 def _nothing() -> None:
@@ -370,16 +368,10 @@ class ApiKeyService:
         *,
         limited: str = "",
     ) -> None:
-        outcome = "success" if result is VerifyResult.VALID else "failure"
-        self._record(
-            "api_key.verify",
-            rec.tenant_id if rec is not None else None,
-            api_key_name(rec) if rec is not None else (handle or ""),
-            "denied" if limited else outcome,
-            limited or result.value,
-            actor,
-            durable=False,
-            attributes={"result": result.value},
+        tenant = rec.tenant_id if rec is not None else None
+        target = api_key_name(rec) if rec is not None else (handle or "")
+        record_verification(
+            self._audit, actor, "api_key.verify", tenant, target, result, limited=limited
         )
 
     # -- last used -----------------------------------------------------------------------------
@@ -457,19 +449,17 @@ class ApiKeyService:
             last_used_at=None,
             rotated_from=None,
         )
-        with self._audit.change(self._issue_entry("api_key.create", draft, actor)):
+        with audited_change(self._audit, self._issue_entry("api_key.create", draft, actor)):
             rec = self._store.insert(draft)
         return CreatedApiKey(rec, generated.raw)
 
     def _issue_entry(self, action: str, rec: ApiKeyRecord, actor: Actor) -> AuditEntry:
         """The event of a key issued (written in the transaction that stores the key)."""
-        return self._audit_entry(
-            action,
-            rec.tenant_id,
-            api_key_name(rec),
-            "success",
-            "OK",
+        return event(
             actor,
+            rec.tenant_id,
+            action,
+            api_key_name(rec),
             attributes={"scopes": " ".join(rec.scopes), "env": rec.env},
         )
 
@@ -514,9 +504,9 @@ class ApiKeyService:
         Raises:
             NotFound: no such key in this tenant and project.
         """
-        entry = self._audit_entry("api_key.revoke", name.tenant, str(name), "success", "OK", actor)
+        entry = event(actor, name.tenant, "api_key.revoke", str(name))
         try:
-            with self._audit.change(entry):
+            with audited_change(self._audit, entry):
                 rec = self._store.revoke(name.tenant, name.project, name.id, _dt(self._clock()))
                 if rec is None:
                     raise resource_not_found(str(name))
@@ -571,7 +561,7 @@ class ApiKeyService:
             seq=0,
         )
         try:
-            with self._audit.change(self._issue_entry("api_key.rotate", new_rec, actor)):
+            with audited_change(self._audit, self._issue_entry("api_key.rotate", new_rec, actor)):
                 inserted = self._store.insert_rotation(new_rec, old.key_id, now + grace)
         except NotFound:
             raise resource_not_found(str(name)) from None
@@ -580,62 +570,6 @@ class ApiKeyService:
         self.after_change()
         previous = self._store.get(name.tenant, name.project, name.id) or old
         return RotatedApiKey(inserted, generated.raw, self._overlay(previous))
-
-    # -- audit ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def _audit_entry(
-        action: str,
-        tenant_id: str | None,
-        target: str,
-        outcome: str,
-        reason: str,
-        actor: Actor,
-        *,
-        attributes: dict[str, str] | None = None,
-    ) -> AuditEntry:
-        return AuditEntry(
-            tenant_id=tenant_id,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action=action,
-            target=target,
-            outcome=outcome,
-            reason=reason,
-            trace_id=actor.trace_id,
-            attributes=attributes or {},
-        )
-
-    def _record(
-        self,
-        action: str,
-        tenant_id: str | None,
-        target: str,
-        outcome: str,
-        reason: str,
-        actor: Actor,
-        *,
-        durable: bool,
-        attributes: dict[str, str] | None = None,
-    ) -> None:
-        entry = AuditEntry(
-            tenant_id=tenant_id,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action=action,
-            target=target,
-            outcome=outcome,
-            reason=reason,
-            trace_id=actor.trace_id,
-            attributes=attributes or {},
-        )
-        if durable:
-            self._audit.record(entry, durable=True)
-            return
-        try:
-            self._audit.record(entry, durable=False)
-        except ZumikError:
-            _LOG.warning("audit of %s failed", action)
 
 
 def _binding(parent: ProjectName, show_revoked: bool) -> str:

@@ -4,15 +4,21 @@ Two ways to record:
 
 * **A change** (create/rotate/revoke a key or session, seal/update/delete a secret, data-key and
   fingerprint-key lifecycle, settings, customer keys, handles, purge steps): wrap the one
-  storage call that makes it in ``with recorder.change(AuditEntry(...)):``. The event is
+  storage call that makes it in ``with audited_change(recorder, AuditEntry(...)):``. The event is
   written in that call's database transaction (the audit outbox, drained into the hash chain
   by the writer thread), so after any crash the change and its event are both there or both
   absent. A change whose event cannot be written does not happen (fail closed).
-* **No change** (verifications, denials, Open, failures): ``recorder.record(AuditEntry(...),
+* **No change** (verifications, denials, Open, failures): ``record(recorder, AuditEntry(...),
   durable=...)``. ``durable`` asks the recorder not to return until the event is stored;
-  sensitive reads (Open) set it and fail closed when the recorder raises ``Unavailable``.
+  sensitive reads (Open) set it and fail closed when the recorder fails.
   Non-durable events are group-committed within tens of milliseconds; a crash in that window
   loses them, which is why no change is recorded that way.
+
+The fail-closed rule lives here, once (docs/AUDIT.md, "A change whose durable audit event
+fails"): use cases record through :func:`record` and :func:`audited_change`, never through the
+recorder's methods directly. Whatever the recorder raises for a durable event (or for a change's
+events), the caller gets :class:`Unavailable` with reason ``AUDIT_UNAVAILABLE`` and the change or
+the result does not happen; a lost non-durable event is logged and the call goes on.
 
 The server records into :class:`zumik_secrets.app.audit_log.AuditLog` (the tamper-evident,
 hash-chained store with group commit). :class:`LogAuditRecorder` remains for unit tests that
@@ -29,7 +35,12 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from zumik_secrets.app.actor import Actor
+from zumik_secrets.core.errors import Unavailable, ZumikError
+
 _AUDIT_LOG = logging.getLogger("zumik.audit")
+
+REASON_AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +174,107 @@ class LogAuditRecorder:
         yield
         for entry in entries:
             self.record(entry, durable=True)
+
+
+def audit_unavailable() -> Unavailable:
+    """The error of a durable audit event (or a change's event) that could not be stored."""
+    return Unavailable(
+        "the audit trail cannot record this call right now; nothing was done or returned that "
+        "needed it, retry later",
+        reason=REASON_AUDIT_UNAVAILABLE,
+    )
+
+
+def event(
+    actor: Actor,
+    tenant_id: str | None,
+    action: str,
+    target: str,
+    outcome: str = "success",
+    reason: str = "OK",
+    attributes: Mapping[str, str] | None = None,
+) -> AuditEntry:
+    """The event of ``actor``'s call (a successful change's unless ``outcome`` says otherwise)."""
+    return AuditEntry(
+        tenant_id=tenant_id,
+        actor=actor.identity,
+        actor_subject=actor.subject,
+        action=action,
+        target=target,
+        outcome=outcome,
+        reason=reason,
+        trace_id=actor.trace_id,
+        attributes=dict(attributes or {}),
+    )
+
+
+def _failed(action: str, error: BaseException) -> None:
+    # An outage (a ZumikError) is expected and already logged by the recorder; anything else is
+    # a bug of the recorder and keeps its traceback. Entries hold no secret; errors' text is not
+    # logged.
+    _AUDIT_LOG.warning(
+        "audit of %s failed (%s)",
+        action,
+        type(error).__name__,
+        exc_info=not isinstance(error, ZumikError),
+    )
+
+
+def record(recorder: AuditRecorder, entry: AuditEntry, *, durable: bool) -> bool:
+    """Record an event that goes with no change: the one fail-closed rule for such events.
+
+    Args:
+        recorder: Where it goes.
+        entry: The event.
+        durable: Whether the caller's result depends on it being stored (Open, a break-glass
+            use): then any failure of the recorder fails the call.
+
+    Returns:
+        True when the recorder took it; False when a non-durable event was lost (logged; the
+        caller may raise an alert of its own).
+
+    Raises:
+        Unavailable: reason ``AUDIT_UNAVAILABLE``, only when ``durable`` and the recorder
+            failed (whatever it raised).
+    """
+    try:
+        recorder.record(entry, durable=durable)
+    except Exception as error:  # noqa: BLE001 - any recorder failure: fail closed when durable
+        _failed(entry.action, error)
+        if durable:
+            raise audit_unavailable() from None
+        return False
+    return True
+
+
+@contextmanager
+def audited_change(
+    recorder: AuditRecorder, *entries: AuditEntry, record_unchanged: bool = True
+) -> Iterator[None]:
+    """:meth:`AuditRecorder.change` under the fail-closed rule: wrap the one storage call.
+
+    The block's own errors (the storage call's, including a transaction that could not write
+    the events) pass through unchanged; a failure of the recorder itself (staging the events,
+    or the durable record of a block that changed nothing) becomes ``AUDIT_UNAVAILABLE``.
+
+    Raises:
+        Unavailable: reason ``AUDIT_UNAVAILABLE`` when the recorder failed.
+    """
+    action = entries[0].action if entries else "a change"
+    manager = recorder.change(*entries, record_unchanged=record_unchanged)
+    try:
+        manager.__enter__()
+    except Exception as error:  # noqa: BLE001 - any recorder failure fails closed
+        _failed(action, error)
+        raise audit_unavailable() from None
+    try:
+        yield
+    except BaseException as error:
+        if not manager.__exit__(type(error), error, error.__traceback__):
+            raise
+        return
+    try:
+        manager.__exit__(None, None, None)
+    except Exception as error:  # noqa: BLE001 - any recorder failure fails closed
+        _failed(action, error)
+        raise audit_unavailable() from None

@@ -1,70 +1,13 @@
 """The tamper-evident audit log: the real :class:`~zumik_secrets.app.audit.AuditRecorder`.
 
-Changes (the outbox)
-    ``with log.change(entry):`` around the storage call that makes a change stages the entry's
-    draft; the adapters write it to ``audit_outbox`` in that call's transaction
-    (:mod:`zumik_secrets.storage.outbox`), so the change and its event are both committed or
-    neither. The writer thread moves outbox rows into the chain (drain: chain and delete in one
-    transaction, ``max_batch`` at a time) when this process wrote some, every ``outbox_poll``
-    seconds for other processes' rows (a replica killed before its writer ran), at start and at
-    stop. Reads of the chain (query, verify, export, checkpoint) drain first. Nobody waits for
-    the chain: the caller's transaction made the event durable.
+:class:`AuditLog` is the one object the runtime, the servicers and the jobs hold; it is the
+writer and composes the other two parts, one owner each:
 
-Recording (events that record no change)
-    ``record(entry, durable=...)`` cleans the entry (secret-looking values become
-    ``[REDACTED]``, see :func:`zumik_secrets.core.audit_events.sanitize`), gives it an id and a
-    time, and queues it for the writer thread.
-
-Group commit
-    One writer thread takes *everything* queued (up to ``max_batch`` events) and stores it in
-    one transaction (the store chains each tenant's events under that tenant's head lock), so
-    many events share one commit. Events that arrive while a commit is in flight form the next
-    batch. A durable event is committed at once; when only non-durable events are queued the
-    writer lingers up to ``linger`` (``ZUMIK_AUDIT_LINGER_MS``, 20 ms) for more, so a steady
-    stream of verification events costs one commit per linger instead of one per few events
-    (the wake-ups and commits were most of a warm VerifyApiKey's audit cost, bench/README.md).
-    Callers wake the writer only when it sleeps idle, or when their event cannot wait. Bounds:
-
-    * ``durable=True`` callers wait for their batch's commit (one held lock each, released by
-      the writer) at most ``durable_timeout`` seconds, then get :class:`Unavailable` (reason
-      ``AUDIT_UNAVAILABLE``). If the commit fails they get it at once.
-    * ``durable=False`` callers do not wait; their events are written by the next commit, within
-      the linger plus one commit (well under 50 ms at the measured commit latencies). If a
-      commit fails their events go back to the head of the queue and are retried (backoff
-      50 ms doubling to 0.5 s) while the process lives: never silently dropped.
-    * The queue is bounded (``queue_limit`` events, retried ones included). When it is full
-      ``durable=False`` callers block up to ``enqueue_timeout`` (1 s, and never past their
-      deadline) for room, and not at all while the store is unhealthy; only if the store has
-      been failing long enough to fill it *and* the wait runs out is an event dropped, and then
-      it is counted (:attr:`AuditLog.dropped`) and logged at ERROR, with health already
-      NOT_SERVING. (Events of changes never take this path: they commit with the change.)
-      ``durable=True`` callers wait for room within their own deadline and get
-      Unavailable otherwise.
-
-Health
-    :attr:`healthy` turns False when a commit fails and True after the next success; while
-    unhealthy and idle the writer probes the store (an insert rolled back) every half second, so
-    health recovers without traffic and without a restart.
-
-Checkpoints
-    A background thread signs a checkpoint for every chain whose head moved, every
-    ``checkpoint_interval`` seconds, and sooner when a tenant gained ``checkpoint_every`` events
-    in this process (and once more when the log stops). :meth:`create_checkpoint` signs one on
-    demand, :meth:`export` one over the head it exports.
-
-Witness and pins (issue 16)
-    Every checkpoint signed here is also published to the witness
-    (:mod:`zumik_secrets.app.audit_witness`), a sink the database writer cannot rewrite, and
-    :meth:`verify` checks the chain against the witness's checkpoints too. The process also
-    remembers, per tenant, the last link it wrote itself (a *pin*: sequence and hash). Before
-    signing a head it checks that the stored event at the pinned sequence still has the pinned
-    hash; since every hash covers all earlier events, that one read detects any rewrite of the
-    chain up to the pin, including a re-linked one. On a mismatch it signs the pinned link (the
-    truth as written) instead of the head, stores and publishes it, and logs an ERROR; every
-    later verification then fails with ``CHECKPOINT_MISMATCH``. Pins live in memory: events
-    written by a process that dies before its next checkpoint are pinned by nothing, so the
-    unanchored tail is at most ``checkpoint_interval`` seconds or ``checkpoint_every`` events
-    of a tenant.
+* :mod:`zumik_secrets.app.audit_writer` records (the outbox of changes, group commit, health):
+  :class:`AuditLog` is an :class:`~zumik_secrets.app.audit_writer.AuditWriter`;
+* :mod:`zumik_secrets.app.audit_checkpoints` signs checkpoints, keeps the pins, publishes to the
+  witness;
+* :mod:`zumik_secrets.app.audit_reader` queries, verifies and exports.
 
 Retention
     :meth:`sweep` removes, per tenant, the events older than the tenant's retention period,
@@ -74,109 +17,23 @@ Retention
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import logging
-import threading
-import time
-from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from typing import Unpack
 
-from opentelemetry import trace
-
-from zumik_secrets.app.audit import AuditEntry, note_recorded
+from zumik_secrets.app.audit import AuditEntry
+from zumik_secrets.app.audit_checkpoints import AuditCheckpointer, CheckpointKeyInfo
+from zumik_secrets.app.audit_reader import AuditReader
 from zumik_secrets.app.audit_witness import AuditWitness
+from zumik_secrets.app.audit_writer import AuditWriter, WriterOptions, utc_now
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
-from zumik_secrets.app.metrics import NOOP, Recorder
 from zumik_secrets.core import audit_chain as chain
-from zumik_secrets.core import deadlines, page_tokens
-from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint, EventDraft
-from zumik_secrets.core.audit_events import sanitize
-from zumik_secrets.core.errors import FieldViolation, InvalidArgument, Unavailable, ZumikError
-from zumik_secrets.core.handles import new_handle
-from zumik_secrets.storage import outbox
+from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint
 from zumik_secrets.storage.ports import AuditFilter, AuditStore
 
-_LOG = logging.getLogger("zumik.audit")
-
-REASON_AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 SERVICE_ACTOR = "zumik-secrets"
 DEFAULT_RETENTION = timedelta(days=400)
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-_READ_PAGE = 500
-_MAX_BACKOFF = 0.5
-"""Longest pause of the writer between attempts while the store fails, seconds."""
-_TRACER = trace.get_tracer("zumik_secrets.audit")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def audit_unavailable() -> Unavailable:
-    """The error of a durable record that could not be made durable."""
-    return Unavailable("the audit log is unavailable, retry later", reason=REASON_AUDIT_UNAVAILABLE)
-
-
-class _Pending:
-    """A queued event; a durable one carries ``done``, a lock held until it is settled.
-
-    A plain lock (acquired here, released once by whoever settles the event) is the cheapest
-    way for the caller to wait: ``acquire(timeout=...)`` waits in C without the GIL, where a
-    ``threading.Event`` builds a Python condition and a waiter lock on every call.
-    """
-
-    __slots__ = (
-        "cancelled",
-        "done",
-        "draft",
-        "dropped",
-        "durable",
-        "error",
-        "link",
-        "result",
-        "taken",
-    )
-
-    def __init__(self, draft: EventDraft, *, durable: bool) -> None:
-        self.draft = draft
-        self.durable = durable
-        self.done: threading.Lock | None = None
-        if durable:
-            self.done = threading.Lock()
-            self.done.acquire()
-        self.result: ChainEvent | None = None
-        self.error: ZumikError | None = None
-        self.taken = False
-        self.cancelled = False
-        self.dropped = False  # a non-durable event given up on (counted and logged)
-        # The waiting caller's span (durable events while tracing): the commit span links it.
-        self.link: trace.SpanContext | None = None
-
-    def settle(self) -> None:
-        """Wake the waiting caller (durable events; called once, when stored or failed)."""
-        if self.done is not None:
-            self.done.release()
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointKeyInfo:
-    """A checkpoint key's public half as published.
-
-    Attributes:
-        kid: Key id.
-        public_key: Raw Ed25519 public key.
-        status: ``active`` or ``retired`` (``retiring`` keys no longer sign: retired here).
-    """
-
-    kid: str
-    public_key: bytes
-    status: str
 
 
 @dataclass
@@ -186,859 +43,116 @@ class SweepResult:
     pruned: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-class AuditLog:
-    """Records, stores, checkpoints, verifies, exports and prunes the audit chains."""
+class AuditLog(AuditWriter):
+    """Records (as the writer), checkpoints, verifies, exports and prunes the audit chains."""
 
     def __init__(
         self,
         store: AuditStore,
         keys: CheckpointKeys,
         *,
-        clock: Callable[[], datetime] = _now,
-        group_commit: bool = True,
-        durable_timeout: float = 3.0,
-        queue_limit: int = 10_000,
-        enqueue_timeout: float = 1.0,
-        max_batch: int = 512,
-        linger: float = 0.0,
+        clock: Callable[[], datetime] = utc_now,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
         retention: timedelta = DEFAULT_RETENTION,
         retention_for: Callable[[str], timedelta] | None = None,
-        outbox_poll: float = 1.0,
         witness: AuditWitness | None = None,
+        **writer_options: Unpack[WriterOptions],
     ) -> None:
         """Create the log (call :meth:`start` to run its threads).
 
         Args:
-            store: The audit store.
-            keys: Checkpoint signing keys (loaded).
-            clock: Current time.
-            group_commit: Write through the writer thread (True) or in the caller's thread,
-                one transaction per event (False: for measurements).
-            durable_timeout: Longest a durable record waits for its commit, seconds (and never
-                past the caller's deadline minus a margin). Below the client's default
-                deadline (5 s), so a durable call fails UNAVAILABLE rather than time out.
-            queue_limit: Events queued (retries included) before callers block.
-            enqueue_timeout: Longest a non-durable record waits for queue room, seconds.
-            max_batch: Most events per transaction.
-            linger: When only non-durable events are queued, how long the writer waits for
-                more before committing, seconds (0: commit at once). A durable event or a full
-                batch ends the wait. Fewer, larger commits cost less CPU per event; nobody
-                waits for a non-durable event, so only its time to disk grows.
-            checkpoint_every: Events of one tenant (in this process) that trigger a checkpoint.
-            checkpoint_interval: Seconds between periodic checkpoints of moved heads.
+            store, keys, clock, checkpoint_every, checkpoint_interval, witness: As for
+                :class:`~zumik_secrets.app.audit_checkpoints.AuditCheckpointer`.
             retention: Default retention period.
             retention_for: Per-tenant retention (defaults to ``retention`` for every tenant).
-            outbox_poll: Seconds between looks at the outbox for events this process did not
-                write (another replica's, or one killed before its writer drained them).
-            witness: Where signed checkpoints are also published (None: nowhere).
+            **writer_options: The writer's tuning
+                (:class:`~zumik_secrets.app.audit_writer.WriterOptions`).
         """
-        self._store = store
-        self._keys = keys
-        self._clock = clock
-        self._group_commit = group_commit
-        self._durable_timeout = durable_timeout
-        self._queue_limit = queue_limit
-        self._enqueue_timeout = enqueue_timeout
-        self._max_batch = max_batch
-        self._linger = linger
-        self._checkpoint_every = checkpoint_every
-        self._checkpoint_interval = checkpoint_interval
+        self.checkpoints = AuditCheckpointer(
+            store,
+            keys,
+            clock=clock,
+            read_barrier=self.read_barrier,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+            witness=witness,
+        )
+        super().__init__(
+            store, clock=clock, on_stored=self.checkpoints.note_stored, **writer_options
+        )
+        self.reader = AuditReader(
+            store, keys, self.checkpoints, read_barrier=self.read_barrier, witness=witness
+        )
         self._retention = retention
         self._retention_for = retention_for or (lambda _tenant: retention)
-        self._outbox_poll = outbox_poll
-        self._outbox_due = True  # drain leftovers at start
-        self._next_outbox_poll = 0.0
-        self._drain_lock = threading.Lock()
-        self.drained = 0
-        self._witness = witness
-        self._unpublished: list[Checkpoint] = []  # witness publishes to retry, under _pin_lock
-        self._pins: dict[str, tuple[int, bytes]] = {}  # last link written here, per tenant
-        self._published: dict[tuple[str, int, bytes], None] = {}  # under _pin_lock
-        self._pin_lock = threading.Lock()
-        #: Rewrites detected by the pin check (each logged at ERROR and signed as the truth).
-        self.rewrites_detected = 0
-        # One lock, two conditions: the writer waits on ``_work``, callers waiting for queue
-        # room on ``_room``. A caller wakes the writer only when it is idle (or lingering and the
-        # event cannot wait), so a busy writer is not woken once per event.
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
-        self._room = threading.Condition(self._lock)
-        self._queue: deque[_Pending] = deque()
-        self._queued = 0  # queued + in flight, under _lock
-        self._durable_queued = 0  # durable events in _queue, under _lock
-        self._writer_waiting = False  # the writer sleeps on _work, under _lock
-        self._lingering = False  # ... and may sleep on until the linger ends, under _lock
-        self._stopping = False
-        self._stop = threading.Event()
-        self._checkpoint_wake = threading.Event()
-        self._since_checkpoint: defaultdict[str, int] = defaultdict(int)
-        self._healthy = True
-        self.dropped = 0
-        self.commits = 0
-        self.on_health_change: Callable[[bool], None] = lambda healthy: None
-        #: Where batch sizes, commit and durable-wait times and failures go (the runtime sets it).
-        self.metrics: Recorder = NOOP
-        # Daemon: if the store is down at shutdown, stop() gives up after its timeout (and logs
-        # what was left) instead of keeping the process alive.
-        self._writer = threading.Thread(
-            target=self._write_loop, name="zumik-audit-writer", daemon=True
-        )
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="zumik-audit-checkpoints", daemon=True
-        )
-
-    # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer and checkpoint threads."""
-        if self._group_commit:
-            self._writer.start()
-        self._checkpointer.start()
+        """Start the writer thread and the periodic checkpoints."""
+        super().start()
+        self.checkpoints.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Write what is queued (up to ``timeout``), then stop the threads. Idempotent."""
-        with self._lock:
-            self._stopping = True
-            self._work.notify_all()
-            self._room.notify_all()
-        self._stop.set()
-        self._checkpoint_wake.set()
-        if self._writer.is_alive():
-            self._writer.join(timeout)
-        checkpointing = self._checkpointer.is_alive()
-        if checkpointing:
-            self._checkpointer.join(timeout)
-        try:  # first, so that the final checkpoint covers the events of this process's changes
-            self.drain_outbox()
-        except Exception:  # noqa: BLE001 - what is left is drained at the next start
-            _LOG.warning("audit outbox not drained at shutdown (drained at the next start)")
-        if checkpointing:
-            try:  # anchor what this process wrote, so a clean stop leaves no unanchored tail
-                self.checkpoint_moved_heads()
-            except Exception:  # noqa: BLE001 - best effort at shutdown
-                _LOG.warning("final audit checkpoint failed", exc_info=True)
-        with self._lock:
-            left = [p for p in self._queue if not p.cancelled]
-        if left:
-            _LOG.error("audit events not written at shutdown", extra={"count": len(left)})
+        """Write what is queued (up to ``timeout``), drain the outbox, stop the threads, then
+        checkpoint what this process wrote (no unanchored tail after a clean stop). Idempotent."""
+        super().stop(timeout)
+        self.checkpoints.stop()
 
     @property
-    def healthy(self) -> bool:
-        """False from a failed commit (or probe) until the next successful one."""
-        return self._healthy
+    def rewrites_detected(self) -> int:
+        """Rewrites of the chain detected by the pin check."""
+        return self.checkpoints.rewrites_detected
 
-    def _set_healthy(self, ok: bool) -> None:
-        if ok == self._healthy:
-            return
-        self._healthy = ok
-        if ok:
-            _LOG.warning("audit store recovered")
-        else:
-            _LOG.error("audit store unavailable: durable audit records fail closed")
-        try:
-            self.on_health_change(ok)
-        except Exception:  # noqa: BLE001 - a broken observer must not stop the writer
-            _LOG.exception("audit health observer failed")
-
-    # -- recording --------------------------------------------------------------------------
-
-    def _draft(self, entry: AuditEntry) -> EventDraft:
-        target, reason, attributes = sanitize(entry.target, entry.reason, entry.attributes)
-        return EventDraft(
-            tenant=entry.tenant_id or chain.SERVICE_TENANT,
-            event_id=new_handle("evt"),
-            time=self._clock().astimezone(UTC),
-            actor=entry.actor,
-            actor_subject=entry.actor_subject,
-            action=entry.action,
-            target=target,
-            outcome=entry.outcome,
-            reason=reason,
-            trace_id=entry.trace_id,
-            attributes=tuple(sorted(attributes.items())),
-        )
-
-    def record(self, entry: AuditEntry, *, durable: bool = False) -> None:
-        """Record one event (see the module docstring for the bounds).
-
-        Raises:
-            Unavailable: reason ``AUDIT_UNAVAILABLE``, only when ``durable`` and the event
-                could not be committed within ``durable_timeout``.
-        """
-        if durable:
-            self.append(entry)
-            return
-        pending = _Pending(self._draft(entry), durable=False)
-        self._submit(pending)
-        if not pending.dropped:
-            note_recorded(entry.actor)
-
-    @contextmanager
-    def change(self, *entries: AuditEntry, record_unchanged: bool = True) -> Iterator[None]:
-        """Record ``entries`` in the transaction of the change the block makes (issue 24).
-
-        Wrap exactly the one storage call that makes the change. The events are written to the
-        outbox in that call's transaction, so after any crash the change and its events are
-        both there or both absent; the writer thread moves them into the chain (at once, and
-        at the next start for leftovers). Nobody waits for the chain.
-
-        If the block raises, nothing is recorded (the caller records a failure if it wants).
-        If the block made no change (a revoke of an already revoked key), the events are
-        recorded durably instead (:meth:`append`), unless ``record_unchanged`` is False (a
-        caller that retries a lost race records nothing for the attempt).
-
-        Raises:
-            Unavailable: reason ``AUDIT_UNAVAILABLE``, only on that durable fallback.
-        """
-        drafts = [self._draft(entry) for entry in entries]
-        with outbox.staged(drafts) as holder:
-            yield
-        if holder.taken:
-            self._outbox_written()
-            for entry in entries:
-                note_recorded(entry.actor)
-            return
-        if record_unchanged:
-            for entry in entries:
-                self.append(entry)
-
-    def _outbox_written(self) -> None:
-        """Wake the writer to chain the outbox (events of this process just committed)."""
-        if self._outbox_due:
-            return
-        with self._lock:
-            self._outbox_due = True
-            if self._writer_waiting and not self._lingering:
-                self._work.notify()
-
-    def drain_outbox(self, wait: float = -1) -> int:
-        """Move every outbox event into the chains now; returns how many.
-
-        Serialised within this process (``wait``: longest wait for another drain of this
-        process, seconds; -1 waits for it); other processes drain their share in parallel.
-
-        Raises:
-            Unavailable: storage is down (what was moved stays moved), or ``wait`` ran out.
-        """
-        moved = 0
-        if not self._drain_lock.acquire(timeout=wait):
-            raise audit_unavailable()
-        try:
-            self._outbox_due = False
-            while True:
-                started = time.monotonic()
-                try:
-                    events = self._store.drain_outbox(self._max_batch)
-                except BaseException:
-                    self._outbox_due = True
-                    self.metrics.audit_batch(0, time.monotonic() - started, False)
-                    raise
-                if events:
-                    self.metrics.audit_batch(len(events), time.monotonic() - started, True)
-                moved += len(events)
-                self.drained += len(events)
-                if events:
-                    self.commits += 1
-                    self._count(events)
-                if len(events) < self._max_batch:
-                    return moved
-        finally:
-            self._drain_lock.release()
-
-    def _read_barrier(self) -> None:
-        """Before a read of the chain: chain what waits in the outbox (read your changes)."""
-        # On failure the read itself reports the outage, or shows what is chained.
-        with contextlib.suppress(ZumikError):
-            self.drain_outbox(wait=deadlines.budget(1.0))
-
-    def append(self, entry: AuditEntry) -> ChainEvent:
-        """Record one event durably and return it as stored (with sequence and hash).
-
-        Raises:
-            Unavailable: reason ``AUDIT_UNAVAILABLE`` when it could not be committed in time.
-        """
-        try:
-            wait = deadlines.budget(self._durable_timeout)
-        except Unavailable:
-            raise audit_unavailable() from None
-        pending = _Pending(self._draft(entry), durable=True)
-        started = time.monotonic()
-        deadline = started + wait
-        outcome = "error"
-        # A child span of the call: the wait for the commit holding this event (a no-op span
-        # when tracing is off). It carries the action only, never the event's content.
-        with _TRACER.start_as_current_span(
-            "zumik.audit.append", attributes={"zumik.audit.action": pending.draft.action}
-        ) as span:
-            if span.is_recording():
-                pending.link = span.get_span_context()
-            try:
-                self._submit(pending, deadline)
-                done = pending.done
-                if done is None or not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                    with self._lock:
-                        if not pending.taken:
-                            pending.cancelled = True
-                    if pending.result is not None:
-                        outcome = "ok"
-                        note_recorded(entry.actor)
-                        return pending.result
-                    outcome = "timeout"
-                    raise audit_unavailable()
-                if pending.error is not None or pending.result is None:
-                    raise audit_unavailable()
-                outcome = "ok"
-                note_recorded(entry.actor)
-                return pending.result
-            finally:
-                self.metrics.audit_durable_wait(time.monotonic() - started, outcome)
-                if outcome != "ok":
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
-
-    def _submit(self, pending: _Pending, deadline: float | None = None) -> None:
-        if deadline is None:
-            # A non-durable event waits for queue room only while the store works (room then
-            # comes within a commit) and never past the caller's deadline: during an outage a
-            # full queue would otherwise hold every call's worker for the whole wait.
-            wait = 0.0 if not self._healthy else self._enqueue_timeout
-            left = deadlines.remaining()
-            if left is not None:
-                wait = max(0.0, min(wait, left))
-            deadline = time.monotonic() + wait
-        if self._group_commit and self._enqueue(pending, deadline):
-            return
-        self._write_direct(pending)
-
-    def _enqueue(self, pending: _Pending, deadline: float) -> bool:
-        """Queue for the writer; False when stopping (the caller writes it directly).
-
-        Raises:
-            Unavailable: a durable event found no room before its deadline.
-        """
-        with self._lock:
-            while self._queued >= self._queue_limit and not self._stopping:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._room.wait(remaining)
-            if self._stopping:
-                return False
-            if self._queued >= self._queue_limit:
-                if pending.durable:
-                    raise audit_unavailable()
-                self.dropped += 1
-                pending.dropped = True
-                _LOG.error(
-                    "audit queue full: event dropped",
-                    extra={"action": pending.draft.action, "dropped_total": self.dropped},
-                )
-                return True
-            self._queue.append(pending)
-            self._queued += 1
-            if pending.durable:
-                self._durable_queued += 1
-            if self._writer_waiting and (
-                not self._lingering or pending.durable or len(self._queue) >= self._max_batch
-            ):
-                self._work.notify()
-            return True
-
-    def _write_direct(self, pending: _Pending) -> None:
-        """One event, one transaction, in the caller's thread (no group commit)."""
-        try:
-            (pending.result,) = self._store.append([pending.draft])
-        except ZumikError as exc:
-            self._set_healthy(False)
-            pending.error = exc
-            if pending.durable:
-                raise audit_unavailable() from exc
-            self.dropped += 1
-            pending.dropped = True
-            _LOG.error("audit event not written", extra={"action": pending.draft.action})
-            return
-        self._set_healthy(True)
-        pending.settle()
-        self._count([pending.result])
-
-    # -- the writer thread ------------------------------------------------------------------
-
-    def _take_batch(self) -> list[_Pending] | None:
-        """Wait for work; None when stopping with nothing left."""
-        with self._lock:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                if self._outbox_due or time.monotonic() >= self._next_outbox_poll:
-                    return []  # the outbox first
-                if not self._healthy:
-                    self._sleep(0.5)
-                    if not self._queue:
-                        return []  # idle while unhealthy: probe
-                    break
-                self._sleep(max(0.0, min(1.0, self._next_outbox_poll - time.monotonic())))
-            if self._linger > 0:
-                self._linger_for_more()
-            batch: list[_Pending] = []
-            while self._queue and len(batch) < self._max_batch:
-                pending = self._queue.popleft()
-                if pending.durable:
-                    self._durable_queued -= 1
-                if pending.cancelled:
-                    self._queued -= 1
-                    continue
-                pending.taken = True
-                batch.append(pending)
-            self._room.notify_all()
-            return batch
-
-    def _sleep(self, timeout: float) -> None:
-        """Wait on ``_work`` (lock held) with the writer marked as waiting."""
-        self._writer_waiting = True
-        try:
-            self._work.wait(timeout)
-        finally:
-            self._writer_waiting = False
-
-    def _linger_for_more(self) -> None:
-        """With only non-durable events queued, wait up to ``linger`` for a fuller batch."""
-        deadline = time.monotonic() + self._linger
-        self._lingering = True
-        try:
-            while (
-                not self._stopping
-                and self._durable_queued == 0
-                and len(self._queue) < self._max_batch
-            ):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._sleep(remaining)
-        finally:
-            self._lingering = False
-
-    def _drain_in_writer(self) -> bool:
-        """Drain the outbox when due; False if the store failed (the writer backs off)."""
-        now = time.monotonic()
-        if not self._outbox_due and now < self._next_outbox_poll:
-            return True
-        self._next_outbox_poll = now + self._outbox_poll
-        try:
-            moved = self.drain_outbox()
-        except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
-            if not isinstance(exc, Unavailable):
-                _LOG.error("audit outbox drain failed unexpectedly", exc_info=exc)
-            self._set_healthy(False)
-            return False
-        if moved:  # an empty outbox says nothing about whether the chain takes writes
-            self._set_healthy(True)
-        return True
-
-    def _write_loop(self) -> None:
-        backoff = 0.05
-        while True:
-            if not self._drain_in_writer():
-                if self._stop.wait(backoff):
-                    return
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-            batch = self._take_batch()
-            if batch is None:
-                return
-            if not batch:
-                if not self._healthy:
-                    self._probe()
-                continue
-            started = time.monotonic()
-            try:
-                with self._commit_span(batch):
-                    stored = self._store.append([p.draft for p in batch])
-            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
-                self.metrics.audit_batch(len(batch), time.monotonic() - started, False)
-                self._failed(batch, exc)
-                if self._stop.wait(backoff):
-                    return  # stopping while the store fails: stop() reports what is left
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-                continue
-            backoff = 0.05
-            self.metrics.audit_batch(len(batch), time.monotonic() - started, True)
-            self.commits += 1
-            self._set_healthy(True)
-            with self._lock:
-                self._queued -= len(batch)
-                self._room.notify_all()
-            for pending, event in zip(batch, stored, strict=True):
-                pending.result = event
-                pending.settle()
-            self._count(stored)
-
-    def _commit_span(self, batch: list[_Pending]) -> AbstractContextManager[trace.Span]:
-        """The span of one group commit, linked to the spans of the durable callers waiting
-        for it (a batch serves many calls, so it is nobody's child)."""
-        links = [trace.Link(p.link) for p in batch if p.link is not None]
-        if not links:
-            # Batches of non-durable events only: no traced caller waits, no span (a root span
-            # per linger would be noise).
-            return nullcontext(trace.INVALID_SPAN)
-        return _TRACER.start_as_current_span(
-            "zumik.audit.commit",
-            kind=trace.SpanKind.INTERNAL,
-            links=links,
-            attributes={"zumik.audit.batch_size": len(batch)},
-        )
-
-    @property
-    def queue_depth(self) -> int:
-        """Events queued or in flight (the metrics read it when scraped)."""
-        return self._queued
-
-    def _failed(self, batch: list[_Pending], exc: Exception) -> None:
-        self.metrics.audit_append_failed(len(batch), any(p.durable for p in batch))
-        outage = isinstance(exc, Unavailable)
-        if not outage:
-            _LOG.error("audit batch failed unexpectedly", exc_info=exc)
-        self._set_healthy(False)
-        # Non-durable events are kept for the retry (unless the failure is not an outage, when
-        # retrying would fail forever); durable callers learn of the failure at once.
-        keep = [p for p in batch if not p.durable] if outage else []
-        with self._lock:
-            for pending in reversed(keep):
-                pending.taken = False
-                self._queue.appendleft(pending)
-            self._queued -= len(batch) - len(keep)
-            self._room.notify_all()
-        if not outage:
-            self.dropped += sum(1 for p in batch if not p.durable)
-        for pending in batch:
-            if pending.durable:
-                pending.error = audit_unavailable()
-                pending.settle()
-
-    def _probe(self) -> None:
-        self.probe()
-
-    def probe(self) -> bool:
-        """Try an audit write (rolled back); update and return :attr:`healthy`."""
-        try:
-            with deadlines.bounded(1.0):
-                self._store.probe_write()
-        except Exception:  # noqa: BLE001 - any failure means still unhealthy
-            return False
-        self._set_healthy(True)
-        return True
-
-    def _count(self, stored: list[ChainEvent]) -> None:
-        with self._pin_lock:
-            for event in stored:
-                pin = self._pins.get(event.tenant)
-                if pin is None or pin[0] < event.sequence:
-                    self._pins[event.tenant] = (event.sequence, event.hash)
-        due = False
-        for event in stored:
-            self._since_checkpoint[event.tenant] += 1
-            if self._since_checkpoint[event.tenant] >= self._checkpoint_every:
-                due = True
-        if due:
-            self._checkpoint_wake.set()
-
-    # -- checkpoints ------------------------------------------------------------------------
-
-    def _checkpoint_loop(self) -> None:
-        while not self._stop.is_set():
-            self._checkpoint_wake.wait(self._checkpoint_interval)
-            self._checkpoint_wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.checkpoint_moved_heads()
-            except Exception:  # noqa: BLE001 - retried at the next interval
-                _LOG.warning("periodic audit checkpoint failed", exc_info=True)
+    # -- checkpoints and reads: the checkpointer's and the reader's ----------------------------
 
     def checkpoint_moved_heads(self, limit: int = 10_000) -> int:
-        """Sign a checkpoint over every head that no checkpoint covers yet.
-
-        Returns:
-            How many checkpoints were stored.
+        """:meth:`AuditCheckpointer.checkpoint_moved_heads`.
 
         Raises:
             Unavailable: storage is down.
         """
-        self._since_checkpoint.clear()
-        count = 0
-        for tenant, sequence, head_hash in self._store.heads_without_checkpoint(limit):
-            self._sign_head(tenant, sequence, head_hash)
-            count += 1
-        self._publish([])  # retry what the witness refused before
-        return count
+        return self.checkpoints.checkpoint_moved_heads(limit)
 
     def create_checkpoint(self, tenant: str) -> Checkpoint:
-        """Sign (or return the existing) checkpoint over the tenant's current head.
-
-        When the stored chain no longer extends what this process wrote (see the module
-        docstring), the checkpoint returned is over the pinned link instead, and does not
-        match the stored chain.
+        """:meth:`AuditCheckpointer.create_checkpoint`.
 
         Raises:
             Unavailable: storage is down.
         """
-        self._read_barrier()
-        sequence, head_hash = self._store.head(tenant) or (0, chain.GENESIS_HASH)
-        return self._sign_head(tenant, sequence, head_hash)
-
-    def _sign_head(self, tenant: str, sequence: int, head_hash: bytes) -> Checkpoint:
-        truth = self._pin_conflict(tenant, sequence, head_hash)
-        kid, signer = self._keys.checkpoint_signer()
-        if truth is not None:
-            self.rewrites_detected += 1
-            _LOG.error(
-                "audit chain rewritten in the database: the stored chain does not extend the "
-                "link this process wrote; signing that link instead of the stored head",
-                extra={"tenant": tenant, "pinned_sequence": truth[0], "head_sequence": sequence},
-            )
-            cp = chain.sign_checkpoint(signer, kid, tenant, truth[0], truth[1], self._clock())
-            self._store.add_checkpoint(cp)
-            self._publish([cp])
-            return cp
-        cp = self._store.add_checkpoint(
-            chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, self._clock())
-        )
-        self._publish([cp])
-        return cp
-
-    def _pin_conflict(
-        self, tenant: str, sequence: int, head_hash: bytes
-    ) -> tuple[int, bytes] | None:
-        """The pinned link when the stored chain does not extend it, else None."""
-        with self._pin_lock:
-            pin = self._pins.get(tenant)
-        if pin is None:
-            return None
-        pinned_sequence, pinned_hash = pin
-        if pinned_sequence == sequence:
-            return None if pinned_hash == head_hash else pin
-        if pinned_sequence > sequence:
-            # Either this process wrote more since the head was read (a race, not a rewrite:
-            # the head has moved on meanwhile) or the head moved back (the tail was cut).
-            current = self._store.head(tenant)
-            if current is None or current[0] < pinned_sequence:
-                return pin
-        event = self._store.event(tenant, pinned_sequence)
-        if event is None:
-            first = self._store.first_sequence(tenant)
-            # Pruned by retention: the signed retention anchor covers it.
-            return None if first is not None and first > pinned_sequence else pin
-        return None if event.hash == pinned_hash else pin
-
-    def _publish(self, checkpoints: list[Checkpoint]) -> None:
-        """Publish to the witness; what fails is retried by the next checkpoint round."""
-        if self._witness is None:
-            return
-        with self._pin_lock:
-            fresh = []
-            for cp in checkpoints:
-                marker = (cp.tenant, cp.sequence, cp.head_hash)
-                if marker not in self._published:
-                    fresh.append(cp)
-            batch = self._unpublished + fresh
-            self._unpublished = []
-        if not batch:
-            return
-        try:
-            self._witness.publish(batch)
-        except Exception:  # noqa: BLE001 - a witness outage must not stop the audit log
-            _LOG.error("audit witness unavailable: checkpoints kept for a retry", exc_info=True)
-            with self._pin_lock:
-                self._unpublished = (batch + self._unpublished)[-10_000:]
-            return
-        with self._pin_lock:
-            # Remember what was published recently, so exports over an unchanged head do not
-            # append the same checkpoint again and again (bounded: a repeat is harmless).
-            if len(self._published) > 10_000:
-                self._published.clear()
-            for cp in batch:
-                self._published[(cp.tenant, cp.sequence, cp.head_hash)] = None
+        return self.checkpoints.create_checkpoint(tenant)
 
     def checkpoint_keys(self) -> list[CheckpointKeyInfo]:
         """Every checkpoint key, newest first."""
-        return [
-            CheckpointKeyInfo(
-                rec.kid, rec.public_key, "active" if rec.state == "active" else "retired"
-            )
-            for rec in reversed(self._keys.trusted_records())
-        ]
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def _events(self, tenant: str, after: int, until: int | None) -> Iterator[ChainEvent]:
-        while True:
-            page = self._store.events(
-                tenant, after_sequence=after, limit=_READ_PAGE, until_sequence=until
-            )
-            yield from page
-            if len(page) < _READ_PAGE:
-                return
-            after = page[-1].sequence
+        return self.checkpoints.checkpoint_keys()
 
     def verify(self, tenant: str, start_sequence: int = 0, end_sequence: int = 0) -> ChainReport:
-        """Verify a range of a tenant's chain (0, 0: from the retained start to the head).
-
-        A range that starts after the retained start trusts the stored hash of the event
-        before it; the full check starts at the genesis or the signed retention anchor. The
-        witness's checkpoints of the tenant are checked like the stored ones (a witness
-        checkpoint past the stored head is a truncated tail).
+        """:meth:`AuditReader.verify`.
 
         Raises:
-            InvalidArgument: reason ``INVALID_RANGE``, a negative or inverted range, or a
-                start past the head.
-            Unavailable: storage is down.
+            InvalidArgument: reason ``INVALID_RANGE``.
+            Unavailable: storage is down, or the witness is unreadable.
         """
-        if start_sequence < 0 or end_sequence < 0 or (0 < end_sequence < start_sequence):
-            raise InvalidArgument(
-                "start_sequence and end_sequence must be >= 0 with start <= end",
-                reason="INVALID_RANGE",
-                violations=[FieldViolation("start_sequence", "invalid range")],
-            )
-        self._read_barrier()
-        # Checkpoints first, then the head, then events up to that head: heads only grow, so
-        # every checkpoint read is at or below the head unless the head row was tampered with,
-        # and events appended meanwhile (this very call's audit record) stay out of the range.
-        all_checkpoints = self._store.checkpoints(tenant)
-        if self._witness is not None:
-            try:
-                all_checkpoints = all_checkpoints + self._witness.checkpoints(tenant)
-            except Exception as exc:  # unreadable witness: no verdict either way
-                _LOG.error("audit witness unreadable", exc_info=True)
-                raise audit_unavailable() from exc
-        head_sequence = (self._store.head(tenant) or (0, b""))[0]
-        if start_sequence > max(head_sequence, 1):
-            raise InvalidArgument(
-                f"start_sequence is past the head of the chain ({head_sequence})",
-                reason="INVALID_RANGE",
-                violations=[FieldViolation("start_sequence", "past the head of the chain")],
-            )
-        first = self._store.first_sequence(tenant)
-        retained_start = first if first is not None else head_sequence + 1
-        anchor: tuple[int, bytes] | None = None
-        after = retained_start - 1
-        if start_sequence > retained_start:
-            before = self._store.event(tenant, start_sequence - 1)
-            after = start_sequence - 1
-            if before is not None:
-                anchor = (before.sequence, before.hash)
-        to_head = end_sequence == 0 or end_sequence >= head_sequence
-        until = head_sequence if to_head else end_sequence
-        checkpoints = [
-            cp
-            for cp in all_checkpoints
-            if cp.sequence >= max(0, after) and (to_head or cp.sequence <= until)
-        ]
-        keys = self._keys.verification_keys(refresh_for=frozenset(cp.kid for cp in checkpoints))
-        return chain.verify_chain(
-            self._events(tenant, after, until),
-            tenant=tenant,
-            checkpoints=checkpoints,
-            keys=keys,
-            anchor=anchor,
-            first_sequence=after + 1,
-            head_sequence=head_sequence if to_head else end_sequence,
-            to_head=to_head,
-        )
+        return self.reader.verify(tenant, start_sequence, end_sequence)
 
     def export(self, tenant: str, start_sequence: int = 0) -> Iterator[str]:
-        """The tenant's chain as export lines (see :mod:`zumik_secrets.core.audit_chain`).
-
-        The export is self-verifying: it ends at a checkpoint signed now over the head it
-        exports (:meth:`create_checkpoint`, also published to the witness), and it starts at
-        the genesis, the retention anchor, or, for a ``start_sequence`` after the retained
-        start, at the newest checkpoint at or before ``start_sequence - 1`` (so the export may
-        begin a little earlier than asked). Only when no checkpoint lies in between does it
-        start with a ``resume`` line, which the offline verifier accepts only with
-        ``--allow-unanchored``.
+        """:meth:`AuditReader.export`.
 
         Raises:
             InvalidArgument: a negative start.
             Unavailable: storage is down.
         """
-        if start_sequence < 0:
-            raise InvalidArgument(
-                "start_sequence must be >= 0",
-                reason="INVALID_RANGE",
-                violations=[FieldViolation("start_sequence", "must be >= 0")],
-            )
-        covering = self.create_checkpoint(tenant)  # drains the outbox first (read barrier)
-        until = covering.sequence
-        first = self._store.first_sequence(tenant)
-        retained_start = first if first is not None else until + 1
-        after = retained_start - 1
-        resume: str | None = None
-        if start_sequence > retained_start:
-            wanted = min(start_sequence - 1, until)
-            earlier = self._store.checkpoints(tenant, from_sequence=after, to_sequence=wanted)
-            if earlier:
-                after = earlier[-1].sequence
-            else:
-                after = wanted
-                before = self._store.event(tenant, after)
-                if before is not None:
-                    resume = chain.resume_line(tenant, before.sequence, before.hash)
-        checkpoints = {
-            cp.sequence: cp
-            for cp in self._store.checkpoints(tenant, from_sequence=after, to_sequence=until)
-        }
-        checkpoints[until] = covering
-        return self._export_lines(tenant, after, until, resume, checkpoints)
-
-    def _export_lines(
-        self,
-        tenant: str,
-        after: int,
-        until: int,
-        resume: str | None,
-        checkpoints: dict[int, Checkpoint],
-    ) -> Iterator[str]:
-        if resume is not None:
-            yield resume
-        anchor = checkpoints.pop(after, None)
-        if anchor is not None:
-            yield chain.checkpoint_line(anchor)
-        last = after
-        for event in self._events(tenant, after, until):
-            yield chain.event_line(event)
-            last = event.sequence
-            cp = checkpoints.pop(event.sequence, None)
-            if cp is not None:
-                yield chain.checkpoint_line(cp)
-        for seq in sorted(checkpoints):
-            if seq > last:
-                yield chain.checkpoint_line(checkpoints[seq])
+        return self.reader.export(tenant, start_sequence)
 
     def query(
         self, tenant: str, flt: AuditFilter, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[ChainEvent], str]:
-        """One page of a tenant's events matching ``flt``, oldest first (AIP-158).
-
-        Returns:
-            ``(events, next_page_token)``; the token is empty on the last page.
+        """:meth:`AuditReader.query`.
 
         Raises:
             InvalidArgument: a bad page size or a token from another query.
             Unavailable: storage is down.
         """
-        if page_size < 0:
-            raise InvalidArgument(
-                "page_size must not be negative",
-                reason="INVALID_PAGE_SIZE",
-                violations=[FieldViolation("page_size", "must not be negative")],
-            )
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        digest = _filter_digest(tenant, flt)
-        after = _read_token(page_token, digest) if page_token else 0
-        self._read_barrier()
-        rows = self._store.query(tenant, flt, after_sequence=after, limit=size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        token = _make_token(rows[-1].sequence, digest) if more and rows else ""
-        return rows, token
+        return self.reader.query(tenant, flt, page_size=page_size, page_token=page_token)
 
     # -- retention --------------------------------------------------------------------------
 
@@ -1071,10 +185,9 @@ class AuditLog:
             if point is None:
                 continue
             sequence, head_hash = point
-            kid, signer = self._keys.checkpoint_signer()
-            anchor = chain.sign_checkpoint(signer, kid, tenant, sequence, head_hash, now)
+            anchor = self.checkpoints.sign_anchor(tenant, sequence, head_hash, now)
             deleted = self._store.prune(anchor)
-            self._publish([anchor])
+            self.checkpoints.publish([anchor])
             result.pruned[tenant] = (sequence, deleted)
             self.record(
                 AuditEntry(
@@ -1094,28 +207,3 @@ class AuditLog:
                 durable=True,
             )
         return result
-
-
-def _filter_digest(tenant: str, flt: AuditFilter) -> str:
-    text = json.dumps(
-        [
-            tenant,
-            flt.action,
-            flt.actor,
-            flt.target,
-            flt.outcome,
-            flt.start_time.isoformat() if flt.start_time else "",
-            flt.end_time.isoformat() if flt.end_time else "",
-            flt.project,
-        ]
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _make_token(after_sequence: int, digest: str) -> str:
-    # The one codec (core/page_tokens.py): authenticated under a server key, range-checked.
-    return page_tokens.codec().encode("audit_events", digest, after_sequence)
-
-
-def _read_token(token: str, digest: str) -> int:
-    return page_tokens.codec().decode("audit_events", digest, token)[0]

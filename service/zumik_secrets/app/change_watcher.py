@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from zumik_secrets.app.metrics import NOOP, Recorder
+from zumik_secrets.app.periodic import PeriodicJob
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.storage.ports import ChangeFeed, ChangeListener
 from zumik_secrets.storage.records import ChangeRecord
@@ -39,9 +40,7 @@ class ChangeWatcher:
         self._feed = feed
         self._poll_interval = poll_interval
         self._subscribers: dict[str, list[Subscriber]] = defaultdict(list)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._job = PeriodicJob("change watcher", poll_interval, self._poll, log=_LOG)
         self._listener: ChangeListener | None = None
         self._seq = 0
         self._poll_lock = threading.Lock()
@@ -66,18 +65,14 @@ class ChangeWatcher:
             Unavailable: storage is down.
         """
         self._seq = self._feed.latest_seq()
-        self._listener = self._feed.listen(self._wake.set)
-        self._thread = threading.Thread(target=self._run, name="zumik-change-watcher", daemon=True)
-        self._thread.start()
+        self._listener = self._feed.listen(self._job.wake)
+        self._job.start()
 
     def stop(self) -> None:
         """Stop the thread and the listener."""
-        self._stop.set()
-        self._wake.set()
         if self._listener is not None:
             self._listener.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._job.stop()
 
     def poll_once(self) -> int:
         """Read and dispatch whatever is new; returns how many records were dispatched.
@@ -117,13 +112,8 @@ class ChangeWatcher:
             if len(batch) < 1000:
                 return dispatched
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._poll_interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.poll_once()
-            except ZumikError:
-                _LOG.warning("change feed unavailable; retrying")
+    def _poll(self) -> None:
+        try:
+            self.poll_once()
+        except ZumikError:
+            _LOG.warning("change feed unavailable; retrying")

@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditRecorder, audited_change, event
 from zumik_secrets.app.key_wrappers import (
     KIND_KEYRING,
     KeyringWrapper,
@@ -226,18 +226,14 @@ class CustomerKeys:
                 )
             )
             del key
-        entry = AuditEntry(
-            tenant_id=tenant_id,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action="customer_key.configure",
-            target=f"tenants/{tenant_id}/settings",
-            outcome="success",
-            reason="OK",
-            trace_id=actor.trace_id,
+        entry = event(
+            actor,
+            tenant_id,
+            "customer_key.configure",
+            f"tenants/{tenant_id}/settings",
             attributes={"data_keys_rewrapped": str(len(rewrapped))},
         )
-        with self._audit.change(entry):
+        with audited_change(self._audit, entry):
             self._store.put(rec, rewrapped)
         self._wrappers.pop(tenant_id)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.periodic import PeriodicJob
 from zumik_secrets.core.errors import ZumikError
 
 _LOG = logging.getLogger("zumik.audit")
@@ -90,8 +91,7 @@ class DenialAudit:
         self._clock = clock
         self._lock = threading.Lock()
         self._window = _Window()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._job = PeriodicJob("denial audit", interval, self.flush, log=_LOG)
         #: Denials folded since start (recorded only as counts): a metric.
         self.folded_total = 0
         #: Times an identity went over its budget: a metric.
@@ -99,22 +99,12 @@ class DenialAudit:
 
     def start(self) -> None:
         """Start the thread that flushes each interval's folded counts."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="zumik-denial-audit", daemon=True
-            )
-            self._thread.start()
+        self._job.start()
 
     def close(self) -> None:
         """Flush what is folded and stop the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._job.stop()
         self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.flush()
 
     def change(
         self, *entries: AuditEntry, record_unchanged: bool = True

@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import SYSTEM, Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditRecorder, audited_change, event
 from zumik_secrets.app.data_keys import REASON_DATA_KEY_DESTROYED, DataKeys
+from zumik_secrets.app.periodic import PeriodicJob
 from zumik_secrets.app.ttl_cache import TtlLru
 from zumik_secrets.core import fingerprints as fp
 from zumik_secrets.core.errors import (
@@ -71,7 +72,6 @@ SWEEP_LEASE = timedelta(seconds=60)
 DEFAULT_SWEEP_INTERVAL = 5.0
 REASON_BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
 REASON_VALUE_TOO_LARGE = "VALUE_TOO_LARGE"
-REASON_AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 _STRIPES = 64
 
 Project = tuple[str, str]
@@ -329,18 +329,18 @@ class Fingerprints:
         break_at = self._clock() + overlap
         current = self._data_keys.existing_primary(tenant, project, PURPOSE) or 0
         # Written in the rotation's transaction; "version" is set there (outbox.annotate).
-        entry = self._entry(
+        entry = event(
             actor,
             tenant,
             "fingerprint_key.rotate",
             str(parent),
-            {
+            attributes={
                 "previous_version": str(current),
                 "overlap_seconds": str(int(overlap.total_seconds())),
                 "linkage_break_time": break_at.isoformat(),
             },
         )
-        with self._audit.change(entry):
+        with audited_change(self._audit, entry):
             rec = self._data_keys.rotate(tenant, project, PURPOSE)
         older = [
             v.version
@@ -396,12 +396,12 @@ class Fingerprints:
     def _destroy(self, actor: Actor, row: ScheduledDestroy) -> None:
         tenant, project = row.tenant_id, row.project_id
         primary = self._data_keys.existing_primary(tenant, project, PURPOSE) or 0
-        entry = self._entry(
+        entry = event(
             actor,
             tenant,
             "fingerprint_key.linkage_broken",
             str(ProjectName(tenant, project)),
-            {
+            attributes={
                 "destroyed_version": str(row.version),
                 "primary_version": str(primary),
                 "scheduled_time": row.destroy_at.isoformat(),
@@ -409,68 +409,16 @@ class Fingerprints:
         )
         # Recorded in the destruction's transaction; nothing when the version was destroyed
         # already (a retried sweep) or the project was purged meanwhile (nothing to break).
-        with self._audit.change(entry, record_unchanged=False):
+        with audited_change(self._audit, entry, record_unchanged=False):
             self._data_keys.destroy(tenant, project, PURPOSE, row.version)
         self.forget(tenant, project)
         self._schedule.done(tenant, project, row.version)
-
-    @staticmethod
-    def _entry(
-        actor: Actor, tenant_id: str, action: str, target: str, attributes: Mapping[str, str]
-    ) -> AuditEntry:
-        """A successful change's event (written in the change's transaction)."""
-        return AuditEntry(
-            tenant_id=tenant_id,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action=action,
-            target=target,
-            outcome="success",
-            reason="OK",
-            trace_id=actor.trace_id,
-            attributes=dict(attributes),
-        )
 
 
 _FOREVER = float("inf")
 
 
-class Sweeper:
-    """A daemon thread running :meth:`Fingerprints.sweep` every ``interval`` seconds."""
-
-    def __init__(
-        self, fingerprints: Fingerprints, interval: float = DEFAULT_SWEEP_INTERVAL
-    ) -> None:
-        """Create the sweeper (not started)."""
-        self._fingerprints = fingerprints
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def interval(self) -> float:
-        """Seconds between sweeps (part of the stated destruction bound)."""
-        return self._interval
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread = threading.Thread(
-            target=self._run, name="zumik-fingerprint-sweep", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread. Idempotent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._fingerprints.sweep()
-            except ZumikError as error:
-                _LOG.warning("fingerprint sweep failed: %s", error.reason)
-            except Exception:  # noqa: BLE001 - a background job must never kill the thread
-                _LOG.exception("fingerprint sweep failed")
+def sweeper(fingerprints: Fingerprints, interval: float = DEFAULT_SWEEP_INTERVAL) -> PeriodicJob:
+    """The job running :meth:`Fingerprints.sweep` every ``interval`` seconds (not started); its
+    interval is part of the stated destruction bound."""
+    return PeriodicJob("fingerprint sweep", interval, fingerprints.sweep, log=_LOG)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditRecorder, event, record
 from zumik_secrets.core import break_glass as bg
 from zumik_secrets.core.encoding import base62_encode
 from zumik_secrets.core.errors import (
@@ -126,16 +126,14 @@ class BreakGlass:
         durable: bool,
         **attributes: str,
     ) -> None:
-        entry = AuditEntry(
-            tenant_id=tenant_id or None,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action=f"break_glass.{action}",
-            target=target or (grant_name(tenant_id, grant_id) if tenant_id and grant_id else ""),
-            outcome=outcome,
-            reason=reason,
-            trace_id=actor.trace_id,
-            attributes={"grant_id": grant_id, **attributes},
+        entry = event(
+            actor,
+            tenant_id or None,
+            f"break_glass.{action}",
+            target or (grant_name(tenant_id, grant_id) if tenant_id and grant_id else ""),
+            outcome,
+            reason,
+            {"grant_id": grant_id, **attributes},
         )
         with _COUNT_LOCK:
             EVENT_COUNTS[f"{action}:{outcome}"] += 1
@@ -156,13 +154,8 @@ class BreakGlass:
                 },
             },
         )
-        if durable:
-            self._audit.record(entry, durable=True)
-        else:
-            try:
-                self._audit.record(entry)
-            except ZumikError:
-                _ALERT.error("audit of a break-glass refusal failed", extra={"grant_id": grant_id})
+        if not record(self._audit, entry, durable=durable):
+            _ALERT.error("audit of a break-glass refusal failed", extra={"grant_id": grant_id})
 
     def _require_operator(self, actor: Actor, action: str, tenant_id: str, grant_id: str) -> None:
         if not bg.is_operator(actor.identity, self._trust_domain):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event
 from zumik_secrets.core.errors import (
     AlreadyExists,
     FieldViolation,
@@ -104,7 +104,7 @@ class Handles:
                 project_id=project,
             )
             try:
-                with self._audit.change(self._entry(actor, rec)):
+                with audited_change(self._audit, self._entry(actor, rec)):
                     self._store.insert(rec)
             except AlreadyExists:
                 _LOG.warning("handle collision; minting another", extra={"kind": kind})
@@ -132,14 +132,5 @@ class Handles:
     @staticmethod
     def _entry(actor: Actor, rec: HandleRecord) -> AuditEntry:
         """The event of a minted handle (written in the transaction that stores it)."""
-        return AuditEntry(
-            tenant_id=rec.tenant_id,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action="handle.mint",
-            target=str(HandleName(rec.tenant_id, rec.handle)),
-            outcome="success",
-            reason="OK",
-            trace_id=actor.trace_id,
-            attributes={"kind": rec.kind},
-        )
+        target = str(HandleName(rec.tenant_id, rec.handle))
+        return event(actor, rec.tenant_id, "handle.mint", target, attributes={"kind": rec.kind})

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry
+from zumik_secrets.app.audit import AuditEntry, audited_change, event
 from zumik_secrets.app.audit_log import AuditLog
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
 from zumik_secrets.app.tenant_settings import TenantSettingsService
@@ -176,11 +176,11 @@ class PurgeService:
                 return job
             # Each step's event is written in the step's transaction (issue 24).
             if job.phase == "started":
-                with self._audit.change(_step_entry(job, "purge.shred", actor)):
+                with audited_change(self._audit, _step_entry(job, "purge.shred", actor)):
                     job = self._store.shred(job.receipt_id, self._clock())
                 self._applied("shred", job)
             if job.phase == "shredded":
-                with self._audit.change(_step_entry(job, "purge.delete", actor)):
+                with audited_change(self._audit, _step_entry(job, "purge.delete", actor)):
                     job = self._store.delete_rows(job.receipt_id, self._clock())
                 self._applied("delete", job)
                 try:
@@ -242,9 +242,9 @@ class PurgeService:
         flt = AuditFilter(action=action, target=job.target)
         while True:
             events, token = self._audit.query(job.tenant_id, flt, page_size=1000, page_token=token)
-            for event in events:
-                if ("receipt", job.receipt_id) in event.attributes:
-                    return event.sequence
+            for stored in events:
+                if ("receipt", job.receipt_id) in stored.attributes:
+                    return stored.sequence
             if not token:
                 return None
 
@@ -253,21 +253,9 @@ class PurgeService:
         action = "tenant.purged" if job.project_id is None else "project.purged"
         sequence = self._purge_event_sequence(job, action)
         if sequence is None:
-            event = self._audit.append(
-                AuditEntry(
-                    tenant_id=job.tenant_id,
-                    actor=actor.identity,
-                    actor_subject=actor.subject,
-                    action=action,
-                    target=job.target,
-                    outcome="success",
-                    reason="PURGED",
-                    trace_id=actor.trace_id,
-                    attributes={"receipt": job.receipt_id}
-                    | {kind: str(n) for kind, n in counts.items()},
-                )
-            )
-            sequence = event.sequence
+            attributes = {"receipt": job.receipt_id} | {k: str(n) for k, n in counts.items()}
+            entry = event(actor, job.tenant_id, action, job.target, "success", "PURGED", attributes)
+            sequence = self._audit.append(entry).sequence
         now = self._clock()
         name = str(PurgeReceiptName(job.tenant_id, job.receipt_id))
         statement = receipts.PurgeStatement(
@@ -307,14 +295,4 @@ class PurgeService:
 
 def _step_entry(job: PurgeJob, action: str, actor: Actor) -> AuditEntry:
     """The event of one purge step (``purge.shred``, ``purge.delete``)."""
-    return AuditEntry(
-        tenant_id=job.tenant_id,
-        actor=actor.identity,
-        actor_subject=actor.subject,
-        action=action,
-        target=job.target,
-        outcome="success",
-        reason="OK",
-        trace_id=actor.trace_id,
-        attributes={"receipt": job.receipt_id},
-    )
+    return event(actor, job.tenant_id, action, job.target, attributes={"receipt": job.receipt_id})

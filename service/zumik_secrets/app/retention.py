@@ -23,16 +23,15 @@ under its chain lock.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import SYSTEM, Actor
-from zumik_secrets.app.audit import AuditEntry
+from zumik_secrets.app.audit import event, record
 from zumik_secrets.app.audit_log import AuditLog
+from zumik_secrets.app.periodic import PeriodicJob
 from zumik_secrets.app.sessions import SWEEP_MARGIN
 from zumik_secrets.app.tenant_settings import BOUNDS, TenantSettingsService
-from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.storage.ports import ApiKeyStore, AuditStore, ChangeFeed, SessionStore
 
 _LOG = logging.getLogger("zumik.retention")
@@ -112,51 +111,14 @@ class Retention:
         removed["audit_events"] = sum(deleted for _seq, deleted in swept.pruned.values())
         if tenant is None:
             removed["changes"] = self._changes.prune_before(now - CHANGE_FEED_RETENTION)
-        self._audit.record(
-            AuditEntry(
-                tenant_id=tenant,
-                actor=actor.identity,
-                actor_subject=actor.subject,
-                action="retention.run",
-                target=f"tenants/{tenant or '-'}",
-                outcome="success",
-                reason="OK",
-                trace_id=actor.trace_id,
-                attributes={kind: str(n) for kind, n in removed.items()},
-            ),
-            durable=True,
-        )
+        counts = {kind: str(n) for kind, n in removed.items()}
+        entry = event(actor, tenant, "retention.run", f"tenants/{tenant or '-'}", attributes=counts)
+        record(self._audit, entry, durable=True)
         _LOG.info("retention run", extra={"tenant": tenant or "-", "removed": removed})
         return removed
 
 
-class RetentionScheduler:
-    """A daemon thread running :meth:`Retention.run` for every tenant every ``interval`` s."""
-
-    def __init__(self, retention: Retention, interval: float = DEFAULT_INTERVAL) -> None:
-        """Create the scheduler (not started)."""
-        self._retention = retention
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start the thread (its first run comes one interval after the start)."""
-        self._thread = threading.Thread(target=self._run, name="zumik-retention", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread. Idempotent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._retention.run()
-            except ZumikError as error:
-                _LOG.warning("retention run failed: %s", error.reason)
-            except Exception:  # noqa: BLE001 - a background job must never kill the thread
-                _LOG.exception("retention run failed")
+def scheduler(retention: Retention, interval: float = DEFAULT_INTERVAL) -> PeriodicJob:
+    """The job running :meth:`Retention.run` for every tenant every ``interval`` seconds (not
+    started; its first run comes one interval after the start)."""
+    return PeriodicJob("retention run", interval, retention.run, log=_LOG)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditRecorder, audited_change, event, record
 from zumik_secrets.app.data_keys import DataKeys, data_key_destroyed
 from zumik_secrets.core import page_tokens, sealing
 from zumik_secrets.core.errors import (
@@ -53,7 +53,6 @@ DEFAULT_BATCH = 100
 MAX_BATCH = 1000
 
 REASON_DECRYPTION_FAILED = "DECRYPTION_FAILED"
-REASON_AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 REASON_INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 (a reason code)
 _TOKEN_VERSION = 1
 
@@ -97,21 +96,6 @@ class DestroyResult:
 
     data_key: DataKeyRecord
     unrecoverable_secrets: int
-
-
-def encode_token(kind: str, parent: ProjectName, position: int, extra: int = 0) -> str:
-    """An opaque, authenticated page token (:mod:`zumik_secrets.core.page_tokens`): position
-    and extra, bound to the listing's kind and parent."""
-    return page_tokens.codec().encode(kind, str(parent), position, extra)
-
-
-def decode_token(kind: str, parent: ProjectName, token: str) -> tuple[int, int]:
-    """``(position, extra)`` of a token from :func:`encode_token`.
-
-    Raises:
-        InvalidArgument: Reason ``INVALID_PAGE_TOKEN``.
-    """
-    return page_tokens.codec().decode(kind, str(parent), token)
 
 
 def page_size(value: int, default: int, maximum: int, field: str = "page_size") -> int:
@@ -174,43 +158,6 @@ class SealedSecrets:
                     "metadata", f"values must be at most {MAX_METADATA_VALUE} printable characters"
                 )
 
-    # -- audit -----------------------------------------------------------------------------------
-
-    def _record(
-        self,
-        actor: Actor,
-        tenant_id: str,
-        action: str,
-        target: str,
-        outcome: str,
-        reason: str,
-        attributes: Mapping[str, str],
-        *,
-        durable: bool,
-    ) -> None:
-        """Record an event; with ``durable``, raise Unavailable if it cannot be stored."""
-        entry = AuditEntry(
-            tenant_id=tenant_id,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action=action,
-            target=target,
-            outcome=outcome,
-            reason=reason,
-            trace_id=actor.trace_id,
-            attributes=dict(attributes),
-        )
-        try:
-            self._audit.record(entry, durable=durable)
-        except Exception:  # noqa: BLE001 - any recorder failure: fail closed when durable
-            if durable:
-                raise Unavailable(
-                    "the audit trail cannot record this call right now; nothing was done or "
-                    "returned that needed it, retry later",
-                    reason=REASON_AUDIT_UNAVAILABLE,
-                ) from None
-            _LOG.warning("audit of %s failed", action)
-
     # -- use cases -------------------------------------------------------------------------------
 
     def _seal(
@@ -245,10 +192,14 @@ class SealedSecrets:
         dk_version, blob = self._seal(parent.tenant, parent.project, secret_id, 1, plaintext)
         now = self._clock()
         name = SecretName(parent.tenant, parent.project, secret_id)
-        entry = _entry(
-            actor, parent.tenant, "secret.seal", str(name), {"data_key_version": str(dk_version)}
+        entry = event(
+            actor,
+            parent.tenant,
+            "secret.seal",
+            str(name),
+            attributes={"data_key_version": str(dk_version)},
         )
-        with self._audit.change(entry):
+        with audited_change(self._audit, entry):
             return self._store.insert(
                 SealedSecretRecord(
                     secret_id=secret_id,
@@ -302,26 +253,24 @@ class SealedSecrets:
             rec = self._get(name)
             plaintext = self._open_record(name, rec)
         except ZumikError as error:
-            self._record(
-                actor,
-                name.tenant,
-                "secret.open",
-                target,
-                "failure",
-                error.reason,
-                {},
+            record(
+                self._audit,
+                event(actor, name.tenant, "secret.open", target, "failure", error.reason),
                 durable=False,
             )
             raise
         try:
-            self._record(
-                actor,
-                name.tenant,
-                "secret.open",
-                target,
-                "success",
-                "OK",
-                {"version": str(rec.version), "data_key_version": str(rec.data_key_version)},
+            record(
+                self._audit,
+                event(
+                    actor,
+                    name.tenant,
+                    "secret.open",
+                    target,
+                    "success",
+                    "OK",
+                    {"version": str(rec.version), "data_key_version": str(rec.data_key_version)},
+                ),
                 durable=True,
             )
         except Unavailable:
@@ -346,10 +295,14 @@ class SealedSecrets:
             InvalidArgument: bad page size or token.
         """
         limit = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_token("secrets", parent, token)[0] if token else 0
+        after = page_tokens.codec().decode("secrets", str(parent), token)[0] if token else 0
         rows = self._store.list(parent.tenant, parent.project, page_size=limit + 1, after_seq=after)
         page = rows[:limit]
-        next_token = encode_token("secrets", parent, page[-1].seq) if len(rows) > limit else ""
+        next_token = (
+            page_tokens.codec().encode("secrets", str(parent), page[-1].seq)
+            if len(rows) > limit
+            else ""
+        )
         return page, next_token
 
     def update(self, name: SecretName, plaintext: bytes, actor: Actor) -> SealedSecretRecord:
@@ -365,14 +318,14 @@ class SealedSecrets:
             rec = self._get(name)
             version = rec.version + 1
             dk_version, blob = self._seal(name.tenant, name.project, name.id, version, plaintext)
-            entry = _entry(
+            entry = event(
                 actor,
                 name.tenant,
                 "secret.update",
                 str(name),
-                {"version": str(version), "data_key_version": str(dk_version)},
+                attributes={"version": str(version), "data_key_version": str(dk_version)},
             )
-            with self._audit.change(entry, record_unchanged=False):
+            with audited_change(self._audit, entry, record_unchanged=False):
                 updated = self._store.replace_ciphertext(
                     rec,
                     version=version,
@@ -396,7 +349,7 @@ class SealedSecrets:
         Raises:
             NotFound: no such secret.
         """
-        with self._audit.change(_entry(actor, name.tenant, "secret.delete", str(name), {})):
+        with audited_change(self._audit, event(actor, name.tenant, "secret.delete", str(name))):
             if not self._store.delete(name.tenant, name.project, name.id):
                 raise resource_not_found(str(name))
         if not rotate:
@@ -413,8 +366,10 @@ class SealedSecrets:
         """
         # The new version is chosen in the rotation's transaction: the data-key service sets
         # the event's "version" there (outbox.annotate), before it is written with the change.
-        entry = _entry(actor, parent.tenant, "data_key.rotate", str(parent), {"purpose": purpose})
-        with self._audit.change(entry):
+        entry = event(
+            actor, parent.tenant, "data_key.rotate", str(parent), attributes={"purpose": purpose}
+        )
+        with audited_change(self._audit, entry):
             return self._data_keys.rotate(parent.tenant, parent.project, purpose)
 
     def list_data_keys(
@@ -427,12 +382,16 @@ class SealedSecrets:
         """
         limit = page_size(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         kind = f"data_keys/{purpose}"
-        after = decode_token(kind, parent, token)[0] if token else 0
+        after = page_tokens.codec().decode(kind, str(parent), token)[0] if token else 0
         rows = self._data_keys.list_page(
             parent.tenant, parent.project, purpose, page_size=limit + 1, after_version=after
         )
         page = rows[:limit]
-        next_token = encode_token(kind, parent, page[-1].version) if len(rows) > limit else ""
+        next_token = (
+            page_tokens.codec().encode(kind, str(parent), page[-1].version)
+            if len(rows) > limit
+            else ""
+        )
         return page, next_token
 
     def rewrap(self, parent: ProjectName, *, batch: int, token: str, actor: Actor) -> RewrapResult:
@@ -450,7 +409,9 @@ class SealedSecrets:
         primary = self._data_keys.existing_primary(tenant, project, PURPOSE)
         if primary is None:
             return RewrapResult(0, 0, "", 0)
-        after, target = decode_token("rewrap", parent, token) if token else (0, primary)
+        after, target = (
+            page_tokens.codec().decode("rewrap", str(parent), token) if token else (0, primary)
+        )
         if target != primary:  # rotated since the last batch: start over towards the new one
             after = 0
         destroyed = {
@@ -493,15 +454,22 @@ class SealedSecrets:
         counts = self._store.count_by_data_key_version(tenant, project)
         remaining = sum(n for v, n in counts.items() if v != primary and v not in destroyed)
         more = len(rows) > limit
-        next_token = encode_token("rewrap", parent, rows[limit - 1].seq, primary) if more else ""
-        self._record(
-            actor,
-            tenant,
-            "secrets.rewrap",
-            str(parent),
-            "success",
-            "OK",
-            {"rewrapped": str(done), "remaining": str(remaining), "target": str(primary)},
+        next_token = (
+            page_tokens.codec().encode("rewrap", str(parent), rows[limit - 1].seq, primary)
+            if more
+            else ""
+        )
+        record(
+            self._audit,
+            event(
+                actor,
+                tenant,
+                "secrets.rewrap",
+                str(parent),
+                "success",
+                "OK",
+                {"rewrapped": str(done), "remaining": str(remaining), "target": str(primary)},
+            ),
             durable=False,
         )
         return RewrapResult(done, remaining, next_token, primary)
@@ -527,35 +495,18 @@ class SealedSecrets:
             # is under the primary, which cannot be destroyed).
             counts = self._store.count_by_data_key_version(parent.tenant, parent.project)
             lost = counts.get(version, 0)
-        entry = _entry(
+        entry = event(
             actor,
             parent.tenant,
             "data_key.destroy",
             str(parent),
-            {"purpose": purpose, "version": str(version), "unrecoverable": str(lost)},
+            attributes={"purpose": purpose, "version": str(version), "unrecoverable": str(lost)},
         )
-        with self._audit.change(entry):
+        with audited_change(self._audit, entry):
             rec = self._data_keys.destroy(parent.tenant, parent.project, purpose, version)
             if rec is None:
                 raise resource_not_found(f"{parent}/dataKeys/{purpose}/versions/{version}")
         return DestroyResult(rec, lost)
-
-
-def _entry(
-    actor: Actor, tenant_id: str, action: str, target: str, attributes: Mapping[str, str]
-) -> AuditEntry:
-    """A successful change's event."""
-    return AuditEntry(
-        tenant_id=tenant_id,
-        actor=actor.identity,
-        actor_subject=actor.subject,
-        action=action,
-        target=target,
-        outcome="success",
-        reason="OK",
-        trace_id=actor.trace_id,
-        attributes=dict(attributes),
-    )
 
 
 __all__ = [

@@ -17,7 +17,6 @@ lose its session.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import SYSTEM, Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event, record
 from zumik_secrets.app.claim_issuer import ClaimIssuer, IssuedClaim
 from zumik_secrets.app.verification import (
     CHARGED_RESULTS,
@@ -33,6 +32,7 @@ from zumik_secrets.app.verification import (
     FailureGuard,
     VerifyResult,
     field_required,
+    record_verification,
     validate_scopes,
 )
 from zumik_secrets.core import session_tokens
@@ -49,8 +49,6 @@ from zumik_secrets.core.handles import KIND_SESSION, new_handle
 from zumik_secrets.core.names import ProjectName, SessionName
 from zumik_secrets.storage.ports import SessionStore
 from zumik_secrets.storage.records import ChangeRecord, SessionRecord
-
-_LOG = logging.getLogger("zumik.sessions")
 
 
 def _nothing() -> None:
@@ -325,16 +323,9 @@ class SessionService:
     def _audit_verify(
         self, result: VerifyResult, rec: SessionRecord | None, actor: Actor, *, limited: str = ""
     ) -> None:
-        outcome = "success" if result is VerifyResult.VALID else "failure"
-        self._record(
-            "session.verify",
-            rec.tenant_id if rec is not None else None,
-            session_name(rec) if rec is not None else "",
-            "denied" if limited else outcome,
-            limited or result.value,
-            actor,
-            durable=False,
-            attributes={"result": result.value},
+        tenant, target = (rec.tenant_id, session_name(rec)) if rec is not None else (None, "")
+        record_verification(
+            self._audit, actor, "session.verify", tenant, target, result, limited=limited
         )
 
     # -- touches and sweep ---------------------------------------------------------------------
@@ -367,16 +358,8 @@ class SessionService:
         self.flush_touches()
         deleted = self._store.delete_expired(_dt(self._clock()) - SWEEP_MARGIN)
         if deleted:
-            self._record(
-                "session.sweep",
-                None,
-                "",
-                "success",
-                "OK",
-                SYSTEM,
-                durable=False,
-                attributes={"deleted": str(deleted)},
-            )
+            entry = event(SYSTEM, None, "session.sweep", "", attributes={"deleted": str(deleted)})
+            record(self._audit, entry, durable=False)
         return deleted
 
     def _overlay(self, rec: SessionRecord) -> SessionRecord:
@@ -439,18 +422,18 @@ class SessionService:
             absolute_expire_time=now + timedelta(seconds=absolute),
             revoke_time=None,
         )
-        with self._audit.change(self._issue_entry("session.create", draft, actor)):
+        with audited_change(self._audit, self._issue_entry("session.create", draft, actor)):
             rec = self._store.insert(draft)
         return IssuedSession(rec, raw)
 
     @staticmethod
     def _issue_entry(action: str, rec: SessionRecord, actor: Actor) -> AuditEntry:
         """The event of a session token issued (written in the transaction that stores it)."""
-        return _entry(
-            action,
-            rec.tenant_id,
-            session_name(rec),
+        return event(
             actor,
+            rec.tenant_id,
+            action,
+            session_name(rec),
             attributes={"scopes": " ".join(rec.scopes)},
         )
 
@@ -494,7 +477,7 @@ class SessionService:
         granted = new_scopes or current.scopes
         entry = self._issue_entry("session.rotate", replace(current, scopes=granted), actor)
         try:
-            with self._audit.change(entry):
+            with audited_change(self._audit, entry):
                 rec = self._store.replace_token(
                     name.tenant, name.project, name.id, token_hash, granted, _dt(self._clock())
                 )
@@ -516,7 +499,9 @@ class SessionService:
             NotFound: no such session in this tenant and project.
         """
         try:
-            with self._audit.change(_entry("session.revoke", name.tenant, str(name), actor)):
+            with audited_change(
+                self._audit, event(actor, name.tenant, "session.revoke", str(name))
+            ):
                 rec = self._store.revoke(name.tenant, name.project, name.id, _dt(self._clock()))
                 if rec is None:
                     raise resource_not_found(str(name))
@@ -534,14 +519,14 @@ class SessionService:
         subject = validate_user_subject(user_subject)
         # The count is known only after the change: the event (written with it) names the
         # user instead; the answer carries the count.
-        entry = _entry(
-            "session.revoke_user",
-            parent.tenant,
-            str(parent),
+        entry = event(
             actor,
+            parent.tenant,
+            "session.revoke_user",
+            str(parent),
             attributes={"user_subject": subject},
         )
-        with self._audit.change(entry):
+        with audited_change(self._audit, entry):
             count = self._store.revoke_user(
                 parent.tenant, parent.project, subject, _dt(self._clock())
             )
@@ -557,58 +542,3 @@ class SessionService:
             self.invalidate(session_id)
         self.after_change()
         return count
-
-    # -- audit ---------------------------------------------------------------------------------
-
-    def _record(
-        self,
-        action: str,
-        tenant_id: str | None,
-        target: str,
-        outcome: str,
-        reason: str,
-        actor: Actor,
-        *,
-        durable: bool,
-        attributes: dict[str, str] | None = None,
-    ) -> None:
-        entry = AuditEntry(
-            tenant_id=tenant_id,
-            actor=actor.identity,
-            actor_subject=actor.subject,
-            action=action,
-            target=target,
-            outcome=outcome,
-            reason=reason,
-            trace_id=actor.trace_id,
-            attributes=attributes or {},
-        )
-        if durable:
-            self._audit.record(entry, durable=True)
-            return
-        try:
-            self._audit.record(entry, durable=False)
-        except ZumikError:
-            _LOG.warning("audit of %s failed", action)
-
-
-def _entry(
-    action: str,
-    tenant_id: str,
-    target: str,
-    actor: Actor,
-    *,
-    attributes: dict[str, str] | None = None,
-) -> AuditEntry:
-    """A successful change's event."""
-    return AuditEntry(
-        tenant_id=tenant_id,
-        actor=actor.identity,
-        actor_subject=actor.subject,
-        action=action,
-        target=target,
-        outcome="success",
-        reason="OK",
-        trace_id=actor.trace_id,
-        attributes=attributes or {},
-    )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder
+from zumik_secrets.app.audit import AuditRecorder, audited_change, event
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
 from zumik_secrets.core.names import validate_tenant_id
 from zumik_secrets.core.purge_receipts import InvalidReceipt, parse_statement
@@ -188,19 +188,10 @@ class TenantSettingsService:
         if self.audit is None:
             self._store.put(updated)
         else:
-            entry = AuditEntry(
-                tenant_id=tenant_id,
-                actor=actor.identity,
-                actor_subject=actor.subject,
-                action="tenant.settings.update",
-                target=f"tenants/{tenant_id}/settings",
-                outcome="success",
-                reason="OK",
-                trace_id=actor.trace_id,
-                attributes=attributes,
-            )
+            target = f"tenants/{tenant_id}/settings"
+            entry = event(actor, tenant_id, "tenant.settings.update", target, attributes=attributes)
             try:
-                with self.audit.change(entry):
+                with audited_change(self.audit, entry):
                     self._store.put(updated)
             finally:
                 self._forget(tenant_id)

@@ -8,17 +8,18 @@ expired and revoked sessions. ``stop`` flushes once more so a clean shutdown los
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
+from zumik_secrets.app.periodic import PeriodicJob
 from zumik_secrets.core.errors import ZumikError
 
 _LOG = logging.getLogger("zumik.usage")
 
 
 class UsageFlusher:
-    """Runs the flush and sweep callables on a timer in one daemon thread."""
+    """Runs the flush and sweep callables on a timer in one daemon thread (a
+    :class:`~zumik_secrets.app.periodic.PeriodicJob` that flushes, and sweeps when due)."""
 
     def __init__(
         self,
@@ -38,23 +39,18 @@ class UsageFlusher:
         """
         self._flushes = flushes
         self._sweeps = sweeps
-        self._flush_interval = flush_interval
         self._sweep_interval = sweep_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._next_sweep = 0.0
+        self._job = PeriodicJob("usage", flush_interval, self._tick, log=_LOG, drain=self.flush)
 
     def start(self) -> None:
         """Start the thread."""
-        self._thread = threading.Thread(target=self._run, name="zumik-usage", daemon=True)
-        self._thread.start()
+        self._next_sweep = time.monotonic() + self._sweep_interval
+        self._job.start()
 
     def stop(self) -> None:
         """Stop the thread, then flush once more. Idempotent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-            self.flush()
+        self._job.stop()
 
     def flush(self) -> None:
         """Run every flush now (storage errors are logged; the batches are kept)."""
@@ -74,10 +70,8 @@ class UsageFlusher:
             except Exception:  # noqa: BLE001 - a background job must never kill the thread
                 _LOG.exception("usage %s failed", what)
 
-    def _run(self) -> None:
-        next_sweep = time.monotonic() + self._sweep_interval
-        while not self._stop.wait(self._flush_interval):
-            self.flush()
-            if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + self._sweep_interval
-                self.sweep()
+    def _tick(self) -> None:
+        self.flush()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self._sweep_interval
+            self.sweep()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 
+from zumik_secrets.app.actor import Actor
+from zumik_secrets.app.audit import AuditRecorder, event, record
 from zumik_secrets.app.rate_limit import BucketSpec, FailureLimiter
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from zumik_secrets.core.names import validate_scope
@@ -40,6 +42,31 @@ CHARGED_RESULTS = frozenset(
     {VerifyResult.MALFORMED, VerifyResult.NOT_FOUND, VerifyResult.EXPIRED, VerifyResult.REVOKED}
 )
 """Results charged to the failure buckets (a missing scope is a route's choice, not a probe)."""
+
+
+def record_verification(
+    recorder: AuditRecorder,
+    actor: Actor,
+    action: str,
+    tenant_id: str | None,
+    target: str,
+    result: VerifyResult,
+    *,
+    limited: str = "",
+) -> None:
+    """Record a verification's (non-durable) event: ``success`` for a valid credential,
+    ``failure`` otherwise, ``denied`` with the limiter's reason when it refused the answer."""
+    outcome = "success" if result is VerifyResult.VALID else "failure"
+    entry = event(
+        actor,
+        tenant_id,
+        action,
+        target,
+        "denied" if limited else outcome,
+        limited or result.value,
+        {"result": result.value},
+    )
+    record(recorder, entry, durable=False)
 
 
 def field_required(field: str) -> InvalidArgument:

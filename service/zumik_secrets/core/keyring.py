@@ -10,8 +10,9 @@ The primary version (which must be active) wraps; every listed version unwraps. 
 versions only unwrap and cannot become primary again.
 
 Wrapped blob: ``0x01 || version (u32 BE) || 12-byte nonce || ciphertext || 16-byte tag``,
-AES-256-GCM. The 5-byte header is prepended to the caller's associated data before
-authentication, so the version byte cannot be altered without detection.
+AES-256-GCM: the framing of :mod:`zumik_secrets.core.aead_framing` (shared with sealed secrets),
+whose 5-byte header is authenticated with the caller's associated data, so the version cannot be
+altered without detection.
 
 Errors: malformed keyring text raises ``InvalidArgument`` (reason ``KEYRING_INVALID``) whose
 message says what is wrong and never echoes key material; key-state changes that make no sense
@@ -22,35 +23,26 @@ raise ``FailedPrecondition`` (reason ``KEYRING_STATE``); any unwrap failure rais
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from zumik_secrets.core import encoding
+from zumik_secrets.core import aead_framing, encoding
 from zumik_secrets.core.errors import DecryptionFailed, FailedPrecondition, InvalidArgument
-from zumik_secrets.core.primitives import (
-    AES_KEY_SIZE,
-    GCM_NONCE_SIZE,
-    GCM_TAG_SIZE,
-    Aead,
-    random_bytes,
-    sha256,
-)
+from zumik_secrets.core.primitives import AES_KEY_SIZE, Aead, random_bytes, sha256
 
 FORMAT = "zumik-keyring-v1"
 STATE_ACTIVE = "active"
 STATE_RETIRED = "retired"
-WRAP_FORMAT_BYTE = 0x01
-HEADER_SIZE = 5
-MAX_VERSION = 2**32 - 1
+WRAP_FORMAT_BYTE = aead_framing.FORMAT_BYTE
+HEADER_SIZE = aead_framing.HEADER_SIZE
+MAX_VERSION = aead_framing.MAX_VERSION
 MAX_TEXT_LENGTH = 1 << 20
 
 REASON_INVALID = "KEYRING_INVALID"
 REASON_STATE = "KEYRING_STATE"
 
 _FINGERPRINT_LABEL = b"zumik-keyring-fingerprint-v1\x00"
-_HEADER = struct.Struct(">BI")
 
 
 def _invalid(problem: str) -> InvalidArgument:
@@ -284,10 +276,9 @@ class MasterKeyring:
         Returns:
             ``0x01 || version (u32 BE) || nonce (12) || ciphertext || tag (16)``.
         """
-        header = _HEADER.pack(WRAP_FORMAT_BYTE, self._primary)
-        nonce = self._rand(GCM_NONCE_SIZE)
-        ct = self._aeads[self._primary].encrypt(nonce, plaintext, header + associated_data)
-        return header + nonce + ct
+        return aead_framing.seal(
+            self._aeads[self._primary], self._primary, plaintext, associated_data, rand=self._rand
+        )
 
     def unwrap(self, blob: bytes, associated_data: bytes) -> bytes:
         """Decrypt a blob made by :meth:`wrap` with any version in the keyring.
@@ -300,10 +291,7 @@ class MasterKeyring:
         aead = self._aeads.get(version)
         if aead is None:
             raise DecryptionFailed()
-        nonce = blob[HEADER_SIZE : HEADER_SIZE + GCM_NONCE_SIZE]
-        return aead.decrypt(
-            nonce, blob[HEADER_SIZE + GCM_NONCE_SIZE :], blob[:HEADER_SIZE] + associated_data
-        )
+        return aead_framing.open_blob(aead, blob, associated_data)
 
     def needs_rewrap(self, blob: bytes) -> bool:
         """Whether a blob was wrapped by a version other than the primary (KEK rotation).
@@ -328,12 +316,7 @@ def blob_version(blob: bytes) -> int:
     Raises:
         DecryptionFailed: If the blob is too short or not format 0x01.
     """
-    if len(blob) < HEADER_SIZE + GCM_NONCE_SIZE + GCM_TAG_SIZE:
-        raise DecryptionFailed()
-    fmt, version = _HEADER.unpack_from(blob)
-    if fmt != WRAP_FORMAT_BYTE:
-        raise DecryptionFailed()
-    return int(version)
+    return aead_framing.version(blob)
 
 
 def _dump(keys: Iterable[KeyVersion], primary: int) -> str:

@@ -4,9 +4,9 @@ Sealed blob (format 1)::
 
     0x01 || dek_version (u32 BE) || nonce (12) || ciphertext || tag (16)
 
-AES-256-GCM under the (tenant, project) ``seal`` data key of version ``dek_version``. The 5-byte
-header is prepended to the associated data before authentication (as the keyring does), so the
-version named in the header cannot be altered without the open failing.
+AES-256-GCM under the (tenant, project) ``seal`` data key of version ``dek_version``: the framing
+of :mod:`zumik_secrets.core.aead_framing` (shared with the keyring), whose 5-byte header is
+authenticated with the associated data, so the version cannot be altered without the open failing.
 
 Associated data of a sealed secret (:func:`secret_aad`) names the tenant, project, secret handle,
 purpose and the secret's version, so a ciphertext copied or moved to another row, project or
@@ -22,22 +22,21 @@ data, tampering) raises :class:`~zumik_secrets.core.errors.DecryptionFailed` and
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
+from zumik_secrets.core import aead_framing
 from zumik_secrets.core.errors import DecryptionFailed
-from zumik_secrets.core.primitives import GCM_NONCE_SIZE, GCM_TAG_SIZE, Aead, random_bytes
+from zumik_secrets.core.primitives import Aead, random_bytes
 
-SEALED_FORMAT_BYTE = 0x01
-HEADER_SIZE = 5
-MIN_SEALED_SIZE = HEADER_SIZE + GCM_NONCE_SIZE + GCM_TAG_SIZE
-MAX_DATA_KEY_VERSION = 2**32 - 1
+SEALED_FORMAT_BYTE = aead_framing.FORMAT_BYTE
+HEADER_SIZE = aead_framing.HEADER_SIZE
+MIN_SEALED_SIZE = aead_framing.MIN_SIZE
+MAX_DATA_KEY_VERSION = aead_framing.MAX_VERSION
 
 PURPOSE_SEAL = "seal"
 PURPOSE_FINGERPRINT = "fingerprint"
 PURPOSES = (PURPOSE_SEAL, PURPOSE_FINGERPRINT)
 
-_HEADER = struct.Struct(">BI")
 _SECRET_LABEL = b"zumik-sealed-secret-v1"
 _DATA_KEY_LABEL = b"zumik-data-key-v1"
 
@@ -96,9 +95,7 @@ def seal(
     """
     if not 1 <= dek_version <= MAX_DATA_KEY_VERSION:
         raise ValueError("data-key version out of range")
-    header = _HEADER.pack(SEALED_FORMAT_BYTE, dek_version)
-    nonce = rand(GCM_NONCE_SIZE)
-    return header + nonce + aead.encrypt(nonce, plaintext, header + associated_data)
+    return aead_framing.seal(aead, dek_version, plaintext, associated_data, rand=rand)
 
 
 def sealed_version(blob: bytes) -> int:
@@ -107,12 +104,10 @@ def sealed_version(blob: bytes) -> int:
     Raises:
         DecryptionFailed: The blob is too short or not format 0x01.
     """
-    if len(blob) < MIN_SEALED_SIZE:
+    version = aead_framing.version(blob)
+    if version == 0:
         raise DecryptionFailed()
-    fmt, version = _HEADER.unpack_from(blob)
-    if fmt != SEALED_FORMAT_BYTE or version == 0:
-        raise DecryptionFailed()
-    return int(version)
+    return version
 
 
 def open_sealed(aead: Aead, blob: bytes, associated_data: bytes) -> bytes:
@@ -122,7 +117,4 @@ def open_sealed(aead: Aead, blob: bytes, associated_data: bytes) -> bytes:
         DecryptionFailed: On any failure.
     """
     sealed_version(blob)
-    nonce = blob[HEADER_SIZE : HEADER_SIZE + GCM_NONCE_SIZE]
-    return aead.decrypt(
-        nonce, blob[HEADER_SIZE + GCM_NONCE_SIZE :], blob[:HEADER_SIZE] + associated_data
-    )
+    return aead_framing.open_blob(aead, blob, associated_data)

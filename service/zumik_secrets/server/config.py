@@ -32,449 +32,235 @@ class Setting:
     help: str
 
 
+def setting(default: Any, env: str, help: str, *, repr: bool = True) -> Any:
+    """Declare one setting in one line: its default, its env var and its ``--help`` text.
+
+    (The older spelling, ``field(default=..., metadata={"setting": Setting(env, help)})``, is the
+    same declaration and still works.)
+    """
+    return field(default=default, repr=repr, metadata={"setting": Setting(env, help)})
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything the server reads at start-up. Every field has an env var."""
 
-    listen: str = field(
-        default=DEFAULT_LISTEN,
-        metadata={"setting": Setting("ZUMIK_LISTEN", "host:port to serve gRPC on (mTLS only)")},
+    listen: str = setting(DEFAULT_LISTEN, "ZUMIK_LISTEN", "host:port to serve gRPC on (mTLS only)")
+    database_url: str = setting(
+        DEFAULT_DATABASE_URL,
+        "ZUMIK_DATABASE_URL",
+        "sqlite:///path (embedded, default) or postgresql://user@host/db",
     )
-    database_url: str = field(
-        default=DEFAULT_DATABASE_URL,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_DATABASE_URL",
-                "sqlite:///path (embedded, default) or postgresql://user@host/db",
-            )
-        },
+    tls_cert_file: str = setting("", "ZUMIK_TLS_CERT", "server certificate chain (PEM)")
+    tls_key_file: str = setting("", "ZUMIK_TLS_KEY", "server private key (PEM)")
+    tls_client_ca_file: str = setting(
+        "", "ZUMIK_TLS_CLIENT_CA", "CA bundle that client certificates chain to"
     )
-    tls_cert_file: str = field(
-        default="",
-        metadata={"setting": Setting("ZUMIK_TLS_CERT", "server certificate chain (PEM)")},
+    policy_file: str = setting("", "ZUMIK_POLICY_FILE", "authorization policy (TOML)")
+    master_keyring_file: str = setting(
+        "", "ZUMIK_MASTER_KEYRING_FILE", "master keyring file (JSON, mounted read-only)"
     )
-    tls_key_file: str = field(
-        default="", metadata={"setting": Setting("ZUMIK_TLS_KEY", "server private key (PEM)")}
+    master_keyring: str = setting(
+        "", "ZUMIK_MASTER_KEYRING", "master keyring JSON inline (development only)", repr=False
     )
-    tls_client_ca_file: str = field(
-        default="",
-        metadata={
-            "setting": Setting("ZUMIK_TLS_CLIENT_CA", "CA bundle that client certificates chain to")
-        },
+    reflection: bool = setting(True, "ZUMIK_REFLECTION", "serve gRPC reflection (true/false)")
+    workers: int = setting(16, "ZUMIK_WORKERS", "handler threads per process")
+    max_message_bytes: int = setting(
+        8 * 1024 * 1024, "ZUMIK_MAX_MESSAGE_BYTES", "largest request or response"
     )
-    policy_file: str = field(
-        default="",
-        metadata={"setting": Setting("ZUMIK_POLICY_FILE", "authorization policy (TOML)")},
+    max_concurrent_rpcs: int = setting(
+        1024, "ZUMIK_MAX_CONCURRENT_RPCS", "calls beyond this are refused RESOURCE_EXHAUSTED"
     )
-    master_keyring_file: str = field(
-        default="",
-        metadata={
-            "setting": Setting(
-                "ZUMIK_MASTER_KEYRING_FILE", "master keyring file (JSON, mounted read-only)"
-            )
-        },
+    max_calls_per_peer: int = setting(
+        0,
+        "ZUMIK_MAX_CALLS_PER_PEER",
+        "slow (>= 0.5 s) unary calls one peer may hold at once (0: 3/4 of ZUMIK_WORKERS)",
     )
-    master_keyring: str = field(
-        default="",
-        repr=False,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_MASTER_KEYRING", "master keyring JSON inline (development only)"
-            )
-        },
+    max_streams_per_peer: int = setting(
+        8, "ZUMIK_MAX_STREAMS_PER_PEER", "streams one peer identity may hold open at once"
     )
-    reflection: bool = field(
-        default=True,
-        metadata={"setting": Setting("ZUMIK_REFLECTION", "serve gRPC reflection (true/false)")},
+    stream_workers: int = setting(
+        32, "ZUMIK_STREAM_WORKERS", "threads for blocking streams (reflection, export)"
     )
-    workers: int = field(
-        default=16, metadata={"setting": Setting("ZUMIK_WORKERS", "handler threads per process")}
+    max_queued_calls: int = setting(
+        64,
+        "ZUMIK_MAX_QUEUED_CALLS",
+        "unary calls that may wait for a worker; beyond, RESOURCE_EXHAUSTED at once",
     )
-    max_message_bytes: int = field(
-        default=8 * 1024 * 1024,
-        metadata={"setting": Setting("ZUMIK_MAX_MESSAGE_BYTES", "largest request or response")},
+    max_connection_age_seconds: float = setting(
+        1800.0, "ZUMIK_MAX_CONNECTION_AGE", "seconds before a connection is asked to go away"
     )
-    max_concurrent_rpcs: int = field(
-        default=1024,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_MAX_CONCURRENT_RPCS", "calls beyond this are refused RESOURCE_EXHAUSTED"
-            )
-        },
+    max_connection_idle_seconds: float = setting(
+        300.0, "ZUMIK_MAX_CONNECTION_IDLE", "seconds a connection without calls stays open"
     )
-    max_calls_per_peer: int = field(
-        default=0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_MAX_CALLS_PER_PEER",
-                "slow (>= 0.5 s) unary calls one peer may hold at once (0: 3/4 of ZUMIK_WORKERS)",
-            )
-        },
+    customer_key_concurrency: int = setting(
+        4,
+        "ZUMIK_CUSTOMER_KEY_CONCURRENCY",
+        "calls of one tenant that may wait on its customer key server at once",
     )
-    max_streams_per_peer: int = field(
-        default=8,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_MAX_STREAMS_PER_PEER", "streams one peer identity may hold open at once"
-            )
-        },
+    customer_key_breaker_failures: int = setting(
+        3,
+        "ZUMIK_CUSTOMER_KEY_BREAKER_FAILURES",
+        "consecutive failures that open a customer key server's circuit",
     )
-    stream_workers: int = field(
-        default=32,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_STREAM_WORKERS", "threads for blocking streams (reflection, export)"
-            )
-        },
+    customer_key_breaker_seconds: float = setting(
+        10.0,
+        "ZUMIK_CUSTOMER_KEY_BREAKER_SECONDS",
+        "seconds an open circuit fails calls fast before one probe is let through",
     )
-    max_queued_calls: int = field(
-        default=64,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_MAX_QUEUED_CALLS",
-                "unary calls that may wait for a worker; beyond, RESOURCE_EXHAUSTED at once",
-            )
-        },
+    denial_audit_interval: float = setting(
+        10.0,
+        "ZUMIK_DENIAL_AUDIT_INTERVAL",
+        "seconds over which repeated denials fold into one audit event",
     )
-    max_connection_age_seconds: float = field(
-        default=1800.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_MAX_CONNECTION_AGE", "seconds before a connection is asked to go away"
-            )
-        },
+    denial_audit_budget: int = setting(
+        100,
+        "ZUMIK_DENIAL_AUDIT_BUDGET",
+        "denial audit events one identity may cause per interval (then one summary)",
     )
-    max_connection_idle_seconds: float = field(
-        default=300.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_MAX_CONNECTION_IDLE", "seconds a connection without calls stays open"
-            )
-        },
+    claim_ttl_seconds: int = setting(300, "ZUMIK_CLAIM_TTL", "lifetime of minted claims (<= 300)")
+    audience: str = setting(
+        "zumik-secrets", "ZUMIK_AUDIENCE", "claim audience (`aud`) to mint and accept"
     )
-    customer_key_concurrency: int = field(
-        default=4,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_CUSTOMER_KEY_CONCURRENCY",
-                "calls of one tenant that may wait on its customer key server at once",
-            )
-        },
+    session_idle_timeout: int = setting(
+        1800,
+        "ZUMIK_SESSION_IDLE_TIMEOUT",
+        "default session idle timeout in seconds (60..604800; sliding)",
     )
-    customer_key_breaker_failures: int = field(
-        default=3,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_CUSTOMER_KEY_BREAKER_FAILURES",
-                "consecutive failures that open a customer key server's circuit",
-            )
-        },
+    session_absolute_timeout: int = setting(
+        43200,
+        "ZUMIK_SESSION_ABSOLUTE_TIMEOUT",
+        "default session absolute lifetime in seconds (60..2592000)",
     )
-    customer_key_breaker_seconds: float = field(
-        default=10.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_CUSTOMER_KEY_BREAKER_SECONDS",
-                "seconds an open circuit fails calls fast before one probe is let through",
-            )
-        },
+    verify_identity_failure_rate: float = setting(
+        50.0,
+        "ZUMIK_VERIFY_IDENTITY_FAILURE_RATE",
+        "failed key/session verifications per second one calling identity may cause",
     )
-    denial_audit_interval: float = field(
-        default=10.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_DENIAL_AUDIT_INTERVAL",
-                "seconds over which repeated denials fold into one audit event",
-            )
-        },
+    verify_identity_failure_burst: float = setting(
+        100.0,
+        "ZUMIK_VERIFY_IDENTITY_FAILURE_BURST",
+        "burst of failed verifications per calling identity",
     )
-    denial_audit_budget: int = field(
-        default=100,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_DENIAL_AUDIT_BUDGET",
-                "denial audit events one identity may cause per interval (then one summary)",
-            )
-        },
+    verify_key_failure_rate: float = setting(
+        5.0, "ZUMIK_VERIFY_KEY_FAILURE_RATE", "failed verifications per second of one API key id"
     )
-    claim_ttl_seconds: int = field(
-        default=300,
-        metadata={"setting": Setting("ZUMIK_CLAIM_TTL", "lifetime of minted claims (<= 300)")},
+    verify_key_failure_burst: float = setting(
+        10.0, "ZUMIK_VERIFY_KEY_FAILURE_BURST", "burst of failed verifications per API key id"
     )
-    audience: str = field(
-        default="zumik-secrets",
-        metadata={
-            "setting": Setting("ZUMIK_AUDIENCE", "claim audience (`aud`) to mint and accept")
-        },
+    usage_flush_interval: float = setting(
+        1.0,
+        "ZUMIK_USAGE_FLUSH_INTERVAL",
+        "seconds between batched writes of key last-used and session last-seen times",
     )
-    session_idle_timeout: int = field(
-        default=1800,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_SESSION_IDLE_TIMEOUT",
-                "default session idle timeout in seconds (60..604800; sliding)",
-            )
-        },
+    session_sweep_interval: float = setting(
+        300.0, "ZUMIK_SESSION_SWEEP_INTERVAL", "seconds between sweeps of dead sessions"
     )
-    session_absolute_timeout: int = field(
-        default=43200,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_SESSION_ABSOLUTE_TIMEOUT",
-                "default session absolute lifetime in seconds (60..2592000)",
-            )
-        },
+    seal_max_plaintext_bytes: int = setting(
+        64 * 1024, "ZUMIK_SEAL_MAX_PLAINTEXT_BYTES", "largest plaintext Seal accepts (bytes)"
     )
-    verify_identity_failure_rate: float = field(
-        default=50.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_VERIFY_IDENTITY_FAILURE_RATE",
-                "failed key/session verifications per second one calling identity may cause",
-            )
-        },
+    data_key_cache_size: int = setting(
+        10_000, "ZUMIK_DATA_KEY_CACHE_SIZE", "unwrapped data keys kept in memory (LRU)"
     )
-    verify_identity_failure_burst: float = field(
-        default=100.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_VERIFY_IDENTITY_FAILURE_BURST",
-                "burst of failed verifications per calling identity",
-            )
-        },
+    data_key_cache_ttl: float = setting(
+        300.0,
+        "ZUMIK_DATA_KEY_CACHE_TTL",
+        "seconds an unwrapped data key is kept (bounds customer-key revocation delay)",
     )
-    verify_key_failure_rate: float = field(
-        default=5.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_VERIFY_KEY_FAILURE_RATE",
-                "failed verifications per second of one API key id",
-            )
-        },
+    fingerprint_sweep_interval: float = setting(
+        5.0,
+        "ZUMIK_FINGERPRINT_SWEEP_INTERVAL",
+        "seconds between sweeps destroying fingerprint keys whose rotation overlap ended",
     )
-    verify_key_failure_burst: float = field(
-        default=10.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_VERIFY_KEY_FAILURE_BURST", "burst of failed verifications per API key id"
-            )
-        },
+    customer_key_timeout: float = setting(
+        5.0,
+        "ZUMIK_CUSTOMER_KEY_TIMEOUT",
+        "seconds for each whole call to a tenant's OpenBao/Vault"
+        " (less when the caller's deadline is nearer)",
     )
-    usage_flush_interval: float = field(
-        default=1.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_USAGE_FLUSH_INTERVAL",
-                "seconds between batched writes of key last-used and session last-seen times",
-            )
-        },
+    audit_retention_days: int = setting(
+        400,
+        "ZUMIK_AUDIT_RETENTION_DAYS",
+        "default days audit events are kept (tenants may set their own, 1 to 3650)",
     )
-    session_sweep_interval: float = field(
-        default=300.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_SESSION_SWEEP_INTERVAL", "seconds between sweeps of dead sessions"
-            )
-        },
+    audit_checkpoint_seconds: float = setting(
+        60.0, "ZUMIK_AUDIT_CHECKPOINT_SECONDS", "seconds between signed audit checkpoints"
     )
-    seal_max_plaintext_bytes: int = field(
-        default=64 * 1024,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_SEAL_MAX_PLAINTEXT_BYTES", "largest plaintext Seal accepts (bytes)"
-            )
-        },
+    accept_claims_without_credential: bool = setting(
+        False,
+        "ZUMIK_ACCEPT_CLAIMS_WITHOUT_CREDENTIAL",
+        "upgrade window only: accept claims minted by the previous release, which name no "
+        "source credential (cid) and so cannot be revoked before they expire (at most "
+        "the claim lifetime); turn off once every replica runs this release",
     )
-    data_key_cache_size: int = field(
-        default=10_000,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_DATA_KEY_CACHE_SIZE", "unwrapped data keys kept in memory (LRU)"
-            )
-        },
+    audit_witness_dir: str = setting(
+        "",
+        "ZUMIK_AUDIT_WITNESS_DIR",
+        "append-only directory every signed audit checkpoint is also written to, out of "
+        "the database writer's reach (empty: no witness; a warning at start)",
     )
-    data_key_cache_ttl: float = field(
-        default=300.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_DATA_KEY_CACHE_TTL",
-                "seconds an unwrapped data key is kept (bounds customer-key revocation delay)",
-            )
-        },
+    audit_checkpoint_events: int = setting(
+        1000, "ZUMIK_AUDIT_CHECKPOINT_EVENTS", "events of a tenant that trigger a checkpoint"
     )
-    fingerprint_sweep_interval: float = field(
-        default=5.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_FINGERPRINT_SWEEP_INTERVAL",
-                "seconds between sweeps destroying fingerprint keys whose rotation overlap ended",
-            )
-        },
+    audit_durable_timeout: float = setting(
+        3.0,
+        "ZUMIK_AUDIT_DURABLE_TIMEOUT",
+        "seconds a sensitive call waits for its audit event to commit (then UNAVAILABLE;"
+        " never past the caller's deadline; below the client's 5 s default deadline)",
     )
-    customer_key_timeout: float = field(
-        default=5.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_CUSTOMER_KEY_TIMEOUT",
-                "seconds for each whole call to a tenant's OpenBao/Vault"
-                " (less when the caller's deadline is nearer)",
-            )
-        },
+    audit_linger_ms: float = setting(
+        20.0,
+        "ZUMIK_AUDIT_LINGER_MS",
+        "ms the audit writer gathers non-durable events before a commit (0: at once)",
     )
-    audit_retention_days: int = field(
-        default=400,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_AUDIT_RETENTION_DAYS",
-                "default days audit events are kept (tenants may set their own, 1 to 3650)",
-            )
-        },
+    revoked_key_retention_days: int = setting(
+        30,
+        "ZUMIK_REVOKED_KEY_RETENTION_DAYS",
+        "default days revoked or expired API keys are kept (tenants may set their own)",
     )
-    audit_checkpoint_seconds: float = field(
-        default=60.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_AUDIT_CHECKPOINT_SECONDS", "seconds between signed audit checkpoints"
-            )
-        },
+    retention_interval: float = setting(
+        3600.0,
+        "ZUMIK_RETENTION_INTERVAL",
+        "seconds between retention runs (sessions, revoked keys, old audit events)",
     )
-    accept_claims_without_credential: bool = field(
-        default=False,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_ACCEPT_CLAIMS_WITHOUT_CREDENTIAL",
-                "upgrade window only: accept claims minted by the previous release, which name no "
-                "source credential (cid) and so cannot be revoked before they expire (at most "
-                "the claim lifetime); turn off once every replica runs this release",
-            )
-        },
+    test_purge_pause_after: str = setting(
+        "",
+        "ZUMIK_TEST_PURGE_PAUSE_AFTER",
+        "tests only: 'shred' or 'delete' makes a purge sleep 60 s after that phase"
+        " commits, so a test can kill the process there (empty: off)",
     )
-    audit_witness_dir: str = field(
-        default="",
-        metadata={
-            "setting": Setting(
-                "ZUMIK_AUDIT_WITNESS_DIR",
-                "append-only directory every signed audit checkpoint is also written to, out of "
-                "the database writer's reach (empty: no witness; a warning at start)",
-            )
-        },
+    drain_seconds: float = setting(
+        10.0, "ZUMIK_DRAIN_SECONDS", "grace for in-flight calls on SIGTERM"
     )
-    audit_checkpoint_events: int = field(
-        default=1000,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_AUDIT_CHECKPOINT_EVENTS", "events of a tenant that trigger a checkpoint"
-            )
-        },
+    log_level: str = setting("INFO", "ZUMIK_LOG_LEVEL", "log level")
+    access_log_level: str = setting(
+        "INFO",
+        "ZUMIK_ACCESS_LOG_LEVEL",
+        "level of the per-call access log, apart from ZUMIK_LOG_LEVEL (INFO: one line"
+        " per call; WARNING or OFF: none)",
     )
-    audit_durable_timeout: float = field(
-        default=3.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_AUDIT_DURABLE_TIMEOUT",
-                "seconds a sensitive call waits for its audit event to commit (then UNAVAILABLE;"
-                " never past the caller's deadline; below the client's 5 s default deadline)",
-            )
-        },
+    metrics_listen: str = setting(
+        "",
+        "ZUMIK_METRICS_LISTEN",
+        "host:port of the plain-HTTP scrape endpoint (/metrics, /healthz, /livez only; empty: off)",
     )
-    audit_linger_ms: float = field(
-        default=20.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_AUDIT_LINGER_MS",
-                "ms the audit writer gathers non-durable events before a commit (0: at once)",
-            )
-        },
+    metrics_tenant_limit: int = setting(
+        100,
+        "ZUMIK_METRICS_TENANT_LIMIT",
+        "tenants (rich telemetry mode only) labelled on zumik.tenant.rpc.calls per"
+        " process; later ones count as _OTHER (0: no tenant labels)",
     )
-    revoked_key_retention_days: int = field(
-        default=30,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_REVOKED_KEY_RETENTION_DAYS",
-                "default days revoked or expired API keys are kept (tenants may set their own)",
-            )
-        },
+    health_listen: str = setting(
+        "",
+        "ZUMIK_HEALTH_LISTEN",
+        "host:port of the health-only gRPC listener for Kubernetes grpc probes"
+        " (plaintext, grpc.health.v1.Health/Check only; empty: off)",
     )
-    retention_interval: float = field(
-        default=3600.0,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_RETENTION_INTERVAL",
-                "seconds between retention runs (sessions, revoked keys, old audit events)",
-            )
-        },
-    )
-    test_purge_pause_after: str = field(
-        default="",
-        metadata={
-            "setting": Setting(
-                "ZUMIK_TEST_PURGE_PAUSE_AFTER",
-                "tests only: 'shred' or 'delete' makes a purge sleep 60 s after that phase"
-                " commits, so a test can kill the process there (empty: off)",
-            )
-        },
-    )
-    drain_seconds: float = field(
-        default=10.0,
-        metadata={
-            "setting": Setting("ZUMIK_DRAIN_SECONDS", "grace for in-flight calls on SIGTERM")
-        },
-    )
-    log_level: str = field(
-        default="INFO", metadata={"setting": Setting("ZUMIK_LOG_LEVEL", "log level")}
-    )
-    access_log_level: str = field(
-        default="INFO",
-        metadata={
-            "setting": Setting(
-                "ZUMIK_ACCESS_LOG_LEVEL",
-                "level of the per-call access log, apart from ZUMIK_LOG_LEVEL (INFO: one line"
-                " per call; WARNING or OFF: none)",
-            )
-        },
-    )
-    metrics_listen: str = field(
-        default="",
-        metadata={
-            "setting": Setting(
-                "ZUMIK_METRICS_LISTEN",
-                "host:port of the plain-HTTP scrape endpoint (/metrics, /healthz, /livez"
-                " only; empty: off)",
-            )
-        },
-    )
-    metrics_tenant_limit: int = field(
-        default=100,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_METRICS_TENANT_LIMIT",
-                "tenants (rich telemetry mode only) labelled on zumik.tenant.rpc.calls per"
-                " process; later ones count as _OTHER (0: no tenant labels)",
-            )
-        },
-    )
-    health_listen: str = field(
-        default="",
-        metadata={
-            "setting": Setting(
-                "ZUMIK_HEALTH_LISTEN",
-                "host:port of the health-only gRPC listener for Kubernetes grpc probes"
-                " (plaintext, grpc.health.v1.Health/Check only; empty: off)",
-            )
-        },
-    )
-    dev: bool = field(
-        default=False,
-        metadata={"setting": Setting("ZUMIK_DEV", "use the var/dev/ PKI, keyring and dev policy")},
-    )
-    bench_empty_rpc: bool = field(
-        default=False,
-        metadata={
-            "setting": Setting(
-                "ZUMIK_BENCH_EMPTY_RPC",
-                "serve zumik.bench.v1.BenchService/Empty, the benchmarks' no-op ceiling",
-            )
-        },
+    dev: bool = setting(False, "ZUMIK_DEV", "use the var/dev/ PKI, keyring and dev policy")
+    bench_empty_rpc: bool = setting(
+        False,
+        "ZUMIK_BENCH_EMPTY_RPC",
+        "serve zumik.bench.v1.BenchService/Empty, the benchmarks' no-op ceiling",
     )
 
     @classmethod

@@ -42,7 +42,7 @@ from zumik_secrets.api.call_context import CallContext, reset_call, set_call
 from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.free_text import refuse_secret_fields
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder, track_call, untrack_call
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, record, track_call, untrack_call
 from zumik_secrets.app.deadlines import reset_deadline, set_deadline
 from zumik_secrets.core import deadlines
 from zumik_secrets.core.errors import (
@@ -423,9 +423,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             raise
 
     def _record_decision(self, entry: AuditEntry) -> None:
-        try:
-            self._audit.record(entry)
-        except ZumikError:
+        if not record(self._audit, entry, durable=False):
             _LOG.warning(
                 "audit of an authorization decision failed",
                 extra={"method": entry.attributes.get("method", "")},

@@ -26,12 +26,13 @@ from zumik_secrets.app.claim_issuer import ClaimIssuer
 from zumik_secrets.app.claim_revocations import ClaimRevocations
 from zumik_secrets.app.customer_keys import CustomerKeys
 from zumik_secrets.app.data_keys import DataKeys
-from zumik_secrets.app.fingerprints import Fingerprints, Sweeper
+from zumik_secrets.app.fingerprints import Fingerprints, sweeper
 from zumik_secrets.app.grants import BreakGlass
 from zumik_secrets.app.handles import Handles
+from zumik_secrets.app.periodic import PeriodicJob
 from zumik_secrets.app.purge import PurgeService
 from zumik_secrets.app.rate_limit import BucketSpec
-from zumik_secrets.app.retention import Retention, RetentionScheduler
+from zumik_secrets.app.retention import Retention, scheduler
 from zumik_secrets.app.sealed_secrets import SealedSecrets
 from zumik_secrets.app.sessions import SessionService
 from zumik_secrets.app.signing_keys import ISSUER, SigningKeys
@@ -111,11 +112,11 @@ class Runtime:
     sealed_secrets: SealedSecrets
     audit_log: AuditLog
     fingerprints: Fingerprints
-    fingerprint_sweeper: Sweeper
+    fingerprint_sweeper: PeriodicJob
     handles: Handles
     purges: PurgeService
     retention: Retention
-    retention_scheduler: RetentionScheduler
+    retention_scheduler: PeriodicJob
     metrics: ServerMetrics
     break_glass: BreakGlass
 
@@ -255,7 +256,7 @@ class Runtime:
                 cache_entries=config.data_key_cache_size,
                 cache_ttl=config.data_key_cache_ttl,
             )
-            fingerprint_sweeper = Sweeper(fingerprints, config.fingerprint_sweep_interval)
+            fingerprint_sweeper = sweeper(fingerprints, config.fingerprint_sweep_interval)
             handles = Handles(store.handles, audit)
             watcher = ChangeWatcher(store.changes)
             watcher.subscribe("data_key", data_keys.on_change)
@@ -305,7 +306,7 @@ class Runtime:
                 settings=tenant_settings,
                 before_session_sweep=sessions.flush_touches,
             )
-            retention_scheduler = RetentionScheduler(retention, config.retention_interval)
+            retention_scheduler = scheduler(retention, config.retention_interval)
             break_glass = BreakGlass(store.grants, policy.break_glass, policy.trust_domain, audit)
             watcher.start()
             # After the watcher took its starting point, so no change falls between the two.

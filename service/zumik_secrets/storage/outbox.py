@@ -20,13 +20,52 @@ import contextvars
 import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from zumik_secrets.core.audit_chain import EventDraft
+from zumik_secrets.storage._audit_json import attributes_from_json, attributes_json
+
+if TYPE_CHECKING:
+    from zumik_secrets.storage.sql.dialect import Dialect
 
 OUTBOX_COLS = (
     "tenant, event_id, time, actor, actor_subject, action, target, outcome, reason, trace_id,"
     " attributes"
 )
+
+
+def row(draft: EventDraft, dialect: Dialect) -> tuple[Any, ...]:
+    """``draft`` as the values of one outbox row, in :data:`OUTBOX_COLS` order."""
+    return (
+        draft.tenant,
+        draft.event_id,
+        dialect.time_in(draft.time),
+        draft.actor,
+        draft.actor_subject,
+        draft.action,
+        draft.target,
+        draft.outcome,
+        draft.reason,
+        draft.trace_id,
+        attributes_json(draft.attributes),
+    )
+
+
+def draft(values: Sequence[Any], dialect: Dialect) -> EventDraft:
+    """Inverse of :func:`row`: the draft of one outbox row's values."""
+    return EventDraft(
+        tenant=values[0],
+        event_id=values[1],
+        time=dialect.time_out(values[2]),
+        actor=values[3],
+        actor_subject=values[4],
+        action=values[5],
+        target=values[6],
+        outcome=values[7],
+        reason=values[8],
+        trace_id=values[9],
+        attributes=attributes_from_json(values[10]),
+    )
 
 
 class Staged:

@@ -1,7 +1,8 @@
 """Storage ports: one Protocol per aggregate, bundled by :class:`Store`.
 
-Adapters (``storage.sqlite``, ``storage.postgres``) implement these with synchronous code that is
-safe to call from many threads at once. Every method that can reach the database may raise
+One module per aggregate in ``storage.aggregates`` implements these for both backends, over the
+SQLite or PostgreSQL kernel (``storage.sqlite``, ``storage.postgres``), with synchronous code that
+is safe to call from many threads at once. Every method that can reach the database may raise
 :class:`~zumik_secrets.core.errors.Unavailable` (reason ``STORAGE_UNAVAILABLE``) when the database
 is down or does not answer in time. Methods taking a ``tenant_id``/``project_id`` return ``None``
 for a row of another tenant or project, exactly as for a missing row.

@@ -1,10 +1,19 @@
-"""PostgreSQL adapter of the purge store (migration 0005): resumable purge jobs and receipts.
+"""The purge store (migration 0005): resumable purge jobs and receipts, on either backend.
 
-Each phase is one transaction that locks the job row (``FOR UPDATE``), does the phase's work and
-advances the job, so a crash at any instant leaves either the whole phase or none of it, and two
-runners of one job serialise on the row. Deleted tuples stay in the heap until VACUUM reclaims
-the space (and in WAL archives and backups): what makes them useless is the shred phase, which
-deletes the wrapped data keys every ciphertext and fingerprint depended on.
+Each phase is one write transaction that re-reads the job, does the phase's work and advances
+the job, so a crash (``kill -9``) at any instant leaves either the whole phase or none of it.
+SQLite's ``BEGIN IMMEDIATE`` excludes every other writer; PostgreSQL reads the job
+``FOR UPDATE``, so two runners of one job serialise on its row. Change records come last in
+each phase: PostgreSQL's change feed takes an advisory lock that must follow every row lock.
+
+What is left of deleted content differs:
+
+- SQLite zeroes deleted content in the file (``secure_delete``, set on every pooled connection)
+  and :meth:`SqlPurgeStore.scrub` truncates the write-ahead log, where the page images written
+  before the purge would otherwise survive until the next checkpoint overwrote them.
+- PostgreSQL keeps deleted tuples in the heap until VACUUM reclaims the space (and in WAL
+  archives and backups): what makes them useless is the shred phase, which deletes the wrapped
+  data keys every ciphertext and fingerprint depended on. ``scrub`` has nothing to do.
 """
 
 # The scope fragments are module constants, never input: the f-strings cannot inject.
@@ -17,9 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from zumik_secrets.core import errors
-from zumik_secrets.storage import _common as c
-from zumik_secrets.storage.postgres.store import Conn, _Db, _record_changes
 from zumik_secrets.storage.records import PurgeJob, PurgeReceiptRecord, ShreddedKey
+from zumik_secrets.storage.sql.kernel import Connection, Kernel
 
 Row = tuple[Any, ...]
 _JOB_COLS = (
@@ -27,39 +35,21 @@ _JOB_COLS = (
     " started_at, updated_at"
 )
 _RCP_COLS = "tenant_id, receipt_id, target, statement, kid, signature, audit_sequence, purge_time"
+_SCOPED_TABLES = (
+    "api_keys",
+    "sessions",
+    "sealed_secrets",
+    "data_keys",
+    "fingerprint_key_schedule",
+    "handles",
+)
+_TENANT_TABLES = ("tenant_settings", "customer_keys")
 
 
-def _job(row: Row) -> PurgeJob:
-    return PurgeJob(
-        receipt_id=row[0],
-        tenant_id=row[1],
-        project_id=row[2],
-        phase=row[3],
-        destroyed={str(k): int(v) for k, v in json.loads(row[4]).items()},
-        shredded=tuple(ShreddedKey(p, u, int(v), w) for p, u, v, w in json.loads(row[5])),
-        audit_retention=timedelta(seconds=int(row[6])),
-        started_at=c.utc(row[7]),
-        updated_at=c.utc(row[8]),
-    )
-
-
-def _rcp(row: Row) -> PurgeReceiptRecord:
-    return PurgeReceiptRecord(
-        tenant_id=row[0],
-        receipt_id=row[1],
-        target=row[2],
-        statement=bytes(row[3]),
-        kid=row[4],
-        signature=bytes(row[5]),
-        audit_sequence=int(row[6]),
-        purge_time=c.utc(row[7]),
-    )
-
-
-def _scope(job: PurgeJob) -> tuple[str, list[Any]]:
-    if job.project_id is None:
-        return "tenant_id = %s", [job.tenant_id]
-    return "tenant_id = %s AND project_id = %s", [job.tenant_id, job.project_id]
+def _scope(tenant_id: str, project_id: str | None) -> tuple[str, list[Any]]:
+    if project_id is None:
+        return "tenant_id = %s", [tenant_id]
+    return "tenant_id = %s AND project_id = %s", [tenant_id, project_id]
 
 
 def _shredded_json(keys: tuple[ShreddedKey, ...]) -> str:
@@ -70,24 +60,54 @@ def _counts_json(counts: dict[str, int]) -> str:
     return json.dumps(counts, sort_keys=True)
 
 
-class PgPurgeStore:
-    """:class:`~zumik_secrets.storage.ports.PurgeStore` on PostgreSQL."""
+def _shredded_rows(rows: list[Row]) -> tuple[ShreddedKey, ...]:
+    return tuple(ShreddedKey(r[0], r[1], int(r[2]), r[3]) for r in rows)
 
-    def __init__(self, db: _Db) -> None:
+
+class SqlPurgeStore:
+    """:class:`~zumik_secrets.storage.ports.PurgeStore` over a SQL kernel."""
+
+    def __init__(self, db: Kernel) -> None:
         self._db = db
+        self._d = db.dialect
 
-    @staticmethod
-    def _locked_job(conn: Conn, receipt_id: str) -> PurgeJob:
+    def _job(self, row: Row) -> PurgeJob:
+        return PurgeJob(
+            receipt_id=row[0],
+            tenant_id=row[1],
+            project_id=row[2],
+            phase=row[3],
+            destroyed={str(k): int(v) for k, v in json.loads(row[4]).items()},
+            shredded=tuple(ShreddedKey(p, u, int(v), w) for p, u, v, w in json.loads(row[5])),
+            audit_retention=timedelta(seconds=int(row[6])),
+            started_at=self._d.time_out(row[7]),
+            updated_at=self._d.time_out(row[8]),
+        )
+
+    def _rcp(self, row: Row) -> PurgeReceiptRecord:
+        return PurgeReceiptRecord(
+            tenant_id=row[0],
+            receipt_id=row[1],
+            target=row[2],
+            statement=bytes(row[3]),
+            kid=row[4],
+            signature=bytes(row[5]),
+            audit_sequence=int(row[6]),
+            purge_time=self._d.time_out(row[7]),
+        )
+
+    def _locked_job(self, conn: Connection, receipt_id: str) -> PurgeJob:
         row = conn.execute(
-            f"SELECT {_JOB_COLS} FROM purge_jobs WHERE receipt_id = %s FOR UPDATE", (receipt_id,)
+            f"SELECT {_JOB_COLS} FROM purge_jobs WHERE receipt_id = %s" + self._d.for_update,
+            (receipt_id,),
         ).fetchone()
         if row is None:
             raise errors.NotFound("purge job not found", reason="PURGE_JOB_NOT_FOUND")
-        return _job(row)
+        return self._job(row)
 
-    @staticmethod
     def _advance(
-        conn: Conn,
+        self,
+        conn: Connection,
         job: PurgeJob,
         phase: str,
         destroyed: dict[str, int],
@@ -101,7 +121,7 @@ class PgPurgeStore:
                 phase,
                 _counts_json(destroyed),
                 _shredded_json(shredded),
-                c.require_aware(at),
+                self._d.time_in(at),
                 job.receipt_id,
             ),
         )
@@ -118,7 +138,7 @@ class PgPurgeStore:
         )
 
     def create_job(self, job: PurgeJob) -> PurgeJob:
-        with self._db.conn() as conn:
+        with self._db.transaction() as conn:
             conn.execute(
                 f"INSERT INTO purge_jobs ({_JOB_COLS}, target)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -130,51 +150,52 @@ class PgPurgeStore:
                     _counts_json(job.destroyed),
                     _shredded_json(job.shredded),
                     int(job.audit_retention.total_seconds()),
-                    c.require_aware(job.started_at),
-                    c.require_aware(job.updated_at),
+                    self._d.time_in(job.started_at),
+                    self._d.time_in(job.updated_at),
                     job.target,
                 ),
             )
             scope = job.tenant_id if job.project_id is None else f"{job.tenant_id}/{job.project_id}"
-            _record_changes(conn, "purge", [scope])
+            self._db.record_changes(conn, "purge", [scope])
         return job
 
     def open_job(self, target: str) -> PurgeJob | None:
         row = self._db.one(
             f"SELECT {_JOB_COLS} FROM purge_jobs WHERE target = %s AND phase <> 'done'", (target,)
         )
-        return None if row is None else _job(row)
+        return None if row is None else self._job(row)
 
     def tombstones(self) -> list[tuple[str, str | None, datetime]]:
         rows = self._db.all(
             "SELECT tenant_id, project_id, min(started_at) FROM purge_jobs"
             " GROUP BY tenant_id, project_id"
         )
-        return [(row[0], row[1], row[2]) for row in rows]
+        return [(row[0], row[1], self._d.time_out(row[2])) for row in rows]
 
     def get_job(self, receipt_id: str) -> PurgeJob | None:
         row = self._db.one(
             f"SELECT {_JOB_COLS} FROM purge_jobs WHERE receipt_id = %s", (receipt_id,)
         )
-        return None if row is None else _job(row)
+        return None if row is None else self._job(row)
 
     def shred(self, receipt_id: str, at: datetime) -> PurgeJob:
-        with self._db.tx() as conn:
+        db = self._db
+        with db.transaction() as conn:
             job = self._locked_job(conn, receipt_id)
             if job.phase != "started":
                 return job
-            where, params = _scope(job)
+            where, params = _scope(job.tenant_id, job.project_id)
             rows = conn.execute(
                 f"SELECT project_id, purpose, version, state FROM data_keys WHERE {where}"
-                " ORDER BY project_id, purpose, version FOR UPDATE",
+                " ORDER BY project_id, purpose, version" + self._d.for_update,
                 params,
             ).fetchall()
             conn.execute(
                 "UPDATE data_keys SET state = 'destroyed', wrapped_key = NULL,"
                 f" destroyed_at = coalesce(destroyed_at, %s) WHERE {where}",
-                [c.require_aware(at), *params],
+                [self._d.time_in(at), *params],
             )
-            shredded = tuple(ShreddedKey(r[0], r[1], int(r[2]), r[3]) for r in rows)
+            shredded = _shredded_rows(rows)
             customer = 0
             if job.project_id is None:
                 customer = conn.execute(
@@ -184,25 +205,26 @@ class PgPurgeStore:
             destroyed = dict(job.destroyed)
             destroyed["customer_keys"] = customer
             advanced = self._advance(conn, job, "shredded", destroyed, shredded, at)
-            triples = sorted({f"{job.tenant_id}/{k.project_id}/{k.purpose}" for k in shredded})
-            _record_changes(conn, "data_key", triples)
+            triples = sorted({f"{job.tenant_id}/{s.project_id}/{s.purpose}" for s in shredded})
+            db.record_changes(conn, "data_key", triples)
             if customer:
-                _record_changes(conn, "customer_key", [job.tenant_id])
+                db.record_changes(conn, "customer_key", [job.tenant_id])
             return advanced
 
     def delete_rows(self, receipt_id: str, at: datetime) -> PurgeJob:
-        with self._db.tx() as conn:
+        db = self._db
+        with db.transaction() as conn:
             job = self._locked_job(conn, receipt_id)
             if job.phase != "shredded":
                 return job
-            where, params = _scope(job)
+            where, params = _scope(job.tenant_id, job.project_id)
             # Versions created after the shred phase (a racing first use) lose their key here.
             late = conn.execute(
                 f"SELECT project_id, purpose, version, state FROM data_keys WHERE {where}"
                 " AND state <> 'destroyed' ORDER BY project_id, purpose, version",
                 params,
             ).fetchall()
-            shredded = job.shredded + tuple(ShreddedKey(r[0], r[1], int(r[2]), r[3]) for r in late)
+            shredded = job.shredded + _shredded_rows(late)
             key_ids = [
                 str(r[0])
                 for r in conn.execute(
@@ -236,20 +258,19 @@ class PgPurgeStore:
                 tenant_settings=settings,
             )
             advanced = self._advance(conn, job, "deleted", destroyed, shredded, at)
-            # Change records last: the advisory lock they take must follow every row lock.
-            _record_changes(conn, "api_key", sorted(key_ids))
-            _record_changes(conn, "session", sorted(session_ids))
+            db.record_changes(conn, "api_key", sorted(key_ids))
+            db.record_changes(conn, "session", sorted(session_ids))
             if late:
                 triples = sorted({f"{job.tenant_id}/{r[0]}/{r[1]}" for r in late})
-                _record_changes(conn, "data_key", triples)
+                db.record_changes(conn, "data_key", triples)
             if customer:
-                _record_changes(conn, "customer_key", [job.tenant_id])
+                db.record_changes(conn, "customer_key", [job.tenant_id])
             if settings:
-                _record_changes(conn, "tenant_settings", [job.tenant_id])
+                db.record_changes(conn, "tenant_settings", [job.tenant_id])
             return advanced
 
     def finish(self, receipt_id: str, receipt: PurgeReceiptRecord, at: datetime) -> PurgeJob:
-        with self._db.tx() as conn:
+        with self._db.transaction() as conn:
             job = self._locked_job(conn, receipt_id)
             if job.phase == "done":
                 return job
@@ -265,28 +286,25 @@ class PgPurgeStore:
                     receipt.kid,
                     receipt.signature,
                     receipt.audit_sequence,
-                    c.require_aware(receipt.purge_time),
+                    self._d.time_in(receipt.purge_time),
                 ),
             )
             return self._advance(conn, job, "done", job.destroyed, job.shredded, at)
 
     def scrub(self) -> None:
-        """Nothing to do here: see the module docstring for what remains and why it is inert."""
+        statement = self._d.pick(
+            # TRUNCATE copies the log into the (secure_delete-zeroed) file and empties the log,
+            # so page images from before the purge do not linger in the -wal file.
+            sqlite="PRAGMA wal_checkpoint(TRUNCATE)",
+            postgresql=None,  # see the module docstring for what remains and why it is inert
+        )
+        if statement is not None:
+            with self._db.read() as conn:
+                conn.execute(statement).fetchall()
 
     def scope_has_data(self, tenant_id: str, project_id: str | None) -> bool:
-        tables = [
-            "api_keys",
-            "sessions",
-            "sealed_secrets",
-            "data_keys",
-            "fingerprint_key_schedule",
-            "handles",
-        ]
-        if project_id is None:
-            where, params = "tenant_id = %s", [tenant_id]
-            tables += ["tenant_settings", "customer_keys"]
-        else:
-            where, params = "tenant_id = %s AND project_id = %s", [tenant_id, project_id]
+        tables = _SCOPED_TABLES + (_TENANT_TABLES if project_id is None else ())
+        where, params = _scope(tenant_id, project_id)
         query = " OR ".join(f"EXISTS (SELECT 1 FROM {t} WHERE {where})" for t in tables)
         row = self._db.one(f"SELECT {query}", params * len(tables))
         return bool(row and row[0])
@@ -296,7 +314,7 @@ class PgPurgeStore:
             f"SELECT {_RCP_COLS} FROM purge_receipts WHERE tenant_id = %s AND receipt_id = %s",
             (tenant_id, receipt_id),
         )
-        return None if row is None else _rcp(row)
+        return None if row is None else self._rcp(row)
 
     def latest_receipt(self, target: str) -> PurgeReceiptRecord | None:
         row = self._db.one(
@@ -304,4 +322,4 @@ class PgPurgeStore:
             " ORDER BY purge_time DESC, receipt_id DESC LIMIT 1",
             (target,),
         )
-        return None if row is None else _rcp(row)
+        return None if row is None else self._rcp(row)
