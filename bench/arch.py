@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from bench.harness import BenchEnv, ServerGroup, proc_cpu_seconds, proc_rss_bytes
 from bench.loadgen import Generators
-from bench.runner import Result, RunSpec, measure
-from bench.scenarios import Ctx, NotServed, SetupFailed, _verify_warm
+from bench.runner import Result, measure
+from bench.scenarios import Ctx, NotServed, Prepared, SetupFailed, _verify_warm
 
 if TYPE_CHECKING:
-    from bench.cli import Settings
+    from bench.settings import Settings
 
 EMPTY = "/zumik.bench.v1.BenchService/Empty"
 
@@ -55,11 +55,7 @@ def run_arch(s: Settings, env: BenchEnv, gens: Generators, results: list[Result]
         try:
             for name in ("empty", "verify_warm"):
                 try:
-                    if name == "empty":
-                        method, reqs = EMPTY, [b""]
-                    else:
-                        prep = _verify_warm(ctx, 0)
-                        method, reqs = prep.method, prep.requests
+                    prep = Prepared(EMPTY, [b""]) if name == "empty" else _verify_warm(ctx, 0)
                 except (NotServed, SetupFailed) as exc:
                     for c in concurrencies:
                         results.append(
@@ -68,16 +64,8 @@ def run_arch(s: Settings, env: BenchEnv, gens: Generators, results: list[Result]
                     continue
                 for c in concurrencies:
                     row = Result("arch", name, f"{label}: {name}", c)
-                    spec = RunSpec(
-                        kind=s.generator,
-                        target=server.target,
-                        tls=env.tls(),
-                        method=method,
-                        requests=reqs,
-                        concurrency=c,
-                        warmup=s.warmup,
-                        duration=s.duration,
-                        channels_per_generator=s.channels,
+                    spec = prep.spec(
+                        s.generator, server.target, env.tls(), c, s.warmup, s.duration, s.channels
                     )
                     server.reset_log()
                     measure(gens, spec, server.pids, proc_cpu_seconds, proc_rss_bytes, row)

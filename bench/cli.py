@@ -9,11 +9,11 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.arch import run_arch
 from bench.harness import (
     REPO,
     BenchEnv,
@@ -24,59 +24,15 @@ from bench.harness import (
     proc_rss_bytes,
 )
 from bench.loadgen import Generators
-from bench.runner import Result, RunSpec, measure
+from bench.openbao import peer_steps, run_openbao
+from bench.profiling import run_profile
+from bench.runner import Result, measure
+from bench.scale import run_scale
 from bench.scenarios import BY_NAME, SCENARIOS, Ctx, NotServed, SetupFailed
+from bench.settings import Progress, Settings
 
 RESULTS = REPO / "bench" / "results"
 LATEST_PNG = REPO / "bench" / "latest.png"
-
-
-@dataclass
-class Settings:
-    """The knobs of one invocation."""
-
-    quick: bool
-    scenarios: list[str]
-    concurrency: list[int]
-    warmup: float
-    duration: float
-    backend: str
-    generators: int
-    generator: str
-    channels: int
-    server_procs: int
-    peer: bool
-    scale: bool
-    scale_rows: int
-    arch: bool
-    profile: bool
-    server_env: dict[str, str] = field(default_factory=dict)
-
-
-class Progress:
-    """A one-line progress indicator on stderr."""
-
-    def __init__(self, total: int) -> None:
-        """Start counting ``total`` steps."""
-        self.total = max(1, total)
-        self.done = 0
-        self.started = time.monotonic()
-
-    def step(self, text: str) -> None:
-        """Show the step about to run."""
-        self.done += 1
-        elapsed = time.monotonic() - self.started
-        line = f"[{self.done:>3}/{self.total}] {elapsed:6.0f}s  {text}"
-        if sys.stderr.isatty():
-            sys.stderr.write("\r\033[K" + line)
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def end(self) -> None:
-        """Finish the line."""
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
 
 
 def _parse_list(text: str) -> list[int]:
@@ -101,11 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--generator", choices=("aio", "threads"), default="aio", help="client kind (aio)"
     )
-    p.add_argument("--channels", type=int, default=4, help="channels per generator (4)")
+    p.add_argument(
+        "--channels",
+        default="4",
+        help="channels per generator (4); a list (2,4,8,16) adds a sweep over them",
+    )
     p.add_argument("--server-procs", type=int, default=1, help="server processes (1)")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip OpenBao")
     p.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--scale-rows", type=int, default=1_000_000)
+    p.add_argument("--scale-rounds", type=int, default=3, help="runs per scale size (3)")
     p.add_argument("--arch", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument(
@@ -134,6 +95,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if "empty" not in names:
         names.insert(0, "empty")  # the ceiling every ratio is taken against
     full = not args.quick and not selected
+    channels = _parse_list(str(args.channels)) or [4]
     return Settings(
         quick=args.quick,
         scenarios=names,
@@ -143,7 +105,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         backend=args.backend,
         generators=args.generators,
         generator=args.generator,
-        channels=args.channels,
+        channels=channels[0],
         server_procs=args.server_procs,
         peer=args.peer,
         scale=full if args.scale is None else args.scale,
@@ -151,26 +113,36 @@ def settings_from(args: argparse.Namespace) -> Settings:
         arch=full if args.arch is None else args.arch,
         profile=full if args.profile is None else args.profile,
         server_env=dict(item.split("=", 1) for item in args.server_env),
+        channel_sweep=channels if len(channels) > 1 else [],
+        scale_rounds=args.scale_rounds,
     )
 
 
 def plan_text(s: Settings) -> str:
     """What the invocation will do, with a rough duration."""
-    runs = len(s.scenarios) * len(s.concurrency)
-    peer_runs = 5 * len(s.concurrency) if s.peer else 0
+    runs = len(s.scenarios) * len(s.concurrency) * (1 + len(s.channel_sweep))
+    peer_runs = peer_steps(s) if s.peer else 0
     per = s.warmup + s.duration + 0.6
-    est = (runs + peer_runs) * per + 15
+    est = (runs + peer_runs) * per + 15 + (40 if s.peer else 0)
+    scale = (
+        f"yes (1,000 and {s.scale_rows:,} rows, PostgreSQL, {s.scale_rounds} rounds)"
+        if s.scale
+        else "no"
+    )
     lines = [
         f"scenarios: {', '.join(s.scenarios)}",
         f"concurrency: {s.concurrency}; warm-up {s.warmup}s, measured {s.duration}s per run",
         f"backend: {s.backend}; server processes: {s.server_procs}; "
         f"generators: {s.generators} x {s.generator} ({s.channels} channels each)",
-        f"OpenBao peer: {'yes' if s.peer else 'no'}; scale: "
-        f"{f'yes ({s.scale_rows:,} rows, PostgreSQL)' if s.scale else 'no'}; "
+        f"OpenBao peers: "
+        f"{f'dev + production-like, c={s.peer_concurrency}' if s.peer else 'no'}; scale: "
+        f"{scale}; "
         f"architecture comparison: {'yes' if s.arch else 'no'}; "
         f"profile: {'yes' if s.profile else 'no'}",
-        f"estimated time for scenarios + peer: about {est / 60:.1f} min",
+        f"estimated time for scenarios + peers: about {est / 60:.1f} min",
     ]
+    if s.channel_sweep:
+        lines.insert(3, f"channel sweep: {s.channel_sweep} channels per generator")
     return "\n".join(lines)
 
 
@@ -217,8 +189,15 @@ def run_scenarios(
     group: str = "zumik",
     server_procs: int | None = None,
     db_name: str = "zumik_bench",
+    channel_counts: Sequence[int] = (),
 ) -> None:
-    """Start a server, run every selected scenario at every concurrency, stop it."""
+    """Start a server, run every selected scenario at every concurrency, stop it.
+
+    With ``channel_counts`` each scenario and concurrency runs once per count of channels per
+    generator, one after the other (the sweep: rows labelled ``..., N ch``).
+    """
+    sweep = list(channel_counts)
+    counts = sweep or [s.channels]
     url = database_url(env, s.backend, db_name)
     server = ServerGroup(
         env, url, processes=server_procs or s.server_procs, extra_env=dict(s.server_env)
@@ -228,8 +207,10 @@ def run_scenarios(
     except RuntimeError as exc:
         for name in s.scenarios:
             for c in s.concurrency:
-                r = Result(group, name, BY_NAME[name].label, c, status=f"failed: {exc}"[:300])
-                results.append(r)
+                for ch in counts:
+                    r = Result(group, name, _label(name, ch, sweep), c, channels=ch)
+                    r.status = f"failed: {exc}"[:300]
+                    results.append(r)
         return
     ctx = Ctx(env.channel(server.target), url)
     empty_rate: dict[int, float] = {}
@@ -238,50 +219,46 @@ def run_scenarios(
             sc = BY_NAME[name]
             status = ""
             for c in s.concurrency:
-                progress.step(f"{sc.label} c={c}")
-                row = Result(group, name, sc.label, c)
-                if status:
-                    row.status = status
+                for ch in counts:
+                    label = _label(name, ch, sweep)
+                    progress.step(f"{label} c={c}")
+                    row = Result(group, name, label, c, channels=ch)
+                    if status:
+                        row.status = status
+                        results.append(row)
+                        continue
+                    calls = int(empty_rate.get(c, 5000) * (s.warmup + s.duration) * 1.2) + 500
+                    try:
+                        prep = sc.prepare(ctx, min(calls, 80_000))
+                    except NotServed:
+                        status = row.status = "not yet served"
+                        results.append(row)
+                        continue
+                    except SetupFailed as exc:
+                        status = row.status = f"failed: set-up {exc}"[:300]
+                        results.append(row)
+                        continue
+                    server.reset_log()
+                    spec = prep.spec(
+                        s.generator, server.target, env.tls(), c, s.warmup, s.duration, ch
+                    )
+                    measure(gens, spec, server.pids, proc_cpu_seconds, proc_rss_bytes, row)
+                    logged = server.reset_log()
+                    if logged:
+                        row.notes = (row.notes + f"; {logged} server ERROR log lines").lstrip("; ")
+                    if name == "empty" and row.status == "ok":
+                        empty_rate[c] = max(empty_rate.get(c, 0.0), row.throughput)
                     results.append(row)
-                    continue
-                calls = int(empty_rate.get(c, 5000) * (s.warmup + s.duration) * 1.2) + 500
-                try:
-                    prep = sc.prepare(ctx, min(calls, 80_000))
-                except NotServed:
-                    status = row.status = "not yet served"
-                    results.append(row)
-                    continue
-                except SetupFailed as exc:
-                    status = row.status = f"failed: set-up {exc}"[:300]
-                    results.append(row)
-                    continue
-                server.reset_log()
-                spec = RunSpec(
-                    kind=s.generator,
-                    target=server.target,
-                    tls=env.tls(),
-                    method=prep.method,
-                    requests=prep.requests,
-                    metadata=prep.metadata,
-                    concurrency=c,
-                    warmup=s.warmup,
-                    duration=s.duration,
-                    channels_per_generator=s.channels,
-                    distinct=prep.distinct,
-                    items_per_call=prep.items_per_call,
-                )
-                measure(gens, spec, server.pids, proc_cpu_seconds, proc_rss_bytes, row)
-                logged = server.reset_log()
-                if logged:
-                    row.notes = (row.notes + f"; {logged} server ERROR log lines").lstrip("; ")
-                if name == "empty" and row.status == "ok":
-                    empty_rate[c] = row.throughput
-                results.append(row)
     finally:
         ctx.channel.close()
         server.stop()
         if s.backend == "postgresql":
             drop_scratch_db(db_name)
+
+
+def _label(name: str, channels: int, sweep: Sequence[int]) -> str:
+    label = BY_NAME[name].label
+    return f"{label}, {channels} ch" if sweep else label
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,47 +274,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results: list[Result] = []
     extra: dict[str, Any] = {}
-    steps = len(s.scenarios) * len(s.concurrency) + (5 * len(s.concurrency) if s.peer else 0)
-    progress = Progress(steps)
+    runs = len(s.scenarios) * len(s.concurrency) * (1 + len(s.channel_sweep))
+    progress = Progress(runs + (peer_steps(s) if s.peer else 0))
     gens = Generators(s.generators)
     try:
         run_scenarios(s, env, gens, progress, results)
+        if s.channel_sweep:
+            run_scenarios(
+                s,
+                env,
+                gens,
+                progress,
+                results,
+                group="channels",
+                db_name="zumik_bench_channels",
+                channel_counts=s.channel_sweep,
+            )
         report.set_empty_ratios(results)
         if s.peer:
-            from bench.openbao import run_openbao
-
             extra["openbao"] = run_openbao(s, env, gens, progress, results)
         progress.end()
         if s.scale:
-            from bench.scale import run_scale
-
             extra["scale"] = run_scale(s, env, gens, results)
         if s.arch:
-            from bench.arch import run_arch
-
             extra["architecture"] = run_arch(s, env, gens, results)
         if s.profile:
-            from bench.profiling import run_profile
-
             extra["profile"] = run_profile(s, env, gens)
     finally:
         gens.close()
         if not args.keep:
             env.cleanup()
+    machine["load_avg_at_end"] = os.getloadavg()
     peers = report.peer_ratios(results)
-    targets = report.targets(results)
-    main_rows = [r for r in results if r.group in ("zumik", "openbao")]
+    targets = report.targets(
+        results, gateway=report.read_gateway(RESULTS), scale=extra.get("scale")
+    )
+    main_rows = [r for r in results if r.group in report.MAIN_GROUPS]
     print()
     print(report.table(main_rows))
-    other = [r for r in results if r.group not in ("zumik", "openbao")]
+    other = [r for r in results if r.group not in report.MAIN_GROUPS]
     if other:
         print()
         print(report.table(other))
     print("\nours / OpenBao at c=64 (throughput):")
-    for p in peers:
-        ratio = "n/a (" + p.get("note", "") + ")" if p["ratio"] is None else f"{p['ratio']:.2f}x"
-        print(f"  {p['ours']:<12} vs {p['openbao']:<20} {ratio}")
-    print("\ntargets:")
+    print(report.peer_ratios_text(peers))
+    load = ", ".join(f"{x:.1f}" for x in machine["load_avg_at_start"])
+    end = ", ".join(f"{x:.1f}" for x in machine["load_avg_at_end"])
+    print(f"\ntargets (issue 18; ratios within this run; load average {load} -> {end}):")
     print(report.targets_text(targets))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kind = "quick" if s.quick else ("partial" if args.scenario else "full")

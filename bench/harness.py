@@ -140,25 +140,36 @@ def pg_available() -> bool:
         return False
 
 
+def scratch_db_name(name: str) -> str:
+    """The database behind scratch name ``name`` for this process.
+
+    The process id is part of it: two bench runs on one shared machine (each engineer's) would
+    otherwise drop each other's database in the middle of a run.
+    """
+    return f"{name}_{os.getpid()}"
+
+
 def create_scratch_db(name: str) -> str:
-    """(Re)create database ``name`` on the local PostgreSQL; returns its URL."""
+    """(Re)create scratch database ``name`` of this process on the local PostgreSQL; its URL."""
     import psycopg
 
+    real = scratch_db_name(name)
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+        conn.execute(f'DROP DATABASE IF EXISTS "{real}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{real}"')
+    return f"postgresql://postgres@127.0.0.1:5432/{real}"
 
 
 def drop_scratch_db(name: str) -> None:
-    """Drop a scratch database (ignoring failures)."""
+    """Drop scratch database ``name`` of this process (ignoring failures)."""
+    real = scratch_db_name(name)
     try:
         import psycopg
 
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'DROP DATABASE IF EXISTS "{real}" WITH (FORCE)')
     except Exception as exc:  # noqa: BLE001 - best effort at exit
-        print(f"could not drop scratch database {name}: {exc}", file=sys.stderr)
+        print(f"could not drop scratch database {real}: {exc}", file=sys.stderr)
 
 
 @dataclass
@@ -203,6 +214,10 @@ class ServerGroup:
                 "ZUMIK_POLICY_FILE": str(e.policy_file),
                 "ZUMIK_MASTER_KEYRING_FILE": str(e.keyring_file),
                 "ZUMIK_BENCH_EMPTY_RPC": "1",
+                # Each process the harness starts is one server process (the bench starts and
+                # measures N itself, `--reuse-port`); `serve` would otherwise supervise one
+                # worker per core on PostgreSQL and the measured pid would be the supervisor.
+                "ZUMIK_PROCESSES": "1",
                 "GRPC_VERBOSITY": "ERROR",
                 "PYTHONPATH": os.pathsep.join(
                     [str(REPO / "service"), str(REPO / "clients/python/src"), str(REPO)]

@@ -47,9 +47,12 @@ class Job:
         kind: ``aio``, ``threads`` or ``http``.
         target: ``host:port``.
         tls: Credentials.
-        method: gRPC method path, or ``"<HTTP method> <path>"`` for http.
+        method: gRPC method path, or ``"<HTTP method> <path>"`` for http (in the path ``{n}``
+            becomes a name unique to each call, ``{k}`` the index of the request body).
         requests: Request bodies, used round-robin (each caller starts at its own offset).
         metadata: gRPC metadata (or HTTP headers) sent with every call.
+        caller_metadata: HTTP only: caller ``i`` also sends ``caller_metadata[(offset + i) %
+            len]`` (a credential per caller, as separate clients hold their own).
         concurrency: Callers in this generator.
         channels: Channels (connections) to spread the callers over (grpc kinds).
         start_at: Wall-clock time the callers start.
@@ -65,6 +68,7 @@ class Job:
     method: str
     requests: tuple[bytes, ...]
     metadata: tuple[tuple[str, str], ...] = ()
+    caller_metadata: tuple[tuple[tuple[str, str], ...], ...] = ()
     concurrency: int = 1
     channels: int = 1
     start_at: float = 0.0
@@ -234,31 +238,60 @@ def _threads_job(job: Job) -> Share:
 # -- HTTP/1.1 keep-alive over TLS -------------------------------------------------------------
 
 
+def http_path(path: str, index: int, unique: str) -> str:
+    """The path of one HTTP call: ``{k}`` is the request body's index, ``{n}`` a unique name."""
+    return path.replace("{k}", str(index)).replace("{n}", unique)
+
+
 async def _http_job(job: Job) -> Share:
     host, port = job.target.rsplit(":", 1)
     ctx = ssl.create_default_context(cadata=job.tls.ca.decode("ascii"))
     verb, path = job.method.split(" ", 1)
-    headers = "".join(f"{k}: {v}\r\n" for k, v in job.metadata)
-    heads = [
-        (
-            f"{verb} {path} HTTP/1.1\r\nHost: {job.target}\r\n{headers}"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode("ascii")
-        + body
-        for body in job.requests
-    ]
+    # A path holding "{n}" gets a name no other call of the run uses (a KV put of a new secret,
+    # as Seal stores a new one): "<run>-<generator>-<caller>-<count>". "{k}" is the index of the
+    # request body sent with it (a GET over 64 paths: 64 empty bodies).
+    templated = "{n}" in path
+
+    def build(extra: tuple[tuple[str, str], ...]) -> tuple[list[bytes], list[bytes]]:
+        headers = "".join(f"{k}: {v}\r\n" for k, v in (*job.metadata, *extra))
+        tails = [
+            (
+                f" HTTP/1.1\r\nHost: {job.target}\r\n{headers}"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode("ascii")
+            + body
+            for body in job.requests
+        ]
+        heads = [
+            f"{verb} {http_path(path, j, '')}".encode("ascii") + t for j, t in enumerate(tails)
+        ]
+        return tails, heads
+
+    shared = build(())
+    run = f"{int(job.start_at * 1000) % 10**9}-{job.offset}"
     win = _Window(job)
     lat: array[float] = array("d")
     errors: Counter[str] = Counter()
 
     async def caller(i: int) -> None:
+        per_caller = job.caller_metadata
+        tails, heads = (
+            build(per_caller[(job.offset + i) % len(per_caller)]) if per_caller else shared
+        )
         reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
         pos = job.offset + i
         await asyncio.sleep(max(0.0, win.start - time.perf_counter()))
         perf = time.perf_counter
         try:
+            count = 0
             while True:
-                req = heads[pos % len(heads)]
+                if templated:
+                    count += 1
+                    j = pos % len(tails)
+                    name = http_path(path, j, f"{run}-{i}-{count}")
+                    req = f"{verb} {name}".encode("ascii") + tails[j]
+                else:
+                    req = heads[pos % len(heads)]
                 pos += job.concurrency
                 t0 = perf()
                 writer.write(req)

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from bench.harness import BenchEnv, ServerGroup, proc_cpu_seconds, proc_rss_bytes
 from bench.loadgen import Generators
-from bench.runner import Result, RunSpec, measure
+from bench.runner import Result, measure
 from bench.scenarios import BY_NAME, Ctx, NotServed, SetupFailed
 
 if TYPE_CHECKING:
-    from bench.cli import Settings
+    from bench.settings import Settings
 
 TOP_SCENARIOS = ("empty", "verify_warm", "seal_1k", "open_1k", "fp_100")
 
@@ -90,19 +90,7 @@ def run_profile(s: Settings, env: BenchEnv, gens: Generators) -> dict[str, Any]:
                 continue
             raw = env.root / f"profile-{name}.txt"
             print(f"profiling {name} with py-spy ({seconds:.0f}s)", file=sys.stderr, flush=True)
-            spec = RunSpec(
-                kind=s.generator,
-                target=server.target,
-                tls=env.tls(),
-                method=prep.method,
-                requests=prep.requests,
-                metadata=prep.metadata,
-                concurrency=64,
-                warmup=1.0,
-                duration=seconds,
-                channels_per_generator=s.channels,
-                items_per_call=prep.items_per_call,
-            )
+            spec = prep.spec(s.generator, server.target, env.tls(), 64, 1.0, seconds, s.channels)
             spy_proc = subprocess.Popen(
                 [
                     spy,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from collections import Counter
@@ -34,6 +35,9 @@ class Result:
     client_cpu_us_per_call: float = 0.0
     ratio_to_empty: float | None = None
     notes: str = ""
+    channels: int = 0  # channels per generator (0: not recorded)
+    server_cpu_split: list[float] = field(default_factory=list)  # % of server CPU per process
+    load1: float = 0.0  # the machine's 1-minute load average at the end of the window
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the JSON report."""
@@ -58,6 +62,7 @@ class RunSpec:
     method: str
     requests: list[bytes]
     metadata: tuple[tuple[str, str], ...] = ()
+    caller_metadata: tuple[tuple[tuple[str, str], ...], ...] = ()
     concurrency: int = 1
     warmup: float = 1.0
     duration: float = 5.0
@@ -91,6 +96,7 @@ def measure(
                 method=spec.method,
                 requests=tuple(reqs),
                 metadata=spec.metadata,
+                caller_metadata=spec.caller_metadata,
                 concurrency=c,
                 channels=spec.channels_per_generator,
                 start_at=start_at,
@@ -107,12 +113,16 @@ def measure(
 
     def sampler() -> None:
         time.sleep(max(0.0, start_at + spec.warmup - time.time()))
-        samples["cpu0"] = sum(cpu_of(p) for p in server_pids)
+        per0 = [cpu_of(p) for p in server_pids]
         samples["t0"] = time.monotonic()
         time.sleep(max(0.0, start_at + spec.warmup + spec.duration - time.time()))
-        samples["cpu1"] = sum(cpu_of(p) for p in server_pids)
+        per1 = [cpu_of(p) for p in server_pids]
+        samples["cpu0"], samples["cpu1"] = sum(per0), sum(per1)
+        for i, (a, b) in enumerate(zip(per0, per1, strict=True)):
+            samples[f"pid{i}"] = b - a
         samples["t1"] = time.monotonic()
         samples["rss"] = sum(rss_of(p) for p in server_pids)
+        samples["load1"] = os.getloadavg()[0]
 
     th = threading.Thread(target=sampler)
     th.start()
@@ -148,11 +158,21 @@ def measure(
     wall = samples.get("t1", 0.0) - samples.get("t0", 0.0) or spec.duration
     server_cpu = samples.get("cpu1", 0.0) - samples.get("cpu0", 0.0)
     result.server_cpu_pct = 100.0 * server_cpu / wall
+    if len(server_pids) > 1 and server_cpu > 0:
+        # How evenly the kernel's port sharing spread the work over the processes.
+        result.server_cpu_split = sorted(
+            (
+                round(100.0 * samples.get(f"pid{i}", 0.0) / server_cpu, 1)
+                for i in range(len(server_pids))
+            ),
+            reverse=True,
+        )
     total_calls = n + sum(errors.values())
     if total_calls:
         result.server_cpu_us_per_call = 1e6 * server_cpu / total_calls
         result.client_cpu_us_per_call = 1e6 * client_cpu / total_calls
     result.server_rss_mb = samples.get("rss", 0) / 2**20
+    result.load1 = samples.get("load1", 0.0)
     if exhausted:
         result.notes = f"distinct requests ran out after {seconds:.1f}s"
     if errors and not n:

@@ -9,14 +9,17 @@ Rows go straight into the real tables of a scratch database migrated by the serv
   ``INSERT ... SELECT ... generate_series`` (new ids, same ciphertext: those clones are never
   opened, they only fill the table and its indexes; the opened ones are real).
 
-Each size is measured on a freshly started server: warm verify (a hot set of 1,000 keys) and Open
-(a hot set of 64 secrets) at c=64, then, at the large size, cold verifies over more distinct keys
-than the key cache holds, so the RSS reported is the server's with the cache at its bound.
+Each size has its own database, loaded once. Three rounds (``--scale-rounds``) alternate the
+sizes, each on a freshly started server: warm verify (a hot set of 1,000 keys) and Open (a hot set
+of 64 secrets) at c=64; the report gives the ratio of the medians, the ratio of every round and
+the spread. In the last round, at the large size, cold verifies over more distinct keys than the
+key cache holds follow, so the RSS reported is the server's with the cache at its bound.
 """
 
 from __future__ import annotations
 
 import io
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -36,7 +39,7 @@ from bench.runner import Result, RunSpec, measure
 from bench.scenarios import PROJECT, TENANT, Ctx, NotServed, SetupFailed, _open
 
 if TYPE_CHECKING:
-    from bench.cli import Settings
+    from bench.settings import Settings
 
 DB = "zumik_bench_scale"
 SMALL = 1_000
@@ -115,11 +118,18 @@ def _count(url: str, table: str) -> int:
 def run_scale(
     s: Settings, env: BenchEnv, gens: Generators, results: list[Result]
 ) -> dict[str, Any]:
-    """Measure at 1,000 and at ``s.scale_rows`` rows; rows go to ``results`` (group ``scale``)."""
-    info: dict[str, Any] = {"sizes": [SMALL, s.scale_rows]}
+    """Measure at 1,000 and at ``s.scale_rows`` rows, ``s.scale_rounds`` rounds alternating.
+
+    Each size has its own scratch database, loaded once; every round starts a fresh server on
+    the small one, then on the large one, so drift in the machine's load falls on both sizes
+    alike. Rows go to ``results`` (group ``scale``); the ratios and their spread to the info.
+    """
+    sizes = (SMALL, s.scale_rows)
+    rounds = max(1, s.scale_rounds)
+    info: dict[str, Any] = {"sizes": list(sizes), "rounds": rounds}
     if not pg_available():
         info["status"] = "skipped: PostgreSQL not reachable at 127.0.0.1:5432"
-        for n in (SMALL, s.scale_rows):
+        for n in sizes:
             results.append(
                 Result(
                     "scale",
@@ -130,46 +140,61 @@ def run_scale(
                 )
             )
         return info
-    url = create_scratch_db(DB)
     timings: dict[str, float] = {}
+    dbs = {SMALL: DB + "_small", s.scale_rows: DB}
+    measured: list[tuple[int, int, Result]] = []  # (size, round, row)
     try:
-        from zumik_secrets.storage.factory import open_store
-
-        store = open_store(url)
-        store.migrate()
-        store.close()
-        t = time.monotonic()
-        sample = copy_keys(url, SMALL, HOT)
-        timings["copy_1k_keys_s"] = time.monotonic() - t
-        hot = sample[:HOT]
-        cold: list[str] = []
-        template = ""
-        for size in (SMALL, s.scale_rows):
+        loaded: dict[int, tuple[str, list[str], list[str]]] = {}
+        for size in sizes:
             if size != SMALL:
-                print(f"scale: loading {size:,} keys and secrets...", file=sys.stderr, flush=True)
-                t = time.monotonic()
-                cold = copy_keys(url, size - SMALL, COLD_SAMPLE)
-                timings["copy_keys_s"] = time.monotonic() - t
-                if template:
-                    t = time.monotonic()
-                    clone_secrets(url, template, size - _count(url, "sealed_secrets"))
-                    timings["clone_secrets_s"] = time.monotonic() - t
-                info["stored_keys"] = _count(url, "api_keys")
-                info["stored_secrets"] = _count(url, "sealed_secrets")
-            server = ServerGroup(env, url, extra_env=dict(s.server_env))
-            server.start()
-            ctx = Ctx(env.channel(server.target), url)
-            try:
-                template = _measure_size(
-                    s, env, gens, server, ctx, size, hot, cold, results, template
-                )
-            finally:
-                ctx.channel.close()
-                server.stop()
+                print(f"scale: loading {size:,} keys...", file=sys.stderr, flush=True)
+            url = create_scratch_db(dbs[size])
+            from zumik_secrets.storage.factory import open_store
+
+            store = open_store(url)
+            store.migrate()
+            store.close()
+            t = time.monotonic()
+            keep = HOT + (COLD_SAMPLE if size != SMALL else 0)
+            sample = copy_keys(url, size, min(size, keep))
+            timings[f"copy_{size}_keys_s"] = time.monotonic() - t
+            loaded[size] = (url, sample[:HOT], sample[HOT:])
+        cloned: set[int] = set()
+        for k in range(1, rounds + 1):
+            for size in sizes:
+                url, hot, cold = loaded[size]
+                print(f"scale: round {k}/{rounds}, {size:,} rows", file=sys.stderr, flush=True)
+                server = ServerGroup(env, url, extra_env=dict(s.server_env))
+                server.start()
+                ctx = Ctx(env.channel(server.target), url)
+                try:
+                    rows = _measure_size(
+                        s,
+                        env,
+                        gens,
+                        server,
+                        ctx,
+                        size,
+                        k,
+                        hot,
+                        cold if k == rounds else [],
+                        results,
+                        size in cloned,
+                        timings,
+                    )
+                    cloned.add(size)
+                    measured.extend((size, k, r) for r in rows)
+                finally:
+                    ctx.channel.close()
+                    server.stop()
+                if k == 1 and size != SMALL:
+                    info["stored_keys"] = _count(url, "api_keys")
+                    info["stored_secrets"] = _count(url, "sealed_secrets")
     finally:
-        drop_scratch_db(DB)
+        for name in dbs.values():
+            drop_scratch_db(name)
     info["timings"] = timings
-    info["ratios"] = _ratios(results, SMALL, s.scale_rows)
+    info["ratios"] = scale_ratios(measured, SMALL, s.scale_rows)
     info["status"] = "ok"
     return info
 
@@ -209,80 +234,94 @@ def _measure_size(
     server: ServerGroup,
     ctx: Ctx,
     size: int,
+    round_no: int,
     hot: list[str],
     cold: list[str],
     results: list[Result],
-    template: str,
-) -> str:
-    from zumik.secrets.v1 import key_service_pb2
+    cloned: bool,
+    timings: dict[str, float],
+) -> list[Result]:
+    from zumik.secrets.v1 import key_service_pb2, seal_service_pb2
 
+    rows: list[Result] = []
     verify = "/zumik.secrets.v1.KeyService/VerifyApiKey"
     reqs = [key_service_pb2.VerifyApiKeyRequest(key=k).SerializeToString() for k in hot]
-    row = Result("scale", "verify_warm", f"VerifyApiKey warm, {size:,} keys", 64)
-    results.append(_run(s, env, gens, server, row, verify, reqs))
-    row = Result("scale", "open_1k", f"Open 1 KiB, {size:,} secrets", 64)
+    row = Result("scale", "verify_warm", f"VerifyApiKey warm, {size:,} keys, round {round_no}", 64)
+    rows.append(_run(s, env, gens, server, row, verify, reqs))
+    row = Result("scale", "open_1k", f"Open 1 KiB, {size:,} secrets, round {round_no}", 64)
     try:
         prep = _open(ctx, 0)
-        if not template:
-            from zumik.secrets.v1 import seal_service_pb2
-
+        if not cloned:
+            # Fill the table up to the size with clones of one secret sealed just now.
             name = seal_service_pb2.OpenRequest.FromString(prep.requests[0]).name
-            template = name.rsplit("/", 1)[-1]
-            clone_secrets(ctx.database_url, template, SMALL - len(prep.requests))
-        results.append(_run(s, env, gens, server, row, prep.method, prep.requests, prep.metadata))
+            t = time.monotonic()
+            clone_secrets(
+                ctx.database_url,
+                name.rsplit("/", 1)[-1],
+                size - _count(ctx.database_url, "sealed_secrets"),
+            )
+            timings[f"clone_{size}_secrets_s"] = time.monotonic() - t
+        rows.append(_run(s, env, gens, server, row, prep.method, prep.requests, prep.metadata))
     except NotServed:
         row.status = "not yet served"
-        results.append(row)
+        rows.append(row)
     except SetupFailed as exc:
         row.status = f"failed: set-up {exc}"[:200]
-        results.append(row)
+        rows.append(row)
     if cold:
         # Cold verifies over more distinct keys than the cache holds: fills it to its bound.
         reqs = [key_service_pb2.VerifyApiKeyRequest(key=k).SerializeToString() for k in cold]
         row = Result("scale", "verify_cold", f"VerifyApiKey cold, {size:,} keys", 64)
-        rate = max(300.0, _last_rate(results, "verify_warm") / 4)
-        spec_duration = min(240.0, len(reqs) / rate)
+        warm = rows[0].throughput if rows[0].status == "ok" else 1500.0
+        rate = max(300.0, warm / 4)
         saved = s.duration
-        s.duration = spec_duration
+        s.duration = min(240.0, len(reqs) / rate)
         try:
             _run(s, env, gens, server, row, verify, reqs, distinct=True)
         finally:
             s.duration = saved
         row.notes = (row.notes + f"; {row.calls:,} distinct keys in the window").lstrip("; ")
-        results.append(row)
         time.sleep(1.0)
         row.server_rss_mb = server.rss_bytes() / 2**20
-    return template
+        rows.append(row)
+    results.extend(rows)
+    return rows
 
 
-def _last_rate(results: list[Result], scenario: str) -> float:
-    for r in reversed(results):
-        if r.group == "scale" and r.scenario == scenario and r.status == "ok":
-            return r.throughput
-    return 1500.0
-
-
-def _ratios(results: list[Result], small: int, large: int) -> dict[str, Any]:
+def scale_ratios(measured: list[tuple[int, int, Result]], small: int, large: int) -> dict[str, Any]:
+    """Large/small throughput per scenario: of the medians, per round, and the spread."""
     out: dict[str, Any] = {}
     for scenario in ("verify_warm", "open_1k"):
-        rows = [
-            r for r in results if r.group == "scale" and r.scenario == scenario and r.status == "ok"
-        ]
-        if len(rows) >= 2 and rows[0].throughput:
-            ratio = rows[-1].throughput / rows[0].throughput
-            out[scenario] = {
-                "small_per_s": rows[0].throughput,
-                "large_per_s": rows[-1].throughput,
-                "ratio": ratio,
-                "flat_within_10pct": abs(1 - ratio) <= 0.10,
-            }
-        else:
+        by: dict[int, dict[int, float]] = {small: {}, large: {}}
+        cpu: dict[int, list[float]] = {small: [], large: []}
+        for size, k, r in measured:
+            if r.scenario == scenario and r.status == "ok" and size in by:
+                by[size][k] = r.throughput
+                cpu[size].append(r.server_cpu_us_per_call)
+        a, b = by[small], by[large]
+        if not a or not b:
             out[scenario] = {"ratio": None}
-    cold = [
-        r
-        for r in results
-        if r.group == "scale" and r.scenario == "verify_cold" and r.status == "ok"
-    ]
+            continue
+        med_a, med_b = statistics.median(a.values()), statistics.median(b.values())
+        rounds = [b[k] / a[k] for k in sorted(a) if k in b and a[k]]
+        ratio = med_b / med_a if med_a else None
+        out[scenario] = {
+            "small_per_s": sorted(a.values()),
+            "large_per_s": sorted(b.values()),
+            "small_median_per_s": med_a,
+            "large_median_per_s": med_b,
+            "ratio": ratio,
+            "round_ratios": rounds,
+            "spread_small": (max(a.values()) - min(a.values())) / med_a if med_a else None,
+            "spread_large": (max(b.values()) - min(b.values())) / med_b if med_b else None,
+            # Server CPU per call: steadier than calls/s when the machine is shared.
+            "cpu_us_per_call_small": statistics.median(cpu[small]) if cpu[small] else None,
+            "cpu_us_per_call_large": statistics.median(cpu[large]) if cpu[large] else None,
+            "flat_within_10pct": ratio is not None
+            and abs(1 - ratio) <= 0.10
+            and all(abs(1 - x) <= 0.10 for x in rounds),
+        }
+    cold = [r for _, _, r in measured if r.scenario == "verify_cold" and r.status == "ok"]
     if cold:
         out["rss_mb_with_cache_full"] = cold[-1].server_rss_mb
     return out

@@ -25,6 +25,8 @@ from zumik.secrets.v1 import (
 )
 
 from bench.harness import EMPTY_METHOD
+from bench.loadgen import Tls
+from bench.runner import RunSpec
 
 TENANT = "bench"
 PROJECT = "p1"
@@ -58,6 +60,32 @@ class Prepared:
     metadata: tuple[tuple[str, str], ...] = ()
     distinct: bool = False
     items_per_call: int = 1
+
+    def spec(
+        self,
+        kind: str,
+        target: str,
+        tls: Tls,
+        concurrency: int,
+        warmup: float,
+        duration: float,
+        channels: int,
+    ) -> RunSpec:
+        """How the generators drive these requests at one concurrency."""
+        return RunSpec(
+            kind=kind,
+            target=target,
+            tls=tls,
+            method=self.method,
+            requests=self.requests,
+            metadata=self.metadata,
+            concurrency=concurrency,
+            warmup=warmup,
+            duration=duration,
+            channels_per_generator=channels,
+            distinct=self.distinct,
+            items_per_call=self.items_per_call,
+        )
 
 
 @dataclass

@@ -58,7 +58,7 @@ FILE_SETTINGS = (
 # Copies of the packaged dev policy (kustomize cannot read files outside an overlay).
 DEV_POLICY_COPIES = ("k8s/overlays/dev/policy.toml",)
 PINNED_K8S_VERSION = "1.30.0"
-LIVENESS_SERVICE = "zumik.liveness"  # server/grpc_server.py LIVENESS_SERVICE
+LIVENESS_SERVICE = "zumik.liveness"  # server/health_listener.py LIVENESS_SERVICE
 
 Doc = dict[str, Any]
 

@@ -281,6 +281,7 @@ class ServerProcess:
             ZUMIK_TLS_CLIENT_CA=str(pki.ca_cert),
             ZUMIK_POLICY_FILE=str(dev_policy_path()),
             ZUMIK_MASTER_KEYRING_FILE=str(keyring),
+            ZUMIK_PROCESSES="1",  # one process (older releases ignore the setting)
             ZUMIK_WORKERS="4",
         )
         env.update(extra_env or {})

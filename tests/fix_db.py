@@ -252,7 +252,8 @@ def fresh_pg_url(pg_server: _PgServer) -> Iterator[str]:
         yield url
 
 
-def _truncate(url: str) -> None:
+def truncate_tables(url: str) -> None:
+    """Empty every table of a scratch database (rows wrapped under another test's keyring too)."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
@@ -276,7 +277,7 @@ def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
     if backend == "sqlite":
         return f"sqlite:///{tmp_path}/var/zumik.db"
     url = str(request.getfixturevalue("pg_url"))
-    _truncate(url)
+    truncate_tables(url)
     return url
 
 

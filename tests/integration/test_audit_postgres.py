@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from zumik.secrets.v1 import audit_service_pb2 as apb
 from zumik.secrets.v1 import audit_service_pb2_grpc as agrpc
 
+from tests.fix_db import truncate_tables
 from tests.fix_server import RunningServer, ServerFactory
 from tests.grpc_errors import error_info
 from zumik_secrets.cli.dev_pki import DevPki
@@ -70,8 +71,9 @@ def _health(channel: grpc.Channel) -> int:
 @pytest.fixture
 def two_servers(dev_pki: DevPki, pg_url: str, tmp_path: Path) -> Iterator[list[str]]:
     """Two `zumik-secrets serve` processes over one PostgreSQL database and keyring."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE audit_events, audit_heads, audit_checkpoints")
+    # Every table, not only the audit ones: signing keys left by an earlier test in this shared
+    # database are wrapped under that test's keyring, and the new servers could not start.
+    truncate_tables(pg_url)
     keyring = tmp_path / "keyring.json"
     keyring.write_text(generate_keyring(), encoding="utf-8")
     keyring.chmod(0o600)
@@ -90,6 +92,7 @@ def two_servers(dev_pki: DevPki, pg_url: str, tmp_path: Path) -> Iterator[list[s
             ZUMIK_TLS_CLIENT_CA=str(dev_pki.ca_cert),
             ZUMIK_POLICY_FILE=str(dev_policy_path()),
             ZUMIK_MASTER_KEYRING_FILE=str(keyring),
+            ZUMIK_PROCESSES="1",  # one process per replica: what this test is about
             ZUMIK_WORKERS="8",
             ZUMIK_AUDIT_CHECKPOINT_SECONDS="0.5",  # checkpoints race the appends, on purpose
         )

@@ -60,6 +60,7 @@ SERVER_CLASSES: dict[str, Callable[[str], server_errors.ZumikError]] = {
     ),
     "Unavailable": lambda r: server_errors.Unavailable("down", reason=r),
     "Unimplemented": lambda r: server_errors.Unimplemented("later", reason=r),
+    "Aborted": lambda r: server_errors.Aborted("again", reason=r),
 }
 
 

@@ -248,6 +248,16 @@ def _calls() -> dict[str, Call]:
                 kpb.ListSigningKeysRequest(), timeout=10
             )
         ),
+        "WatchRevocations": lambda w: (
+            lambda: _first_message(
+                w.stubs("gateway", False).keys.WatchRevocations(
+                    kpb.WatchRevocationsRequest(
+                        resume_after=w.server.runtime.revocation_feed.position
+                    ),
+                    timeout=10,
+                )
+            )
+        ),
         "GetSecret": lambda w: (
             lambda: w.stubs("console").seal.GetSecret(
                 spb.GetSecretRequest(name=w.secret_name), timeout=10
@@ -357,6 +367,14 @@ def _calls() -> dict[str, Call]:
 
 
 CALLS = _calls()
+
+
+def _first_message(call: Any) -> Any:
+    """A long-lived stream's first message (its sync marker), then the stream is cancelled."""
+    try:
+        return next(call)
+    finally:
+        call.cancel()
 
 
 def _outcome(call: Callable[[], Any]) -> tuple[str, Any]:

@@ -63,6 +63,7 @@ class ServerProcess:
             ZUMIK_TLS_CLIENT_CA=str(pki.ca_cert),
             ZUMIK_POLICY_FILE=str(dev_policy_path()),
             ZUMIK_MASTER_KEYRING_FILE=str(keyring),
+            ZUMIK_PROCESSES="1",  # one process: kill9() kills the server
             **extra,
         )
         self._out = log.open("ab")

@@ -79,6 +79,7 @@ def two_processes(fresh_pg_url: str, dev_pki: DevPki, tmp_path: Path) -> Iterato
                 ZUMIK_TLS_CLIENT_CA=str(dev_pki.ca_cert),
                 ZUMIK_POLICY_FILE=str(dev_policy_path()),
                 ZUMIK_MASTER_KEYRING_FILE=str(keyring),
+                ZUMIK_PROCESSES="1",  # one process each: the test kills and compares them
                 ZUMIK_LOG_LEVEL="WARNING",
             )
             procs.append(

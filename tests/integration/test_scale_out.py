@@ -142,6 +142,7 @@ def cluster(dev_pki: DevPki, fresh_pg_url: str, tmp_path: Path) -> Iterator[Clus
             ZUMIK_TLS_CLIENT_CA=str(dev_pki.ca_cert),
             ZUMIK_POLICY_FILE=str(dev_policy_path()),
             ZUMIK_MASTER_KEYRING_FILE=str(keyring),
+            ZUMIK_PROCESSES="1",  # one process per replica: a SIGKILL takes it all
             ZUMIK_WORKERS="8",
         )
         with log.open("wb") as out:

@@ -619,9 +619,9 @@ def test_rotation_on_one_replica_reaches_the_other(
     zumik_server_factory: ServerFactory, pg_url: str
 ) -> None:
     """Two replicas over one PostgreSQL: a rotation and a destruction on A reach B's cache."""
-    from tests.fix_db import _truncate
+    from tests.fix_db import truncate_tables
 
-    _truncate(pg_url)
+    truncate_tables(pg_url)
     a = zumik_server_factory(pg_url)
     b = zumik_server_factory(pg_url)
     first = _seal(a, b"replica-secret-one")

@@ -51,6 +51,10 @@ VALID_FIELDS: dict[str, dict[str, Any]] = {
     "AppendEvent": {"action": "billing.plan_changed", "target": "plan", "outcome": 1},
 }
 
+#: Server streams that stay open while the caller follows them (the revocation feed): a call
+#: that gets past the guards is judged by its first message, then cancelled.
+LONG_LIVED_STREAMS = frozenset({"WatchRevocations"})
+
 #: Handle kind used for `{kind}` in handle names.
 HANDLE_KIND = "hdl"
 
@@ -131,7 +135,13 @@ class Rpc:
                 request_serializer=serialize,
                 response_deserializer=output.FromString,
             )
-            return list(stream(request, timeout=timeout, metadata=metadata))
+            call = stream(request, timeout=timeout, metadata=metadata)
+            if self.guard.method in LONG_LIVED_STREAMS:
+                try:
+                    return [next(call)]
+                finally:
+                    call.cancel()
+            return list(call)
         unary = channel.unary_unary(
             self.full_method, request_serializer=serialize, response_deserializer=output.FromString
         )

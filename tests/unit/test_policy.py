@@ -108,3 +108,19 @@ def test_impersonation_is_a_separate_policy_flag_the_dev_policy_grants_no_one() 
             Policy.from_mapping(
                 {**base, "identities": {CP: {"allow": [], "impersonate": bad}}}  # type: ignore[dict-item]
             )
+
+
+def test_revocation_feed_needs_a_right_to_verify() -> None:
+    watch = "/zumik.secrets.v1.KeyService/WatchRevocations"
+    other = "spiffe://zumik.local/svc/other"
+    policy = _policy(
+        **{
+            GW: {"allow": ["zumik.secrets.v1.KeyService/VerifySession", watch[1:]]},
+            CP: {"allow": ["zumik.secrets.v1.KeyService/*"]},
+            other: {"allow": [watch[1:], "zumik.secrets.v1.KeyService/GetApiKey"]},
+        }
+    )
+    assert policy.decide(GW, watch).allowed
+    assert policy.decide(CP, watch).allowed
+    refused = policy.decide(other, watch)
+    assert not refused.allowed and refused.reason == "METHOD_NOT_ALLOWED"

@@ -199,6 +199,13 @@ class ClaimRevocations:
             self._prune(self._clock())
             return len(self._cuts)
 
+    def cut(self, cid: str) -> tuple[float, float] | None:
+        """The cut-off of credential ``cid``, if one is remembered: ``(valid_until,
+        issued_from)`` in unix seconds (``inf`` / ``0.0``: no limit), what the revocation feed
+        tells gateways."""
+        cut = self._cuts.get(cid)
+        return None if cut is None else (cut.valid_until, cut.issued_from)
+
     def issue_floor(self, cid: str) -> float:
         """The earliest ``iat`` a new claim of credential ``cid`` may carry to be accepted here
         (0.0: no constraint): after a session's rotation, the second that follows it."""

@@ -89,26 +89,69 @@ def _configured_listen() -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the server until SIGTERM."""
-    from zumik_secrets.server.grpc_server import serve
+    """Run the server until SIGTERM: one process, or a supervisor over several (--processes)."""
     from zumik_secrets.server.log_setup import configure_logging
+    from zumik_secrets.server.supervisor import Supervisor, resolve_processes
+
+    config = ServerConfig.load()
+    if args.supervised_worker:
+        return _serve_worker(config, args.supervised_worker)
+    if args.reuse_port:
+        # One process among siblings that someone else starts (the benchmarks do).
+        if args.processes not in (None, 1):
+            raise ValueError("--reuse-port runs one process; drop it to use --processes")
+        processes = 1
+    else:
+        processes = resolve_processes(config, args.processes)
+    configure_logging(config.log_level)
+    if processes == 1:
+        return _serve_one(config, reuse_port=args.reuse_port)
+    supervisor = Supervisor(
+        config, processes, [sys.executable, "-m", "zumik_secrets.cli.main", "serve"]
+    )
+    _dev_banner(config, supervisor.listen)
+    return supervisor.run()
+
+
+def _serve_one(config: ServerConfig, *, reuse_port: bool) -> int:
+    from zumik_secrets.server.grpc_server import serve
     from zumik_secrets.server.runtime import Runtime
     from zumik_secrets.server.telemetry import configure_access_log, configure_tracing
 
-    config = ServerConfig.load()
-    configure_logging(config.log_level)
     configure_access_log(config.access_log_level)
     configure_tracing()
     runtime = Runtime.open(config)
+    _dev_banner(config, config.listen)
+    serve(runtime, reuse_port=reuse_port)
+    return 0
+
+
+def _serve_worker(config: ServerConfig, spec: str) -> int:
+    """One worker of a supervisor: shares the port, reports its health, skips migrations
+    (the supervisor applied them) and dies with the supervisor."""
+    from zumik_secrets.server.grpc_server import serve
+    from zumik_secrets.server.log_setup import configure_logging
+    from zumik_secrets.server.runtime import Runtime
+    from zumik_secrets.server.supervisor import WorkerLink
+    from zumik_secrets.server.telemetry import configure_access_log, configure_tracing
+
+    link = WorkerLink(spec)
+    link.die_with_parent()
+    configure_logging(config.log_level, {"worker": link.index, "pid": os.getpid()})
+    configure_access_log(config.access_log_level)
+    configure_tracing()
+    runtime = Runtime.open(config, migrate=False)
+    serve(runtime, reuse_port=True, on_health=link.report)
+    return 0
+
+
+def _dev_banner(config: ServerConfig, listen: str) -> None:
     if config.dev:
         print(
-            "Zumik Secrets (dev) on "
-            f"{config.listen}. Try:\n  {_grpcurl_hint(config.listen, DEV_DIR / 'pki')}",
+            f"Zumik Secrets (dev) on {listen}. Try:\n  {_grpcurl_hint(listen, DEV_DIR / 'pki')}",
             file=sys.stderr,
             flush=True,
         )
-    serve(runtime, reuse_port=args.reuse_port)
-    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -293,10 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="server processes sharing the port under one supervisor that restarts them and "
+        "answers ZUMIK_HEALTH_LISTEN for all (default: ZUMIK_PROCESSES; 0 or unset: one per "
+        "usable core on PostgreSQL, one on SQLite)",
+    )
+    p.add_argument(
         "--reuse-port",
         action="store_true",
-        help="share the port with sibling processes (SO_REUSEPORT)",
+        help="run one process that shares the port with sibling processes you start yourself "
+        "(SO_REUSEPORT, no supervisor)",
     )
+    p.add_argument("--supervised-worker", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", help="apply database migrations")

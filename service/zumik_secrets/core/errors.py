@@ -111,6 +111,13 @@ class Unavailable(ZumikError):
     retry_after_seconds: float = 1.0
 
 
+class Aborted(ZumikError):
+    """The operation was cut short and must be restarted from a higher level (a stream whose
+    subscriber fell behind must subscribe again and resynchronise)."""
+
+    default_reason = "ABORTED"
+
+
 class Unimplemented(ZumikError):
     """The RPC exists in the contract but its behaviour has not been built yet."""
 

@@ -22,6 +22,11 @@ A policy is a mapping, normally read from TOML by the server::
 A pattern is either a full method (`package.Service/Method`) or a whole service
 (`package.Service/*`). An identity or method that the policy does not name is refused; an empty
 policy refuses everything.
+
+Some methods need a second right besides their own (:data:`REQUIRES_ONE_OF`): the revocation
+feed (``KeyService/WatchRevocations``) is for gateways that cache verifications, so it is
+allowed only to an identity that the policy also lets call ``VerifyApiKey`` or
+``VerifySession``, whatever the patterns say.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ _PATTERN = re.compile(
 )
 _KNOWN_TOP_KEYS = frozenset({"trust_domain", "common", "identities", "break_glass"})
 _KNOWN_IDENTITY_KEYS = frozenset({"allow", "without_claim", "description", "impersonate"})
+
+_KEYS = "zumik.secrets.v1.KeyService"
+REQUIRES_ONE_OF: dict[str, frozenset[str]] = {
+    f"{_KEYS}/WatchRevocations": frozenset({f"{_KEYS}/VerifyApiKey", f"{_KEYS}/VerifySession"}),
+}
+"""Method -> methods of which the identity must also be allowed one (else METHOD_NOT_ALLOWED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +147,11 @@ class Policy:
         if entry is None:
             return Decision(allowed=False, without_claim=False, reason="UNKNOWN_IDENTITY")
         if not (_matches(entry.allow, method) or _matches(self._common, method)):
+            return Decision(allowed=False, without_claim=False, reason="METHOD_NOT_ALLOWED")
+        needs = REQUIRES_ONE_OF.get(method.removeprefix("/"))
+        if needs is not None and not any(
+            _matches(entry.allow, m) or _matches(self._common, m) for m in needs
+        ):
             return Decision(allowed=False, without_claim=False, reason="METHOD_NOT_ALLOWED")
         return Decision(
             allowed=True,

@@ -65,6 +65,12 @@ class ServerConfig:
     )
     reflection: bool = setting(True, "ZUMIK_REFLECTION", "serve gRPC reflection (true/false)")
     workers: int = setting(16, "ZUMIK_WORKERS", "handler threads per process")
+    processes: int = setting(
+        0,
+        "ZUMIK_PROCESSES",
+        "server processes sharing the port under one supervisor (`serve --processes`;"
+        " 0: one per usable core on PostgreSQL, 1 on SQLite)",
+    )
     max_message_bytes: int = setting(
         8 * 1024 * 1024, "ZUMIK_MAX_MESSAGE_BYTES", "largest request or response"
     )
@@ -357,6 +363,8 @@ class ServerConfig:
             raise ValueError("ZUMIK_SESSION_SWEEP_INTERVAL must be between 1 and 86400 seconds")
         if self.workers < 1:
             raise ValueError("ZUMIK_WORKERS must be at least 1")
+        if not 0 <= self.processes <= 256:
+            raise ValueError("ZUMIK_PROCESSES must be between 0 (one per core) and 256")
         if self.max_calls_per_peer < 0:
             raise ValueError("ZUMIK_MAX_CALLS_PER_PEER must be 0 (default) or positive")
         if self.max_streams_per_peer < 1 or self.stream_workers < 1:

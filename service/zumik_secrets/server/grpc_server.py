@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 
 import grpc
@@ -34,7 +36,7 @@ from zumik_secrets.app.denial_audit import DenialAudit
 from zumik_secrets.core.errors import ZumikError
 from zumik_secrets.server.authorization import Authorizer
 from zumik_secrets.server.break_glass import GrantGate
-from zumik_secrets.server.health_listener import HealthListener
+from zumik_secrets.server.health_listener import LIVENESS_SERVICE, HealthListener
 from zumik_secrets.server.interceptor import GuardInterceptor
 from zumik_secrets.server.limits import Limits, LimitSettings
 from zumik_secrets.server.reflection_source import commented_pool
@@ -46,11 +48,6 @@ _LOG = logging.getLogger("zumik.server")
 
 _SERVICE_NAMES = tuple(s.full_name for s in SERVICE_DESCRIPTORS)
 _REFLECTION = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
-
-#: Health service name that answers SERVING while the process runs, whatever storage does (NOT
-#: SERVING only once draining): what liveness and startup probes ask, so that a database outage
-#: makes pods unready without restarting them. Readiness asks the whole server ("").
-LIVENESS_SERVICE = "zumik.liveness"
 
 
 def served_methods() -> dict[tuple[str, str], str]:
@@ -75,10 +72,21 @@ def served_methods() -> dict[tuple[str, str], str]:
 BENCH_EMPTY_METHOD = "/zumik.bench.v1.BenchService/Empty"
 
 
+#: Longest wait a request to the empty RPC may ask for (milliseconds).
+BENCH_EMPTY_MAX_DELAY_MS = 5000
+
+
 def bench_empty_handler() -> grpc.GenericRpcHandler[bytes, bytes]:
-    """The generic handler of :data:`BENCH_EMPTY_METHOD` (echoes nothing, costs nothing)."""
+    """The generic handler of :data:`BENCH_EMPTY_METHOD` (echoes nothing, costs nothing).
+
+    An empty request is answered at once (the benchmarks send that). A non-empty one asks the
+    call to wait: its first two bytes, big-endian, are milliseconds (at most
+    :data:`BENCH_EMPTY_MAX_DELAY_MS`), so a test can hold a call in flight (the drain tests).
+    """
 
     def empty(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request:
+            time.sleep(min(int.from_bytes(request[:2], "big"), BENCH_EMPTY_MAX_DELAY_MS) / 1000)
         return b""
 
     service, method = BENCH_EMPTY_METHOD.lstrip("/").split("/")
@@ -96,19 +104,28 @@ UNHEALTHY_PROBE_S = 0.25
 class ZumikServer:
     """One server process: builds the grpc server over a :class:`Runtime` and runs it."""
 
-    def __init__(self, runtime: Runtime, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        reuse_port: bool = False,
+        on_health: Callable[[bool], None] | None = None,
+    ) -> None:
         """Build (not start) the server and bind its port.
 
         Args:
             runtime: The opened runtime.
             reuse_port: Share the port with sibling processes (SO_REUSEPORT). Off by default so
                 a stale server on the port makes start-up fail loudly.
+            on_health: Called with True or False whenever the whole server's health turns
+                SERVING or not (a supervised worker reports it to its supervisor).
 
         Raises:
             RuntimeError: the port cannot be bound.
         """
         config = runtime.config
         self.runtime = runtime
+        self._on_health = on_health
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.serving = False
         #: The storage monitor's last verdict (the zumik.storage.ready metric).
@@ -175,6 +192,7 @@ class ZumikServer:
                 runtime.api_keys,
                 runtime.sessions,
                 metrics=runtime.metrics.recorder,
+                revocation_feed=runtime.revocation_feed,
             ),
             self._server,
         )
@@ -235,6 +253,8 @@ class ZumikServer:
         self.health.set("", status)
         for name in _SERVICE_NAMES:
             self.health.set(name, status)
+        if self._on_health is not None:
+            self._on_health(self.serving)
 
     def start(self) -> None:
         """Start serving; health turns SERVING (storage and keys are ready by construction)."""
@@ -282,8 +302,13 @@ class ZumikServer:
             return
         self._stopping.set()
         self.health.enter_graceful_shutdown()
+        if self._on_health is not None:
+            self._on_health(False)
         grace = self.runtime.config.drain_seconds if grace is None else grace
-        self._server.stop(grace).wait()
+        stopped = self._server.stop(grace)
+        # Feed streams never finish on their own: end them now rather than after the grace.
+        self.runtime.revocation_feed.close()
+        stopped.wait()
         self.limits.shutdown()
         self.denial_audit.close()
         if self.health_listener is not None:
@@ -295,9 +320,15 @@ class ZumikServer:
         self._server.wait_for_termination()
 
 
-def serve(runtime: Runtime, *, reuse_port: bool = False) -> None:
-    """Run a server until SIGTERM or SIGINT, then drain gracefully."""
-    server = ZumikServer(runtime, reuse_port=reuse_port)
+def serve(
+    runtime: Runtime,
+    *,
+    reuse_port: bool = False,
+    on_health: Callable[[bool], None] | None = None,
+) -> None:
+    """Run a server until SIGTERM or SIGINT, then drain gracefully (arguments as
+    :class:`ZumikServer`'s)."""
+    server = ZumikServer(runtime, reuse_port=reuse_port, on_health=on_health)
     server.start()
     _LOG.info("serving", extra={"listen": runtime.config.listen, "port": server.port})
 

@@ -23,6 +23,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+#: Health service name that answers SERVING while the process runs, whatever storage does (NOT
+#: SERVING only once draining): what liveness and startup probes ask, so that a database outage
+#: makes pods unready without restarting them. Readiness asks the whole server ("").
+LIVENESS_SERVICE = "zumik.liveness"
 MAX_CONCURRENT_PROBES = 4
 _MAX_MESSAGE_BYTES = 1024
 

@@ -20,6 +20,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 # The patterns live in the pure core so the audit log refuses exactly what this filter redacts.
@@ -38,6 +39,10 @@ __all__ = [
 
 
 _REDACTED = "[REDACTED]"
+
+#: Fields every line of this process carries (a supervised worker's index and pid), set once by
+#: :func:`configure_logging`.
+_PROCESS_FIELDS: dict[str, Any] = {}
 
 
 def redact(text: str) -> str:
@@ -86,6 +91,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": scrub_text(record.getMessage()),
         }
+        out.update(_PROCESS_FIELDS)
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 out[key] = value
@@ -118,6 +124,7 @@ class _AccessLine:
             "logger": self.logger,
             "msg": self.message,
         }
+        out.update(_PROCESS_FIELDS)
         out.update(self.fields)
         return _render(out)
 
@@ -310,8 +317,15 @@ def submit_access_line(logger: logging.Logger, message: str, fields: dict[str, A
     return True
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every log record to stderr as redacted JSON lines (written by a background thread)."""
+def configure_logging(level: str = "INFO", process_fields: Mapping[str, Any] | None = None) -> None:
+    """Send every log record to stderr as redacted JSON lines (written by a background thread).
+
+    Args:
+        level: The root level.
+        process_fields: Fields added to every line (a supervised worker names itself with them).
+    """
+    _PROCESS_FIELDS.clear()
+    _PROCESS_FIELDS.update(process_fields or {})
     # The JSON lines carry none of these; not collecting them saves work on every access line.
     logging.logThreads = False
     logging.logProcesses = False

@@ -33,6 +33,8 @@ from zumik_secrets.app.periodic import PeriodicJob
 from zumik_secrets.app.purge import PurgeService
 from zumik_secrets.app.rate_limit import BucketSpec
 from zumik_secrets.app.retention import Retention, scheduler
+from zumik_secrets.app.revocation_feed import KINDS as FEED_KINDS
+from zumik_secrets.app.revocation_feed import RevocationFeed
 from zumik_secrets.app.sealed_secrets import SealedSecrets
 from zumik_secrets.app.sessions import SessionService
 from zumik_secrets.app.signing_keys import ISSUER, SigningKeys
@@ -119,6 +121,7 @@ class Runtime:
     retention_scheduler: PeriodicJob
     metrics: ServerMetrics
     break_glass: BreakGlass
+    revocation_feed: RevocationFeed
 
     @classmethod
     def open(
@@ -286,6 +289,14 @@ class Runtime:
                 )
             for kind in ("api_key", "session", "purge"):
                 watcher.subscribe(kind, revocations.on_change)
+            # After the revocation set, which works out each credential's cut-off first.
+            revocation_feed = RevocationFeed(
+                revocations,
+                last_feed_read=lambda: watcher.last_success,
+                poll_interval=watcher.poll_interval,
+            )
+            for kind in FEED_KINDS:
+                watcher.subscribe(kind, revocation_feed.on_change)
             # A revoking or rotating call applies its change here before it answers, as a
             # purge does: no claim of the credential is accepted once the caller was told.
             api_keys.after_change = watcher.poll_once_quietly
@@ -316,6 +327,8 @@ class Runtime:
             watcher.start()
             # After the watcher took its starting point, so no change falls between the two.
             revocations.load(store.changes)
+            # Every change after this position reaches the feed (it subscribed before start).
+            revocation_feed.open_at(store.changes.latest_seq())
             usage.start()
             fingerprint_sweeper.start()
             retention_scheduler.start()
@@ -358,6 +371,7 @@ class Runtime:
             retention_scheduler=retention_scheduler,
             metrics=metrics,
             break_glass=break_glass,
+            revocation_feed=revocation_feed,
         )
         metrics.observe(runtime)
         return runtime

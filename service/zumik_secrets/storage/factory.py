@@ -60,6 +60,11 @@ def open_store(url: str, **options: int | float) -> Store:
     )
 
 
+def is_sqlite_url(url: str) -> bool:
+    """``url`` names the embedded SQLite store (a single writer: one server process is enough)."""
+    return url.startswith(_SQLITE_PREFIX)
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, fit for logs and error messages.
 

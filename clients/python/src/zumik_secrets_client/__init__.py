@@ -4,8 +4,9 @@
 (a string or a provider asked on every call), applies per-method deadlines, retries
 ``UNAVAILABLE`` only on idempotent, non-destructive methods, raises the typed errors of
 ``zumik_secrets_client.errors``, and picks up rotated certificate files without a restart.
-``zumik_secrets_client.aio.connect()`` does the same on ``grpc.aio``. The generated messages and
-stubs live in ``zumik.secrets.v1``.
+``zumik_secrets_client.aio.connect()`` does the same on ``grpc.aio``. ``CachingVerifier``
+answers repeated VerifyApiKey/VerifySession calls from memory, kept correct by the server's
+revocation feed. The generated messages and stubs live in ``zumik.secrets.v1``.
 """
 
 from zumik_secrets_client import errors
@@ -22,6 +23,7 @@ from zumik_secrets_client._retry import (
     service_config,
 )
 from zumik_secrets_client._version import __version__
+from zumik_secrets_client.caching import CacheStats, CachingVerifier, VerificationCache
 from zumik_secrets_client.credentials import (
     CLAIM_METADATA_KEY,
     ApiKeyClaimProvider,
@@ -40,10 +42,13 @@ __all__ = [
     "RETRY_POLICY",
     "STREAM_TIMEOUT",
     "ApiKeyClaimProvider",
+    "CacheStats",
+    "CachingVerifier",
     "ClaimProvider",
     "DefaultsInterceptor",
     "Keepalive",
     "SessionClaimProvider",
+    "VerificationCache",
     "__version__",
     "claim_call_credentials",
     "connect",

@@ -119,6 +119,11 @@ def claimless_methods() -> frozenset[str]:
 DEFAULT_TIMEOUT: Final = 5.0
 #: Default deadline of a server-streaming call (an audit export), in seconds.
 STREAM_TIMEOUT: Final = 300.0
+#: Server streams that stay open as long as the caller follows them (the revocation feed): no
+#: default deadline (the server ends them when it drains or the connection reaches its age).
+LONG_LIVED_STREAMS: Final[frozenset[str]] = frozenset(
+    {"/zumik.secrets.v1.KeyService/WatchRevocations"}
+)
 #: Methods that do a tenant's worth of work in one call get longer default deadlines.
 LONG_RUNNING_TIMEOUTS: Final[dict[str, float]] = {
     "/zumik.secrets.v1.TenantService/PurgeTenant": 120.0,
@@ -137,11 +142,14 @@ def method_timeouts(
     """Return the deadline of every contract method (None: no deadline from the config).
 
     Unary methods get ``default_timeout`` (``LONG_RUNNING_TIMEOUTS`` the longer ones),
-    server-streaming ones ``stream_timeout``; ``overrides`` (full method names) win.
+    server-streaming ones ``stream_timeout`` (``LONG_LIVED_STREAMS`` none); ``overrides``
+    (full method names) win.
     """
     timeouts: dict[str, float | None] = {}
     for name, streaming, _ in _contract_methods():
-        if streaming:
+        if name in LONG_LIVED_STREAMS:
+            timeouts[name] = None
+        elif streaming:
             timeouts[name] = stream_timeout
         elif name in LONG_RUNNING_TIMEOUTS and default_timeout is not None:
             timeouts[name] = max(default_timeout, LONG_RUNNING_TIMEOUTS[name])

@@ -7,7 +7,7 @@ answer. Raw keys and tokens appear only in Create and Rotate responses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -18,11 +18,13 @@ from zumik.secrets.v1 import key_service_pb2_grpc as _grpc
 
 from zumik_secrets.api.call_context import CallContext, current_call
 from zumik_secrets.api.convert import duration, read_duration, timestamp
+from zumik_secrets.api.servicers.revocations import watch_revocations
 from zumik_secrets.api.servicers.signing_keys import signing_key_proto
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.api_keys import MAX_GRACE, MAX_TTL, ApiKeyService, api_key_name, key_state
 from zumik_secrets.app.claim_issuer import IssuedClaim
 from zumik_secrets.app.metrics import NOOP, Recorder
+from zumik_secrets.app.revocation_feed import RevocationFeed
 from zumik_secrets.app.sessions import (
     MAX_ABSOLUTE_TIMEOUT,
     MAX_IDLE_TIMEOUT,
@@ -141,8 +143,11 @@ class KeyServicer(_grpc.KeyServiceServicer):
         sessions: SessionService,
         *,
         metrics: Recorder = NOOP,
+        revocation_feed: RevocationFeed,
     ) -> None:
-        """Serve the given use cases (``metrics`` counts verify results by kind)."""
+        """Serve the given use cases (``metrics`` counts verify results by kind;
+        ``revocation_feed`` serves WatchRevocations)."""
+        self._revocation_feed = revocation_feed
         self._metrics = metrics
         self._claim_keys = claim_keys
         self._api_keys = api_keys
@@ -346,6 +351,12 @@ class KeyServicer(_grpc.KeyServiceServicer):
         parent = _project("parent")
         count = self._sessions.revoke_user(parent, request.user_subject, _actor(current_call()))
         return _pb.RevokeUserSessionsResponse(revoked_count=count)
+
+    def WatchRevocations(
+        self, request: _pb.WatchRevocationsRequest, context: grpc.ServicerContext
+    ) -> Iterator[_pb.WatchRevocationsResponse]:
+        """Stream credential changes and purges to a verifying gateway."""
+        yield from watch_revocations(self._revocation_feed, request, context)
 
     # -- signing keys --------------------------------------------------------------------------
 

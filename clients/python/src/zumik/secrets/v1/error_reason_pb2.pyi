@@ -290,6 +290,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     needs (the server answers before the deadline instead of timing out); retry with a longer
     deadline. `google.rpc.RetryInfo` is attached.
     """
+    ERROR_REASON_CLAIM_NOT_ACCEPTED: _ErrorReason.ValueType  # 108
+    """PERMISSION_DENIED: the revocation feed (KeyService.WatchRevocations) spans every tenant and
+    is served only to service identities acting as themselves: a call carrying a tenant claim
+    is refused.
+    """
+    ERROR_REASON_SUBSCRIBER_TOO_SLOW: _ErrorReason.ValueType  # 109
+    """ABORTED: a stream's subscriber did not read fast enough and the events queued for it
+    overflowed; subscribe again from the last position applied (the server says whether to
+    resynchronise).
+    """
+    ERROR_REASON_ABORTED: _ErrorReason.ValueType  # 110
+    """ABORTED: the operation was cut short; restart it from a higher level (generic)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: every value of `google.rpc.ErrorInfo.reason` this service sends.
@@ -575,4 +587,16 @@ ERROR_REASON_DEADLINE_TOO_SHORT: ErrorReason.ValueType  # 107
 needs (the server answers before the deadline instead of timing out); retry with a longer
 deadline. `google.rpc.RetryInfo` is attached.
 """
+ERROR_REASON_CLAIM_NOT_ACCEPTED: ErrorReason.ValueType  # 108
+"""PERMISSION_DENIED: the revocation feed (KeyService.WatchRevocations) spans every tenant and
+is served only to service identities acting as themselves: a call carrying a tenant claim
+is refused.
+"""
+ERROR_REASON_SUBSCRIBER_TOO_SLOW: ErrorReason.ValueType  # 109
+"""ABORTED: a stream's subscriber did not read fast enough and the events queued for it
+overflowed; subscribe again from the last position applied (the server says whether to
+resynchronise).
+"""
+ERROR_REASON_ABORTED: ErrorReason.ValueType  # 110
+"""ABORTED: the operation was cut short; restart it from a higher level (generic)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from zumik.secrets.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CredentialType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CredentialTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CredentialType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDENTIAL_TYPE_UNSPECIFIED: _CredentialType.ValueType  # 0
+    """Not set; never sent."""
+    CREDENTIAL_TYPE_API_KEY: _CredentialType.ValueType  # 1
+    """An API key (`key_{id}`)."""
+    CREDENTIAL_TYPE_SESSION: _CredentialType.ValueType  # 2
+    """A session (`ses_{id}`)."""
+
+class CredentialType(_CredentialType, metaclass=_CredentialTypeEnumTypeWrapper):
+    """Which kind of credential changed."""
+
+CREDENTIAL_TYPE_UNSPECIFIED: CredentialType.ValueType  # 0
+"""Not set; never sent."""
+CREDENTIAL_TYPE_API_KEY: CredentialType.ValueType  # 1
+"""An API key (`key_{id}`)."""
+CREDENTIAL_TYPE_SESSION: CredentialType.ValueType  # 2
+"""A session (`ses_{id}`)."""
+Global___CredentialType: _TypeAlias = CredentialType  # noqa: Y015
 
 @_typing.final
 class ApiKey(_message.Message):
@@ -1029,3 +1054,214 @@ class RotateSigningKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateSigningKeyResponse: _TypeAlias = RotateSigningKeyResponse  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsRequest(_message.Message):
+    """Request of KeyService.WatchRevocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
+    resume_after: _builtins.int
+    """The `position` of the last message the caller applied on an earlier stream; 0 starts
+    afresh (the first message then says `resync`).
+    """
+    def __init__(
+        self,
+        *,
+        resume_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_after", b"resume_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRevocationsRequest: _TypeAlias = WatchRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsResponse(_message.Message):
+    """Response of KeyService.WatchRevocations: one event, a sync marker or a heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    SYNCED_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    PURGE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Position in the server's change feed after this message; pass the last one applied as
+    `resume_after` when subscribing again.
+    """
+    @_builtins.property
+    def synced(self) -> Global___RevocationFeedSynced:
+        """Every event up to `position` was sent; what follows is live."""
+
+    @_builtins.property
+    def credential(self) -> Global___CredentialChanged:
+        """An API key or session changed: drop what was cached for it."""
+
+    @_builtins.property
+    def purge(self) -> Global___ScopePurged:
+        """A tenant or project was purged: drop what was cached for it."""
+
+    @_builtins.property
+    def heartbeat(self) -> Global___RevocationFeedHeartbeat:
+        """Nothing happened; the server's view of the change feed is fresh up to `position`."""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        synced: Global___RevocationFeedSynced | None = ...,
+        credential: Global___CredentialChanged | None = ...,
+        purge: Global___ScopePurged | None = ...,
+        heartbeat: Global___RevocationFeedHeartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "event", b"event", "heartbeat", b"heartbeat", "purge", b"purge", "synced", b"synced"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "event", b"event", "heartbeat", b"heartbeat", "position", b"position", "purge", b"purge", "synced", b"synced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["synced", "credential", "purge", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchRevocationsResponse: _TypeAlias = WatchRevocationsResponse  # noqa: Y015
+
+@_typing.final
+class RevocationFeedSynced(_message.Message):
+    """The stream caught up with the server's change feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESYNC_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    PROPAGATION_BOUND_FIELD_NUMBER: _builtins.int
+    resync: _builtins.bool
+    """True when the caller must drop everything it cached: `resume_after` was 0, or older than
+    the events this server still remembers (for example after a restart).
+    """
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """A heartbeat is sent at least this often while the feed is fresh."""
+
+    @_builtins.property
+    def propagation_bound(self) -> _duration_pb2.Duration:
+        """A change committed on any replica reaches this stream within this bound; an answer one
+        replica gave up to this long after an event may predate the event there.
+        """
+
+    def __init__(
+        self,
+        *,
+        resync: _builtins.bool = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
+        propagation_bound: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "propagation_bound", b"propagation_bound"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "propagation_bound", b"propagation_bound", "resync", b"resync"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationFeedSynced: _TypeAlias = RevocationFeedSynced  # noqa: Y015
+
+@_typing.final
+class CredentialChanged(_message.Message):
+    """An API key or session changed (revoked, rotated, deleted, expiry set)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_TYPE_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    ISSUED_FROM_FIELD_NUMBER: _builtins.int
+    credential_id: _builtins.str
+    """The credential's handle (`key_{id}` or `ses_{id}`), as in its resource name; the claim's
+    `cid`.
+    """
+    credential_type: Global___CredentialType.ValueType
+    """Whether it is an API key or a session."""
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was recorded."""
+
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """Claims minted from the credential are refused from this time on; unset: no limit (the
+        credential lives on, e.g. a rotated session); at or before change_time: revoked or gone.
+        """
+
+    @_builtins.property
+    def issued_from(self) -> _timestamp_pb2.Timestamp:
+        """Claims of the credential issued before this time are refused (a rotated session's old
+        claims); unset: none.
+        """
+
+    def __init__(
+        self,
+        *,
+        credential_id: _builtins.str = ...,
+        credential_type: Global___CredentialType.ValueType = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
+        issued_from: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "issued_from", b"issued_from", "valid_until", b"valid_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "credential_id", b"credential_id", "credential_type", b"credential_type", "issued_from", b"issued_from", "valid_until", b"valid_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CredentialChanged: _TypeAlias = CredentialChanged  # noqa: Y015
+
+@_typing.final
+class ScopePurged(_message.Message):
+    """A tenant or project was purged (or its purge started): nothing of it verifies again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    PURGE_TIME_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant id."""
+    project: _builtins.str
+    """The project id; empty when the whole tenant was purged."""
+    @_builtins.property
+    def purge_time(self) -> _timestamp_pb2.Timestamp:
+        """When the purge was recorded."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        purge_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["purge_time", b"purge_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "purge_time", b"purge_time", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScopePurged: _TypeAlias = ScopePurged  # noqa: Y015
+
+@_typing.final
+class RevocationFeedHeartbeat(_message.Message):
+    """Nothing changed since the last message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationFeedHeartbeat: _TypeAlias = RevocationFeedHeartbeat  # noqa: Y015

@@ -110,6 +110,11 @@ class KeyServiceStub:
                 request_serializer=zumik_dot_secrets_dot_v1_dot_key__service__pb2.RotateSigningKeyRequest.SerializeToString,
                 response_deserializer=zumik_dot_secrets_dot_v1_dot_key__service__pb2.RotateSigningKeyResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/zumik.secrets.v1.KeyService/WatchRevocations',
+                request_serializer=zumik_dot_secrets_dot_v1_dot_key__service__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=zumik_dot_secrets_dot_v1_dot_key__service__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class KeyServiceServicer:
@@ -270,6 +275,34 @@ class KeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """Streams what invalidates a cached verification, so a gateway may answer repeated
+        VerifyApiKey and VerifySession calls from memory: every change to an API key or session
+        (revoked, rotated, expiry changed, deleted) by its id with the claim cut-off the server
+        applies, and every tenant or project purge. Never a key, token, hash or claim.
+
+        The first message (after the events replayed from `resume_after`, if any) is `synced`,
+        and says whether the caller must drop everything it cached (`resync`: the position is
+        older than this server remembers, or none was given). Events follow within the server's
+        revocation bound; `heartbeat` arrives every `heartbeat_interval` while the server's own
+        view of the change feed is fresh, so silence for longer means the caller must stop
+        answering from memory. The stream holds no unary worker; it ends when the server drains
+        or the connection reaches its maximum age (resume from the last `position`).
+
+        Only identities that the policy lets call VerifyApiKey or VerifySession may subscribe,
+        and only as themselves: the feed spans every tenant, so a call with a tenant claim is
+        refused.
+
+        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative resume_after); PERMISSION_DENIED
+        `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); ABORTED `SUBSCRIBER_TOO_SLOW`
+        (the caller did not read events fast enough and its queue overflowed: subscribe again
+        from the last position applied); UNAVAILABLE `UNAVAILABLE` (the server is draining:
+        subscribe to another replica).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -342,6 +375,11 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     servicer.RotateSigningKey,
                     request_deserializer=zumik_dot_secrets_dot_v1_dot_key__service__pb2.RotateSigningKeyRequest.FromString,
                     response_serializer=zumik_dot_secrets_dot_v1_dot_key__service__pb2.RotateSigningKeyResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=zumik_dot_secrets_dot_v1_dot_key__service__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=zumik_dot_secrets_dot_v1_dot_key__service__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -728,6 +766,33 @@ class KeyService:
             '/zumik.secrets.v1.KeyService/RotateSigningKey',
             zumik_dot_secrets_dot_v1_dot_key__service__pb2.RotateSigningKeyRequest.SerializeToString,
             zumik_dot_secrets_dot_v1_dot_key__service__pb2.RotateSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/zumik.secrets.v1.KeyService/WatchRevocations',
+            zumik_dot_secrets_dot_v1_dot_key__service__pb2.WatchRevocationsRequest.SerializeToString,
+            zumik_dot_secrets_dot_v1_dot_key__service__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -132,6 +132,30 @@ class KeyServiceStub:
     """Starts signing claims with a new key; the previous key keeps verifying until every claim it
     signed has expired.
     """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_key_service_pb2.WatchRevocationsRequest, _key_service_pb2.WatchRevocationsResponse]
+    """Streams what invalidates a cached verification, so a gateway may answer repeated
+    VerifyApiKey and VerifySession calls from memory: every change to an API key or session
+    (revoked, rotated, expiry changed, deleted) by its id with the claim cut-off the server
+    applies, and every tenant or project purge. Never a key, token, hash or claim.
+
+    The first message (after the events replayed from `resume_after`, if any) is `synced`,
+    and says whether the caller must drop everything it cached (`resync`: the position is
+    older than this server remembers, or none was given). Events follow within the server's
+    revocation bound; `heartbeat` arrives every `heartbeat_interval` while the server's own
+    view of the change feed is fresh, so silence for longer means the caller must stop
+    answering from memory. The stream holds no unary worker; it ends when the server drains
+    or the connection reaches its maximum age (resume from the last `position`).
+
+    Only identities that the policy lets call VerifyApiKey or VerifySession may subscribe,
+    and only as themselves: the feed spans every tenant, so a call with a tenant claim is
+    refused.
+
+    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative resume_after); PERMISSION_DENIED
+    `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); ABORTED `SUBSCRIBER_TOO_SLOW`
+    (the caller did not read events fast enough and its queue overflowed: subscribe again
+    from the last position applied); UNAVAILABLE `UNAVAILABLE` (the server is draining:
+    subscribe to another replica).
+    """
 
 @_typing.type_check_only
 class KeyServiceAsyncStub(KeyServiceStub):
@@ -236,6 +260,30 @@ class KeyServiceAsyncStub(KeyServiceStub):
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RotateSigningKeyRequest, _key_service_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
     """Starts signing claims with a new key; the previous key keeps verifying until every claim it
     signed has expired.
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_key_service_pb2.WatchRevocationsRequest, _key_service_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """Streams what invalidates a cached verification, so a gateway may answer repeated
+    VerifyApiKey and VerifySession calls from memory: every change to an API key or session
+    (revoked, rotated, expiry changed, deleted) by its id with the claim cut-off the server
+    applies, and every tenant or project purge. Never a key, token, hash or claim.
+
+    The first message (after the events replayed from `resume_after`, if any) is `synced`,
+    and says whether the caller must drop everything it cached (`resync`: the position is
+    older than this server remembers, or none was given). Events follow within the server's
+    revocation bound; `heartbeat` arrives every `heartbeat_interval` while the server's own
+    view of the change feed is fresh, so silence for longer means the caller must stop
+    answering from memory. The stream holds no unary worker; it ends when the server drains
+    or the connection reaches its maximum age (resume from the last `position`).
+
+    Only identities that the policy lets call VerifyApiKey or VerifySession may subscribe,
+    and only as themselves: the feed spans every tenant, so a call with a tenant claim is
+    refused.
+
+    Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative resume_after); PERMISSION_DENIED
+    `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); ABORTED `SUBSCRIBER_TOO_SLOW`
+    (the caller did not read events fast enough and its queue overflowed: subscribe again
+    from the last position applied); UNAVAILABLE `UNAVAILABLE` (the server is draining:
+    subscribe to another replica).
     """
 
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -422,6 +470,36 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_key_service_pb2.RotateSigningKeyResponse, _abc.Awaitable[_key_service_pb2.RotateSigningKeyResponse]]:
         """Starts signing claims with a new key; the previous key keeps verifying until every claim it
         signed has expired.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _key_service_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_key_service_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_key_service_pb2.WatchRevocationsResponse]]:
+        """Streams what invalidates a cached verification, so a gateway may answer repeated
+        VerifyApiKey and VerifySession calls from memory: every change to an API key or session
+        (revoked, rotated, expiry changed, deleted) by its id with the claim cut-off the server
+        applies, and every tenant or project purge. Never a key, token, hash or claim.
+
+        The first message (after the events replayed from `resume_after`, if any) is `synced`,
+        and says whether the caller must drop everything it cached (`resync`: the position is
+        older than this server remembers, or none was given). Events follow within the server's
+        revocation bound; `heartbeat` arrives every `heartbeat_interval` while the server's own
+        view of the change feed is fresh, so silence for longer means the caller must stop
+        answering from memory. The stream holds no unary worker; it ends when the server drains
+        or the connection reaches its maximum age (resume from the last `position`).
+
+        Only identities that the policy lets call VerifyApiKey or VerifySession may subscribe,
+        and only as themselves: the feed spans every tenant, so a call with a tenant claim is
+        refused.
+
+        Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative resume_after); PERMISSION_DENIED
+        `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); ABORTED `SUBSCRIBER_TOO_SLOW`
+        (the caller did not read events fast enough and its queue overflowed: subscribe again
+        from the last position applied); UNAVAILABLE `UNAVAILABLE` (the server is draining:
+        subscribe to another replica).
         """
 
 def add_KeyServiceServicer_to_server(servicer: KeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,256 @@
+"""The caching verifier's store (bound, TTL, fail-closed, races) and the server's feed hub."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zumik_secrets.app.revocation_feed import (
+    FeedEvent,
+    Heartbeat,
+    RevocationFeed,
+    Synced,
+)
+from zumik_secrets.core.errors import Aborted
+from zumik_secrets.storage.records import ChangeRecord
+from zumik_secrets_client import VerificationCache
+from zumik_secrets_client.caching import MIN_TTL
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _cache(clock: Clock, **kwargs: float) -> VerificationCache:
+    cache = VerificationCache(clock=clock, **kwargs)  # type: ignore[arg-type]
+    cache.mark_synced(resync=True)
+    return cache
+
+
+def _put(
+    cache: VerificationCache,
+    key: bytes,
+    cid: str = "key_a",
+    lifetime: float = 300.0,
+    tenant: str = "t",
+    project: str = "p",
+) -> bool:
+    return cache.put(
+        cache.ticket(),
+        key,
+        key,
+        credential_id=cid,
+        tenant=tenant,
+        project=project,
+        lifetime=lifetime,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    max_entries=st.integers(1, 20),
+    keys=st.lists(st.binary(min_size=1, max_size=3), max_size=80),
+)
+def test_never_more_than_max_entries_and_lru_order(max_entries: int, keys: list[bytes]) -> None:
+    cache = _cache(Clock(), max_entries=max_entries)
+    model: list[bytes] = []
+    for key in keys:
+        if cache.get(key) is not None:
+            model.remove(key)
+            model.append(key)
+            continue
+        assert _put(cache, key)
+        model.append(key)
+        if len(model) > max_entries:
+            model.pop(0)
+        assert len(cache) <= max_entries
+    assert len(cache) == len(model)
+    for key in model:
+        assert cache.get(key) == key
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    max_ttl=st.floats(0.5, 120.0),
+    lifetime=st.floats(-10.0, 400.0),
+    age=st.floats(0.0, 300.0),
+)
+def test_ttl_is_at_most_half_the_claims_life_and_max_ttl(
+    max_ttl: float, lifetime: float, age: float
+) -> None:
+    clock = Clock()
+    cache = _cache(clock, max_ttl=max_ttl, stall_after=1e9)
+    stored = _put(cache, b"k", lifetime=lifetime)
+    ttl = min(max_ttl, lifetime / 2)
+    assert stored == (ttl >= MIN_TTL)
+    clock.now += age
+    cache.heard()
+    assert (cache.get(b"k") is not None) == (stored and age < ttl)
+
+
+def test_nothing_served_before_sync_after_a_break_or_when_silent() -> None:
+    clock = Clock()
+    cache = VerificationCache(clock=clock, stall_after=3.0)
+    assert not _put(cache, b"k"), "cached before the feed was synced"
+    cache.mark_synced(resync=True)
+    assert _put(cache, b"k")
+    assert cache.get(b"k") == b"k"
+    clock.now += 3.5  # no heartbeat for longer than stall_after
+    assert cache.get(b"k") is None
+    cache.heard()
+    assert cache.get(b"k") == b"k"
+    cache.mark_desynced()
+    assert cache.get(b"k") is None and not cache.serving()
+    cache.mark_synced(resync=False)  # resumed: replayed events evicted what they had to
+    assert cache.get(b"k") == b"k"
+    cache.mark_desynced()
+    cache.mark_synced(resync=True)
+    assert cache.get(b"k") is None and len(cache) == 0
+
+
+def test_events_evict_by_credential_tenant_and_project() -> None:
+    cache = _cache(Clock(), quarantine=0.0)
+    assert _put(cache, b"a1", "key_a", project="p")
+    assert _put(cache, b"a2", "key_a", project="p")
+    assert _put(cache, b"b", "key_b", project="p")
+    assert _put(cache, b"c", "ses_c", project="q")
+    assert _put(cache, b"d", "key_d", tenant="other", project="p")
+    assert cache.drop_credential("key_a") == 2
+    assert cache.get(b"a1") is None and cache.get(b"b") == b"b"
+    assert cache.drop_scope("t", "q") == 1
+    assert cache.get(b"c") is None and cache.get(b"b") == b"b"
+    assert cache.drop_scope("t") == 1
+    assert cache.get(b"b") is None and cache.get(b"d") == b"d"
+
+
+def test_an_answer_in_flight_when_its_revocation_arrives_is_not_cached() -> None:
+    clock = Clock()
+    cache = _cache(clock, quarantine=1.5)
+    ticket = cache.ticket()  # the real call goes out
+    clock.now += 0.1
+    cache.drop_credential("key_a")  # the revocation event arrives while it is in flight
+    clock.now += 0.1
+    assert not cache.put(
+        ticket, b"k", b"k", credential_id="key_a", tenant="t", project="p", lifetime=300
+    )
+    assert cache.get(b"k") is None
+    # Another credential's answer in flight at the same time is unaffected.
+    assert cache.put(
+        ticket, b"j", b"j", credential_id="key_b", tenant="t", project="p", lifetime=300
+    )
+
+
+def test_an_answer_just_after_an_event_waits_out_the_propagation_bound() -> None:
+    clock = Clock()
+    cache = _cache(clock, quarantine=1.5)
+    cache.drop_credential("key_a")
+    clock.now += 1.0  # another replica may not have applied the event yet
+    assert not _put(cache, b"k", "key_a")
+    clock.now += 1.0
+    assert _put(cache, b"k", "key_a")
+    cache.drop_scope("t", "p")
+    clock.now += 0.5
+    assert not _put(cache, b"x", "key_x", project="p")
+    assert _put(cache, b"y", "key_y", project="other")
+
+
+def test_a_break_while_in_flight_refuses_the_answer() -> None:
+    cache = _cache(Clock(), quarantine=0.0)
+    ticket = cache.ticket()
+    cache.mark_desynced()
+    cache.mark_synced(resync=False)
+    assert not cache.put(
+        ticket, b"k", b"k", credential_id="key_a", tenant="t", project="p", lifetime=300
+    )
+
+
+# -- the server's hub ----------------------------------------------------------------------
+
+
+class _Cuts:
+    def cut(self, cid: str) -> tuple[float, float] | None:
+        return (0.0, float("inf")) if cid.startswith("key_") else None
+
+
+def _feed(**kwargs: int) -> tuple[RevocationFeed, list[float]]:
+    last = [0.0]
+    clock = Clock()
+    last[0] = clock.now
+    feed = RevocationFeed(
+        _Cuts(),  # type: ignore[arg-type]
+        last_feed_read=lambda: last[0],
+        poll_interval=0.25,
+        heartbeat_interval=0.01,
+        clock=clock,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    feed.open_at(10)
+    return feed, last
+
+
+def _change(seq: int, kind: str = "api_key", entity: str = "key_a") -> ChangeRecord:
+    return ChangeRecord(seq, kind, entity, datetime.now(UTC))
+
+
+def test_feed_replays_or_resyncs_by_position() -> None:
+    feed, _ = _feed(history=3)
+    for seq in range(11, 16):
+        feed.on_change(_change(seq, entity=f"key_{seq}"))
+    feed.on_change(_change(16, "purge", "acme/web"))
+    feed.on_change(_change(17, "signing_key", "kid"))  # not a feed kind: ignored
+    assert feed.position == 16 and feed.floor == 13
+    messages = feed.subscribe(14).messages()
+    replayed = [next(messages), next(messages)]
+    assert [m.position for m in replayed] == [15, 16]
+    assert isinstance(replayed[1], FeedEvent) and replayed[1].tenant == "acme"
+    assert replayed[1].project == "web"
+    assert next(messages) == Synced(16, resync=False)
+    assert next(feed.subscribe(12).messages()) == Synced(16, resync=True)
+    assert next(feed.subscribe(0).messages()) == Synced(16, resync=True)
+
+
+def test_slow_subscriber_is_ended_without_blocking_others() -> None:
+    feed, _ = _feed(queue=2)
+    slow = feed.subscribe(10)
+    fast = feed.subscribe(10)
+    slow_messages, fast_messages = slow.messages(), fast.messages()
+    assert isinstance(next(slow_messages), Synced) and isinstance(next(fast_messages), Synced)
+    for seq in range(11, 15):
+        feed.on_change(_change(seq))
+        assert next(fast_messages).position == seq  # type: ignore[union-attr]
+    with pytest.raises(Aborted) as err:
+        next(slow_messages)
+    assert err.value.reason == "SUBSCRIBER_TOO_SLOW"
+    slow.close()
+    assert feed.subscribers == 1
+
+
+def test_heartbeats_only_while_the_feed_is_fresh() -> None:
+    feed, last = _feed()
+    subscription = feed.subscribe(10)
+    messages = subscription.messages()
+    assert isinstance(next(messages), Synced)
+    assert next(messages) == Heartbeat(10)
+    last[0] = -1e9  # the watcher has not read the feed for ages
+    feed.on_change(_change(11))
+    assert next(messages).position == 11  # type: ignore[union-attr]
+    subscription.close()
+    assert list(messages) == [], "a closed subscription ends without a heartbeat"
+
+
+def test_closed_feed_refuses_subscribers_and_ends_streams() -> None:
+    feed, _ = _feed()
+    subscription = feed.subscribe(10)
+    messages = subscription.messages()
+    next(messages)
+    feed.close()
+    assert list(messages) == []
+    with pytest.raises(Exception, match="shutting down"):
+        feed.subscribe(10)
