@@ -242,7 +242,13 @@ def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
         )
         collect = _Collect()
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-            KeyServicer(runtime.claim_keys, runtime.api_keys, runtime.sessions), collect
+            KeyServicer(
+                runtime.claim_keys,
+                runtime.api_keys,
+                runtime.sessions,
+                revocation_feed=runtime.revocation_feed,
+            ),
+            collect,
         )
         seal_service_pb2_grpc.add_SealServiceServicer_to_server(
             SealServicer(runtime.sealed_secrets), collect
