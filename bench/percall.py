@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import logging
 import threading
 import time
@@ -338,6 +339,7 @@ def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
         limits.shutdown()
         limits.unary_pool.shutdown()
         runtime.close()
+        shutil.rmtree(root, ignore_errors=True)  # PKI, keyring, database
 
 
 def _policy() -> dict[str, Any]:
