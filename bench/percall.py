@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import shutil
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
