@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -46,8 +46,14 @@ from opentelemetry.sdk.resources import Resource
 from zumik_secrets.app.metrics import NOOP, Recorder
 
 if TYPE_CHECKING:
+    from zumik_secrets.app.api_keys import ApiKeyService
+    from zumik_secrets.app.audit_log import AuditLog
+    from zumik_secrets.app.change_watcher import ChangeWatcher
+    from zumik_secrets.app.customer_keys import CustomerKeys
+    from zumik_secrets.app.data_keys import DataKeys
+    from zumik_secrets.app.sessions import SessionService
+    from zumik_secrets.core.claims import ClaimVerifier
     from zumik_secrets.server.config import ServerConfig
-    from zumik_secrets.server.runtime import Runtime
 
 _LOG = logging.getLogger("zumik.server")
 
@@ -489,6 +495,29 @@ class OtelMetrics(Recorder):
         yield Observation(1 if self.sources.serving() else 0)
 
 
+class Observed(Protocol):
+    """What :meth:`ServerMetrics.observe` reads (the server's ``Runtime`` is one)."""
+
+    @property
+    def api_keys(self) -> ApiKeyService: ...
+    @property
+    def sessions(self) -> SessionService: ...
+    @property
+    def claim_verifier(self) -> ClaimVerifier: ...
+    @property
+    def data_keys(self) -> DataKeys: ...
+    @property
+    def customer_keys(self) -> CustomerKeys: ...
+    @property
+    def audit_log(self) -> AuditLog: ...
+    @property
+    def store(self) -> object: ...
+    @property
+    def watcher(self) -> ChangeWatcher: ...
+    @property
+    def config(self) -> ServerConfig: ...
+
+
 class ServerMetrics:
     """The server's metrics: the recorder, its provider and the scrape endpoint."""
 
@@ -510,7 +539,7 @@ class ServerMetrics:
         """The OpenTelemetry recorder, or None when metrics are off."""
         return self.recorder if isinstance(self.recorder, OtelMetrics) else None
 
-    def observe(self, runtime: Runtime) -> None:
+    def observe(self, runtime: Observed) -> None:
         """Point the observable instruments at the runtime's caches, queue, pool and files."""
         otel = self.otel
         if otel is None:
