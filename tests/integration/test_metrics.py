@@ -193,6 +193,12 @@ def test_scrape_counts_a_mix_of_calls(
     assert claim_hit == (3 - 1) + (2 - 1) + (4 - 1)
     data_keys = delta("zumik_cache_requests_total", zumik_cache="data_key")
     assert data_keys >= 5  # every seal and open looks its data key up
+    # Open's row cache: each of the two opens looks its row up (the first misses).
+    assert delta("zumik_cache_requests_total", zumik_cache="sealed_row") == 2
+    assert (
+        delta("zumik_cache_requests_total", zumik_cache="sealed_row", zumik_cache_result="miss")
+        >= 1
+    )
     assert delta("zumik_health_probes_total", zumik_health_status="SERVING") == 5
     assert _value(after, "zumik_server_serving") == 1
     assert _value(after, "zumik_storage_ready") == 1

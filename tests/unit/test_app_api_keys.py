@@ -379,3 +379,44 @@ def test_claim_expires_no_later_than_its_key_even_when_cached(
     assert long.expires_at == int(clock.now) + 300
     short = issuer.issue("key_x", "acme", "web", "key_x", ["keys.read"], not_after=clock.now + 10)
     assert short.token != long.token and short.expires_at <= clock.now + 10
+
+
+def test_warm_verify_skips_the_parse_and_hash_only_while_the_entry_lives(
+    service: ApiKeyService, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second verification of a key matches its digest against the mark on the key's cache
+    entry instead of parsing and hashing again; a change of the key (revocation by another
+    replica, seen through the change feed) drops the mark with the entry, so the revocation
+    is answered at once, and a wrong key never reaches the mark."""
+    created = _create(service)
+    key_id = created.record.key_id
+    parses: list[str] = []
+    original_parse = key_format.parse_api_key
+
+    def counting(raw: str) -> key_format.ParsedApiKey:
+        parses.append(raw[:3])
+        return original_parse(raw)
+
+    monkeypatch.setattr(key_format, "parse_api_key", counting)
+    assert service.verify(created.raw_key, [], GATEWAY).result is VerifyResult.VALID
+    assert service.verify(created.raw_key, [], GATEWAY).result is VerifyResult.VALID
+    assert len(parses) == 1  # warm: the digest mark answered
+    assert created.raw_key.encode() not in repr(service._verified).encode()
+
+    raw = created.raw_key
+    wrong = raw[:-7] + ("A" if raw[-7] != "A" else "B") + raw[-6:]
+    assert service.verify(wrong, [], GATEWAY).result is not VerifyResult.VALID
+    assert len(parses) == 2  # a different text is parsed (and refused) in full
+
+    store.api_keys.revoke("tenant-a", "proj", key_id, api_keys_module._dt(clock.now))
+    service.on_change(ChangeRecord(1, "api_key", key_id, api_keys_module._dt(clock.now)))
+    assert service.verify(created.raw_key, [], GATEWAY).result is VerifyResult.REVOKED
+    assert len(parses) == 3  # the mark went with the entry: full path, revoked record
+
+
+def test_digest_marks_are_bounded(store: Store, issuer: ClaimIssuer, audit: Audit) -> None:
+    service = ApiKeyService(store.api_keys, issuer, audit, FailureGuard(), cache_entries=2)
+    raws = [_create(service).raw_key for _ in range(4)]
+    for raw in raws:
+        assert service.verify(raw, [], GATEWAY).result is VerifyResult.VALID
+    assert len(service._verified) == 2

@@ -99,3 +99,51 @@ def test_fast_path_steps_aside_when_logging_is_set_up_otherwise(
     assert submit_access_line(logger, "rpc", {})
     handler.filters.clear()  # no RedactionFilter: not the server's set-up
     assert not submit_access_line(logger, "rpc", {})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {
+            "service": "SealService",
+            "method": "Open",
+            "code": "OK",
+            "reason": "",
+            "peer": "spiffe://zumik.local/svc/gw",
+            "tls": "TLSv1.3",
+            "tenant": "t1",
+            "project": "p1",
+            "duration_ms": 1.25,
+            "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        },
+        {
+            "service": 'Odd"Service\\',
+            "method": "M\u00e9thode\n",
+            "code": "PERMISSION_DENIED",
+            "reason": "METHOD_NOT_ALLOWED",
+            "peer": API_KEY,
+            "tls": "",
+            "tenant": "",
+            "project": "",
+            "duration_ms": 0.001,
+            "trace_id": "",
+        },
+    ],
+)
+def test_access_line_fragments_render_what_the_logging_path_renders(
+    server_logging: tuple[io.StringIO, BackgroundJsonHandler], fields: dict[str, object]
+) -> None:
+    """The access line's pre-rendered fragments give the very text of the general path
+    (escaping, key order, redaction), the first time and from the fragment cache."""
+    stream, handler = server_logging
+    _only(handler)
+    logger = logging.getLogger("zumik.access")
+    for _ in range(2):
+        assert submit_access_line(logger, "rpc", dict(fields))
+    logger.info("rpc", extra=dict(fields))
+    handler.close()
+    texts = stream.getvalue().splitlines()
+    assert len(texts) == 3
+    bodies = {text.split(", ", 1)[1] for text in texts}  # all but the time stamp
+    assert len(bodies) == 1
+    assert API_KEY not in stream.getvalue()

@@ -16,6 +16,13 @@ NOTIFY or a 250 ms poll). Revocation therefore reaches every process within the 
 interval plus one feed read (under 1 s); a generation counter stops a lookup that raced with an
 invalidation from caching what it read.
 
+Warm verify: a key whose secret matched its cached record is remembered by the SHA-256 of the
+raw key (never the key; at most ``cache_entries`` digests) on that cache entry, so the next
+verification of the same key skips the parse, CRC32 and salted hash: one SHA-256 and two dict
+look-ups, then the same state, expiry, scope and claim steps as every call. The mark lives on
+the cache entry, so whatever drops the entry (a revoke, rotate or any ``api_key`` change, the
+positive TTL) drops it too: revocation reaches warm verifies within the same bound.
+
 ``last_used_at`` is kept in memory and written in batches by :meth:`flush_last_used` (called by
 the usage flusher every second or so), never once per verification.
 """
@@ -133,11 +140,14 @@ class ApiKeyVerification:
     claim: IssuedClaim | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Entry:
     record: ApiKeyRecord
     expire_ts: float
     until: float
+    verified: bytes = b""
+    """SHA-256 of the raw key found to match this very record (format, checksum, secret and
+    environment checked once); an entry re-read after any change starts without it."""
 
 
 def _bad(field_name: str, message: str, reason: str) -> InvalidArgument:
@@ -231,6 +241,10 @@ class ApiKeyService:
         self.cache_hits = 0
         self.cache_misses = 0
         self._used: dict[str, float] = {}
+        self._verified: dict[bytes, str] = {}
+        """Key id by SHA-256 of a raw key that matched its record once: at most
+        ``cache_entries``, oldest first out. Never the raw key; a hit still needs the key's
+        cache entry to carry the same digest (see :class:`_Entry`)."""
 
     # -- cache ---------------------------------------------------------------------------------
 
@@ -304,24 +318,40 @@ class ApiKeyService:
         needed = validate_scopes(
             required_scopes, "required_scopes", maximum=MAX_REQUIRED_SCOPES, required=False
         )
-        try:
-            parsed = key_format.parse_api_key(raw_key)
-        except InvalidArgument:
-            return self._failed(VerifyResult.MALFORMED, None, None, actor)
-        handle = parsed.handle
-        entry = self._lookup(handle)
-        if entry is None:
-            with contextlib.suppress(key_format.ApiKeyMismatch):
-                key_format.check_secret(_DUMMY_HASH, _DUMMY_SALT, parsed.secret)
-            return self._failed(VerifyResult.NOT_FOUND, handle, None, actor)
-        rec = entry.record
-        try:
-            key_format.check_secret(rec.secret_hash, rec.salt, parsed.secret)
-        except key_format.ApiKeyMismatch:
-            return self._failed(VerifyResult.NOT_FOUND, handle, None, actor)
-        if parsed.env != rec.env:
-            # The checksum covers the env, but the hash does not: a re-labelled key is unknown.
-            return self._failed(VerifyResult.NOT_FOUND, handle, None, actor)
+        digest = (
+            sha256(raw_key.encode("ascii"))
+            if len(raw_key) <= key_format.MAX_RAW_LENGTH and raw_key.isascii()
+            else b""
+        )
+        known = self._verified.get(digest) if digest else None
+        entry = self._lookup(known) if known is not None else None
+        if entry is not None and known is not None and entry.verified == digest:
+            # This very key matched this very record before (the entry is dropped by any
+            # change of the key): format, checksum, secret and environment hold as they did.
+            handle = known
+            rec = entry.record
+        else:
+            try:
+                parsed = key_format.parse_api_key(raw_key)
+            except InvalidArgument:
+                return self._failed(VerifyResult.MALFORMED, None, None, actor)
+            handle = parsed.handle
+            if handle != known:
+                entry = self._lookup(handle)
+            if entry is None:
+                with contextlib.suppress(key_format.ApiKeyMismatch):
+                    key_format.check_secret(_DUMMY_HASH, _DUMMY_SALT, parsed.secret)
+                return self._failed(VerifyResult.NOT_FOUND, handle, None, actor)
+            rec = entry.record
+            try:
+                key_format.check_secret(rec.secret_hash, rec.salt, parsed.secret)
+            except key_format.ApiKeyMismatch:
+                return self._failed(VerifyResult.NOT_FOUND, handle, None, actor)
+            if parsed.env != rec.env:
+                # The checksum covers the env, but the hash does not: a re-labelled key is
+                # unknown.
+                return self._failed(VerifyResult.NOT_FOUND, handle, None, actor)
+            self._remember(digest, handle, entry)
         now = self._clock()
         if rec.state != "active":
             return self._failed(VerifyResult.REVOKED, handle, rec, actor)
@@ -342,6 +372,17 @@ class ApiKeyService:
             self._used[handle] = now
         self._audit_verify(VerifyResult.VALID, handle, rec, actor)
         return ApiKeyVerification(VerifyResult.VALID, rec, claim)
+
+    def _remember(self, digest: bytes, handle: str, entry: _Entry) -> None:
+        """Note that the raw key of ``digest`` matched ``entry``'s record (bounded)."""
+        if not digest:
+            return
+        entry.verified = digest
+        with self._lock:
+            self._verified.pop(digest, None)
+            self._verified[digest] = handle
+            while len(self._verified) > self._max:
+                del self._verified[next(iter(self._verified))]
 
     def _failed(
         self,

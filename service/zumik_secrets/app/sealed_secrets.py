@@ -11,12 +11,25 @@ is reported by reason, never with ciphertext or plaintext:
   or moved to another row, project or tenant);
 - ``CUSTOMER_KEY_UNAVAILABLE`` / ``CUSTOMER_KEY_UNREACHABLE`` (the tenant's own key);
 - ``AUDIT_UNAVAILABLE`` (the audit event could not be made durable: nothing is returned).
+
+Open's row cache (off unless :meth:`SealedSecrets.enable_row_cache`; the server turns it on,
+``ZUMIK_OPEN_CACHE_ENTRIES``): the sealed row (ciphertext and versions, never plaintext) of a
+recently opened secret, at most ``entries`` rows, each kept at most ``ttl`` seconds, which the
+server sets to the change watcher's poll interval: the revocation bound. The row is still
+decrypted, checked against its data key (a destroyed version still fails) and the durable
+``secret.open`` event still written on every Open. A delete, update, rewrap or key destruction
+made here drops the rows at once; a purge (tenant or project) and any data-key change made by
+any replica drop them through the change feed (:meth:`SealedSecrets.on_change`). A delete or
+update made by another replica is not in the feed (the storage records no sealed-secret
+changes yet), so there the TTL is the bound: such a secret can be opened at most ``ttl``
+seconds after the other replica answered, the same bound as a revoked key or claim.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +37,7 @@ from datetime import UTC, datetime
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.audit import AuditRecorder, audited_change, event, record
 from zumik_secrets.app.data_keys import DataKeys, data_key_destroyed
+from zumik_secrets.app.ttl_cache import TtlLru
 from zumik_secrets.core import page_tokens, sealing
 from zumik_secrets.core.errors import (
     DecryptionFailed,
@@ -37,7 +51,7 @@ from zumik_secrets.core.errors import (
 from zumik_secrets.core.handles import KIND_SECRET, new_handle
 from zumik_secrets.core.names import ProjectName, SecretName
 from zumik_secrets.storage.ports import SealedSecretStore
-from zumik_secrets.storage.records import DataKeyRecord, SealedSecretRecord
+from zumik_secrets.storage.records import ChangeRecord, DataKeyRecord, SealedSecretRecord
 
 _LOG = logging.getLogger("zumik.secrets")
 
@@ -135,6 +149,60 @@ class SealedSecrets:
         self._audit = audit
         self._max_plaintext = max_plaintext_bytes
         self._clock = clock
+        self._rows: TtlLru[tuple[str, str, str], SealedSecretRecord] | None = None
+        self._rows_lock = threading.Lock()
+        self._rows_generation = 0
+
+    # -- Open's row cache (see the module docstring) ---------------------------------------------
+
+    def enable_row_cache(self, entries: int, ttl: float) -> None:
+        """Keep up to ``entries`` sealed rows for Open, each at most ``ttl`` seconds (the
+        revocation bound); ``entries`` 0 keeps none."""
+        self._rows = TtlLru(entries, ttl) if entries > 0 else None
+
+    def row_cache_stats(self) -> tuple[int, int, int]:
+        """Open's row cache: hits, misses, rows held (zeros when off; read by the metrics)."""
+        rows = self._rows
+        return (0, 0, 0) if rows is None else (rows.hits, rows.misses, len(rows))
+
+    def forget_rows(
+        self, tenant: str, project: str | None = None, secret_id: str | None = None
+    ) -> None:
+        """Drop the cached rows of a secret, a project or (``project`` None) a tenant."""
+        rows = self._rows
+        if rows is None:
+            return
+        with self._rows_lock:
+            self._rows_generation += 1
+            if secret_id is not None and project is not None:
+                rows.pop((tenant, project, secret_id))
+            elif project is not None:
+                rows.pop_where(lambda key: key[0] == tenant and key[1] == project)
+            else:
+                rows.pop_where(lambda key: key[0] == tenant)
+
+    def on_change(self, record: ChangeRecord) -> None:
+        """Change-feed subscriber: ``purge`` (``tenant`` or ``tenant/project``) and
+        ``data_key`` (``tenant/project/purpose``) changes drop the scope's rows."""
+        if record.kind not in ("purge", "data_key"):
+            return
+        parts = record.entity_id.split("/")
+        self.forget_rows(parts[0], parts[1] if len(parts) > 1 else None)
+
+    def _row_for_open(self, name: SecretName) -> SealedSecretRecord:
+        rows = self._rows
+        if rows is None:
+            return self._get(name)
+        key = (name.tenant, name.project, name.id)
+        rec = rows.get(key)
+        if rec is not None:
+            return rec
+        generation = self._rows_generation
+        rec = self._get(name)
+        with self._rows_lock:
+            if generation == self._rows_generation:  # no invalidation raced with the read
+                rows.put(key, rec)
+        return rec
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -250,7 +318,7 @@ class SealedSecrets:
         """
         target = str(name)
         try:
-            rec = self._get(name)
+            rec = self._row_for_open(name)
             plaintext = self._open_record(name, rec)
         except ZumikError as error:
             record(
@@ -325,15 +393,18 @@ class SealedSecrets:
                 str(name),
                 attributes={"version": str(version), "data_key_version": str(dk_version)},
             )
-            with audited_change(self._audit, entry, record_unchanged=False):
-                updated = self._store.replace_ciphertext(
-                    rec,
-                    version=version,
-                    data_key_version=dk_version,
-                    size_bytes=len(plaintext),
-                    ciphertext=blob,
-                    at=self._clock(),
-                )
+            try:
+                with audited_change(self._audit, entry, record_unchanged=False):
+                    updated = self._store.replace_ciphertext(
+                        rec,
+                        version=version,
+                        data_key_version=dk_version,
+                        size_bytes=len(plaintext),
+                        ciphertext=blob,
+                        at=self._clock(),
+                    )
+            finally:
+                self.forget_rows(name.tenant, name.project, name.id)
             if updated is not None:
                 return updated
         raise FailedPrecondition(
@@ -349,9 +420,12 @@ class SealedSecrets:
         Raises:
             NotFound: no such secret.
         """
-        with audited_change(self._audit, event(actor, name.tenant, "secret.delete", str(name))):
-            if not self._store.delete(name.tenant, name.project, name.id):
-                raise resource_not_found(str(name))
+        try:
+            with audited_change(self._audit, event(actor, name.tenant, "secret.delete", str(name))):
+                if not self._store.delete(name.tenant, name.project, name.id):
+                    raise resource_not_found(str(name))
+        finally:
+            self.forget_rows(name.tenant, name.project, name.id)
         if not rotate:
             return None
         return self.rotate_data_key(name.parent, PURPOSE, actor)
@@ -451,6 +525,7 @@ class SealedSecrets:
                 is not None
             ):
                 done += 1
+        self.forget_rows(tenant, project)
         counts = self._store.count_by_data_key_version(tenant, project)
         remaining = sum(n for v, n in counts.items() if v != primary and v not in destroyed)
         more = len(rows) > limit
@@ -502,10 +577,13 @@ class SealedSecrets:
             str(parent),
             attributes={"purpose": purpose, "version": str(version), "unrecoverable": str(lost)},
         )
-        with audited_change(self._audit, entry):
-            rec = self._data_keys.destroy(parent.tenant, parent.project, purpose, version)
-            if rec is None:
-                raise resource_not_found(f"{parent}/dataKeys/{purpose}/versions/{version}")
+        try:
+            with audited_change(self._audit, entry):
+                rec = self._data_keys.destroy(parent.tenant, parent.project, purpose, version)
+                if rec is None:
+                    raise resource_not_found(f"{parent}/dataKeys/{purpose}/versions/{version}")
+        finally:
+            self.forget_rows(parent.tenant, parent.project)
         return DestroyResult(rec, lost)
 
 

@@ -115,6 +115,11 @@ harmless values are kept (a secret-looking value is never stored here), at most
 (bounded memory whatever callers send); the cache is emptied when full."""
 
 
+_good_keys: dict[str, None] = {}
+"""Attribute keys already found well-formed and unlike a secret (at most 64 characters each by
+the key grammar, at most ``_HARMLESS_CACHE_SIZE`` of them; emptied when full)."""
+
+
 _SCAN_MARGIN = 256
 """Characters past a field's limit that are still scanned: a secret straddling the cut is seen
 whole (and redacted) instead of leaving its first part in the kept text. Nothing beyond is ever
@@ -124,8 +129,10 @@ the rule)."""
 
 def _clean(value: str, limit: int) -> tuple[str, bool]:
     value = value[: limit + _SCAN_MARGIN]
-    if value not in _harmless and not is_resource_name(value):
-        if secret_kind(value) is not None:
+    if value not in _harmless:
+        # A whole resource name is kept as it is (module docstring); it is remembered like a
+        # value that passed the scan, so a repeated target costs one dict look-up.
+        if not is_resource_name(value) and secret_kind(value) is not None:
             return REDACTED, True
         if len(value) <= _HARMLESS_CACHE_VALUE:
             if len(_harmless) >= _HARMLESS_CACHE_SIZE:
@@ -157,11 +164,15 @@ def sanitize(
             redacted.append("reason")
     attrs: dict[str, str] = {}
     for key in sorted(attributes)[:MAX_ATTRIBUTES]:
-        if not ATTRIBUTE_KEY_RE.fullmatch(key):
-            continue
-        if secret_kind(key) is not None:
-            redacted.append("attribute key")
-            continue
+        if key not in _good_keys:
+            if not ATTRIBUTE_KEY_RE.fullmatch(key):
+                continue
+            if secret_kind(key) is not None:
+                redacted.append("attribute key")
+                continue
+            if len(_good_keys) >= _HARMLESS_CACHE_SIZE:
+                _good_keys.clear()
+            _good_keys[key] = None
         attrs[key], hit = _clean(attributes[key], MAX_VALUE_LENGTH)
         if hit:
             redacted.append(key)

@@ -49,6 +49,8 @@ from zumik_secrets.core.names import (
 from zumik_secrets.core.policy import Decision, Policy
 
 CLAIM_METADATA_KEY = "zumik-claim"
+PARSED_NAMES = 4096
+"""Bound on the resource names the authorizer remembers parsed (see :meth:`Authorizer._parse`)."""
 
 
 def metadata_value(metadata: Any, key: str) -> str | None:
@@ -168,6 +170,21 @@ class Authorizer:
         self._policy = policy
         self._verify_claim = verify_claim
         self._check_scope_open = check_scope_open
+        self._parsed: dict[tuple[str, str], ResourceName] = {}
+
+    def _parse(self, resource: str, field: str) -> ResourceName:
+        """:func:`parse_resource`, remembering well-formed names (the same few names come
+        call after call). At most :data:`PARSED_NAMES` entries, emptied when full; only names
+        that parsed (at most ``MAX_NAME_LENGTH`` characters each) are kept, and the parsed
+        names are immutable."""
+        key = (resource, field)
+        name = self._parsed.get(key)
+        if name is None:
+            name = parse_resource(resource, field=field)
+            if len(self._parsed) >= PARSED_NAMES:
+                self._parsed.clear()
+            self._parsed[key] = name
+        return name
 
     def check_identity(self, identity: str | None, method: str) -> Decision:
         """Step 1: the policy's decision for the identity and method.
@@ -216,7 +233,7 @@ class Authorizer:
             )
         if claim is not None and _foreign(claim, resource, guard.resource_field):
             raise resource_not_found(resource)
-        name = parse_resource(resource, field=guard.resource_field)
+        name = self._parse(resource, guard.resource_field)
         tenant, project = name.tenant, name_project(name)
         if claim is not None:
             if claim.tenant_id != tenant or (project is not None and claim.project_id != project):

@@ -173,6 +173,11 @@ class ServerConfig:
         "ZUMIK_DATA_KEY_CACHE_TTL",
         "seconds an unwrapped data key is kept (bounds customer-key revocation delay)",
     )
+    open_cache_entries: int = setting(
+        4096,
+        "ZUMIK_OPEN_CACHE_ENTRIES",
+        "sealed rows Open keeps, each for the change-feed poll interval (0: none)",
+    )
     fingerprint_sweep_interval: float = setting(
         5.0,
         "ZUMIK_FINGERPRINT_SWEEP_INTERVAL",
@@ -401,6 +406,8 @@ class ServerConfig:
             )
         if self.data_key_cache_size < 1:
             raise ValueError("ZUMIK_DATA_KEY_CACHE_SIZE must be at least 1")
+        if not 0 <= self.open_cache_entries <= 1_000_000:
+            raise ValueError("ZUMIK_OPEN_CACHE_ENTRIES must be between 0 and 1000000")
         if not 0.1 <= self.data_key_cache_ttl <= 3600:
             raise ValueError("ZUMIK_DATA_KEY_CACHE_TTL must be between 0.1 and 3600 seconds")
         if not 0.1 <= self.fingerprint_sweep_interval <= 3600:

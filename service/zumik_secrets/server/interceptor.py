@@ -43,7 +43,6 @@ from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.free_text import refuse_secret_fields
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, record, track_call, untrack_call
-from zumik_secrets.app.deadlines import reset_deadline, set_deadline
 from zumik_secrets.core import deadlines
 from zumik_secrets.core.errors import (
     InvalidArgument,
@@ -209,6 +208,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self._audit = audit
         self._guards = guards
         self._limits = limits if limits is not None else Limits(LimitSettings())
+        #: The wrapped handler of each served unary method (see :meth:`intercept_service`).
+        self._unary_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def intercept_service(
         self,
@@ -232,7 +233,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return self._in_pool(
                 grpc.unary_unary_rpc_method_handler(self._shed(method)), self._limits.shed_pool
             )
-        raw_claim = _claim_from(handler_call_details.invocation_metadata)
+        cached = self._unary_handlers.get(method)
+        if cached is not None:
+            return cached
         handler = continuation(handler_call_details)
         if handler is None:
             return grpc.unary_unary_rpc_method_handler(self._unknown_method(method))
@@ -240,13 +243,20 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         open_method = method in OPEN_METHODS
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, guard, raw_claim, open_method),
+                self._unary(handler.unary_unary, method, guard, open_method),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
             # Health checks take microseconds: they answer from the side pool, so a probe never
             # waits behind a queue of slow calls (and is never shed).
-            return self._in_pool(wrapped, self._limits.shed_pool) if open_method else wrapped
+            if open_method:
+                wrapped = self._in_pool(wrapped, self._limits.shed_pool)
+            # Nothing in the wrapper depends on the call (the claim is read per call from the
+            # call's metadata): one wrapper per served method, built on its first call. Bounded
+            # by the methods the server serves (an unknown path returned above, uncached).
+            self._unary_handlers[method] = wrapped
+            return wrapped
+        raw_claim = _claim_from(handler_call_details.invocation_metadata)
         blocking_stream = handler.unary_unary is None and not getattr(
             handler.unary_stream, "experimental_non_blocking", False
         )
@@ -311,17 +321,26 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         request: Any,
         raw_claim: str | None,
         open_method: bool,
+        *,
+        peer: tuple[str, str] | None = None,
+        trace_hex: str | None = None,
     ) -> tuple[CallContext, AuditEntry | None]:
         """Authorize the call.
+
+        Args:
+            peer: The peer's identity and TLS version, when the caller already read them.
+            trace_hex: The call's trace id, when the caller already has it (default: the
+                current span's).
 
         Returns:
             The call's context, and the ``authz.allow`` entry to record after the call unless
             the method records an event of its own (None: nothing deferred).
         """
-        identity, record.tls_version = _peer(context)
+        identity, record.tls_version = _peer(context) if peer is None else peer
         record.peer = identity
-        trace_id = trace.get_current_span().get_span_context().trace_id
-        trace_hex = f"{trace_id:032x}" if trace_id else ""
+        if trace_hex is None:
+            trace_id = trace.get_current_span().get_span_context().trace_id
+            trace_hex = f"{trace_id:032x}" if trace_id else ""
         if open_method:
             return CallContext(method, identity, None, None, None, False, trace_hex), None
         resource = ""
@@ -443,8 +462,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         :mod:`zumik_secrets.core.authority`) is an authorization refusal: it is audited as
         ``authz.deny`` in place of the allow.
         """
-        token = set_call(call)
-        deadline_token = set_deadline(context.time_remaining())
+        token = set_call(call)  # the deadline is the one the wrapper installed
         try:
             if allow is None:
                 try:
@@ -469,7 +487,6 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 finally:
                     untrack_call(audit_token)
         finally:
-            reset_deadline(deadline_token)
             reset_call(token)
 
     def _record_denial(self, call: CallContext, error: PermissionDenied) -> None:
@@ -512,21 +529,40 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         behavior: Behavior,
         method: str,
         guard: MethodGuard | None,
-        raw_claim: str | None,
         open_method: bool,
     ) -> Behavior:
+        """The wrapper of a unary method, shared by all its calls (only the metadata, hence
+        the claim, varies per call: it is read from the call's context)."""
         service, name = _split(method)
 
-        def serve(request: Any, context: grpc.ServicerContext, record: CallRecord) -> Any:
+        def serve(
+            request: Any,
+            context: grpc.ServicerContext,
+            record: CallRecord,
+            left: float | None,
+            trace_hex: str,
+        ) -> Any:
             try:
-                with self._limits.call(_peer(context)[0], context.time_remaining()):
+                peer = _peer(context)
+                release = self._limits.admit(peer[0], left)
+                try:
                     call, allow = self._authorize(
-                        context, record, method, guard, request, raw_claim, open_method
+                        context,
+                        record,
+                        method,
+                        guard,
+                        request,
+                        _claim_from(context.invocation_metadata()),
+                        open_method,
+                        peer=peer,
+                        trace_hex=trace_hex,
                     )
                     record.request = request
                     if guard is not None:
                         self._refuse_secrets(request, allow)
                     return self._run(behavior, request, context, call, allow)
+                finally:
+                    release()
             except Exception as error:  # noqa: BLE001 - mapped to a status below
                 self._fail(context, record, error)
 
@@ -534,17 +570,20 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             started = time.perf_counter()
             record = CallRecord(service, name)
             span = self._telemetry.start_span(service, name, context)
-            # Every wait of the call (pool checkout, statements, durable audit) ends before the
-            # caller's deadline, so it gets UNAVAILABLE instead of DEADLINE_EXCEEDED.
-            deadline_token = deadlines.enter(_remaining(context))
+            # Every wait of the call (pool checkout, statements, durable audit, outbound calls)
+            # ends before the caller's deadline, so it gets UNAVAILABLE instead of
+            # DEADLINE_EXCEEDED. The one deadline of the call, installed once.
+            left = _remaining(context)
+            deadline_token = deadlines.enter(left)
             try:
-                if not span.get_span_context().is_valid:
+                trace_id = span.get_span_context().trace_id
+                if not trace_id:
                     # Tracing off (no SDK provider): no trace to make current; the context
                     # switch of use_span was a visible part of every call's fixed cost. A span
                     # the SDK sampled out still has a trace id, and stays current for the audit.
-                    return serve(request, context, record)
+                    return serve(request, context, record, left, "")
                 with trace.use_span(span, end_on_exit=False):
-                    return serve(request, context, record)
+                    return serve(request, context, record, left, f"{trace_id:032x}")
             finally:
                 deadlines.leave(deadline_token)
                 self._telemetry.finish(span, record, time.perf_counter() - started)

@@ -567,6 +567,7 @@ class ServerMetrics:
             data_key_cache.misses,
             len(data_key_cache),
         )
+        src.caches["sealed_row"] = runtime.sealed_secrets.row_cache_stats
         # Issue 15's breakers, one per customer key server (counted by state, never named).
         src.breakers["customer_key"] = runtime.customer_keys.breakers.states
         audit = runtime.audit_log

@@ -45,10 +45,6 @@ def configure_access_log(level: str) -> None:
     ACCESS_LOG.setLevel(logging.CRITICAL + 1 if name == "OFF" else name)
 
 
-def _tracing_on() -> bool:
-    return isinstance(trace.get_tracer_provider(), SdkTracerProvider)
-
-
 @dataclass(slots=True)
 class CallRecord:
     """Metadata gathered while serving one call, emitted when it ends."""
@@ -94,8 +90,15 @@ class Telemetry:
 
         While tracing is on, a W3C trace context in the call's metadata becomes the parent.
         """
+        provider = trace.get_tracer_provider()
+        if type(provider) is trace.ProxyTracerProvider:
+            # No tracer provider was ever set (tracing off): the proxy's no-op tracer would
+            # return the current non-recording span; answered here without its four calls.
+            current = trace.get_current_span()
+            if isinstance(current, trace.NonRecordingSpan):
+                return current
         parent = None
-        if context is not None and _tracing_on():
+        if context is not None and isinstance(provider, SdkTracerProvider):
             parent = _remote_parent(context)
         return _TRACER.start_span(
             f"{service}/{method}",
