@@ -412,7 +412,14 @@ class ApiKeyService:
         tenant = rec.tenant_id if rec is not None else None
         target = api_key_name(rec) if rec is not None else (handle or "")
         record_verification(
-            self._audit, actor, "api_key.verify", tenant, target, result, limited=limited
+            self._audit,
+            actor,
+            "api_key.verify",
+            tenant,
+            target,
+            result,
+            limited=limited,
+            stored=rec is not None,
         )
 
     # -- last used -----------------------------------------------------------------------------

@@ -325,7 +325,14 @@ class SessionService:
     ) -> None:
         tenant, target = (rec.tenant_id, session_name(rec)) if rec is not None else (None, "")
         record_verification(
-            self._audit, actor, "session.verify", tenant, target, result, limited=limited
+            self._audit,
+            actor,
+            "session.verify",
+            tenant,
+            target,
+            result,
+            limited=limited,
+            stored=rec is not None,
         )
 
     # -- touches and sweep ---------------------------------------------------------------------

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
+from types import MappingProxyType
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditRecorder, event, record
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, clean_fields, record
 from zumik_secrets.app.rate_limit import BucketSpec, FailureLimiter
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from zumik_secrets.core.names import validate_scope
@@ -44,6 +45,15 @@ CHARGED_RESULTS = frozenset(
 """Results charged to the failure buckets (a missing scope is a route's choice, not a probe)."""
 
 
+_RENDERED_LIMIT = 4096
+_rendered: dict[tuple[str, str | None, str, VerifyResult, str], AuditEntry] = {}
+"""Verification events rendered once per (action, tenant, stored credential's name, result,
+limiter reason): everything but the caller's identity, subject and trace, which each event
+fills in. Only targets the service built from a stored record are kept (bounded by the
+credentials that exist, and at most ``_RENDERED_LIMIT``; emptied when full); a target taken from
+the presented credential (not found, malformed) is rendered and scanned per event."""
+
+
 def record_verification(
     recorder: AuditRecorder,
     actor: Actor,
@@ -53,18 +63,46 @@ def record_verification(
     result: VerifyResult,
     *,
     limited: str = "",
+    stored: bool = False,
 ) -> None:
     """Record a verification's (non-durable) event: ``success`` for a valid credential,
-    ``failure`` otherwise, ``denied`` with the limiter's reason when it refused the answer."""
-    outcome = "success" if result is VerifyResult.VALID else "failure"
-    entry = event(
-        actor,
+    ``failure`` otherwise, ``denied`` with the limiter's reason when it refused the answer.
+
+    ``stored``: ``target`` is the name of a stored credential (built by the service, not taken
+    from the request), so the event's fixed parts are rendered and cleaned once and reused.
+    """
+    key = (action, tenant_id, target, result, limited)
+    fixed = _rendered.get(key) if stored else None
+    if fixed is None:
+        outcome = "denied" if limited else "success" if result is VerifyResult.VALID else "failure"
+        reason = limited or result.value
+        attributes = MappingProxyType({"result": result.value})
+        fixed = AuditEntry(
+            tenant_id=tenant_id,
+            actor="",
+            actor_subject="",
+            action=action,
+            target=target,
+            outcome=outcome,
+            reason=reason,
+            attributes=attributes,
+            clean=clean_fields(target, reason, attributes),
+        )
+        if stored:
+            if len(_rendered) >= _RENDERED_LIMIT:
+                _rendered.clear()
+            _rendered[key] = fixed
+    entry = AuditEntry(
         tenant_id,
+        actor.identity,
+        actor.subject,
         action,
-        target,
-        "denied" if limited else outcome,
-        limited or result.value,
-        {"result": result.value},
+        fixed.target,
+        fixed.outcome,
+        fixed.reason,
+        actor.trace_id,
+        fixed.attributes,
+        fixed.clean,
     )
     record(recorder, entry, durable=False)
 
