@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from zumik_secrets.app.change_watcher import ChangeWatcher
     from zumik_secrets.app.customer_keys import CustomerKeys
     from zumik_secrets.app.data_keys import DataKeys
+    from zumik_secrets.app.sealed_secrets import SealedSecrets
     from zumik_secrets.app.sessions import SessionService
     from zumik_secrets.core.claims import ClaimVerifier
     from zumik_secrets.server.config import ServerConfig
@@ -506,6 +507,8 @@ class Observed(Protocol):
     def claim_verifier(self) -> ClaimVerifier: ...
     @property
     def data_keys(self) -> DataKeys: ...
+    @property
+    def sealed_secrets(self) -> SealedSecrets: ...
     @property
     def customer_keys(self) -> CustomerKeys: ...
     @property
