@@ -11,9 +11,11 @@ from zumik_secrets.app import verification
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.audit import AuditEntry, event
 from zumik_secrets.app.audit_writer import AuditWriter
-from zumik_secrets.app.verification import VerifyResult, record_verification
+from zumik_secrets.app.rate_limit import BucketSpec
+from zumik_secrets.app.verification import FailureGuard, VerifyResult, record_verification
 from zumik_secrets.core import audit_chain as chain
 from zumik_secrets.core.audit_events import REDACTED
+from zumik_secrets.core.errors import ResourceExhausted
 
 NAME = "tenants/acme/projects/web/apiKeys/key_0123456789ABCDEFabcdef"
 SECRET = "zk_" + "Qm9vbGVhbnMgYXJlIG5vdCBzZWNyZXRzIGJ1dCB0aGlzIGlzIHJhbmRvbQ" * 2
@@ -68,21 +70,19 @@ def test_stored_credential_fixed_parts_are_rendered_once() -> None:
 
 def test_limited_and_failed_results_render_their_own_parts() -> None:
     rec = Recorder()
-    record_verification(rec, A, "api_key.verify", "acme", NAME, VerifyResult.REVOKED, stored=True)
-    record_verification(
-        rec,
-        A,
-        "api_key.verify",
-        "acme",
-        NAME,
-        VerifyResult.REVOKED,
-        stored=True,
-        limited="X_LIMITED",
-    )
+    guard = FailureGuard(identity=BucketSpec(rate=0.001, burst=1.0))
+    args = (rec, A, "api_key.verify", "acme", NAME, VerifyResult.REVOKED)
+    record_verification(*args, guard=guard, credential_id="key_1", stored=True)
+    with pytest.raises(ResourceExhausted):
+        record_verification(*args, guard=guard, credential_id="key_1", stored=True)
     failed, limited = rec.entries
     assert (failed.outcome, failed.reason) == ("failure", "REVOKED")
-    assert (limited.outcome, limited.reason) == ("denied", "X_LIMITED")
-    assert limited.clean is not None and limited.clean.reason == "X_LIMITED"
+    assert (limited.outcome, limited.reason) == ("denied", "VERIFY_RATE_LIMITED")
+    assert limited.clean is not None and limited.clean.reason == "VERIFY_RATE_LIMITED"
+    # Valid answers and missing scopes are never charged.
+    for result in (VerifyResult.VALID, VerifyResult.INSUFFICIENT_SCOPE):
+        record_verification(rec, A, "api_key.verify", "acme", NAME, result, guard=guard)
+    assert [e.outcome for e in rec.entries[2:]] == ["success", "failure"]
 
 
 def test_a_presented_target_is_scanned_every_time_and_never_kept() -> None:

@@ -9,14 +9,19 @@ used as a fast oracle. Valid verifications are never charged nor limited.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from types import MappingProxyType
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditEntry, AuditRecorder, clean_fields, record
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, CleanFields, clean_fields, record
 from zumik_secrets.app.rate_limit import BucketSpec, FailureLimiter
-from zumik_secrets.core.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from zumik_secrets.core.errors import (
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    ZumikError,
+)
 from zumik_secrets.core.names import validate_scope
 
 REASON_RATE_LIMITED = "VERIFY_RATE_LIMITED"
@@ -46,7 +51,8 @@ CHARGED_RESULTS = frozenset(
 
 
 _RENDERED_LIMIT = 4096
-_rendered: dict[tuple[str, str | None, str, VerifyResult, str], AuditEntry] = {}
+_Rendered = tuple[str, str | None, str, VerifyResult, str]
+_rendered: dict[_Rendered, tuple[str, str, Mapping[str, str], CleanFields]] = {}
 """Verification events rendered once per (action, tenant, stored credential's name, result,
 limiter reason): everything but the caller's identity, subject and trace, which each event
 fills in. Only targets the service built from a stored record are kept (bounded by the
@@ -62,47 +68,58 @@ def record_verification(
     target: str,
     result: VerifyResult,
     *,
-    limited: str = "",
+    guard: FailureGuard | None = None,
+    credential_id: str | None = None,
     stored: bool = False,
 ) -> None:
     """Record a verification's (non-durable) event: ``success`` for a valid credential,
-    ``failure`` otherwise, ``denied`` with the limiter's reason when it refused the answer.
+    ``failure`` otherwise.
 
-    ``stored``: ``target`` is the name of a stored credential (built by the service, not taken
-    from the request), so the event's fixed parts are rendered and cleaned once and reused.
+    Args:
+        recorder, actor, action, tenant_id, target, result: The event.
+        guard: Charges a failure of :data:`CHARGED_RESULTS` (kind: ``action``'s first part)
+            to the caller and ``credential_id``; when it refuses, the event is ``denied`` with
+            the limiter's reason.
+        credential_id: The presented credential's id, when it had one.
+        stored: ``target`` is the name of a stored credential (built by the service, not taken
+            from the request): the event's fixed parts are rendered and cleaned once.
+
+    Raises:
+        ResourceExhausted: reason ``VERIFY_RATE_LIMITED`` (from ``guard``).
     """
-    key = (action, tenant_id, target, result, limited)
+    if guard is not None and result in CHARGED_RESULTS:
+        try:
+            guard.charge(action.partition(".")[0], actor.identity, credential_id)
+        except ZumikError as refused:
+            _record(recorder, actor, (action, tenant_id, target, result, refused.reason), stored)
+            raise
+    _record(recorder, actor, (action, tenant_id, target, result, ""), stored)
+
+
+def _record(recorder: AuditRecorder, actor: Actor, key: _Rendered, stored: bool) -> None:
+    action, tenant_id, target, result, limited = key
     fixed = _rendered.get(key) if stored else None
     if fixed is None:
         outcome = "denied" if limited else "success" if result is VerifyResult.VALID else "failure"
         reason = limited or result.value
-        attributes = MappingProxyType({"result": result.value})
-        fixed = AuditEntry(
-            tenant_id=tenant_id,
-            actor="",
-            actor_subject="",
-            action=action,
-            target=target,
-            outcome=outcome,
-            reason=reason,
-            attributes=attributes,
-            clean=clean_fields(target, reason, attributes),
-        )
+        attrs: Mapping[str, str] = MappingProxyType({"result": result.value})
+        fixed = (outcome, reason, attrs, clean_fields(target, reason, attrs))
         if stored:
             if len(_rendered) >= _RENDERED_LIMIT:
                 _rendered.clear()
             _rendered[key] = fixed
+    outcome, reason, attributes, clean = fixed
     entry = AuditEntry(
         tenant_id,
         actor.identity,
         actor.subject,
         action,
-        fixed.target,
-        fixed.outcome,
-        fixed.reason,
+        target,
+        outcome,
+        reason,
         actor.trace_id,
-        fixed.attributes,
-        fixed.clean,
+        attributes,
+        clean,
     )
     record(recorder, entry, durable=False)
 

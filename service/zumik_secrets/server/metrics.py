@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from zumik_secrets.app.sessions import SessionService
     from zumik_secrets.core.claims import ClaimVerifier
     from zumik_secrets.server.config import ServerConfig
+    from zumik_secrets.storage.ports import Store
 
 _LOG = logging.getLogger("zumik.server")
 
@@ -499,26 +500,16 @@ class OtelMetrics(Recorder):
 class Observed(Protocol):
     """What :meth:`ServerMetrics.observe` reads (the server's ``Runtime`` is one)."""
 
-    @property
-    def api_keys(self) -> ApiKeyService: ...
-    @property
-    def sessions(self) -> SessionService: ...
-    @property
-    def claim_verifier(self) -> ClaimVerifier: ...
-    @property
-    def data_keys(self) -> DataKeys: ...
-    @property
-    def sealed_secrets(self) -> SealedSecrets: ...
-    @property
-    def customer_keys(self) -> CustomerKeys: ...
-    @property
-    def audit_log(self) -> AuditLog: ...
-    @property
-    def store(self) -> object: ...
-    @property
-    def watcher(self) -> ChangeWatcher: ...
-    @property
-    def config(self) -> ServerConfig: ...
+    api_keys: ApiKeyService
+    sessions: SessionService
+    claim_verifier: ClaimVerifier
+    data_keys: DataKeys
+    sealed_secrets: SealedSecrets
+    customer_keys: CustomerKeys
+    audit_log: AuditLog
+    store: Store
+    watcher: ChangeWatcher
+    config: ServerConfig
 
 
 class ServerMetrics:
