@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zumik_secrets.core import audit_chain as ac
 from zumik_secrets.core import primitives
@@ -394,3 +396,48 @@ def test_sanitize_cache_is_bounded() -> None:
     for i in range(audit_events._HARMLESS_CACHE_SIZE + 10):
         sanitize(f"tenants/t{i}", "", {})
     assert len(audit_events._harmless) <= audit_events._HARMLESS_CACHE_SIZE
+
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(_TEXT, min_size=9, max_size=9),
+    attrs=st.lists(st.tuples(_TEXT, _TEXT), max_size=6),
+)
+def test_canonical_bytes_equal_the_json_dump_for_any_text(
+    values: list[str], attrs: list[tuple[str, str]]
+) -> None:
+    """Any strings (surrogates aside, which neither form can encode), any attribute keys in any
+    order with repeats: the piecewise rendering is the specified json.dumps, byte for byte."""
+    tenant, event_id, actor, subject, action, target, outcome, reason, trace = values
+    spec = {
+        "v": 1,
+        "tenant": tenant,
+        "id": event_id,
+        "time": "2025-01-31T12:00:00.000123Z",
+        "actor": actor,
+        "subject": subject,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "reason": reason,
+        "trace": trace,
+        "attrs": dict(attrs),
+    }
+    expected = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    got = ac.canonical_bytes(
+        tenant=tenant,
+        event_id=event_id,
+        time=T0,
+        actor=actor,
+        actor_subject=subject,
+        action=action,
+        target=target,
+        outcome=outcome,
+        reason=reason,
+        trace_id=trace,
+        attributes=attrs,
+    )
+    assert got == expected.encode("utf-8")
