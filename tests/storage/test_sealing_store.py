@@ -270,3 +270,51 @@ def test_signing_key_rewrap_compare_and_swap(store):
     assert not store.signing_keys.replace_wrapped(rec.kid, rec.wrapped_private_key, b"x", 3)
     (got,) = [k for k in store.signing_keys.list(rec.purpose) if k.kid == rec.kid]
     assert (got.wrapped_private_key, got.keyring_version) == (b"new", 2)
+
+
+def test_postgres_hot_inserts_share_one_transaction(store, backend):
+    """PostgreSQL group commit: inserts queued while a batch commits run as ONE transaction;
+    a duplicate in the batch fails alone (the others are re-run alone and stored)."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's group commit (SQLite's: test_concurrent_inserts_...)")
+    kernel = store._db
+    existing = store.sealed_secrets.insert(secret())
+    records = [secret() for _ in range(7)] + [
+        dataclasses.replace(secret(), secret_id=existing.secret_id)
+    ]
+    batches: list[int] = []
+    run = type(kernel)._hot_transaction
+
+    def counting(self, batch):
+        batches.append(len(batch))
+        return run(self, batch)
+
+    outcomes: dict[int, object] = {}
+
+    def insert(i: int) -> None:
+        try:
+            outcomes[i] = store.sealed_secrets.insert(records[i])
+        except AlreadyExists as exc:
+            outcomes[i] = exc
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(kernel), "_hot_transaction", counting)
+        # Hold the leader's turn (as a commit in flight would) while every caller queues.
+        assert kernel._hot_leader.acquire(timeout=5)
+        threads = [threading.Thread(target=insert, args=(i,)) for i in range(len(records))]
+        for t in threads:
+            t.start()
+        for _ in range(500):
+            if len(kernel._hot) == len(records):
+                break
+            threading.Event().wait(0.01)
+        kernel._hot_leader.release()
+        for t in threads:
+            t.join()
+    # One shared transaction (failed on the duplicate), then each piece alone.
+    assert batches == [8] + [1] * 8
+    assert isinstance(outcomes[7], AlreadyExists)
+    for i in range(7):
+        rec = outcomes[i]
+        assert isinstance(rec, SealedSecretRecord)
+        assert store.sealed_secrets.get("acme", "web", rec.secret_id) == rec

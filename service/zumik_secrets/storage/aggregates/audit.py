@@ -62,9 +62,10 @@ _CP_COLS = "tenant, seq, head_hash, time, kid, signature"
 _NO_END = 2**62
 """The sequence bound of a read with no upper bound."""
 
+# One statement (a pipelined transaction takes one statement per execute).
 _PG_TIMEOUTS = (
-    f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS};"
-    f" SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"
+    f"SELECT set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', true),"
+    f" set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', true)"
 )
 
 # -- chaining: the statements of each backend, side by side ------------------------------------
@@ -164,14 +165,6 @@ def _pg_insert_checkpoint(conn: Connection, params: tuple[Any, ...]) -> Row | No
     return row
 
 
-def _sqlite_delete_drained(conn: Connection, ids: list[int]) -> None:
-    conn.executemany("DELETE FROM audit_outbox WHERE id = %s", [(i,) for i in ids])
-
-
-def _pg_delete_drained(conn: Connection, ids: list[int]) -> None:
-    conn.execute("DELETE FROM audit_outbox WHERE id = ANY(%s)", (ids,))
-
-
 # -- conversions ------------------------------------------------------------------------------
 
 
@@ -237,12 +230,12 @@ class SqlAuditStore:
         self._insert_checkpoint_row = d.pick(
             sqlite=_sqlite_insert_checkpoint, postgresql=_pg_insert_checkpoint
         )
-        self._delete_drained = d.pick(sqlite=_sqlite_delete_drained, postgresql=_pg_delete_drained)
 
     @contextmanager
-    def _write(self, *, timeouts: bool = True) -> Iterator[Connection]:
-        """A write transaction that fails closed (see the module docstring)."""
-        with self._db.fail_closed(), self._db.transaction() as conn:
+    def _write(self, *, timeouts: bool = True, pipelined: bool = False) -> Iterator[Connection]:
+        """A write transaction that fails closed (see the module docstring); ``pipelined``: see
+        :meth:`~zumik_secrets.storage.sql.kernel.Kernel.transaction` (no rowcount needed)."""
+        with self._db.fail_closed(), self._db.transaction(pipelined=pipelined) as conn:
             if timeouts and self._timeouts is not None:
                 conn.execute(self._timeouts)
             yield conn
@@ -275,23 +268,30 @@ class SqlAuditStore:
         return cp if row is None else _cp(self._d, row)
 
     def append(self, drafts: Sequence[EventDraft]) -> list[ChainEvent]:
-        with self._write() as conn:
+        # Pipelined (PostgreSQL): BEGIN, the timeouts and the head lock share a round trip,
+        # the insert and COMMIT another.
+        with self._write(pipelined=True) as conn:
             return self._chain(conn, drafts)
 
     def drain_outbox(self, limit: int) -> list[ChainEvent]:
         # SQLite: one writer per file, the rows read here cannot be drained by anyone else
         # meanwhile. PostgreSQL: rows another replica is draining are skipped (SKIP LOCKED),
         # so replicas drain in parallel without waiting on each other.
+        # The batch is taken and deleted in one statement (chained in id order below, in the
+        # same transaction: chained and gone, or neither); pipelined on PostgreSQL, so BEGIN,
+        # the timeouts and the take share one round trip, the chain's insert and COMMIT another.
         lock = " FOR UPDATE SKIP LOCKED" if self._d.skip_locked else ""
-        with self._write() as conn:
+        with self._write(pipelined=True) as conn:
             rows = conn.execute(
-                f"SELECT id, {OUTBOX_COLS} FROM audit_outbox ORDER BY id LIMIT %s{lock}", (limit,)
+                "DELETE FROM audit_outbox WHERE id IN"
+                f" (SELECT id FROM audit_outbox ORDER BY id LIMIT %s{lock})"
+                f" RETURNING id, {OUTBOX_COLS}",
+                (limit,),
             ).fetchall()
             if not rows:
                 return []
-            events = self._chain(conn, [outbox.draft(r[1:], self._d) for r in rows])
-            self._delete_drained(conn, [r[0] for r in rows])
-            return events
+            rows.sort(key=lambda r: int(r[0]))
+            return self._chain(conn, [outbox.draft(r[1:], self._d) for r in rows])
 
     def outbox_size(self) -> int:
         return c.returned_int(self._db.one("SELECT count(*) FROM audit_outbox"))
