@@ -62,10 +62,9 @@ _CP_COLS = "tenant, seq, head_hash, time, kid, signature"
 _NO_END = 2**62
 """The sequence bound of a read with no upper bound."""
 
-# One statement (a pipelined transaction takes one statement per execute).
 _PG_TIMEOUTS = (
-    f"SELECT set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', true),"
-    f" set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', true)"
+    f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS};"
+    f" SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"
 )
 
 # -- chaining: the statements of each backend, side by side ------------------------------------
@@ -232,10 +231,9 @@ class SqlAuditStore:
         )
 
     @contextmanager
-    def _write(self, *, timeouts: bool = True, pipelined: bool = False) -> Iterator[Connection]:
-        """A write transaction that fails closed (see the module docstring); ``pipelined``: see
-        :meth:`~zumik_secrets.storage.sql.kernel.Kernel.transaction` (no rowcount needed)."""
-        with self._db.fail_closed(), self._db.transaction(pipelined=pipelined) as conn:
+    def _write(self, *, timeouts: bool = True) -> Iterator[Connection]:
+        """A write transaction that fails closed (see the module docstring)."""
+        with self._db.fail_closed(), self._db.transaction() as conn:
             if timeouts and self._timeouts is not None:
                 conn.execute(self._timeouts)
             yield conn
@@ -268,20 +266,18 @@ class SqlAuditStore:
         return cp if row is None else _cp(self._d, row)
 
     def append(self, drafts: Sequence[EventDraft]) -> list[ChainEvent]:
-        # Pipelined (PostgreSQL): BEGIN, the timeouts and the head lock share a round trip,
-        # the insert and COMMIT another.
-        with self._write(pipelined=True) as conn:
+        with self._write() as conn:
             return self._chain(conn, drafts)
 
     def drain_outbox(self, limit: int) -> list[ChainEvent]:
         # SQLite: one writer per file, the rows read here cannot be drained by anyone else
         # meanwhile. PostgreSQL: rows another replica is draining are skipped (SKIP LOCKED),
         # so replicas drain in parallel without waiting on each other.
-        # The batch is taken and deleted in one statement (chained in id order below, in the
-        # same transaction: chained and gone, or neither); pipelined on PostgreSQL, so BEGIN,
-        # the timeouts and the take share one round trip, the chain's insert and COMMIT another.
+        # The batch is taken and deleted in one statement (one round trip fewer than a select
+        # and a delete), chained in id order below in the same transaction: chained and gone,
+        # or neither.
         lock = " FOR UPDATE SKIP LOCKED" if self._d.skip_locked else ""
-        with self._write(pipelined=True) as conn:
+        with self._write() as conn:
             rows = conn.execute(
                 "DELETE FROM audit_outbox WHERE id IN"
                 f" (SELECT id FROM audit_outbox ORDER BY id LIMIT %s{lock})"

@@ -17,10 +17,8 @@ Implements :class:`~zumik_secrets.storage.sql.kernel.Kernel`.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -30,7 +28,6 @@ import psycopg_pool.base
 
 from zumik_secrets.core import deadlines
 from zumik_secrets.core.audit_chain import EventDraft
-from zumik_secrets.core.errors import Unavailable
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage import outbox
 from zumik_secrets.storage.breaker import CircuitBreaker
@@ -89,49 +86,6 @@ _CANCEL_SLACK_S = 0.05
 """Kept back from a deadline-bound statement timeout for the round trip of the error."""
 
 
-_HOT_BATCH_MAX = 256
-"""Most hot inserts one group commit runs (the rest form the next batch)."""
-
-
-class _Hot:
-    """One caller's hot insert in a group commit (see :meth:`PgKernel.write_hot`)."""
-
-    __slots__ = ("done", "error", "ok", "params", "row", "settled", "sql", "staged", "taken")
-
-    def __init__(self, sql: str, params: Sequence[Any], staged: outbox.Staged | None) -> None:
-        self.sql = sql
-        self.params = params
-        # The caller's staged audit events travel with its piece: the piece may run in another
-        # caller's thread, and its events commit with its row or not at all.
-        self.staged = staged
-        self.row: Row | None = None
-        self.ok = False
-        self.error: BaseException | None = None
-        self.taken = False
-        self.settled = False
-        self.done = threading.Lock()  # held until settled
-        self.done.acquire()
-
-    def statement(self) -> tuple[str, list[Any]]:
-        """The piece's one statement: the insert, with its staged events as a CTE."""
-        if self.staged is None:
-            return self.sql, list(self.params)
-        events_sql, events_params = outbox_cte(self.staged.drafts)
-        return (
-            f"WITH ins AS ({self.sql}), ob AS ({events_sql}) SELECT * FROM ins",  # noqa: S608
-            [*self.params, *events_params],
-        )
-
-    def settle(self, failure: BaseException | None) -> None:
-        """Wake the caller; ``failure``: what it gets if its piece has no outcome yet."""
-        if self.settled:
-            return
-        if not self.ok and self.error is None:
-            self.error = failure if failure is not None else c.unavailable(BACKEND)
-        self.settled = True
-        self.done.release()
-
-
 class PgKernel:
     """Pool plus read/transaction helpers (the PostgreSQL :class:`Kernel`).
 
@@ -184,10 +138,6 @@ class PgKernel:
         self.breaker = breaker or CircuitBreaker(make_error=lambda: c.unavailable(BACKEND))
         #: The dialect of aggregate modules' queries (storage/sql/dialect.py).
         self.dialect: PgDialect = POSTGRES
-        #: Held by the thread running a group commit of hot inserts (see :meth:`write_hot`).
-        self._hot_leader = threading.Lock()
-        self._hot_lock = threading.Lock()
-        self._hot: list[_Hot] = []
 
     def _checkout_timeout(self) -> float:
         self.breaker.before()
@@ -213,24 +163,29 @@ class PgKernel:
             yield conn
 
     @contextmanager
-    def transaction(self, *, pipelined: bool = False) -> Iterator[Conn]:
-        """A pooled connection inside ``conn.transaction()``; staged audit events are written
-        before the commit if the transaction changed a row.
-
-        ``pipelined``: in psycopg's pipeline mode, statements are sent without waiting for
-        their results until one is fetched (BEGIN, the first statements and COMMIT share round
-        trips). A cursor's ``rowcount`` is not known before a fetch or the commit.
-        """
-        staged: outbox.Staged | None = None
-        # Staged events are written only if the transaction changed a row, which needs a
-        # rowcount before the commit: not pipelined then.
-        pipelined = pipelined and outbox.pending() is None
+    def _autocommit(self) -> Iterator[Conn]:
+        """A pooled connection in autocommit, whatever is staged (for one-statement changes
+        that write their staged events themselves, see ``outbox_cte``)."""
         with (
             map_db_errors(self.breaker),
             self.pool.connection(timeout=self._checkout_timeout()) as conn,
         ):
-            with conn.pipeline() if pipelined else nullcontext(), conn.transaction():
-                self._short_deadline(conn)
+            yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Conn]:
+        """A pooled connection inside ``conn.transaction()``; staged audit events are written
+        before the commit if the transaction changed a row."""
+        staged: outbox.Staged | None = None
+        with (
+            map_db_errors(self.breaker),
+            self.pool.connection(timeout=self._checkout_timeout()) as conn,
+        ):
+            with conn.transaction():
+                left = deadlines.remaining()
+                if left is not None and left < _SHORT_DEADLINE_S:
+                    ms = max(1, int((left - _CANCEL_SLACK_S) * 1000))
+                    conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(ms),))
                 yield conn
                 staged = outbox.pending()
                 if staged is not None and not _write_staged(conn, staged):
@@ -257,101 +212,20 @@ class PgKernel:
         return self._conn()
 
     def write_hot(self, sql: str, params: Sequence[Any]) -> Row | None:
-        """One hot ``INSERT ... RETURNING`` (Seal) through group commit.
-
-        Like SQLite's :meth:`~zumik_secrets.storage.sqlite.kernel.SqliteKernel.write_combined`:
-        the thread holding the leader lock runs every insert queued meanwhile (each with its
-        caller's staged audit events, one statement per piece) in ONE transaction, pipelined:
-        one round trip and one commit for the batch instead of one per Seal. A caller is
-        answered only after the commit that holds its row (acknowledged = durable).
-
-        A failing piece must not fail the others: if the batch's transaction fails with an
-        error of its own statements (a duplicate key, a value out of range), each piece is run
-        again alone, so every caller gets its own outcome. If it fails as a whole (the database
-        is unavailable), every caller of the batch gets that Unavailable (its row may or may
-        not be committed, like any call answered Unavailable).
-
-        Raises:
-            Unavailable: no connection, leader turn or commit within the caller's deadline.
-            AlreadyExists: the insert hit a UNIQUE constraint.
-        """
+        """One ``INSERT ... RETURNING``; with staged audit events, one statement that writes
+        them too (a data-modifying CTE: one round trip, both or neither)."""
         staged = outbox.pending()
-        item = _Hot(sql, params, staged)
-        wait = deadlines.budget(self._timeout)
-        deadline = time.monotonic() + wait
-        with self._hot_lock:
-            self._hot.append(item)
-        if self._hot_leader.acquire(timeout=wait):
-            try:
-                while not item.taken:
-                    self._run_hot()
-            finally:
-                self._hot_leader.release()
-        else:
-            with self._hot_lock:
-                if not item.taken:
-                    self._hot.remove(item)
-                    raise c.unavailable(BACKEND)
-        # Settled already when this caller ran the batch; otherwise its leader is committing.
-        if not item.done.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise c.unavailable(BACKEND)
-        if item.error is not None:
-            raise item.error
-        if staged is not None:
-            outbox.written(staged)
-        return item.row
-
-    def _run_hot(self) -> None:
-        """Run the queued hot inserts as one transaction (the leader lock is held)."""
-        with self._hot_lock:
-            batch, self._hot = self._hot[:_HOT_BATCH_MAX], self._hot[_HOT_BATCH_MAX:]
-            for piece in batch:
-                piece.taken = True
-        failure: BaseException | None = None
-        try:
-            try:
-                self._hot_transaction(batch)
-            except Unavailable:
-                raise  # the batch as a whole: every caller gets it
-            except Exception:  # a piece's own error: find whose, alone
-                if len(batch) == 1:
-                    raise
-                for piece in batch:
-                    try:
-                        self._hot_transaction([piece])
-                    except Exception as exc:  # noqa: BLE001 - the piece's caller gets it
-                        piece.error = exc
-        except BaseException as exc:
-            failure = exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for piece in batch:
-                piece.settle(failure)
-
-    def _hot_transaction(self, batch: Sequence[_Hot]) -> None:
-        """``batch``'s statements in one pipelined transaction (one round trip, one commit)."""
-        with (
-            map_db_errors(self.breaker),
-            self.pool.connection(timeout=self._checkout_timeout()) as conn,
-        ):
-            with conn.pipeline(), conn.transaction():
-                if len(batch) == 1:
-                    # Not for a shared batch: one caller's short deadline would cancel the
-                    # others' inserts; they wait for the commit within their own deadlines.
-                    self._short_deadline(conn)
-                cursors = [conn.execute(*piece.statement()) for piece in batch]
-            # Committed (the transaction block would have raised otherwise).
-            for piece, cur in zip(batch, cursors, strict=True):
-                piece.row = cur.fetchone()
-                piece.ok = True
-
-    def _short_deadline(self, conn: Conn) -> None:
-        """A transaction-local statement timeout when the caller is short of time."""
-        left = deadlines.remaining()
-        if left is not None and left < _SHORT_DEADLINE_S:
-            ms = max(1, int((left - _CANCEL_SLACK_S) * 1000))
-            conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(ms),))
+        if staged is None:
+            with self.transaction() as conn:
+                return conn.execute(sql, params).fetchone()
+        events_sql, events_params = outbox_cte(staged.drafts)
+        with self._autocommit() as conn:
+            row = conn.execute(
+                f"WITH ins AS ({sql}), ob AS ({events_sql}) SELECT * FROM ins",  # noqa: S608
+                [*params, *events_params],
+            ).fetchone()
+        outbox.written(staged)
+        return row
 
     def record_changes(self, conn: Connection, kind: str, entity_ids: Sequence[str]) -> None:
         """See :func:`record_changes`."""

@@ -97,12 +97,8 @@ class Kernel(Protocol):
         """A connection for one data-changing statement (atomic on its own)."""
         ...
 
-    def transaction(self, *, pipelined: bool = False) -> AbstractContextManager[Connection]:
+    def transaction(self) -> AbstractContextManager[Connection]:
         """A connection in a write transaction: commits on success, rolls back on error.
-
-        ``pipelined`` (PostgreSQL; SQLite ignores it): statements are sent without waiting for
-        their results until one is fetched, so BEGIN, leading statements and COMMIT share
-        round trips. Only for transactions that never read a ``rowcount`` before committing.
 
         Raises:
             Unavailable: No connection or lock within the caller's deadline.

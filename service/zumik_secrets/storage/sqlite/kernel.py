@@ -307,9 +307,8 @@ class SqliteKernel:
         """One data-changing statement: a ``BEGIN IMMEDIATE`` transaction like any write."""
         return _Write(self)
 
-    def transaction(self, *, pipelined: bool = False) -> _Write:
-        """A connection inside ``BEGIN IMMEDIATE``; commits on success, rolls back on error
-        (``pipelined``: nothing to pipeline in-process)."""
+    def transaction(self) -> _Write:
+        """A connection inside ``BEGIN IMMEDIATE``; commits on success, rolls back on error."""
         return _Write(self)
 
     def write_hot(self, sql: str, params: Sequence[Any]) -> Row | None:
