@@ -9,6 +9,10 @@ over gRPC holding one identity (console) plus the claims a gateway mints from ke
    claim revocations: the claims stayed accepted until the watcher's next poll.
 3. QueryEvents dropped an unknown ``outcome`` filter silently instead of refusing it.
 4. A claim minted in the same second as a narrowing RotateSession kept the old scopes.
+5. (issue 18) WatchRevocations took a ``resume_after`` beyond anything the server had issued
+   (a position from before a database restore, or forged) as "nothing missed": ``synced`` said
+   ``resync: false`` and the events the restored database recorded at positions up to it were
+   never sent, so a caching gateway kept answering a credential revoked after the restore.
 """
 
 from __future__ import annotations
@@ -194,3 +198,38 @@ def test_a_claim_minted_in_the_second_of_a_narrowing_session_rotation_dies_with_
         narrowed.RevokeUserSessions(
             kpb.RevokeUserSessionsRequest(parent=PARENT, user_subject="nobody"), timeout=10
         )
+
+
+def test_a_resume_position_the_server_never_issued_forces_a_resync(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 5: after a restore of the database, a gateway resumed from its old position P;
+    the server, now at a lower position, answered ``synced`` without ``resync`` and replayed
+    only events after P, so a revocation recorded after the restore at a position <= P never
+    reached the stream (reproduced on a real SQLite server by backup, 5 revocations, restore,
+    revoke: ``resume_after=5 -> synced(resync=false)`` and no event). A position ahead of the
+    server's own cannot be trusted: the subscriber must drop its cache."""
+    server = zumik_server
+    control = server.stubs("control-plane").keys
+    created = control.CreateApiKey(kpb.CreateApiKeyRequest(parent=PARENT, scopes=["keys.read"]))
+    control.RevokeApiKey(kpb.RevokeApiKeyRequest(name=created.api_key.name))
+    gateway = server.stubs("gateway").keys
+    stream = gateway.WatchRevocations(kpb.WatchRevocationsRequest(), timeout=10)
+    head = next(stream)
+    stream.cancel()
+    assert head.HasField("synced") and head.synced.resync
+    for forged in (head.position + 1, head.position + 1_000_000, 2**63 - 1):
+        stream = gateway.WatchRevocations(
+            kpb.WatchRevocationsRequest(resume_after=forged), timeout=10
+        )
+        first = next(stream)
+        stream.cancel()
+        assert first.HasField("synced")
+        assert first.synced.resync, f"resume_after={forged} ahead of {head.position} kept the cache"
+    # A position the server did issue still resumes without a resync.
+    stream = gateway.WatchRevocations(
+        kpb.WatchRevocationsRequest(resume_after=head.position), timeout=10
+    )
+    first = next(stream)
+    stream.cancel()
+    assert first.HasField("synced") and not first.synced.resync

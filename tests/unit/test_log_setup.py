@@ -147,3 +147,36 @@ def test_access_line_fragments_render_what_the_logging_path_renders(
     bodies = {text.split(", ", 1)[1] for text in texts}  # all but the time stamp
     assert len(bodies) == 1
     assert API_KEY not in stream.getvalue()
+
+
+def test_access_lines_carry_the_process_fields_of_a_supervised_worker(
+    server_logging: tuple[io.StringIO, BackgroundJsonHandler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervised worker's index and pid are on every line, the fast access path included
+    (the supervisor's tests tell workers apart by them)."""
+    from zumik_secrets.server import log_setup
+
+    monkeypatch.setattr(log_setup, "_PROCESS_FIELDS", {"worker": 1, "pid": 4242})
+    monkeypatch.setattr(log_setup, "_fragments", {})
+    stream, handler = server_logging
+    _only(handler)
+    logger = logging.getLogger("zumik.access")
+    fields = {
+        "service": "zumik.secrets.v1.KeyService",
+        "method": "VerifyApiKey",
+        "code": "OK",
+        "reason": "",
+        "peer": "spiffe://zumik.local/svc/gateway",
+        "tls": "TLSv1.3",
+        "tenant": "",
+        "project": "",
+        "duration_ms": 0.25,
+        "trace_id": "",
+    }
+    assert submit_access_line(logger, "rpc", dict(fields))
+    logger.info("rpc", extra=dict(fields))
+    handler.close()
+    lines = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert len(lines) == 2
+    assert all(line["worker"] == 1 and line["pid"] == 4242 for line in lines)
+    assert len({text.split(", ", 1)[1] for text in stream.getvalue().splitlines()}) == 1

@@ -277,7 +277,8 @@ class RevocationFeed:
         """A new subscription resuming after ``resume_after`` (0: from scratch).
 
         The events after ``resume_after`` are replayed when the ring still holds all of them;
-        otherwise the first message says ``resync``.
+        otherwise, and when ``resume_after`` is ahead of this server's position, the first
+        message says ``resync``.
 
         Raises:
             Unavailable: the server is draining.
@@ -286,7 +287,10 @@ class RevocationFeed:
             if self._closed:
                 raise Unavailable("the server is shutting down; subscribe to another replica")
             floor = self._floor if self._floor is not None else self._position
-            if resume_after <= 0 or resume_after < floor:
+            # A position ahead of this server's was never issued by it (a database restored
+            # to an earlier point, another timeline, a forged value, or a replica that has not
+            # read that far): the events at or below it here were never seen by the caller.
+            if resume_after <= 0 or resume_after < floor or resume_after > self._position:
                 replay: list[FeedEvent] = []
                 synced = Synced(self._position, resync=True)
             else:

@@ -162,7 +162,8 @@ def _render_access(ts: str, logger: str, message: str, fields: dict[str, Any]) -
     middle = _fragments.get(key)
     if middle is None:
         # json.dumps with options builds an encoder per call: done once per distinct line head.
-        head = {"level": "INFO", "logger": logger, "msg": message}
+        head: dict[str, Any] = {"level": "INFO", "logger": logger, "msg": message}
+        head.update(_PROCESS_FIELDS)
         head.update(zip(_ACCESS_FIXED, key[2:], strict=True))
         middle = json.dumps(head, ensure_ascii=False)[1:-1]
         if len(_fragments) >= _FRAGMENT_CACHE_SIZE:
@@ -326,6 +327,7 @@ def configure_logging(level: str = "INFO", process_fields: Mapping[str, Any] | N
     """
     _PROCESS_FIELDS.clear()
     _PROCESS_FIELDS.update(process_fields or {})
+    _fragments.clear()  # the fragments embed the process fields
     # The JSON lines carry none of these; not collecting them saves work on every access line.
     logging.logThreads = False
     logging.logProcesses = False

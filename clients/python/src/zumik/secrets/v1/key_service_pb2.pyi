@@ -1139,8 +1139,9 @@ class RevocationFeedSynced(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     PROPAGATION_BOUND_FIELD_NUMBER: _builtins.int
     resync: _builtins.bool
-    """True when the caller must drop everything it cached: `resume_after` was 0, or older than
-    the events this server still remembers (for example after a restart).
+    """True when the caller must drop everything it cached: `resume_after` was 0, older than
+    the events this server still remembers (for example after a restart), or ahead of this
+    server's position (a database restored to an earlier point, or a replica not yet there).
     """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
