@@ -14,7 +14,8 @@ unary pool (submit, run, done-callback, as grpcio drives it); and the whole call
 for warm VerifyApiKey and Open 1 KiB (interceptor, servicer, use case, SQLite store, the audit
 writer thread; 16 callers at once, so that audit events are group-committed as under load),
 over a real :class:`Runtime` in a temp dir. Request parsing and response serialisation are
-included; grpcio's own work (HTTP/2, TLS, its polling thread) is not.
+included; grpcio's own work (HTTP/2, TLS, its polling thread) is not. ``--rows verify_event``:
+the verification audit event alone (render, draft, chain link; no database).
 """
 
 from __future__ import annotations
@@ -348,6 +349,36 @@ def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
             drop_scratch_db(DATABASE_URL.rsplit("/", 1)[-1])
 
 
+def verify_event_us(calls: int) -> float:
+    """CPU (us) of one ``api_key.verify`` event of a stored key: rendered, drafted (id, time,
+    cleaning) and linked into the chain (canonical form, hash), without the database."""
+    import inspect
+
+    from zumik_secrets.app.actor import Actor
+    from zumik_secrets.app.audit_writer import AuditWriter
+    from zumik_secrets.app.verification import VerifyResult, record_verification
+    from zumik_secrets.core import audit_chain
+
+    class _Chain:
+        def append(self, drafts: Any) -> Any:
+            return audit_chain.extend_chain(0, audit_chain.GENESIS_HASH, drafts)
+
+    writer = AuditWriter(_Chain(), group_commit=False)  # type: ignore[arg-type]
+    actor = Actor("spiffe://zumik.local/svc/gateway", "key_bench", "ab" * 16)
+    name = "tenants/bench/projects/p/apiKeys/key_0123456789ABCDEFabcdef"
+    # Trees before issue 18's rendering have no ``stored`` (run them with PYTHONPATH).
+    kw: dict[str, Any] = (
+        {"stored": True} if "stored" in inspect.signature(record_verification).parameters else {}
+    )
+
+    def one() -> None:
+        record_verification(
+            writer, actor, "api_key.verify", "bench", name, VerifyResult.VALID, **kw
+        )
+
+    return _cpu_per_call(one, calls, lambda: None)
+
+
 def _policy() -> dict[str, Any]:
     import tomllib
 
@@ -370,6 +401,7 @@ def main() -> None:
         "verify": ("VerifyApiKey warm, full", lambda n: full_path_us(n // 4, "verify_warm")),
         "open": ("Open 1 KiB, full", lambda n: full_path_us(n // 10, "open_1k")),
         "seal": ("Seal 1 KiB, full", lambda n: full_path_us(n // 10, "seal_1k")),
+        "verify_event": ("api_key.verify event", verify_event_us),
     }
     for row in args.rows.split(","):
         name, fn = rows[row]

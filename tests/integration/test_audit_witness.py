@@ -144,10 +144,10 @@ def test_rewrite_after_the_last_witness_anchor_is_detected(
     _append(server, tenant, 3, start=10)  # after the last witness anchor ...
     head = anchor.checkpoint.sequence + 5 + 3
     _rewrite(store_url, tenant, head - 1)  # ... the insider rewrites one of those
-    assert server.runtime.audit.rewrites_detected == 0
+    assert server.runtime.audit.checkpoints.rewrites_detected == 0
 
     forged = _export(server, tenant, tmp_path / "forged.jsonl")  # the export's checkpoint...
-    assert server.runtime.audit.rewrites_detected == 1  # ...found the pin broken
+    assert server.runtime.audit.checkpoints.rewrites_detected == 1  # ...found the pin broken
     assert _verify(forged, "--keys", keys, "--witness", witness) == 1
     assert _verify(forged, "--keys", keys) == 1  # the export carries the pinned truth too
     stripped = tmp_path / "stripped.jsonl"
@@ -170,7 +170,7 @@ def test_rewrite_before_an_anchor_after_a_restart_is_caught_by_the_witness(
     server = zumik_server_factory(store_url, ZUMIK_AUDIT_WITNESS_DIR=str(witness))
     tenant = "globex"
     _append(server, tenant, 6)
-    server.runtime.audit.checkpoint_moved_heads()
+    server.runtime.audit.checkpoints.checkpoint_moved_heads()
     keys = _keys(server, tmp_path / "keys.json")
     server.close()  # a clean stop: the final checkpoint anchors everything it wrote
 
@@ -284,11 +284,11 @@ def test_witness_lines_are_not_repeated_and_an_unreadable_witness_gives_no_verdi
     witness = tmp_path / "witness"
     server = zumik_server_factory(ZUMIK_AUDIT_WITNESS_DIR=str(witness))
     _append(server, "hooli", 3)
-    server.runtime.audit.checkpoint_moved_heads()
+    server.runtime.audit.checkpoints.checkpoint_moved_heads()
     before = (witness / WITNESS_FILE).read_text().count("\n")
     audit = server.runtime.audit
     for _ in range(3):  # exports over an unchanged head sign nothing new
-        list(audit.export("hooli"))
+        list(audit.reader.export("hooli"))
     assert (witness / WITNESS_FILE).read_text().count("\n") == before
     with (witness / WITNESS_FILE).open("a") as handle:
         handle.write("not json\n")

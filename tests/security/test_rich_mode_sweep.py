@@ -180,7 +180,7 @@ def test_secret_shaped_values_in_every_field_leak_nowhere(
                     refused += 1
     assert calls > 300 and refused > 0
     time.sleep(0.3)  # non-durable audit events land within the group-commit bound
-    server.runtime.audit.checkpoint_moved_heads()
+    server.runtime.audit.checkpoints.checkpoint_moved_heads()
     db = Path(server.runtime.config.database_url.removeprefix("sqlite:///"))
     haystacks = {
         "log records": b"\n".join(fix_leaks._HAY.logs[first_log:]),

@@ -109,17 +109,17 @@ def test_records_verify_and_query(audit_log: AuditLog) -> None:
     for i in range(30):
         audit_log.record(entry(i=i, outcome="failure" if i % 3 == 0 else "success"))
     audit_log.append(entry(i=99, action="billing.plan_changed"))
-    assert audit_log.verify("acme").ok
-    failures, token = audit_log.query("acme", AuditFilter(outcome="failure"), page_size=4)
+    assert audit_log.reader.verify("acme").ok
+    failures, token = audit_log.reader.query("acme", AuditFilter(outcome="failure"), page_size=4)
     assert [e.sequence for e in failures] == [1, 4, 7, 10] and token
-    rest, token2 = audit_log.query("acme", AuditFilter(outcome="failure"), page_token=token)
+    rest, token2 = audit_log.reader.query("acme", AuditFilter(outcome="failure"), page_token=token)
     assert [e.sequence for e in rest] == [13, 16, 19, 22, 25, 28] and token2 == ""
-    plan, _ = audit_log.query("acme", AuditFilter(action="billing.plan_changed"))
+    plan, _ = audit_log.reader.query("acme", AuditFilter(action="billing.plan_changed"))
     assert [e.target for e in plan] == ["invoices/99"]
     from zumik_secrets.core.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument):
-        audit_log.query("acme", AuditFilter(outcome="success"), page_token=token)
+        audit_log.reader.query("acme", AuditFilter(outcome="success"), page_token=token)
 
 
 def test_concurrent_appenders_on_two_store_instances_stay_gapless(store_url: str) -> None:
@@ -146,7 +146,7 @@ def test_concurrent_appenders_on_two_store_instances_stay_gapless(store_url: str
     for log in logs:
         log.stop()
     assert not errors
-    report = logs[0].verify("acme")
+    report = logs[0].reader.verify("acme")
     assert report.ok, report
     assert report.checked_count == report.head_sequence == len(threads) * per_thread
     for s in stores:
@@ -166,7 +166,7 @@ def test_group_commit_batches_durable_callers(audit_log: AuditLog) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert audit_log.verify("acme").checked_count == 400
+    assert audit_log.reader.verify("acme").checked_count == 400
     assert audit_log.commits < 400  # several events per transaction
 
 
@@ -191,7 +191,7 @@ def test_linger_gathers_non_durable_events_into_one_commit(store: Store) -> None
             assert time.monotonic() - started < 6.0
             time.sleep(0.01)
         assert log.commits - commits == 1
-        assert log.verify("acme").ok
+        assert log.reader.verify("acme").ok
     finally:
         log.stop()
 
@@ -227,14 +227,14 @@ def test_stop_writes_lingering_events(store: Store) -> None:
 def test_checkpoints_are_signed_idempotent_and_periodic(store: Store) -> None:
     log = make_log(store, checkpoint_interval=0.2)
     try:
-        empty = log.create_checkpoint("acme")
+        empty = log.checkpoints.create_checkpoint("acme")
         assert (empty.sequence, empty.head_hash) == (0, ac.GENESIS_HASH)
         for i in range(5):
             log.append(entry(i=i))
-        first = log.create_checkpoint("acme")
-        again = log.create_checkpoint("acme")
+        first = log.checkpoints.create_checkpoint("acme")
+        again = log.checkpoints.create_checkpoint("acme")
         assert first == again and first.sequence == 5
-        keys = {k.kid: k.public_key for k in log.checkpoint_keys()}
+        keys = {k.kid: k.public_key for k in log.checkpoints.checkpoint_keys()}
         assert ac.checkpoint_valid(first, keys)
         log.append(entry(i=6))
         deadline = time.monotonic() + 5
@@ -295,30 +295,31 @@ def test_tampering_in_the_database_is_detected_and_located(
 ) -> None:
     for i in range(15):
         audit_log.append(entry(i=i))
-    audit_log.create_checkpoint("acme")  # at 15
+    audit_log.checkpoints.create_checkpoint("acme")  # at 15
     for i in range(15, 20):
         audit_log.append(entry(i=i))
     audit_log.record(entry("beta", 1), durable=True)  # another tenant's chain stays intact
-    assert audit_log.verify("acme").ok
+    assert audit_log.reader.verify("acme").ok
     _tamper(RawDb(store_url), kind)
-    report = audit_log.verify("acme")
+    report = audit_log.reader.verify("acme")
     assert (report.ok, report.first_bad_sequence, report.failure) == (False, first_bad, failure)
     offline = ac.verify_export(
-        list(audit_log.export("acme")), {k.kid: k.public_key for k in audit_log.checkpoint_keys()}
+        list(audit_log.reader.export("acme")),
+        {k.kid: k.public_key for k in audit_log.checkpoints.checkpoint_keys()},
     )
     assert (offline.first_bad_sequence, offline.failure) == (first_bad, failure)
-    assert audit_log.verify("beta").ok
+    assert audit_log.reader.verify("beta").ok
 
 
 def test_range_verification_and_resumed_export(audit_log: AuditLog) -> None:
     for i in range(40):
         audit_log.record(entry(i=i), durable=i == 39)
-    report = audit_log.verify("acme", 10, 20)
+    report = audit_log.reader.verify("acme", 10, 20)
     assert report.ok and report.checked_count == 11
-    keys = {k.kid: k.public_key for k in audit_log.checkpoint_keys()}
+    keys = {k.kid: k.public_key for k in audit_log.checkpoints.checkpoint_keys()}
     # No checkpoint before 25: the export starts with a resume line no signature confirms, so
     # the offline verifier accepts it only when told to; it ends at a checkpoint signed now.
-    lines = list(audit_log.export("acme", 25))
+    lines = list(audit_log.reader.export("acme", 25))
     assert lines[0].startswith('{"type":"resume"')
     assert lines[-1].startswith('{"type":"checkpoint"') and '"seq":40' in lines[-1]
     assert ac.verify_export(lines, keys).failure is ac.ChainFailure.UNANCHORED
@@ -327,7 +328,7 @@ def test_range_verification_and_resumed_export(audit_log: AuditLog) -> None:
     # With a checkpoint at or before 24, the export starts there and verifies on its own.
     for i in range(40, 45):
         audit_log.record(entry(i=i), durable=i == 44)
-    lines = list(audit_log.export("acme", 42))
+    lines = list(audit_log.reader.export("acme", 42))
     assert lines[0].startswith('{"type":"checkpoint"') and '"seq":40' in lines[0]
     assert ac.verify_export(lines, keys).ok
     assert [e.sequence for e in ac.parse_export(lines).events] == [41, 42, 43, 44, 45]
@@ -349,13 +350,13 @@ def test_retention_sweep_keeps_a_signed_anchor(store: Store) -> None:
         assert result.pruned["acme"] == (30, 30)
         assert result.pruned["-"] == (30, 30)
         assert store.audit.first_sequence("acme") == 31
-        report = log.verify("acme")
+        report = log.reader.verify("acme")
         assert report.ok, report
         assert report.head_sequence == 61  # 60 events plus the audit.pruned record
-        pruned, _ = log.query("acme", AuditFilter(action="audit.pruned"))
+        pruned, _ = log.reader.query("acme", AuditFilter(action="audit.pruned"))
         assert dict(pruned[0].attributes)["through_sequence"] == "30"
-        keys = {k.kid: k.public_key for k in log.checkpoint_keys()}
-        lines = list(log.export("acme"))
+        keys = {k.kid: k.public_key for k in log.checkpoints.checkpoint_keys()}
+        lines = list(log.reader.export("acme"))
         assert lines[0].startswith('{"type":"checkpoint"') and '"seq":30' in lines[0]
         assert ac.verify_export(lines, keys).ok
         assert log.sweep().pruned == {}  # nothing more is old enough
@@ -413,7 +414,7 @@ def test_durable_record_fails_closed_and_recovers(store: Store) -> None:
         assert [e.target for e in store.audit.events("acme", after_sequence=1, limit=20)] == [
             f"invoices/{i}" for i in range(2, 12)
         ]
-        assert log.verify("acme").ok
+        assert log.reader.verify("acme").ok
     finally:
         log.stop()
 
@@ -501,7 +502,7 @@ def test_a_head_read_before_this_process_wrote_more_is_no_rewrite(
     assert first_three is not None
     assert audit_log.checkpoints.pin_conflict("acme", 3, first_three.hash) is None
     cp = audit_log.checkpoints.sign_head("acme", 3, first_three.hash)
-    assert (cp.sequence, audit_log.rewrites_detected) == (3, 0)
+    assert (cp.sequence, audit_log.checkpoints.rewrites_detected) == (3, 0)
 
 
 def test_a_relinked_rewrite_under_the_pin_is_signed_as_written(
@@ -536,11 +537,11 @@ def test_a_relinked_rewrite_under_the_pin_is_signed_as_written(
                 (ev.target, ev.prev_hash, ev.hash, "acme", ev.sequence),
             )
         raw.run("UPDATE audit_heads SET hash = ? WHERE tenant = ?", (forged[-1].hash, "acme"))
-        assert log.verify("acme").ok  # self-consistent, no checkpoint yet
-        cp = log.create_checkpoint("acme")
+        assert log.reader.verify("acme").ok  # self-consistent, no checkpoint yet
+        cp = log.checkpoints.create_checkpoint("acme")
         assert (cp.sequence, cp.head_hash) == (6, written[-1].hash)  # the truth, not the head
-        assert log.rewrites_detected == 1
-        report = log.verify("acme")
+        assert log.checkpoints.rewrites_detected == 1
+        report = log.reader.verify("acme")
         assert not report.ok and report.failure is ac.ChainFailure.CHECKPOINT_MISMATCH
     finally:
         log.stop()

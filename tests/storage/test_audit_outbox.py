@@ -233,9 +233,9 @@ def test_audit_log_change_is_read_back_at_once_and_verifies(store: Store) -> Non
         with log.change(entry(action="api_key.create", target="k1")):
             store.api_keys.insert(rec)
         # The read barrier chains the outbox before a query, export or verification.
-        events, _ = log.query("acme", AuditFilter(action="api_key.create"))
+        events, _ = log.reader.query("acme", AuditFilter(action="api_key.create"))
         assert [e.target for e in events] == ["k1"]
-        assert log.verify("acme").ok
+        assert log.reader.verify("acme").ok
     finally:
         log.stop()
 
@@ -249,7 +249,7 @@ def test_audit_log_change_without_a_change_records_durably_or_not_at_all(store: 
             store.api_keys.revoke("acme", "web", "key_missing", datetime.now(UTC))
         with pytest.raises(NotFound), log.change(entry(action="api_key.revoke", target="nf")):
             raise NotFound("no such key")
-        targets = [e.target for e in log.query("acme", AuditFilter())[0]]
+        targets = [e.target for e in log.reader.query("acme", AuditFilter())[0]]
         assert targets == ["idempotent"]
     finally:
         log.stop()

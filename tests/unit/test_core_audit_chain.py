@@ -62,6 +62,67 @@ def test_canonical_form_is_pinned() -> None:
     assert ev.hash.hex() == ac.link(bytes(32), ev.canonical()).hex()
 
 
+AWKWARD = [
+    "",
+    'quote " backslash \\ slash /',
+    "control \x00\x01\x1f\x7f tab\t newline\n cr\r",
+    "Zürich ✓ \u2028\u2029 \U0001f511 \ufeff",
+    "tenants/acme/projects/p/apiKeys/key_0123456789abcdefABCDEF",
+]
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_canonical_bytes_match_the_specified_json_dump(value: str) -> None:
+    # The spec (module docstring) is json.dumps(sort_keys, compact, ensure_ascii=False) of the
+    # whole object; canonical_bytes renders it piece by piece and must give the same bytes.
+    attrs = [("zeta", value), ("a.b", "x"), ("a_b", value), ("a.b", "last wins")]
+    fields = {
+        "tenant": value or "-",
+        "event_id": "evt_" + value,
+        "time": T0,
+        "actor": value,
+        "actor_subject": value,
+        "action": value,
+        "target": value,
+        "outcome": value,
+        "reason": value,
+        "trace_id": value,
+    }
+    spec = {
+        "v": 1,
+        "tenant": fields["tenant"],
+        "id": fields["event_id"],
+        "time": "2025-01-31T12:00:00.000123Z",
+        "actor": value,
+        "subject": value,
+        "action": value,
+        "target": value,
+        "outcome": value,
+        "reason": value,
+        "trace": value,
+        "attrs": dict(attrs),
+    }
+    expected = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert ac.canonical_bytes(**fields, attributes=attrs) == expected.encode("utf-8")
+
+
+def test_canonical_bytes_refuse_non_strings() -> None:
+    with pytest.raises(TypeError):
+        ac.canonical_bytes(
+            tenant="acme",
+            event_id="evt_1",
+            time=T0,
+            actor="a",
+            actor_subject="",
+            action="x.y",
+            target="t",
+            outcome="success",
+            reason="",
+            trace_id="",
+            attributes=[("n", 5)],  # type: ignore[list-item]
+        )
+
+
 def test_unicode_is_utf8_not_escaped() -> None:
     d = dataclasses.replace(_drafts(1)[0], target="Zürich ✓")
     ev = ac.extend_chain(0, ac.GENESIS_HASH, [d])[0]

@@ -256,3 +256,24 @@ def test_closed_feed_refuses_subscribers_and_ends_streams() -> None:
     assert list(messages) == []
     with pytest.raises(Exception, match="shutting down"):
         feed.subscribe(10)
+
+
+def test_cache_keys_do_not_run_credential_and_scopes_together() -> None:
+    """A credential ending in "\\0scope" with no scopes, and the credential with that scope, are
+    different lookups (every part of the key is length-prefixed)."""
+    import hashlib
+
+    from zumik_secrets_client import CachingVerifier
+
+    verifier = object.__new__(CachingVerifier)
+    verifier._keyed = hashlib.blake2b(key=b"k" * 32, digest_size=32)
+    keys = {
+        verifier._key(b"k\x00", "zk_test_abc\x00keys.read", ()),
+        verifier._key(b"k\x00", "zk_test_abc", ("keys.read",)),
+        verifier._key(b"k\x00", "zk_test_abc", ("keys.read", "")),
+        verifier._key(b"k\x00", "zk_test_abc", ("keys", "read")),
+    }
+    assert len(keys) == 4
+    # Scope order does not matter; the kind does.
+    assert verifier._key(b"k\x00", "x", ("a", "b")) == verifier._key(b"k\x00", "x", ("b", "a"))
+    assert verifier._key(b"k\x00", "x", ()) != verifier._key(b"s\x00", "x", ())

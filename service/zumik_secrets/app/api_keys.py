@@ -41,7 +41,6 @@ from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event
 from zumik_secrets.app.claim_issuer import ClaimIssuer, IssuedClaim
 from zumik_secrets.app.verification import (
-    CHARGED_RESULTS,
     MAX_REQUIRED_SCOPES,
     FailureGuard,
     VerifyResult,
@@ -58,7 +57,6 @@ from zumik_secrets.core.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    ZumikError,
     resource_not_found,
 )
 from zumik_secrets.core.names import ApiKeyName, ProjectName
@@ -391,12 +389,6 @@ class ApiKeyService:
         rec: ApiKeyRecord | None,
         actor: Actor,
     ) -> ApiKeyVerification:
-        if result in CHARGED_RESULTS:
-            try:
-                self._guard.charge("api_key", actor.identity, handle)
-            except ZumikError as limited:
-                self._audit_verify(result, handle, rec, actor, limited=limited.reason)
-                raise
         self._audit_verify(result, handle, rec, actor)
         return ApiKeyVerification(result, rec)
 
@@ -406,13 +398,19 @@ class ApiKeyService:
         handle: str | None,
         rec: ApiKeyRecord | None,
         actor: Actor,
-        *,
-        limited: str = "",
     ) -> None:
         tenant = rec.tenant_id if rec is not None else None
         target = api_key_name(rec) if rec is not None else (handle or "")
         record_verification(
-            self._audit, actor, "api_key.verify", tenant, target, result, limited=limited
+            self._audit,
+            actor,
+            "api_key.verify",
+            tenant,
+            target,
+            result,
+            guard=self._guard,
+            credential_id=handle,
+            stored=rec is not None,
         )
 
     # -- last used -----------------------------------------------------------------------------

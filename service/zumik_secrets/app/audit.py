@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from zumik_secrets.app.actor import Actor
+from zumik_secrets.core.audit_events import sanitize
 from zumik_secrets.core.errors import Unavailable, ZumikError
 
 _AUDIT_LOG = logging.getLogger("zumik.audit")
@@ -57,6 +58,9 @@ class AuditEntry:
         reason: Stable UPPER_SNAKE reason code.
         trace_id: Trace id of the causing call.
         attributes: Small non-secret attributes.
+        clean: ``target``, ``reason`` and ``attributes`` already made safe to store
+            (:func:`clean_fields` of the same values), for events the service renders once and
+            records many times (verifications); None: the recorder sanitizes them.
     """
 
     tenant_id: str | None
@@ -68,6 +72,28 @@ class AuditEntry:
     reason: str
     trace_id: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict)
+    clean: CleanFields | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CleanFields:
+    """An event's free-text fields after :func:`~zumik_secrets.core.audit_events.sanitize`.
+
+    Attributes:
+        target: The target, secret-looking text redacted, truncated to its limit.
+        reason: The reason, likewise.
+        attributes: The kept attributes as sorted ``(key, value)`` pairs.
+    """
+
+    target: str
+    reason: str
+    attributes: tuple[tuple[str, str], ...]
+
+
+def clean_fields(target: str, reason: str, attributes: Mapping[str, str]) -> CleanFields:
+    """Sanitize an event's free-text fields once (the recorder then skips the scan)."""
+    target, reason, kept = sanitize(target, reason, attributes)
+    return CleanFields(target, reason, tuple(sorted(kept.items())))
 
 
 class CallAudit:

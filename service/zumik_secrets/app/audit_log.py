@@ -17,20 +17,19 @@ Retention
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Unpack
 
 from zumik_secrets.app.audit import AuditEntry
-from zumik_secrets.app.audit_checkpoints import AuditCheckpointer, CheckpointKeyInfo
+from zumik_secrets.app.audit_checkpoints import AuditCheckpointer
 from zumik_secrets.app.audit_reader import AuditReader
 from zumik_secrets.app.audit_witness import AuditWitness
 from zumik_secrets.app.audit_writer import AuditWriter, WriterOptions, utc_now
 from zumik_secrets.app.checkpoint_keys import CheckpointKeys
 from zumik_secrets.core import audit_chain as chain
-from zumik_secrets.core.audit_chain import ChainEvent, ChainReport, Checkpoint
-from zumik_secrets.storage.ports import AuditFilter, AuditStore
+from zumik_secrets.storage.ports import AuditStore
 
 SERVICE_ACTOR = "zumik-secrets"
 DEFAULT_RETENTION = timedelta(days=400)
@@ -97,62 +96,6 @@ class AuditLog(AuditWriter):
         checkpoint what this process wrote (no unanchored tail after a clean stop). Idempotent."""
         super().stop(timeout)
         self.checkpoints.stop()
-
-    @property
-    def rewrites_detected(self) -> int:
-        """Rewrites of the chain detected by the pin check."""
-        return self.checkpoints.rewrites_detected
-
-    # -- checkpoints and reads: the checkpointer's and the reader's ----------------------------
-
-    def checkpoint_moved_heads(self, limit: int = 10_000) -> int:
-        """:meth:`AuditCheckpointer.checkpoint_moved_heads`.
-
-        Raises:
-            Unavailable: storage is down.
-        """
-        return self.checkpoints.checkpoint_moved_heads(limit)
-
-    def create_checkpoint(self, tenant: str) -> Checkpoint:
-        """:meth:`AuditCheckpointer.create_checkpoint`.
-
-        Raises:
-            Unavailable: storage is down.
-        """
-        return self.checkpoints.create_checkpoint(tenant)
-
-    def checkpoint_keys(self) -> list[CheckpointKeyInfo]:
-        """Every checkpoint key, newest first."""
-        return self.checkpoints.checkpoint_keys()
-
-    def verify(self, tenant: str, start_sequence: int = 0, end_sequence: int = 0) -> ChainReport:
-        """:meth:`AuditReader.verify`.
-
-        Raises:
-            InvalidArgument: reason ``INVALID_RANGE``.
-            Unavailable: storage is down, or the witness is unreadable.
-        """
-        return self.reader.verify(tenant, start_sequence, end_sequence)
-
-    def export(self, tenant: str, start_sequence: int = 0) -> Iterator[str]:
-        """:meth:`AuditReader.export`.
-
-        Raises:
-            InvalidArgument: a negative start.
-            Unavailable: storage is down.
-        """
-        return self.reader.export(tenant, start_sequence)
-
-    def query(
-        self, tenant: str, flt: AuditFilter, *, page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[ChainEvent], str]:
-        """:meth:`AuditReader.query`.
-
-        Raises:
-            InvalidArgument: a bad page size or a token from another query.
-            Unavailable: storage is down.
-        """
-        return self.reader.query(tenant, flt, page_size=page_size, page_token=page_token)
 
     # -- retention --------------------------------------------------------------------------
 

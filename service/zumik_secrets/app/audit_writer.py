@@ -13,8 +13,9 @@ Changes (the outbox)
 
 Recording (events that record no change)
     ``record(entry, durable=...)`` cleans the entry (secret-looking values become
-    ``[REDACTED]``, see :func:`zumik_secrets.core.audit_events.sanitize`), gives it an id and a
-    time, and queues it for the writer thread.
+    ``[REDACTED]``, see :func:`zumik_secrets.core.audit_events.sanitize`; an entry that carries
+    its :class:`~zumik_secrets.app.audit.CleanFields` was cleaned once by whoever rendered it),
+    gives it an id and a time, and queues it for the writer thread.
 
 Group commit
     One writer thread takes *everything* queued (up to ``max_batch`` events) and stores it in
@@ -64,12 +65,16 @@ from typing import TypedDict
 
 from opentelemetry import trace
 
-from zumik_secrets.app.audit import REASON_AUDIT_UNAVAILABLE, AuditEntry, note_recorded
+from zumik_secrets.app.audit import (
+    REASON_AUDIT_UNAVAILABLE,
+    AuditEntry,
+    clean_fields,
+    note_recorded,
+)
 from zumik_secrets.app.metrics import NOOP, Recorder
 from zumik_secrets.core import audit_chain as chain
 from zumik_secrets.core import deadlines
 from zumik_secrets.core.audit_chain import ChainEvent, EventDraft
-from zumik_secrets.core.audit_events import sanitize
 from zumik_secrets.core.errors import Unavailable, ZumikError
 from zumik_secrets.core.handles import new_handle
 from zumik_secrets.storage import outbox
@@ -269,7 +274,7 @@ class AuditWriter:
     # -- recording --------------------------------------------------------------------------
 
     def _draft(self, entry: AuditEntry) -> EventDraft:
-        target, reason, attributes = sanitize(entry.target, entry.reason, entry.attributes)
+        clean = entry.clean or clean_fields(entry.target, entry.reason, entry.attributes)
         return EventDraft(
             tenant=entry.tenant_id or chain.SERVICE_TENANT,
             event_id=new_handle("evt"),
@@ -277,11 +282,11 @@ class AuditWriter:
             actor=entry.actor,
             actor_subject=entry.actor_subject,
             action=entry.action,
-            target=target,
+            target=clean.target,
             outcome=entry.outcome,
-            reason=reason,
+            reason=clean.reason,
             trace_id=entry.trace_id,
-            attributes=tuple(sorted(attributes.items())),
+            attributes=clean.attributes,
         )
 
     def record(self, entry: AuditEntry, *, durable: bool = False) -> None:

@@ -127,19 +127,7 @@ class DataKeys:
             FailedPrecondition: ``CUSTOMER_KEY_UNAVAILABLE``.
             DecryptionFailed: the stored key does not unwrap.
         """
-        triple = (tenant_id, project_id, purpose)
-        version = self._primary.get(triple)
-        if version is None:
-            with self._customer_keys.gate(tenant_id), self._locks.hold(triple):
-                version = self._primary.get(triple)
-                if version is None:
-                    rec = self._store.primary(*triple)
-                    if rec is None:
-                        rec = self._create_first(tenant_id, project_id, purpose)
-                    version = rec.version
-                    self._primary.put(triple, version)
-                    if rec.wrapped_key is not None:
-                        self._remember(rec)
+        version = self._primary_version((tenant_id, project_id, purpose), self._remember)
         return PrimaryKey(version, self.key(tenant_id, project_id, purpose, version))
 
     def key(self, tenant_id: str, project_id: str, purpose: str, version: int) -> Aead:
@@ -173,19 +161,7 @@ class DataKeys:
             FailedPrecondition: ``CUSTOMER_KEY_UNAVAILABLE``.
             DecryptionFailed: the stored key does not unwrap.
         """
-        triple = (tenant_id, project_id, purpose)
-        version = self._primary.get(triple)
-        if version is None:
-            with self._customer_keys.gate(tenant_id), self._locks.hold(triple):
-                version = self._primary.get(triple)
-                if version is None:
-                    rec = self._store.primary(*triple)
-                    if rec is None:
-                        rec = self._create_first(tenant_id, project_id, purpose)
-                    version = rec.version
-                    self._primary.put(triple, version)
-                    if rec.wrapped_key is not None:
-                        self._remember_mac(rec)
+        version = self._primary_version((tenant_id, project_id, purpose), self._remember_mac)
         mac = self.mac_key(tenant_id, project_id, purpose, version)
         if mac is None:  # the primary row cannot vanish; storage is broken
             raise DecryptionFailed()
@@ -248,6 +224,21 @@ class DataKeys:
         wrapped = wrapper.wrap(raw, data_key_aad(tenant_id, project_id, purpose, version))
         del raw
         return wrapped, wrapper.kind
+
+    def _primary_version(self, triple: Triple, remember: Callable[[DataKeyRecord], object]) -> int:
+        """The primary version of ``triple`` (cached; version 1 created on first use), its key
+        handed to ``remember`` when this call read or created it."""
+        version = self._primary.get(triple)
+        if version is None:
+            with self._customer_keys.gate(triple[0]), self._locks.hold(triple):
+                version = self._primary.get(triple)
+                if version is None:
+                    rec = self._store.primary(*triple) or self._create_first(*triple)
+                    version = rec.version
+                    self._primary.put(triple, version)
+                    if rec.wrapped_key is not None:
+                        remember(rec)
+        return version
 
     def _create_first(self, tenant_id: str, project_id: str, purpose: str) -> DataKeyRecord:
         wrapped, kind = self._new_wrapped(tenant_id, project_id, purpose, 1)

@@ -11,6 +11,7 @@ Data keys wrapped by a tenant's customer key are not touched: that key is the te
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from zumik_secrets.app.key_wrappers import KIND_KEYRING
@@ -18,7 +19,7 @@ from zumik_secrets.app.signing_keys import signing_key_aad
 from zumik_secrets.core.keyring import MasterKeyring, blob_version
 from zumik_secrets.core.sealing import data_key_aad
 from zumik_secrets.storage.ports import DataKeyId, Store
-from zumik_secrets.storage.records import SIGNING_KEY_PURPOSES
+from zumik_secrets.storage.records import SIGNING_KEY_PURPOSES, DataKeyRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,18 @@ class RewrapReport:
     raced: int
 
 
+def _data_keys(store: Store, batch: int) -> Iterator[DataKeyRecord]:
+    """Every data key version, read ``batch`` at a time in key order."""
+    after: DataKeyId | None = None
+    while True:
+        page = store.data_keys.list_wrapped(after=after, limit=batch)
+        yield from page
+        if len(page) < batch:
+            return
+        last = page[-1]
+        after = (last.tenant_id, last.project_id, last.purpose, last.version)
+
+
 def rewrap_under_primary(store: Store, keyring: MasterKeyring, batch: int = 500) -> RewrapReport:
     """Rewrap every keyring-wrapped data key and signing key under ``keyring.primary``.
 
@@ -48,29 +61,22 @@ def rewrap_under_primary(store: Store, keyring: MasterKeyring, batch: int = 500)
         Unavailable: storage is down.
     """
     data_done = signing_done = current = customer = raced = 0
-    after: DataKeyId | None = None
-    while True:
-        page = store.data_keys.list_wrapped(after=after, limit=batch)
-        for rec in page:
-            if rec.wrapped_key is None:
-                continue
-            if rec.wrapped_by != KIND_KEYRING:
-                customer += 1
-                continue
-            if not keyring.needs_rewrap(rec.wrapped_key):
-                current += 1
-                continue
-            aad = data_key_aad(rec.tenant_id, rec.project_id, rec.purpose, rec.version)
-            new = keyring.rewrap(rec.wrapped_key, aad)
-            key = (rec.tenant_id, rec.project_id, rec.purpose, rec.version)
-            if store.data_keys.replace_wrapped(key, rec.wrapped_key, new, KIND_KEYRING):
-                data_done += 1
-            else:
-                raced += 1
-        if len(page) < batch:
-            break
-        last = page[-1]
-        after = (last.tenant_id, last.project_id, last.purpose, last.version)
+    for rec in _data_keys(store, batch):
+        if rec.wrapped_key is None:
+            continue
+        if rec.wrapped_by != KIND_KEYRING:
+            customer += 1
+            continue
+        if not keyring.needs_rewrap(rec.wrapped_key):
+            current += 1
+            continue
+        aad = data_key_aad(rec.tenant_id, rec.project_id, rec.purpose, rec.version)
+        new = keyring.rewrap(rec.wrapped_key, aad)
+        key = (rec.tenant_id, rec.project_id, rec.purpose, rec.version)
+        if store.data_keys.replace_wrapped(key, rec.wrapped_key, new, KIND_KEYRING):
+            data_done += 1
+        else:
+            raced += 1
     for purpose in SIGNING_KEY_PURPOSES:
         for sk in store.signing_keys.list(purpose):
             if not keyring.needs_rewrap(sk.wrapped_private_key):
@@ -113,21 +119,14 @@ def usage_of_version(store: Store, version: int, batch: int = 500) -> VersionUsa
         DecryptionFailed: A stored blob is malformed.
         Unavailable: storage is down.
     """
-    data = signing = tokens = 0
-    after: DataKeyId | None = None
-    while True:
-        page = store.data_keys.list_wrapped(after=after, limit=batch)
-        data += sum(
-            1
-            for rec in page
-            if rec.wrapped_key is not None
-            and rec.wrapped_by == KIND_KEYRING
-            and blob_version(rec.wrapped_key) == version
-        )
-        if len(page) < batch:
-            break
-        last = page[-1]
-        after = (last.tenant_id, last.project_id, last.purpose, last.version)
+    signing = tokens = 0
+    data = sum(
+        1
+        for rec in _data_keys(store, batch)
+        if rec.wrapped_key is not None
+        and rec.wrapped_by == KIND_KEYRING
+        and blob_version(rec.wrapped_key) == version
+    )
     for purpose in SIGNING_KEY_PURPOSES:
         for sk in store.signing_keys.list(purpose):
             signing += blob_version(sk.wrapped_private_key) == version

@@ -53,12 +53,6 @@ class CircuitBreaker:
         self._probing = False
 
     @property
-    def is_open(self) -> bool:
-        """Whether calls are being failed fast now."""
-        with self._lock:
-            return self._opened_at is not None
-
-    @property
     def state(self) -> str:
         """``closed``, ``open`` (failing fast) or ``half_open`` (a probe may go or is going)."""
         with self._lock:

@@ -241,7 +241,9 @@ class PurgeService:
         token = ""
         flt = AuditFilter(action=action, target=job.target)
         while True:
-            events, token = self._audit.query(job.tenant_id, flt, page_size=1000, page_token=token)
+            events, token = self._audit.reader.query(
+                job.tenant_id, flt, page_size=1000, page_token=token
+            )
             for stored in events:
                 if ("receipt", job.receipt_id) in stored.attributes:
                     return stored.sequence

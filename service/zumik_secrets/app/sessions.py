@@ -27,7 +27,6 @@ from zumik_secrets.app.actor import SYSTEM, Actor
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event, record
 from zumik_secrets.app.claim_issuer import ClaimIssuer, IssuedClaim
 from zumik_secrets.app.verification import (
-    CHARGED_RESULTS,
     MAX_REQUIRED_SCOPES,
     FailureGuard,
     VerifyResult,
@@ -42,7 +41,6 @@ from zumik_secrets.core.errors import (
     FieldViolation,
     InvalidArgument,
     Unavailable,
-    ZumikError,
     resource_not_found,
 )
 from zumik_secrets.core.handles import KIND_SESSION, new_handle
@@ -311,21 +309,20 @@ class SessionService:
     def _failed(
         self, result: VerifyResult, rec: SessionRecord | None, actor: Actor
     ) -> SessionVerification:
-        if result in CHARGED_RESULTS:
-            try:
-                self._guard.charge("session", actor.identity, None)
-            except ZumikError as limited:
-                self._audit_verify(result, rec, actor, limited=limited.reason)
-                raise
         self._audit_verify(result, rec, actor)
         return SessionVerification(result, rec)
 
-    def _audit_verify(
-        self, result: VerifyResult, rec: SessionRecord | None, actor: Actor, *, limited: str = ""
-    ) -> None:
+    def _audit_verify(self, result: VerifyResult, rec: SessionRecord | None, actor: Actor) -> None:
         tenant, target = (rec.tenant_id, session_name(rec)) if rec is not None else (None, "")
         record_verification(
-            self._audit, actor, "session.verify", tenant, target, result, limited=limited
+            self._audit,
+            actor,
+            "session.verify",
+            tenant,
+            target,
+            result,
+            guard=self._guard,
+            stored=rec is not None,
         )
 
     # -- touches and sweep ---------------------------------------------------------------------

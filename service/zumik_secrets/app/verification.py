@@ -9,13 +9,19 @@ used as a fast oracle. Valid verifications are never charged nor limited.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from types import MappingProxyType
 
 from zumik_secrets.app.actor import Actor
-from zumik_secrets.app.audit import AuditRecorder, event, record
+from zumik_secrets.app.audit import AuditEntry, AuditRecorder, CleanFields, clean_fields, record
 from zumik_secrets.app.rate_limit import BucketSpec, FailureLimiter
-from zumik_secrets.core.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from zumik_secrets.core.errors import (
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    ZumikError,
+)
 from zumik_secrets.core.names import validate_scope
 
 REASON_RATE_LIMITED = "VERIFY_RATE_LIMITED"
@@ -44,6 +50,16 @@ CHARGED_RESULTS = frozenset(
 """Results charged to the failure buckets (a missing scope is a route's choice, not a probe)."""
 
 
+_RENDERED_LIMIT = 4096
+_Rendered = tuple[str, str | None, str, VerifyResult, str]
+_rendered: dict[_Rendered, tuple[str, str, Mapping[str, str], CleanFields]] = {}
+"""Verification events rendered once per (action, tenant, stored credential's name, result,
+limiter reason): everything but the caller's identity, subject and trace, which each event
+fills in. Only targets the service built from a stored record are kept (bounded by the
+credentials that exist, and at most ``_RENDERED_LIMIT``; emptied when full); a target taken from
+the presented credential (not found, malformed) is rendered and scanned per event."""
+
+
 def record_verification(
     recorder: AuditRecorder,
     actor: Actor,
@@ -52,19 +68,58 @@ def record_verification(
     target: str,
     result: VerifyResult,
     *,
-    limited: str = "",
+    guard: FailureGuard | None = None,
+    credential_id: str | None = None,
+    stored: bool = False,
 ) -> None:
     """Record a verification's (non-durable) event: ``success`` for a valid credential,
-    ``failure`` otherwise, ``denied`` with the limiter's reason when it refused the answer."""
-    outcome = "success" if result is VerifyResult.VALID else "failure"
-    entry = event(
-        actor,
+    ``failure`` otherwise.
+
+    Args:
+        recorder, actor, action, tenant_id, target, result: The event.
+        guard: Charges a failure of :data:`CHARGED_RESULTS` (kind: ``action``'s first part)
+            to the caller and ``credential_id``; when it refuses, the event is ``denied`` with
+            the limiter's reason.
+        credential_id: The presented credential's id, when it had one.
+        stored: ``target`` is the name of a stored credential (built by the service, not taken
+            from the request): the event's fixed parts are rendered and cleaned once.
+
+    Raises:
+        ResourceExhausted: reason ``VERIFY_RATE_LIMITED`` (from ``guard``).
+    """
+    if guard is not None and result in CHARGED_RESULTS:
+        try:
+            guard.charge(action.partition(".")[0], actor.identity, credential_id)
+        except ZumikError as refused:
+            _record(recorder, actor, (action, tenant_id, target, result, refused.reason), stored)
+            raise
+    _record(recorder, actor, (action, tenant_id, target, result, ""), stored)
+
+
+def _record(recorder: AuditRecorder, actor: Actor, key: _Rendered, stored: bool) -> None:
+    action, tenant_id, target, result, limited = key
+    fixed = _rendered.get(key) if stored else None
+    if fixed is None:
+        outcome = "denied" if limited else "success" if result is VerifyResult.VALID else "failure"
+        reason = limited or result.value
+        attrs: Mapping[str, str] = MappingProxyType({"result": result.value})
+        fixed = (outcome, reason, attrs, clean_fields(target, reason, attrs))
+        if stored:
+            if len(_rendered) >= _RENDERED_LIMIT:
+                _rendered.clear()
+            _rendered[key] = fixed
+    outcome, reason, attributes, clean = fixed
+    entry = AuditEntry(
         tenant_id,
+        actor.identity,
+        actor.subject,
         action,
         target,
-        "denied" if limited else outcome,
-        limited or result.value,
-        {"result": result.value},
+        outcome,
+        reason,
+        actor.trace_id,
+        attributes,
+        clean,
     )
     record(recorder, entry, durable=False)
 

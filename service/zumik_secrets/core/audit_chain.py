@@ -52,6 +52,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from json.encoder import encode_basestring
 from typing import Any
 
 from zumik_secrets.core import primitives
@@ -108,6 +109,12 @@ def parse_time(text: str) -> datetime:
         ValueError: not in that exact form.
     """
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _quoted(value: str) -> str:
+    if not isinstance(value, str):  # json.dumps would render it otherwise: refuse it
+        raise TypeError(f"audit event fields are strings, not {type(value).__name__}")
+    return encode_basestring(value)
 
 
 def _json(doc: Mapping[str, Any]) -> bytes:
@@ -187,23 +194,21 @@ def canonical_bytes(
     trace_id: str,
     attributes: Iterable[tuple[str, str]],
 ) -> bytes:
-    """Canonical form of an event's content (version 1)."""
-    return _json(
-        {
-            "v": CANONICAL_VERSION,
-            "tenant": tenant,
-            "id": event_id,
-            "time": format_time(time),
-            "actor": actor,
-            "subject": actor_subject,
-            "action": action,
-            "target": target,
-            "outcome": outcome,
-            "reason": reason,
-            "trace": trace_id,
-            "attrs": dict(attributes),
-        }
-    )
+    """Canonical form of an event's content (version 1).
+
+    Rendered piece by piece, keys in their sorted order, each string through the escaping
+    ``json.dumps(..., ensure_ascii=False)`` uses: the same bytes as dumping the whole object
+    (module docstring; tests/unit/test_core_audit_chain.py compares both), about a third of
+    its cost (every event is rendered when chained and again when verified).
+    """
+    attrs = ",".join(f"{_quoted(k)}:{_quoted(v)}" for k, v in sorted(dict(attributes).items()))
+    return (
+        f'{{"action":{_quoted(action)},"actor":{_quoted(actor)},"attrs":{{{attrs}}},'
+        f'"id":{_quoted(event_id)},"outcome":{_quoted(outcome)},"reason":{_quoted(reason)},'
+        f'"subject":{_quoted(actor_subject)},"target":{_quoted(target)},'
+        f'"tenant":{_quoted(tenant)},"time":"{format_time(time)}","trace":{_quoted(trace_id)},'
+        f'"v":{CANONICAL_VERSION}}}'
+    ).encode()
 
 
 def link(prev_hash: bytes, canonical: bytes) -> bytes:

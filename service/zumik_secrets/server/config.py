@@ -83,7 +83,9 @@ class ServerConfig:
         "slow (>= 0.5 s) unary calls one peer may hold at once (0: 3/4 of ZUMIK_WORKERS)",
     )
     max_streams_per_peer: int = setting(
-        8, "ZUMIK_MAX_STREAMS_PER_PEER", "streams one peer identity may hold open at once"
+        8,
+        "ZUMIK_MAX_STREAMS_PER_PEER",
+        "streams one peer identity may hold open at once, per process",
     )
     stream_workers: int = setting(
         32, "ZUMIK_STREAM_WORKERS", "threads for blocking streams (reflection, export)"

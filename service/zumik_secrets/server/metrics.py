@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -46,8 +46,16 @@ from opentelemetry.sdk.resources import Resource
 from zumik_secrets.app.metrics import NOOP, Recorder
 
 if TYPE_CHECKING:
+    from zumik_secrets.app.api_keys import ApiKeyService
+    from zumik_secrets.app.audit_log import AuditLog
+    from zumik_secrets.app.change_watcher import ChangeWatcher
+    from zumik_secrets.app.customer_keys import CustomerKeys
+    from zumik_secrets.app.data_keys import DataKeys
+    from zumik_secrets.app.sealed_secrets import SealedSecrets
+    from zumik_secrets.app.sessions import SessionService
+    from zumik_secrets.core.claims import ClaimVerifier
     from zumik_secrets.server.config import ServerConfig
-    from zumik_secrets.server.runtime import Runtime
+    from zumik_secrets.storage.ports import Store
 
 _LOG = logging.getLogger("zumik.server")
 
@@ -489,6 +497,21 @@ class OtelMetrics(Recorder):
         yield Observation(1 if self.sources.serving() else 0)
 
 
+class Observed(Protocol):
+    """What :meth:`ServerMetrics.observe` reads (the server's ``Runtime`` is one)."""
+
+    api_keys: ApiKeyService
+    sessions: SessionService
+    claim_verifier: ClaimVerifier
+    data_keys: DataKeys
+    sealed_secrets: SealedSecrets
+    customer_keys: CustomerKeys
+    audit_log: AuditLog
+    store: Store
+    watcher: ChangeWatcher
+    config: ServerConfig
+
+
 class ServerMetrics:
     """The server's metrics: the recorder, its provider and the scrape endpoint."""
 
@@ -510,7 +533,7 @@ class ServerMetrics:
         """The OpenTelemetry recorder, or None when metrics are off."""
         return self.recorder if isinstance(self.recorder, OtelMetrics) else None
 
-    def observe(self, runtime: Runtime) -> None:
+    def observe(self, runtime: Observed) -> None:
         """Point the observable instruments at the runtime's caches, queue, pool and files."""
         otel = self.otel
         if otel is None:

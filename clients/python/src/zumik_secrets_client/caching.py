@@ -438,11 +438,13 @@ class CachingVerifier:
     # -- verifying -------------------------------------------------------------------------
 
     def _key(self, kind: bytes, credential: str, scopes: Sequence[str]) -> bytes:
-        message = kind + credential.encode("utf-8", "surrogatepass")
-        if scopes:
-            message = b"\x00".join((message, *sorted(s.encode() for s in scopes)))
+        # Every part is length-prefixed, so no credential and scope list can spell another's
+        # (a credential ending in "\0scope" with no scopes vs the credential with that scope).
+        raw = credential.encode("utf-8", "surrogatepass")
         mac = self._keyed.copy()
-        mac.update(message)
+        mac.update(kind + len(raw).to_bytes(4, "big") + raw)
+        for scope in sorted(s.encode("utf-8", "surrogatepass") for s in scopes):
+            mac.update(len(scope).to_bytes(4, "big") + scope)
         return mac.digest()
 
     def verify_api_key(

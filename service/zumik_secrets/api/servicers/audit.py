@@ -177,7 +177,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
             end_time=end,
             project=project_view(tenant),
         )
-        events, token = self._audit.query(
+        events, token = self._audit.reader.query(
             tenant, flt, page_size=request.page_size, page_token=request.page_token
         )
         return _pb.QueryEventsResponse(
@@ -189,7 +189,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
     ) -> Iterator[_pb.ExportEventsResponse]:
         """Stream the chain from ``start_sequence`` in the export format."""
         tenant = _parent_tenant()
-        for line in self._audit.export(tenant, request.start_sequence):
+        for line in self._audit.reader.export(tenant, request.start_sequence):
             yield _pb.ExportEventsResponse(line=line)
 
     def VerifyChain(
@@ -197,7 +197,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
     ) -> _pb.VerifyChainResponse:
         """Verify a range of the chain and report the first broken link."""
         tenant = _parent_tenant()
-        report = self._audit.verify(tenant, request.start_sequence, request.end_sequence)
+        report = self._audit.reader.verify(tenant, request.start_sequence, request.end_sequence)
         return _pb.VerifyChainResponse(
             ok=report.ok,
             first_bad_sequence=report.first_bad_sequence,
@@ -214,7 +214,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
         """Sign a checkpoint over the chain's current head."""
         tenant = _parent_tenant()
         return _pb.CreateCheckpointResponse(
-            checkpoint=checkpoint_proto(self._audit.create_checkpoint(tenant))
+            checkpoint=checkpoint_proto(self._audit.checkpoints.create_checkpoint(tenant))
         )
 
     def ListCheckpointKeys(
@@ -224,6 +224,6 @@ class AuditServicer(_grpc.AuditServiceServicer):
         return _pb.ListCheckpointKeysResponse(
             keys=[
                 _pb.CheckpointKey(kid=k.kid, x=b64url_encode(k.public_key), status=k.status)
-                for k in self._audit.checkpoint_keys()
+                for k in self._audit.checkpoints.checkpoint_keys()
             ]
         )
