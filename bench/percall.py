@@ -215,16 +215,18 @@ def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
     from zumik_secrets.server.runtime import Runtime
 
     root = Path(tempfile.mkdtemp(prefix="zumik-percall-"))
+    database_url = DATABASE_URL
     if DATABASE_URL.startswith("postgresql"):
         from bench.harness import create_scratch_db
 
-        create_scratch_db(DATABASE_URL.rsplit("/", 1)[-1])  # fresh: a new keyring each time
+        # Fresh (a new keyring each time): the scratch database, under its per-process name.
+        database_url = create_scratch_db(DATABASE_URL.rsplit("/", 1)[-1])
     pki = generate_dev_pki(root / "pki")
     (root / "keyring.json").write_text(generate_keyring())
     (root / "policy.toml").write_text(dev_policy_path().read_text() + _BENCH_POLICY)
     config = ServerConfig.load(
         {
-            "ZUMIK_DATABASE_URL": DATABASE_URL or f"sqlite:///{root}/z.db",
+            "ZUMIK_DATABASE_URL": database_url or f"sqlite:///{root}/z.db",
             "ZUMIK_TLS_CERT": str(pki.server.cert),
             "ZUMIK_TLS_KEY": str(pki.server.key),
             "ZUMIK_TLS_CLIENT_CA": str(pki.ca_cert),
@@ -341,6 +343,10 @@ def full_path_us(calls: int, scenario: str, callers: int = 16) -> float:
         limits.unary_pool.shutdown()
         runtime.close()
         shutil.rmtree(root, ignore_errors=True)  # PKI, keyring, database
+        if database_url != DATABASE_URL:
+            from bench.harness import drop_scratch_db
+
+            drop_scratch_db(DATABASE_URL.rsplit("/", 1)[-1])
 
 
 def verify_event_us(calls: int) -> float:

@@ -135,11 +135,14 @@ def test_open_row_cache_stays_inside_the_bound_on_each_backend(
 def test_feed_drops_cached_rows_on_each_backend(
     zumik_server_factory: ServerFactory, store_url: str
 ) -> None:
-    """A data-key change and a purge made on one server drop the other's cached rows through
-    the change feed (the rows are kept a minute here, so only the feed can drop them)."""
+    """A delete, an update, a data-key change and a purge made on one server drop the other's
+    cached rows through the change feed (the rows are kept an hour here, so only the feed can
+    drop them within the bound)."""
     first = zumik_server_factory(store_url)
     second = zumik_server_factory(store_url)
-    second.runtime.sealed_secrets.enable_row_cache(4096, 60.0)
+    second.runtime.sealed_secrets.enable_row_cache(
+        4096, second.runtime.watcher.is_fresh, ttl=3600.0
+    )
     rows = second.runtime.sealed_secrets._rows
     assert rows is not None
     parent = f"tenants/{T}/projects/doomed"
@@ -158,6 +161,28 @@ def test_feed_drops_cached_rows_on_each_backend(
             assert time.monotonic() - started < bound, "the feed did not drop the cached row"
             time.sleep(0.01)
 
+    # Deleted on the first server: Open on the second refuses it within the feed bound.
+    admin = _admin(first, parent)
+    for i in range(3):
+        name = _seal(first, parent, f"delete-me-{i}".encode())
+        key = cached(name)
+        delay = _time_until(
+            _opener(second, name),
+            grpc.StatusCode.NOT_FOUND,
+            lambda n=name: admin.DeleteSecret(
+                seal_service_pb2.DeleteSecretRequest(name=n), timeout=5
+            ),
+        )
+        assert delay < BOUND_SECONDS
+        assert rows.get(key) is None
+
+    # Updated (a new ciphertext) on the first server: the new value within the bound.
+    name = _seal(first, parent, b"old")
+    key = cached(name)
+    admin.UpdateSecret(seal_service_pb2.UpdateSecretRequest(name=name, plaintext=b"new"), timeout=5)
+    dropped_within(key, BOUND_SECONDS)
+    assert _opener(second, name)() == b"new"
+
     key = cached(_seal(first, parent, b"before-rotation"))
     control.seal.RotateDataKey(
         seal_service_pb2.RotateDataKeyRequest(
@@ -174,6 +199,29 @@ def test_feed_drops_cached_rows_on_each_backend(
     )
     dropped_within(key, BOUND_SECONDS)
     claim_refused(_opener(second, name))  # the purged project's claim: CLAIM_REVOKED
+
+
+def test_row_cache_is_bypassed_while_the_feed_is_not_read(
+    zumik_server_factory: ServerFactory, store_url: str
+) -> None:
+    """While the change feed is behind (``fresh`` False) Open reads the store on every call and
+    the cached rows are dropped: a feed outage cannot stretch the bound to the rows' TTL."""
+    first = zumik_server_factory(store_url)
+    second = zumik_server_factory(store_url)
+    feed_read = [True]
+    second.runtime.sealed_secrets.enable_row_cache(4096, lambda: feed_read[0], ttl=3600.0)
+    rows = second.runtime.sealed_secrets._rows
+    assert rows is not None
+    parent = f"tenants/{T}/projects/stale"
+    name = _seal(first, parent, b"cached")
+    open_ = _opener(second, name)
+    assert open_() == b"cached"
+    assert len(rows) == 1
+    second.runtime.watcher.stop()  # the feed is not read any more: only the bypass helps
+    feed_read[0] = False
+    _admin(first, parent).DeleteSecret(seal_service_pb2.DeleteSecretRequest(name=name), timeout=5)
+    assert _code(open_) == grpc.StatusCode.NOT_FOUND  # no cache while stale
+    assert len(rows) == 0
 
 
 def test_warm_verify_marks_stay_inside_the_bound_on_each_backend(

@@ -138,8 +138,8 @@ def test_every_kind_of_change_carries_its_event(store: Store) -> None:
     assert [e.action for e in moved] == [action for action, _ in calls]
 
 
-def test_sqlite_group_commit_carries_each_callers_event(store: Store) -> None:
-    """Concurrent Seal inserts share transactions (SQLite combines them); every committed row
+def test_concurrent_seal_inserts_carry_each_callers_event(store: Store) -> None:
+    """Concurrent Seal inserts (SQLite combines them into shared transactions); every committed row
     has its event, a failing insert has none."""
     store.data_keys.insert_first(dk())
     dup = store.sealed_secrets.insert(secret())

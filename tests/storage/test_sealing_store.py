@@ -194,6 +194,10 @@ def test_sealed_secrets(store):
     assert not store.sealed_secrets.delete("acme", "web", a.secret_id)
     assert not store.sealed_secrets.delete("acme", "web", other.secret_id)
     assert store.sealed_secrets.get("acme", "api", other.secret_id) == other
+    # The replace and the delete that changed a row are in the change feed (other replicas'
+    # Open caches drop the row); inserts, the stale replace and the misses are not.
+    changes = [(ch.kind, ch.entity_id) for ch in store.changes.since(0)]
+    assert changes == [("sealed_secret", f"acme/web/{a.secret_id}")] * 2
 
 
 def test_concurrent_inserts_each_get_their_own_outcome(store):

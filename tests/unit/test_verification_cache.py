@@ -205,6 +205,8 @@ def test_feed_replays_or_resyncs_by_position() -> None:
         feed.on_change(_change(seq, entity=f"key_{seq}"))
     feed.on_change(_change(16, "purge", "acme/web"))
     feed.on_change(_change(17, "signing_key", "kid"))  # not a feed kind: ignored
+    # A sealed secret's change (Open's row caches) is no revocation: ignored, not sent.
+    feed.on_change(_change(18, "sealed_secret", "acme/web/sec_abc"))
     assert feed.position == 16 and feed.floor == 13
     messages = feed.subscribe(14).messages()
     replayed = [next(messages), next(messages)]

@@ -27,6 +27,13 @@ _LOG = logging.getLogger("zumik.changes")
 Subscriber = Callable[[ChangeRecord], None]
 
 
+def freshness_bound(poll_interval: float) -> float:
+    """How long after its last successful read the feed still counts as followed, seconds:
+    two poll intervals plus a second for a slow read (the propagation bound that caches
+    relying on the feed promise)."""
+    return 2 * poll_interval + 1.0
+
+
 class ChangeWatcher:
     """A background thread dispatching change records to subscribers."""
 
@@ -53,6 +60,11 @@ class ChangeWatcher:
     def poll_interval(self) -> float:
         """The stated propagation bound, in seconds (plus one feed read)."""
         return self._poll_interval
+
+    def is_fresh(self) -> bool:
+        """Whether the feed was read within :func:`freshness_bound` (every change committed
+        before then has been dispatched)."""
+        return time.monotonic() - self.last_success <= freshness_bound(self._poll_interval)
 
     def subscribe(self, kind: str, subscriber: Subscriber) -> None:
         """Call ``subscriber`` for every change of ``kind`` made from now on."""

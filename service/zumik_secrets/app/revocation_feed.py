@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from zumik_secrets.app.change_watcher import freshness_bound
 from zumik_secrets.app.claim_revocations import ClaimRevocations
 from zumik_secrets.core.errors import Aborted, Unavailable
 from zumik_secrets.storage.records import ChangeRecord
@@ -199,7 +200,7 @@ class RevocationFeed:
         self.heartbeat_interval = heartbeat_interval
         #: A change committed on any replica reaches a stream of this one within this bound:
         #: one poll interval, one feed read, with room for a slow read.
-        self.propagation_bound = 2 * poll_interval + 1.0
+        self.propagation_bound = freshness_bound(poll_interval)
         #: Heartbeats stop once the watcher has not read the feed for this long.
         self.stale_after = 2 * poll_interval + 2 * heartbeat_interval
 

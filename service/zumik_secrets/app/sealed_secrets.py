@@ -14,15 +14,19 @@ is reported by reason, never with ciphertext or plaintext:
 
 Open's row cache (off unless :meth:`SealedSecrets.enable_row_cache`; the server turns it on,
 ``ZUMIK_OPEN_CACHE_ENTRIES``): the sealed row (ciphertext and versions, never plaintext) of a
-recently opened secret, at most ``entries`` rows, each kept at most ``ttl`` seconds, which the
-server sets to the change watcher's poll interval: the revocation bound. The row is still
-decrypted, checked against its data key (a destroyed version still fails) and the durable
-``secret.open`` event still written on every Open. A delete, update, rewrap or key destruction
-made here drops the rows at once; a purge (tenant or project) and any data-key change made by
-any replica drop them through the change feed (:meth:`SealedSecrets.on_change`). A delete or
-update made by another replica is not in the feed (the storage records no sealed-secret
-changes yet), so there the TTL is the bound: such a secret can be opened at most ``ttl``
-seconds after the other replica answered, the same bound as a revoked key or claim.
+recently opened secret, at most ``entries`` rows, each kept at most :data:`ROW_TTL_S`. The row
+is still decrypted, checked against its data key (a destroyed version still fails) and the
+durable ``secret.open`` event still written on every Open. A delete, update, rewrap or key
+destruction made here drops the rows at once; any replica's delete, update or rewrap
+(``sealed_secret`` changes), purge (tenant or project) and data-key change drop them through
+the change feed (:meth:`SealedSecrets.on_change`). The bound is therefore the change feed's:
+a secret deleted or replaced on another replica is opened from the old row at most one feed
+propagation after that replica answered (``poll_interval`` plus one feed read; milliseconds
+with PostgreSQL's NOTIFY), the same bound as a revoked key or claim. If the feed has not been
+read for longer than the server's freshness bound (``fresh``: twice the poll interval plus a
+second), the cache is emptied and bypassed until the watcher reads the feed again, so a feed
+outage cannot stretch the bound to the TTL. The TTL only bounds how long an unchanged row is
+kept.
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 DEFAULT_BATCH = 100
 MAX_BATCH = 1000
+
+ROW_TTL_S = 300.0
+"""Longest time Open's row cache keeps an unchanged row, seconds (changes drop it through the
+change feed, see the module docstring)."""
 
 REASON_DECRYPTION_FAILED = "DECRYPTION_FAILED"
 REASON_INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 (a reason code)
@@ -152,13 +160,18 @@ class SealedSecrets:
         self._rows: TtlLru[tuple[str, str, str], SealedSecretRecord] | None = None
         self._rows_lock = threading.Lock()
         self._rows_generation = 0
+        self._rows_fresh: Callable[[], bool] = lambda: True
 
     # -- Open's row cache (see the module docstring) ---------------------------------------------
 
-    def enable_row_cache(self, entries: int, ttl: float) -> None:
-        """Keep up to ``entries`` sealed rows for Open, each at most ``ttl`` seconds (the
-        revocation bound); ``entries`` 0 keeps none."""
+    def enable_row_cache(
+        self, entries: int, fresh: Callable[[], bool], ttl: float = ROW_TTL_S
+    ) -> None:
+        """Keep up to ``entries`` sealed rows for Open, each at most ``ttl`` seconds;
+        ``entries`` 0 keeps none. ``fresh``: whether the change feed has been read recently
+        enough to trust the cache (False: it is emptied and bypassed, see the module doc)."""
         self._rows = TtlLru(entries, ttl) if entries > 0 else None
+        self._rows_fresh = fresh
 
     def row_cache_stats(self) -> tuple[int, int, int]:
         """Open's row cache: hits, misses, rows held (zeros when off; read by the metrics)."""
@@ -181,9 +194,23 @@ class SealedSecrets:
             else:
                 rows.pop_where(lambda key: key[0] == tenant)
 
+    def forget_rows_all(self) -> None:
+        """Drop every cached row."""
+        rows = self._rows
+        if rows is None:
+            return
+        with self._rows_lock:
+            self._rows_generation += 1
+            rows.pop_where(lambda _key: True)
+
     def on_change(self, record: ChangeRecord) -> None:
-        """Change-feed subscriber: ``purge`` (``tenant`` or ``tenant/project``) and
-        ``data_key`` (``tenant/project/purpose``) changes drop the scope's rows."""
+        """Change-feed subscriber: a ``sealed_secret`` change (``tenant/project/secret_id``)
+        drops that row; ``purge`` (``tenant`` or ``tenant/project``) and ``data_key``
+        (``tenant/project/purpose``) changes drop the scope's rows."""
+        if record.kind == "sealed_secret":
+            tenant, project, secret_id = record.entity_id.split("/", 2)
+            self.forget_rows(tenant, project, secret_id)
+            return
         if record.kind not in ("purge", "data_key"):
             return
         parts = record.entity_id.split("/")
@@ -192,6 +219,12 @@ class SealedSecrets:
     def _row_for_open(self, name: SecretName) -> SealedSecretRecord:
         rows = self._rows
         if rows is None:
+            return self._get(name)
+        if not self._rows_fresh():
+            # The feed is behind: changes of other replicas may be unseen. Start over once it
+            # is read again (changes older than the outage may be pruned from the feed by then).
+            if len(rows):
+                self.forget_rows_all()
             return self._get(name)
         key = (name.tenant, name.project, name.id)
         rec = rows.get(key)

@@ -178,7 +178,7 @@ class ServerConfig:
     open_cache_entries: int = setting(
         4096,
         "ZUMIK_OPEN_CACHE_ENTRIES",
-        "sealed rows Open keeps, each for the change-feed poll interval (0: none)",
+        "sealed rows Open keeps, up to 300 s; changes drop them via the change feed (0: none)",
     )
     fingerprint_sweep_interval: float = setting(
         5.0,

@@ -269,10 +269,11 @@ class Runtime:
             watcher.subscribe("tenant_settings", tenant_settings.on_change)
             watcher.subscribe("api_key", api_keys.on_change)
             watcher.subscribe("session", sessions.on_change)
-            # Open's rows live at most one poll interval: the revocation bound (see
-            # app/sealed_secrets.py for what the feed carries and what only the TTL bounds).
-            sealed_secrets.enable_row_cache(config.open_cache_entries, watcher.poll_interval)
-            for kind in ("purge", "data_key"):
+            # Open's rows are dropped through the feed (any replica's delete, update, rewrap,
+            # purge or data-key change) and bypassed while the feed is not read (see
+            # app/sealed_secrets.py): the revocation bound, whatever the rows' TTL.
+            sealed_secrets.enable_row_cache(config.open_cache_entries, watcher.is_fresh)
+            for kind in ("sealed_secret", "purge", "data_key"):
                 watcher.subscribe(kind, sealed_secrets.on_change)
             revocations = ClaimRevocations(
                 store.api_keys,

@@ -23,6 +23,7 @@ CHANGE_KINDS = (
     "tenant_settings",
     "data_key",
     "customer_key",
+    "sealed_secret",
 )
 DATA_KEY_PURPOSES = ("seal", "fingerprint")
 DATA_KEY_STATES = ("primary", "enabled", "destroyed")
@@ -157,8 +158,9 @@ class ChangeRecord:
 
     Attributes:
         seq: Strictly increasing, in commit order.
-        kind: ``"api_key"``, ``"session"``, ``"signing_key"`` or ``"tenant_settings"``.
-        entity_id: key_id, session_id, kid or tenant_id.
+        kind: One of :data:`CHANGE_KINDS` (and ``"purge"``).
+        entity_id: key_id, session_id, kid, tenant_id, ``tenant/project/purpose`` (data_key),
+            ``tenant/project/secret_id`` (sealed_secret), ``tenant[/project]`` (purge).
         at: When the change was recorded.
     """
 

@@ -164,14 +164,6 @@ def _pg_insert_checkpoint(conn: Connection, params: tuple[Any, ...]) -> Row | No
     return row
 
 
-def _sqlite_delete_drained(conn: Connection, ids: list[int]) -> None:
-    conn.executemany("DELETE FROM audit_outbox WHERE id = %s", [(i,) for i in ids])
-
-
-def _pg_delete_drained(conn: Connection, ids: list[int]) -> None:
-    conn.execute("DELETE FROM audit_outbox WHERE id = ANY(%s)", (ids,))
-
-
 # -- conversions ------------------------------------------------------------------------------
 
 
@@ -237,7 +229,6 @@ class SqlAuditStore:
         self._insert_checkpoint_row = d.pick(
             sqlite=_sqlite_insert_checkpoint, postgresql=_pg_insert_checkpoint
         )
-        self._delete_drained = d.pick(sqlite=_sqlite_delete_drained, postgresql=_pg_delete_drained)
 
     @contextmanager
     def _write(self, *, timeouts: bool = True) -> Iterator[Connection]:
@@ -282,16 +273,21 @@ class SqlAuditStore:
         # SQLite: one writer per file, the rows read here cannot be drained by anyone else
         # meanwhile. PostgreSQL: rows another replica is draining are skipped (SKIP LOCKED),
         # so replicas drain in parallel without waiting on each other.
+        # The batch is taken and deleted in one statement (one round trip fewer than a select
+        # and a delete), chained in id order below in the same transaction: chained and gone,
+        # or neither.
         lock = " FOR UPDATE SKIP LOCKED" if self._d.skip_locked else ""
         with self._write() as conn:
             rows = conn.execute(
-                f"SELECT id, {OUTBOX_COLS} FROM audit_outbox ORDER BY id LIMIT %s{lock}", (limit,)
+                "DELETE FROM audit_outbox WHERE id IN"
+                f" (SELECT id FROM audit_outbox ORDER BY id LIMIT %s{lock})"
+                f" RETURNING id, {OUTBOX_COLS}",
+                (limit,),
             ).fetchall()
             if not rows:
                 return []
-            events = self._chain(conn, [outbox.draft(r[1:], self._d) for r in rows])
-            self._delete_drained(conn, [r[0] for r in rows])
-            return events
+            rows.sort(key=lambda r: int(r[0]))
+            return self._chain(conn, [outbox.draft(r[1:], self._d) for r in rows])
 
     def outbox_size(self) -> int:
         return c.returned_int(self._db.one("SELECT count(*) FROM audit_outbox"))

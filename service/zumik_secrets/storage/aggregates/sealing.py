@@ -10,6 +10,10 @@ Where the backends differ:
   ``BEGIN IMMEDIATE`` already does; PostgreSQL: a transaction-scoped advisory lock), since the
   ``max(version) + 1`` read would otherwise race; ``destroy`` reads the version ``FOR UPDATE``
   (PostgreSQL; SQLite's write transaction excludes every other writer).
+- ``SealedSecretStore.replace_ciphertext`` and ``delete`` record a ``sealed_secret`` change
+  (``tenant/project/secret_id``) in their transaction when they changed the row, so other
+  replicas' Open row caches drop it (app/sealed_secrets.py); an insert records none (no replica
+  can hold a row that did not exist).
 - ``SealedSecretStore.insert`` (Seal's hot path) goes through
   :meth:`~zumik_secrets.storage.sql.kernel.Kernel.write_hot`: group commit on SQLite, the row
   and its staged audit events in one statement on PostgreSQL.
@@ -42,6 +46,11 @@ _DK_KEY = "tenant_id = %s AND project_id = %s AND purpose = %s"
 
 def _entity(tenant_id: str, project_id: str, purpose: str) -> str:
     return f"{tenant_id}/{project_id}/{purpose}"
+
+
+def secret_entity(tenant_id: str, project_id: str, secret_id: str) -> str:
+    """The change-feed entity id of a sealed secret (kind ``sealed_secret``)."""
+    return f"{tenant_id}/{project_id}/{secret_id}"
 
 
 def _primary_key_violation() -> errors.FailedPrecondition:
@@ -330,14 +339,24 @@ class SqlSealedSecretStore:
                     rec.data_key_version,
                 ),
             ).fetchone()
-            return None if row is None else self._ss(row)
+            if row is None:
+                return None
+            self._db.record_changes(
+                conn, "sealed_secret", [secret_entity(rec.tenant_id, rec.project_id, rec.secret_id)]
+            )
+            return self._ss(row)
 
     def delete(self, tenant_id: str, project_id: str, secret_id: str) -> bool:
         with self._db.transaction() as conn:
             cur = conn.execute(
                 f"DELETE FROM sealed_secrets WHERE {_SS_KEY}", (secret_id, tenant_id, project_id)
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self._db.record_changes(
+                conn, "sealed_secret", [secret_entity(tenant_id, project_id, secret_id)]
+            )
+            return True
 
     def count_by_data_key_version(self, tenant_id: str, project_id: str) -> dict[int, int]:
         rows = self._db.all(
