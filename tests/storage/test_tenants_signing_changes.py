@@ -51,6 +51,61 @@ def test_signing_keys_add_list_set_state(store):
     assert "wrapped_private_key" not in repr(retired)
 
 
+def test_signing_key_add_records_a_change(store):
+    before = store.changes.latest_seq()
+    rec = signing_key()
+    store.signing_keys.add(rec)
+    assert [(c.kind, c.entity_id) for c in store.changes.since(before)] == [
+        ("signing_key", rec.kid)
+    ]
+
+
+def test_signing_key_add_first_only_while_no_key_is_active(store):
+    first = signing_key()
+    assert store.signing_keys.add_first(first) is True
+    assert store.signing_keys.add_first(signing_key()) is False
+    assert store.signing_keys.add_first(signing_key("audit")) is True  # per purpose
+    assert store.signing_keys.list("claims") == [first]
+    store.signing_keys.set_state(first.kid, "retiring", at(500))
+    with pytest.raises(errors.AlreadyExists):
+        store.signing_keys.add_first(signing_key(kid=first.kid))
+    second = signing_key()
+    assert store.signing_keys.add_first(second) is True
+    assert {k.kid for k in store.signing_keys.list("claims")} == {first.kid, second.kid}
+
+
+def test_signing_key_add_first_races_to_one_key(store, store_url):
+    """Replicas starting together on an empty database store exactly one first key."""
+    others = [open_store(store_url) for _ in range(3)]
+    stores = [store, *others]
+    barrier = threading.Barrier(len(stores))
+    won: list[bool] = []
+    try:
+        for round_ in range(4):
+            won.clear()
+            purpose = ("claims", "audit")[round_ % 2]
+            threads = [
+                threading.Thread(
+                    target=lambda s=s, p=purpose: (
+                        barrier.wait(),
+                        won.append(s.signing_keys.add_first(signing_key(p))),
+                    )
+                )
+                for s in stores
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+            assert sorted(won) == [False, False, False, True]
+            active = [k for k in store.signing_keys.list(purpose) if k.state == "active"]
+            assert len(active) == 1
+            store.signing_keys.set_state(active[0].kid, "retired", None)
+    finally:
+        for s in others:
+            s.close()
+
+
 def test_change_feed_order_limit_and_empty(store):
     assert store.changes.latest_seq() == 0
     assert store.changes.since(0) == []

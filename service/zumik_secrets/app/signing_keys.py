@@ -2,7 +2,8 @@
 
 Private halves are stored only wrapped by the master keyring, with associated data binding the
 key's purpose and kid, so a wrapped key copied to another row does not unwrap. On first start
-a key is generated. Rotation makes a new key active and moves the previous one to ``retiring``
+a key is generated (serialised in the store, so replicas starting together on an empty database
+agree on one). Rotation makes a new key active and moves the previous one to ``retiring``
 until every claim it signed has expired (claim lifetime plus leeway); after that it is retired
 and no longer verifies anything.
 
@@ -75,7 +76,7 @@ class SigningKeys:
         self._public: dict[str, bytes] = {}
         self._records: tuple[SigningKeyRecord, ...] = ()
         self._signer: ClaimSigner | None = None
-        self._last_reload = 0.0
+        self._last_miss_reload = 0.0
         self.on_key_removed: Callable[[str], None] = lambda kid: None
 
     # -- loading -------------------------------------------------------------------------------
@@ -89,7 +90,9 @@ class SigningKeys:
         """
         self._reload()
         if self._signer is None:
-            self._create_key()
+            # Serialised in the store: replicas starting together on an empty database agree
+            # on one first key (each signing with its own left the others' claims unknown).
+            self._create_key(first=True)
             self._reload()
 
     def refresh(self) -> None:
@@ -126,11 +129,10 @@ class SigningKeys:
             self._records = tuple(records)
             if signer is not None:
                 self._signer = signer
-            self._last_reload = time.monotonic()
         for kid in removed:
             self.on_key_removed(kid)
 
-    def _create_key(self) -> SigningKeyRecord:
+    def _create_key(self, *, first: bool = False) -> SigningKeyRecord:
         private = primitives.generate_ed25519()
         kid = new_handle("sk")
         wrapped = self._keyring.wrap(private, signing_key_aad(self._purpose, kid))
@@ -145,9 +147,12 @@ class SigningKeys:
             retire_after=None,
         )
         try:
-            self._store.add(rec)
+            if first:
+                self._store.add_first(rec)  # False: another replica's key is active; reload
+            else:
+                self._store.add(rec)
         except AlreadyExists:  # a 128-bit collision: practically impossible; try once more
-            return self._create_key()
+            return self._create_key(first=first)
         return rec
 
     # -- use ------------------------------------------------------------------------------------
@@ -163,7 +168,10 @@ class SigningKeys:
     def public_key(self, kid: str) -> bytes | None:
         """Public key of a kid that verifies now; reloads (at most once a second) on a miss."""
         key = self._public.get(kid)
-        if key is None and time.monotonic() - self._last_reload > 1.0:
+        if key is None and time.monotonic() - self._last_miss_reload > 1.0:
+            # Only reloads caused by an unknown kid are limited (a caller inventing kids costs
+            # at most one read a second); a change-feed refresh does not delay the next one.
+            self._last_miss_reload = time.monotonic()
             self._reload()
             key = self._public.get(kid)
         return key

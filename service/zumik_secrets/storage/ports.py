@@ -55,7 +55,19 @@ class SigningKeyStore(Protocol):
     """Ed25519 signing keys (private halves wrapped)."""
 
     def add(self, rec: SigningKeyRecord) -> None:
-        """Store a new key.
+        """Store a new key; records a ``signing_key`` change (other replicas reload).
+
+        Raises:
+            AlreadyExists: A key with this kid exists.
+        """
+        ...
+
+    def add_first(self, rec: SigningKeyRecord) -> bool:
+        """Store ``rec`` only if its purpose has no ``active`` key yet, serialised across
+        replicas (two replicas starting on an empty database agree on one first key).
+
+        Returns:
+            Whether ``rec`` was stored (False: another key is active; reload and use it).
 
         Raises:
             AlreadyExists: A key with this kid exists.

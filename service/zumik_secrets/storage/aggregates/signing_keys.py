@@ -9,7 +9,7 @@ from datetime import datetime
 
 from zumik_secrets.storage.records import SigningKeyRecord
 from zumik_secrets.storage.sql.dialect import Dialect
-from zumik_secrets.storage.sql.kernel import Kernel, Row
+from zumik_secrets.storage.sql.kernel import Connection, Kernel, Row
 
 _COLS = (
     "kid, purpose, public_key, wrapped_private_key, keyring_version, state, created_at,"
@@ -38,20 +38,36 @@ class SqlSigningKeyStore:
         self._d = db.dialect
 
     def add(self, rec: SigningKeyRecord) -> None:
-        with self._db.change() as conn:
-            conn.execute(
-                f"INSERT INTO signing_keys ({_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    rec.kid,
-                    rec.purpose,
-                    rec.public_key,
-                    rec.wrapped_private_key,
-                    rec.keyring_version,
-                    rec.state,
-                    self._d.time_in(rec.created_at),
-                    self._d.opt_time_in(rec.retire_after),
-                ),
-            )
+        with self._db.transaction() as conn:
+            self._insert(conn, rec)
+
+    def add_first(self, rec: SigningKeyRecord) -> bool:
+        with self._db.transaction() as conn:
+            self._db.lock_key(conn, "zumik-signing-key/" + rec.purpose)
+            active = conn.execute(
+                "SELECT kid FROM signing_keys WHERE purpose = %s AND state = 'active' LIMIT 1",
+                (rec.purpose,),
+            ).fetchone()
+            if active is not None:
+                return False
+            self._insert(conn, rec)
+            return True
+
+    def _insert(self, conn: Connection, rec: SigningKeyRecord) -> None:
+        conn.execute(
+            f"INSERT INTO signing_keys ({_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                rec.kid,
+                rec.purpose,
+                rec.public_key,
+                rec.wrapped_private_key,
+                rec.keyring_version,
+                rec.state,
+                self._d.time_in(rec.created_at),
+                self._d.opt_time_in(rec.retire_after),
+            ),
+        )
+        self._db.record_changes(conn, "signing_key", [rec.kid])
 
     def list(self, purpose: str) -> list[SigningKeyRecord]:
         rows = self._db.all(
