@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import gateway_cache, report
 from bench.arch import run_arch
 from bench.harness import (
     REPO,
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument(
+        "--gateway",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gateway-cache targets: run bench.gateway_cache on both backends (full run: yes)",
+    )
+    p.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -112,6 +118,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         scale_rows=args.scale_rows,
         arch=full if args.arch is None else args.arch,
         profile=full if args.profile is None else args.profile,
+        gateway=full if args.gateway is None else args.gateway,
         server_env=dict(item.split("=", 1) for item in args.server_env),
         channel_sweep=channels if len(channels) > 1 else [],
         scale_rounds=args.scale_rounds,
@@ -138,7 +145,8 @@ def plan_text(s: Settings) -> str:
         f"{f'dev + production-like, c={s.peer_concurrency}' if s.peer else 'no'}; scale: "
         f"{scale}; "
         f"architecture comparison: {'yes' if s.arch else 'no'}; "
-        f"profile: {'yes' if s.profile else 'no'}",
+        f"profile: {'yes' if s.profile else 'no'}; "
+        f"gateway cache: {'yes (both backends, about 3 min)' if s.gateway else 'no'}",
         f"estimated time for scenarios + peers: about {est / 60:.1f} min",
     ]
     if s.channel_sweep:
@@ -300,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra["architecture"] = run_arch(s, env, gens, results)
         if s.profile:
             extra["profile"] = run_profile(s, env, gens)
+        if s.gateway:
+            # Its own servers and JSON (bench/results/gateway_cache.json), read below with the
+            # targets: a full run measures every target instead of reading an older file.
+            gateway_cache.main(["--output", str(RESULTS / report.GATEWAY_JSON)])
     finally:
         gens.close()
         if not args.keep:

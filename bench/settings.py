@@ -31,6 +31,7 @@ class Settings:
     scale_rows: int
     arch: bool
     profile: bool
+    gateway: bool = False
     server_env: dict[str, str] = field(default_factory=dict)
     channel_sweep: list[int] = field(default_factory=list)
     scale_rounds: int = 3
