@@ -8,6 +8,7 @@ throughput alone under-rates the variants that use two processes.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,13 @@ def run_arch(s: Settings, env: BenchEnv, gens: Generators, results: list[Result]
     concurrencies = [c for c in s.concurrency if c > 1] or [64]
     info: dict[str, Any] = {"variants": [v[0] for v in VARIANTS], "concurrency": concurrencies}
     for i, (label, procs, argv) in enumerate(VARIANTS):
+        if argv is not None and "--uvloop" in argv and importlib.util.find_spec("uvloop") is None:
+            for c in concurrencies:
+                for name in ("empty", "verify_warm"):
+                    results.append(
+                        Result("arch", name, f"{label}: {name}", c, status="skipped: no uvloop")
+                    )
+            continue
         url = f"sqlite:///{env.root}/arch-{i}.db"
         server = ServerGroup(env, url, processes=procs, argv=argv, extra_env=dict(s.server_env))
         print(f"architecture: {label}", file=sys.stderr, flush=True)
