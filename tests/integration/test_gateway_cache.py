@@ -10,6 +10,7 @@ resync; only verifying identities, without a claim, may subscribe.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 
@@ -307,3 +308,39 @@ def test_streams_take_the_stream_pool_and_the_per_peer_cap(
     finally:
         for call in calls:
             call.cancel()
+
+
+def test_a_stream_the_caller_ends_is_logged_with_how_it_ended(
+    zumik_server: RunningServer,
+) -> None:
+    """Ended by the caller's deadline or cancel, the access line says so, not OK (the
+    adversary of issue 18 found both logged as OK)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "method", None) == "WatchRevocations":
+                records.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("zumik.access")
+    logger.addHandler(handler)
+    try:
+        keys = zumik_server.stubs("gateway").keys
+        expiring = keys.WatchRevocations(key_service_pb2.WatchRevocationsRequest(), timeout=1.5)
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in expiring:
+                pass
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+        cancelled = keys.WatchRevocations(key_service_pb2.WatchRevocationsRequest(), timeout=30)
+        next(cancelled)
+        cancelled.cancel()
+        deadline = time.monotonic() + 10
+        while len(records) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(getattr(r, "code", None) for r in records) == [
+            "CANCELLED",
+            "DEADLINE_EXCEEDED",
+        ]
+    finally:
+        logger.removeHandler(handler)

@@ -129,6 +129,22 @@ def _remaining(context: grpc.ServicerContext) -> float | None:
     return float(left)
 
 
+_DEADLINE_SLACK_S = 0.5
+
+
+def _ended_by_caller(context: grpc.ServicerContext) -> str | None:
+    """The status of a stream the caller ended (its deadline passed, or it cancelled) while the
+    handler had nothing to report: the access line and metrics say so instead of OK."""
+    try:
+        if context.is_active():
+            return None
+        # The caller's deadline fires on its side a little before ours (the timeout travels
+        # as a relative value): an end within _DEADLINE_SLACK_S of our deadline is the deadline.
+        return "DEADLINE_EXCEEDED" if context.time_remaining() <= _DEADLINE_SLACK_S else "CANCELLED"
+    except Exception:  # noqa: BLE001 - a context without these answers: leave the code alone
+        return None
+
+
 def _split(method: str) -> tuple[str, str]:
     service, _, name = method.lstrip("/").rpartition("/")
     return service.rsplit(".", 1)[-1], name
@@ -634,6 +650,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                         if release is not None:
                             release()
             finally:
+                if record.code == "OK":
+                    record.code = _ended_by_caller(context) or "OK"
                 self._telemetry.finish(span, record, time.perf_counter() - started)
 
         return handle
