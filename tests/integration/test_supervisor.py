@@ -322,6 +322,8 @@ def test_sqlite_defaults_to_one_process(dev_pki: DevPki, caller: CertPair, tmp_p
     sup = _spawn(tmp_path, dev_pki, caller, f"sqlite:///{tmp_path / 'zumik.db'}")
     try:
         sup.wait_for("health SERVING", lambda: _healthy(sup), timeout=60)
+        # The log is written by a background thread: the line may follow the health answer.
+        sup.wait_for("the serving line", lambda: any(x["msg"] == "serving" for x in sup.lines()))
         lines = sup.lines()
         assert not [x for x in lines if x["logger"] == "zumik.supervisor"]
         serving = [x for x in lines if x["msg"] == "serving"]
