@@ -67,3 +67,14 @@ def test_an_outage_is_not_raised_and_retried_at_most_once_an_interval() -> None:
     feed.down = False
     assert watcher.caught_up()
     assert feed.reads == 2
+
+
+def test_a_read_stuck_elsewhere_holds_a_caller_at_most_one_interval() -> None:
+    feed = _Feed()
+    watcher = _watcher(feed)
+    watcher.last_success = time.monotonic() - 10
+    with watcher._poll_lock:  # the watcher thread's read, stuck in an outage
+        started = time.monotonic()
+        watcher.catch_up()
+        assert time.monotonic() - started < 1.0
+    assert feed.reads == 0

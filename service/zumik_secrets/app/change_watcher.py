@@ -108,22 +108,28 @@ class ChangeWatcher:
         :data:`CATCH_UP_POLLS` poll intervals ago (this process was paused, starved of CPU, or
         its watcher thread stalled), read it now, in the caller's thread.
 
-        One caller reads; the others wait for that read and then do not read again. A feed
-        outage is not raised (the caches behave as during any outage: the watcher thread keeps
-        retrying) and the next attempt from a caller comes one poll interval later, so an
-        outage does not turn every call into a failing read. Costs one clock read otherwise.
+        One caller reads; the others wait for that read (at most one poll interval) and then do
+        not read again. A feed outage is not raised (the caches behave as during any outage:
+        the watcher thread keeps retrying) and the next attempt from a caller comes one poll
+        interval later, so an outage does not turn every call into a failing read. Costs one
+        clock read otherwise.
         """
         now = time.monotonic()
         if now - self.last_success <= self._catch_up_after or now < self._next_catch_up:
             return
-        with self._poll_lock:
+        # Wait at most one poll interval for a read in progress (the watcher thread's, after a
+        # pause, takes milliseconds); one stuck in a database outage must not hold every caller.
+        if not self._poll_lock.acquire(timeout=self._poll_interval):
+            return
+        try:
             if time.monotonic() - self.last_success <= self._catch_up_after:
                 return  # another caller (or the watcher thread) read it meanwhile
-            try:
-                self._poll_locked()
-            except ZumikError:
-                self._next_catch_up = time.monotonic() + self._poll_interval
-                _LOG.warning("change feed unavailable; answering from memory as in an outage")
+            self._poll_locked()
+        except ZumikError:
+            self._next_catch_up = time.monotonic() + self._poll_interval
+            _LOG.warning("change feed unavailable; answering from memory as in an outage")
+        finally:
+            self._poll_lock.release()
 
     def caught_up(self) -> bool:
         """:meth:`catch_up`, then :meth:`is_fresh` (for a cache that is bypassed while stale)."""
