@@ -326,3 +326,48 @@ def test_the_empty_rpc_goes_through_the_same_interceptor(
         assert {(e.attributes["method"], e.reason) for e in events} == {
             (BENCH_EMPTY_METHOD.lstrip("/"), reason)
         }
+
+
+def test_a_server_behind_the_feed_reads_it_before_answering_from_memory(
+    zumik_server_factory: ServerFactory, store_url: str
+) -> None:
+    """A paused or starved process (its watcher thread has not read the feed for seconds)
+    must not answer a revoked key VALID, accept its claim, or open a deleted secret from memory
+    in the moment after it resumes (found by issue 18's adversary: a paused PostgreSQL worker
+    answered VALID 2.5-4 s after the revocation)."""
+    first = zumik_server_factory(store_url)
+    second = zumik_server_factory(store_url)
+    parent = f"tenants/{T}/projects/behind"
+    key = first.stubs("control-plane").keys.CreateApiKey(
+        key_service_pb2.CreateApiKeyRequest(parent=parent, scopes=["keys.read"]), timeout=5
+    )
+    gateway = second.stubs("gateway").keys
+    verify = key_service_pb2.VerifyApiKeyRequest(key=key.raw_key)
+    claim = gateway.VerifyApiKey(verify, timeout=5).claim
+    assert gateway.VerifyApiKey(verify, timeout=5).result == common_pb2.VERIFY_RESULT_VALID
+    keys = second.stubs("console", claim=claim).keys
+    keys.ListApiKeys(key_service_pb2.ListApiKeysRequest(parent=parent), timeout=5)
+    name = _seal(first, parent, b"behind the feed")
+    open_ = _opener(second, name)
+    assert open_() == b"behind the feed"
+    # The second server's watcher stalls (as in a SIGSTOP), and last read the feed 10 s ago.
+    watcher = second.runtime.watcher
+    watcher.stop()
+
+    def stalled() -> None:
+        watcher.last_success = time.monotonic() - 10
+
+    stalled()
+    first.stubs("control-plane").keys.RevokeApiKey(
+        key_service_pb2.RevokeApiKeyRequest(name=key.api_key.name), timeout=5
+    )
+    _admin(first, parent).DeleteSecret(seal_service_pb2.DeleteSecretRequest(name=name), timeout=5)
+    assert gateway.VerifyApiKey(verify, timeout=5).result == common_pb2.VERIFY_RESULT_REVOKED
+    stalled()  # each path reads the feed itself, not only the first call after the stall
+    claim_refused(
+        lambda: keys.ListApiKeys(key_service_pb2.ListApiKeysRequest(parent=parent), timeout=5)
+    )
+    stalled()
+    with pytest.raises(grpc.RpcError) as err:
+        open_()
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]

@@ -231,6 +231,9 @@ class ApiKeyService:
         """Applies the change feed in this process before a revoking or rotating call answers
         (the server wires the change watcher and the claim revocations), so no claim of the
         credential is accepted here once the caller was told it is revoked."""
+        self.before_verify: Callable[[], None] = _nothing
+        """Brings the feed-invalidated caches up to date if this process fell behind the
+        change feed (paused or starved; the server wires ``ChangeWatcher.catch_up``)."""
         self._cache: dict[str, _Entry] = {}
         self._negative: dict[str, float] = {}
         self._generation = 0
@@ -316,6 +319,7 @@ class ApiKeyService:
         needed = validate_scopes(
             required_scopes, "required_scopes", maximum=MAX_REQUIRED_SCOPES, required=False
         )
+        self.before_verify()
         digest = (
             sha256(raw_key.encode("ascii"))
             if len(raw_key) <= key_format.MAX_RAW_LENGTH and raw_key.isascii()

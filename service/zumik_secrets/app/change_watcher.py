@@ -26,6 +26,11 @@ _LOG = logging.getLogger("zumik.changes")
 
 Subscriber = Callable[[ChangeRecord], None]
 
+#: A caller about to answer from feed-invalidated memory reads the feed itself when the last
+#: read is older than this many poll intervals (:meth:`ChangeWatcher.catch_up`): a healthy
+#: watcher reads every interval, so only a paused or starved process pays for it.
+CATCH_UP_POLLS = 3
+
 
 def freshness_bound(poll_interval: float) -> float:
     """How long after its last successful read the feed still counts as followed, seconds:
@@ -51,6 +56,8 @@ class ChangeWatcher:
         self._listener: ChangeListener | None = None
         self._seq = 0
         self._poll_lock = threading.Lock()
+        self._catch_up_after = CATCH_UP_POLLS * poll_interval
+        self._next_catch_up = 0.0
         #: Monotonic time of the last successful read of the feed (the metrics report its age).
         self.last_success = time.monotonic()
         #: Where the delay from a change's commit to its dispatch here goes.
@@ -95,6 +102,39 @@ class ChangeWatcher:
         """
         with self._poll_lock:
             return self._poll_locked()
+
+    def catch_up(self) -> None:
+        """Before answering from feed-invalidated memory: if the feed was last read more than
+        :data:`CATCH_UP_POLLS` poll intervals ago (this process was paused, starved of CPU, or
+        its watcher thread stalled), read it now, in the caller's thread.
+
+        One caller reads; the others wait for that read (at most one poll interval) and then do
+        not read again. A feed outage is not raised (the caches behave as during any outage:
+        the watcher thread keeps retrying) and the next attempt from a caller comes one poll
+        interval later, so an outage does not turn every call into a failing read. Costs one
+        clock read otherwise.
+        """
+        now = time.monotonic()
+        if now - self.last_success <= self._catch_up_after or now < self._next_catch_up:
+            return
+        # Wait at most one poll interval for a read in progress (the watcher thread's, after a
+        # pause, takes milliseconds); one stuck in a database outage must not hold every caller.
+        if not self._poll_lock.acquire(timeout=self._poll_interval):
+            return
+        try:
+            if time.monotonic() - self.last_success <= self._catch_up_after:
+                return  # another caller (or the watcher thread) read it meanwhile
+            self._poll_locked()
+        except ZumikError:
+            self._next_catch_up = time.monotonic() + self._poll_interval
+            _LOG.warning("change feed unavailable; answering from memory as in an outage")
+        finally:
+            self._poll_lock.release()
+
+    def caught_up(self) -> bool:
+        """:meth:`catch_up`, then :meth:`is_fresh` (for a cache that is bypassed while stale)."""
+        self.catch_up()
+        return self.is_fresh()
 
     def poll_once_quietly(self) -> None:
         """:meth:`poll_once` for a caller whose change is already committed: a feed outage is

@@ -181,6 +181,9 @@ class SessionService:
         self._mono = monotonic
         self._lock = threading.Lock()
         self.after_change: Callable[[], None] = _nothing
+        self.before_verify: Callable[[], None] = _nothing
+        """Brings the feed-invalidated caches up to date if this process fell behind the
+        change feed (paused or starved; the server wires ``ChangeWatcher.catch_up``)."""
         self.claim_floor: Callable[[str], float] = _no_floor
         """The earliest ``iat`` a new claim of a session may carry (the server wires the claim
         revocations' ``issue_floor``: after a rotation, the second that follows it)."""
@@ -272,6 +275,7 @@ class SessionService:
             token_hash = session_tokens.hash_session_token(token, field="token")
         except InvalidArgument:
             return self._failed(VerifyResult.MALFORMED, None, actor)
+        self.before_verify()
         rec = self._lookup(token_hash)
         if rec is None:
             return self._failed(VerifyResult.NOT_FOUND, None, actor)

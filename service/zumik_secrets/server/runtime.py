@@ -272,7 +272,7 @@ class Runtime:
             # Open's rows are dropped through the feed (any replica's delete, update, rewrap,
             # purge or data-key change) and bypassed while the feed is not read (see
             # app/sealed_secrets.py): the revocation bound, whatever the rows' TTL.
-            sealed_secrets.enable_row_cache(config.open_cache_entries, watcher.is_fresh)
+            sealed_secrets.enable_row_cache(config.open_cache_entries, watcher.caught_up)
             for kind in ("sealed_secret", "purge", "data_key"):
                 watcher.subscribe(kind, sealed_secrets.on_change)
             revocations = ClaimRevocations(
@@ -302,6 +302,10 @@ class Runtime:
             # purge does: no claim of the credential is accepted once the caller was told.
             api_keys.after_change = watcher.poll_once_quietly
             sessions.after_change = watcher.poll_once_quietly
+            # A process that fell behind the feed (paused, starved) reads it before it answers
+            # a verification or accepts a claim from memory (see ChangeWatcher.catch_up).
+            api_keys.before_verify = watcher.catch_up
+            sessions.before_verify = watcher.catch_up
             sessions.claim_floor = revocations.issue_floor
             purges = PurgeService(
                 store.purges,
@@ -385,6 +389,7 @@ class Runtime:
             Unauthenticated: with the claim's reason code (``CLAIM_REVOKED`` and
                 ``CLAIM_NO_CREDENTIAL`` included).
         """
+        self.watcher.catch_up()
         now = time.time()
         return self.revocations.check_claim(self.claim_verifier.verify(token, int(now)), now)
 
