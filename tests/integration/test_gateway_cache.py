@@ -10,9 +10,14 @@ resync; only verifying identities, without a claim, may subscribe.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import pytest
@@ -271,6 +276,165 @@ def test_resume_replays_or_says_resync(zumik_server: RunningServer) -> None:
     while (feed.subscribers or limits.streams_held(gateway)) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert feed.subscribers == 0 and limits.streams_held(gateway) == 0
+
+
+def revoke_new_key(server: RunningServer) -> str:
+    """Create and revoke a key on ``server``; its id (the feed's credential_id)."""
+    key = _new_key(server)
+    server.stubs("control-plane").keys.RevokeApiKey(
+        key_service_pb2.RevokeApiKeyRequest(name=key.api_key.name), timeout=5
+    )
+    return key.api_key.name.rsplit("/", 1)[-1]
+
+
+def resume_feed(
+    server: RunningServer, resume_after: int = 0, tag: bytes = b""
+) -> tuple[key_service_pb2.WatchRevocationsResponse, list[str]]:
+    """Subscribe on ``server``: the ``synced`` message and the credential ids replayed."""
+    call = server.stubs("gateway").keys.WatchRevocations(
+        key_service_pb2.WatchRevocationsRequest(resume_after=resume_after, resume_tag=tag),
+        timeout=10,
+    )
+    replayed: list[str] = []
+    try:
+        for message in call:
+            if message.HasField("synced"):
+                return message, replayed
+            assert message.HasField("credential"), message
+            replayed.append(message.credential.credential_id)
+    finally:
+        call.cancel()
+    raise AssertionError("the stream ended before synced")
+
+
+@contextlib.contextmanager
+def copy_of_database(url: str, tmp_path: Path) -> Iterator[str]:
+    """A copy of the (idle) database at ``url``: a backup to restore elsewhere."""
+    if url.startswith("sqlite:///"):
+        copy = tmp_path / "restored" / "zumik.db"
+        copy.parent.mkdir()
+        with (
+            contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as src,
+            contextlib.closing(sqlite3.connect(copy)) as dst,
+        ):
+            src.backup(dst)
+        yield f"sqlite:///{copy}"
+        return
+    import psycopg
+
+    parts = urlsplit(url)
+    source, name = parts.path.lstrip("/"), f"zumik_restored_{uuid.uuid4().hex[:12]}"
+    admin = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_resume_tag_tells_a_restored_database_from_the_history_followed(
+    zumik_server_factory: ServerFactory, store_url: str, tmp_path: Path
+) -> None:
+    """Server C runs on a backup of server A's database; the gateway follows A past the
+    backup's head; on C a key is revoked (at a position the gateway already passed on A) and
+    more changes follow. Resuming on C with A's position and tag must say resync: the
+    revocation at the earlier position is never replayed. With C's own tag, or from a position
+    of the shared history, C resumes without resync and replays exactly what was missed."""
+    first = zumik_server_factory(store_url)
+    shared = revoke_new_key(first)
+    first.server.drain(grace=0.5)
+    with copy_of_database(store_url, tmp_path) as restored_url:
+        a = zumik_server_factory(store_url)
+        c = zumik_server_factory(restored_url)
+        try:
+            _diverge_and_resume(a, c, shared)
+        finally:
+            c.server.drain(grace=0.5)  # before its database is dropped
+
+
+def _diverge_and_resume(a: RunningServer, c: RunningServer, shared: str) -> None:
+    """The body of the test above (``c`` on a copy of ``a``'s database)."""
+    base, _ = resume_feed(a)
+    base_c, _ = resume_feed(c)
+    # The shared history: the same position and tag on both.
+    assert (base.position, base.position_tag) == (base_c.position, base_c.position_tag)
+    for _ in range(3):
+        revoke_new_key(a)
+    head_a, _ = resume_feed(a)
+    position, tag = head_a.position, head_a.position_tag
+    # A correct tag: no resync, exactly the events missed since.
+    missed = [revoke_new_key(a) for _ in range(2)]
+    synced, replayed = resume_feed(a, position, tag)
+    assert not synced.synced.resync and replayed == missed
+    # The restored database records its own history at the positions passed on A.
+    revoked_on_c = revoke_new_key(c)
+    while resume_feed(c)[0].position < position + 1:
+        revoke_new_key(c)
+    synced, replayed = resume_feed(c, position, tag)
+    assert synced.synced.resync, "a position of another history resumed without resync"
+    assert replayed == [] and revoked_on_c not in replayed
+    assert len(tag) == 16 and len(synced.position_tag) == 16
+    # C's own tag at that position resumes there (same history).
+    own, _ = resume_feed(c)
+    synced_own, replayed_own = resume_feed(c, own.position, own.position_tag)
+    assert not synced_own.synced.resync and replayed_own == []
+    # A position of the shared history, with its tag, resumes on the copy too: everything
+    # recorded on C since the backup is replayed.
+    synced, replayed = resume_feed(c, base.position, base.position_tag)
+    assert not synced.synced.resync and revoked_on_c == replayed[0]
+    assert shared not in replayed
+    # A client of an earlier release (no tag): position only, as before this contract.
+    assert not resume_feed(c, position)[0].synced.resync
+
+
+def test_resume_tag_from_another_database_says_resync(
+    zumik_server_factory: ServerFactory, store_url: str, tmp_path: Path
+) -> None:
+    """A position and tag issued by a server on another database (for the PostgreSQL run: a
+    PostgreSQL server's, sent to a SQLite server) never resume without resync."""
+    here = zumik_server_factory(store_url)
+    elsewhere = zumik_server_factory(f"sqlite:///{tmp_path}/elsewhere/zumik.db")
+    revoke_new_key(here)
+    head, _ = resume_feed(here)
+    while resume_feed(elsewhere)[0].position < head.position + 1:
+        revoke_new_key(elsewhere)
+    synced, replayed = resume_feed(elsewhere, head.position, head.position_tag)
+    assert synced.synced.resync and replayed == []
+    # Without a tag (a client of an earlier release) only the position is checked.
+    assert not resume_feed(elsewhere, head.position)[0].synced.resync
+
+
+def test_verifier_resumes_with_the_position_tag(
+    zumik_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CachingVerifier remembers the tag of the last message applied and sends it back."""
+    revoke_new_key(zumik_server)
+    feed = zumik_server.runtime.revocation_feed
+    asked: list[tuple[int, bytes]] = []
+    subscribe = feed.subscribe
+
+    def recording(resume_after: int, resume_tag: bytes = b"") -> object:
+        asked.append((resume_after, resume_tag))
+        return subscribe(resume_after, resume_tag)
+
+    monkeypatch.setattr(feed, "subscribe", recording)
+    with _verifier(zumik_server) as verifier:
+        synced, _ = resume_feed(zumik_server)
+        assert (verifier.position, verifier.position_tag) == (
+            synced.position,
+            synced.position_tag,
+        )
+        resyncs = verifier.stats().resyncs
+        with verifier._call_lock:
+            verifier._call.cancel()  # the stream breaks; the verifier reconnects
+        deadline = time.monotonic() + 10
+        while len(asked) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert verifier.wait_synced(10)
+        assert asked[-1] == (synced.position, synced.position_tag)
+        assert verifier.stats().resyncs == resyncs, "resuming with its own tag dropped the cache"
 
 
 def test_only_verifiers_without_a_claim_may_subscribe(zumik_server: RunningServer) -> None:

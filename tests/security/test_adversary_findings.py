@@ -13,11 +13,20 @@ over gRPC holding one identity (console) plus the claims a gateway mints from ke
    (a position from before a database restore, or forged) as "nothing missed": ``synced`` said
    ``resync: false`` and the events the restored database recorded at positions up to it were
    never sent, so a caching gateway kept answering a credential revoked after the restore.
+6. (issue 18, continued) The fix of 5 caught a resume position only when it was ahead of the
+   server's: server C on a backup of server A's database (both at 1327), the gateway followed A
+   to 1337, a key was revoked on C (C's 1328) and more changes followed; resuming on C with
+   ``resume_after=1337`` gave ``resync: false`` and only C's events after 1337, so the
+   revocation at 1328 never reached the cache, which kept answering VALID. A position of
+   another database (a PostgreSQL server's 3 sent to a SQLite server) was accepted the same
+   way. Positions now carry ``position_tag`` (the change record's digest), sent back as
+   ``resume_tag``; a tag that is not the server's own at that position means ``resync``.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -26,8 +35,9 @@ from zumik.secrets.v1 import audit_service_pb2 as apb
 from zumik.secrets.v1 import common_pb2
 from zumik.secrets.v1 import key_service_pb2 as kpb
 
-from tests.fix_server import RunningServer
+from tests.fix_server import RunningServer, ServerFactory
 from tests.grpc_errors import error_info
+from tests.integration.test_gateway_cache import copy_of_database, resume_feed, revoke_new_key
 
 pytestmark = pytest.mark.integration
 
@@ -233,3 +243,32 @@ def test_a_resume_position_the_server_never_issued_forces_a_resync(
     first = next(stream)
     stream.cancel()
     assert first.HasField("synced") and not first.synced.resync
+
+
+def test_a_resume_position_of_another_history_forces_a_resync(
+    zumik_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """Finding 6: a restored database (server C on a backup of A's) records its own changes
+    at positions the gateway already passed on A; resuming on C with A's position and tag
+    must say resync, or C's revocation at an earlier position is never delivered."""
+    url = f"sqlite:///{tmp_path}/a/zumik.db"
+    backup = zumik_server_factory(url)
+    revoke_new_key(backup)
+    backup.server.drain(grace=0.5)
+    with copy_of_database(url, tmp_path) as restored:
+        a = zumik_server_factory(url)
+        c = zumik_server_factory(restored)
+        assert resume_feed(a)[0].position == resume_feed(c)[0].position
+        for _ in range(10):
+            revoke_new_key(a)
+        head, _ = resume_feed(a)  # the gateway's last message applied on A
+        revoked_on_c = revoke_new_key(c)
+        while resume_feed(c)[0].position <= head.position + 5:
+            revoke_new_key(c)
+        synced, replayed = resume_feed(c, head.position, head.position_tag)
+        assert synced.synced.resync, (
+            f"resume_after={head.position} of A's history kept the cache on C, whose "
+            f"revocation of {revoked_on_c} at an earlier position is never replayed"
+        )
+        assert revoked_on_c not in replayed
+        c.server.drain(grace=0.5)

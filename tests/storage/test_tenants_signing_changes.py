@@ -122,6 +122,19 @@ def test_change_feed_order_limit_and_empty(store):
     assert all(c.at.utcoffset() is not None for c in everything)
 
 
+def test_change_feed_reads_one_record_by_seq_and_the_latest(store):
+    """``at`` and ``latest`` (the revocation feed's position tags) return the record
+    ``since`` returns, and None for a seq never recorded or pruned."""
+    assert store.changes.latest() is None and store.changes.at(1) is None
+    for _ in range(3):
+        store.api_keys.revoke("acme", "web", store.api_keys.insert(api_key()).key_id, at(1))
+    everything = store.changes.since(0)
+    assert [store.changes.at(c.seq) for c in everything] == everything
+    assert store.changes.latest() == everything[-1]
+    assert store.changes.at(everything[-1].seq + 1) is None
+    assert store.changes.at(2**63 - 1) is None and store.changes.at(0) is None
+
+
 def test_listen(store, store_url, backend):
     fired = threading.Event()
     listener = store.changes.listen(fired.set)

@@ -9,10 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zumik_secrets.app.revocation_feed import (
+    TAG_BYTES,
     FeedEvent,
     Heartbeat,
     RevocationFeed,
     Synced,
+    position_tag,
 )
 from zumik_secrets.core.errors import Aborted
 from zumik_secrets.storage.records import ChangeRecord
@@ -213,9 +215,50 @@ def test_feed_replays_or_resyncs_by_position() -> None:
     assert [m.position for m in replayed] == [15, 16]
     assert isinstance(replayed[1], FeedEvent) and replayed[1].tenant == "acme"
     assert replayed[1].project == "web"
-    assert next(messages) == Synced(16, resync=False)
-    assert next(feed.subscribe(12).messages()) == Synced(16, resync=True)
-    assert next(feed.subscribe(0).messages()) == Synced(16, resync=True)
+    synced = next(messages)
+    assert synced == Synced(16, resync=False, tag=replayed[1].tag)
+    assert len(synced.tag) == TAG_BYTES
+    assert next(feed.subscribe(12).messages()) == Synced(16, resync=True, tag=synced.tag)
+    assert next(feed.subscribe(0).messages()) == Synced(16, resync=True, tag=synced.tag)
+
+
+def test_feed_resumes_only_from_a_position_of_the_same_history() -> None:
+    """A resume tag is checked against the change feed's record at that position (one read),
+    else against the ring's event once the record was pruned; without a tag, position only."""
+    records = {seq: _change(seq, entity=f"key_{seq}") for seq in range(11, 15)}
+    reads: list[int] = []
+
+    def record_at(seq: int) -> ChangeRecord | None:
+        reads.append(seq)
+        return records.get(seq)
+
+    feed, _ = _feed(record_at=record_at)  # type: ignore[arg-type]
+    for record in records.values():
+        feed.on_change(record)
+
+    def first(resume_after: int, tag: bytes = b"") -> Synced:
+        for message in feed.subscribe(resume_after, tag).messages():
+            if isinstance(message, Synced):
+                return message
+        raise AssertionError("no synced message")
+
+    ours, thirteen = position_tag(records[12]), position_tag(records[13])
+    assert not first(12, ours).resync and reads == [12]
+    # Another history: the same position, another record (a restored or another database).
+    other = position_tag(ChangeRecord(12, "api_key", "key_other", records[12].at))
+    assert first(12, other).resync
+    assert first(12, b"\x00" * TAG_BYTES).resync and first(12, b"junk").resync
+    # A client of an earlier release: position only, no read.
+    reads.clear()
+    assert not first(12).resync and reads == []
+    # Pruned from the change feed: the ring remembers the tag.
+    del records[12]
+    assert not first(12, ours).resync and first(12, other).resync
+    # A position neither the feed nor the ring knows (a gap, pruned and forgotten): resync.
+    assert first(10, ours).resync
+    # The change feed says what the record at the position is, whatever the ring remembers.
+    records[13] = ChangeRecord(13, "session", "ses_else", records[11].at)
+    assert first(13, thirteen).resync
 
 
 def test_slow_subscriber_is_ended_without_blocking_others() -> None:

@@ -10,7 +10,17 @@ every subscriber's bounded queue. ``KeyService.WatchRevocations`` drains one suc
 Positions are the change feed's ``seq``, shared by every replica. The ring holds every event
 after :attr:`RevocationFeed.floor`; a subscriber resuming from a position at or past the floor
 gets the events it missed replayed, one resuming from before it (or from 0, or after this
-process restarted) is told to drop everything (``resync``). A subscriber that does not read
+process restarted) is told to drop everything (``resync``).
+
+A position alone does not say which history it belongs to: a database restored to an earlier
+point records other changes at the positions a subscriber already passed, and another database
+has positions of its own. So every message also carries :func:`position_tag`, a digest of the
+change record at its position (seq, kind, entity id, commit time: ids and times, no secret);
+a subscriber resuming with a tag is told to ``resync`` unless this server's record at that
+position has the same tag (read by primary key, or remembered in the ring once pruned). One
+resuming without a tag (a client of an earlier release) is checked by position only.
+
+A subscriber that does not read
 fast enough overflows its queue; its stream ends with ABORTED ``SUBSCRIBER_TOO_SLOW`` and it
 subscribes again: no slow reader ever blocks the watcher or the other subscribers.
 
@@ -21,11 +31,13 @@ stream tells the gateway to stop answering from memory.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from zumik_secrets.app.change_watcher import freshness_bound
 from zumik_secrets.app.claim_revocations import ClaimRevocations
@@ -44,6 +56,25 @@ KINDS = ("api_key", "session", "purge")
 """The change kinds the feed carries."""
 
 _FOREVER = float("inf")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_TAG_DOMAIN = b"zumik.revocation-feed.position.v1\x00"
+#: Bytes of a position tag (a truncated SHA-256: 128 bits tell histories apart).
+TAG_BYTES = 16
+
+
+def position_tag(record: ChangeRecord) -> bytes:
+    """The tag of ``record``'s position: 16 bytes of SHA-256 over its seq, kind, entity id and
+    commit time (microseconds). Two histories share it at a position only if they share the
+    record, i.e. the history up to it; it holds only ids and a time, never a secret."""
+    at = record.at if record.at.tzinfo is not None else record.at.replace(tzinfo=UTC)
+    micros = (at - _EPOCH) // _MICROSECOND
+    body = f"{record.seq}\x00{record.kind}\x00{record.entity_id}\x00{micros}".encode()
+    return hashlib.sha256(_TAG_DOMAIN + body).digest()[:TAG_BYTES]
+
+
+def _no_record(_seq: int) -> ChangeRecord | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +90,7 @@ class FeedEvent:
         issued_from: Claims issued before it are refused (0.0: none).
         tenant: The purged tenant ("" for a credential).
         project: The purged project (None: the whole tenant, or a credential).
+        tag: :func:`position_tag` of the change.
     """
 
     position: int
@@ -69,6 +101,7 @@ class FeedEvent:
     issued_from: float = 0.0
     tenant: str = ""
     project: str | None = None
+    tag: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +110,7 @@ class Synced:
 
     position: int
     resync: bool
+    tag: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +118,7 @@ class Heartbeat:
     """Nothing new up to ``position``, and the server's view of the feed is fresh."""
 
     position: int
+    tag: bytes = b""
 
 
 FeedMessage = FeedEvent | Synced | Heartbeat
@@ -104,6 +139,7 @@ class Subscription:
         self._replay = replay
         self._synced = synced
         self._delivered = synced.position
+        self._delivered_tag = synced.tag
 
     def offer(self, event: FeedEvent) -> None:
         """Queue ``event`` without ever blocking (called under the feed's lock)."""
@@ -155,10 +191,10 @@ class Subscription:
                     )
                 event = self._queue.popleft() if self._queue else None
             if event is not None:
-                self._delivered = event.position
+                self._delivered, self._delivered_tag = event.position, event.tag
                 yield event
             elif self._feed.fresh():
-                yield Heartbeat(self._delivered)
+                yield Heartbeat(self._delivered, self._delivered_tag)
 
 
 class RevocationFeed:
@@ -174,6 +210,7 @@ class RevocationFeed:
         queue: int = DEFAULT_QUEUE,
         heartbeat_interval: float = DEFAULT_HEARTBEAT,
         clock: Callable[[], float] = time.monotonic,
+        record_at: Callable[[int], ChangeRecord | None] = _no_record,
     ) -> None:
         """Create the feed (closed to subscribers until :meth:`open_at`).
 
@@ -185,6 +222,9 @@ class RevocationFeed:
             queue: Events queued per subscriber before it is ended as too slow.
             heartbeat_interval: Longest silence on a healthy stream, in seconds.
             clock: Monotonic time (tests).
+            record_at: The change record at a seq (None: none, or pruned): one read by primary
+                key per resume with a tag (:meth:`ChangeFeed.at`; by default only the ring is
+                consulted).
         """
         self._revocations = revocations
         self._last_read = last_feed_read
@@ -194,9 +234,12 @@ class RevocationFeed:
         self._history = history
         self._queue = queue
         self._subscribers: set[Subscription] = set()
+        self._record_at = record_at
         self._floor: int | None = None
+        self._floor_tag = b""
         self._closed = False
         self._position = 0
+        self._position_tag = b""
         self.heartbeat_interval = heartbeat_interval
         #: A change committed on any replica reaches a stream of this one within this bound:
         #: one poll interval, one feed read, with room for a slow read.
@@ -223,13 +266,15 @@ class RevocationFeed:
         """Whether the watcher read the change feed recently enough for a heartbeat."""
         return self._clock() - self._last_read() <= self.stale_after
 
-    def open_at(self, position: int) -> None:
+    def open_at(self, position: int, tag: bytes = b"") -> None:
         """Start serving subscribers: every change after ``position`` reaches :meth:`on_change`
-        (call it after the watcher started, with the feed's latest seq read then)."""
+        (call it after the watcher started, with the feed's latest record read then, and its
+        :func:`position_tag`)."""
         with self._lock:
             if self._floor is None:
-                self._floor = position
-                self._position = max(self._position, position)
+                self._floor, self._floor_tag = position, tag
+                if position >= self._position:
+                    self._position, self._position_tag = position, tag
 
     def on_change(self, record: ChangeRecord) -> None:
         """Turn a change into an event and hand it to every subscriber (a watcher subscriber,
@@ -241,8 +286,10 @@ class RevocationFeed:
             self._ring.append(event)
             while len(self._ring) > self._history:
                 dropped = self._ring.popleft()
-                self._floor = max(self._floor or 0, dropped.position)
-            self._position = max(self._position, event.position)
+                if dropped.position > (self._floor or 0):
+                    self._floor, self._floor_tag = dropped.position, dropped.tag
+            if event.position >= self._position:
+                self._position, self._position_tag = event.position, event.tag
             for subscriber in self._subscribers:
                 subscriber.offer(event)
 
@@ -250,7 +297,9 @@ class RevocationFeed:
         at = record.at.timestamp()
         if record.kind == "purge":
             tenant, _, project = record.entity_id.partition("/")
-            return FeedEvent(record.seq, at, tenant=tenant, project=project or None)
+            return FeedEvent(
+                record.seq, at, tenant=tenant, project=project or None, tag=position_tag(record)
+            )
         if record.kind not in ("api_key", "session"):
             return None
         cut = self._revocations.cut(record.entity_id)
@@ -262,6 +311,7 @@ class RevocationFeed:
             credential_type=record.kind,
             valid_until=valid_until,
             issued_from=issued_from,
+            tag=position_tag(record),
         )
 
     def close(self) -> None:
@@ -273,16 +323,21 @@ class RevocationFeed:
         for subscription in subscribers:
             subscription.close()
 
-    def subscribe(self, resume_after: int) -> Subscription:
+    def subscribe(self, resume_after: int, resume_tag: bytes = b"") -> Subscription:
         """A new subscription resuming after ``resume_after`` (0: from scratch).
 
-        The events after ``resume_after`` are replayed when the ring still holds all of them;
-        otherwise, and when ``resume_after`` is ahead of this server's position, the first
-        message says ``resync``.
+        The events after ``resume_after`` are replayed when the ring still holds all of them
+        and, if ``resume_tag`` is given, it is the :func:`position_tag` of this server's record
+        at ``resume_after`` (read from the change feed; once pruned there, the one the ring or
+        the floor remembers); otherwise, and when ``resume_after`` is ahead of this server's
+        position, the first message says ``resync``. Without a tag (a client of an earlier
+        release) only the position is checked.
 
         Raises:
-            Unavailable: the server is draining.
+            Unavailable: the server is draining, or the change feed could not be read.
         """
+        # One read by primary key, outside the lock (the watcher's events wait on it).
+        record = self._record_at(resume_after) if resume_tag and resume_after > 0 else None
         with self._lock:
             if self._closed:
                 raise Unavailable("the server is shutting down; subscribe to another replica")
@@ -290,15 +345,34 @@ class RevocationFeed:
             # A position ahead of this server's was never issued by it (a database restored
             # to an earlier point, another timeline, a forged value, or a replica that has not
             # read that far): the events at or below it here were never seen by the caller.
-            if resume_after <= 0 or resume_after < floor or resume_after > self._position:
+            # A position of another history (a restored database that recorded other changes
+            # at the positions the caller passed, another database): its tag differs here.
+            if (
+                resume_after <= 0
+                or resume_after < floor
+                or resume_after > self._position
+                or (resume_tag and self._tag_at(resume_after, record) != resume_tag)
+            ):
                 replay: list[FeedEvent] = []
-                synced = Synced(self._position, resync=True)
+                synced = Synced(self._position, resync=True, tag=self._position_tag)
             else:
                 replay = [e for e in self._ring if e.position > resume_after]
-                synced = Synced(self._position, resync=False)
+                synced = Synced(self._position, resync=False, tag=self._position_tag)
             subscription = Subscription(self, self._queue, replay, synced)
             self._subscribers.add(subscription)
             return subscription
+
+    def _tag_at(self, position: int, record: ChangeRecord | None) -> bytes | None:
+        """The tag of this history's record at ``position``: the change feed's, else (pruned
+        there) the one remembered by the ring or the floor, else None (under the lock)."""
+        if record is not None:
+            return position_tag(record) if record.seq == position else None
+        if position == self._floor:
+            return self._floor_tag or None
+        for event in self._ring:
+            if event.position == position:
+                return event.tag
+        return None
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Forget ``subscription`` (idempotent)."""

@@ -34,7 +34,7 @@ from zumik_secrets.app.purge import PurgeService
 from zumik_secrets.app.rate_limit import BucketSpec
 from zumik_secrets.app.retention import Retention, scheduler
 from zumik_secrets.app.revocation_feed import KINDS as FEED_KINDS
-from zumik_secrets.app.revocation_feed import RevocationFeed
+from zumik_secrets.app.revocation_feed import RevocationFeed, position_tag
 from zumik_secrets.app.sealed_secrets import SealedSecrets
 from zumik_secrets.app.sessions import SessionService
 from zumik_secrets.app.signing_keys import ISSUER, SigningKeys
@@ -295,6 +295,7 @@ class Runtime:
                 revocations,
                 last_feed_read=lambda: watcher.last_success,
                 poll_interval=watcher.poll_interval,
+                record_at=store.changes.at,
             )
             for kind in FEED_KINDS:
                 watcher.subscribe(kind, revocation_feed.on_change)
@@ -333,7 +334,11 @@ class Runtime:
             # After the watcher took its starting point, so no change falls between the two.
             revocations.load(store.changes)
             # Every change after this position reaches the feed (it subscribed before start).
-            revocation_feed.open_at(store.changes.latest_seq())
+            latest = store.changes.latest()
+            if latest is not None:
+                revocation_feed.open_at(latest.seq, position_tag(latest))
+            else:
+                revocation_feed.open_at(0)
             usage.start()
             fingerprint_sweeper.start()
             retention_scheduler.start()

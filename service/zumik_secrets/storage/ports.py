@@ -500,6 +500,15 @@ class ChangeFeed(Protocol):
         """Return up to ``limit`` changes with seq > ``seq``, ascending."""
         ...
 
+    def at(self, seq: int) -> ChangeRecord | None:
+        """Return the change recorded at ``seq`` (None: never recorded, or pruned). One read
+        by primary key."""
+        ...
+
+    def latest(self) -> ChangeRecord | None:
+        """Return the change with the highest seq (None if none)."""
+        ...
+
     def prune_before(self, cutoff: datetime) -> int:
         """Delete change records older than ``cutoff`` (every replica read them long ago).
 

@@ -23,6 +23,9 @@ can, and with a real call otherwise. It is opt-in and fails closed:
   than ``stall_after`` (heartbeats arrive every second while the server's view of the feed is
   fresh), nothing is answered from memory: every verification is a real call. After a
   reconnect the server replays what was missed, or says ``resync`` and the cache is emptied.
+  The verifier resumes with the last position and its ``position_tag``, so a server whose
+  database holds another history at that position (restored to an earlier point, or another
+  database) says ``resync`` rather than replaying from a position that means something else.
 
 Use the answers as the real call's: forward ``answer.claim`` downstream. Answers are shared
 read-only messages: copy one before changing it.
@@ -395,6 +398,10 @@ class CachingVerifier:
         )
         #: The position of the last feed message applied (resumed from after a reconnect).
         self.position = 0
+        #: That message's ``position_tag``, sent back on resume so that a server whose
+        #: database holds another history at that position (restored to an earlier point, or
+        #: another database) says ``resync`` instead of replaying from the position.
+        self.position_tag = b""
         self._closed = threading.Event()
         self._synced_event = threading.Event()
         self._call_lock = threading.Lock()
@@ -521,7 +528,7 @@ class CachingVerifier:
             self.cache.quarantine = max(self.cache.quarantine, bound)
             self.cache.mark_synced(resync=synced.resync)
             self._synced_event.set()
-        self.position = message.position
+        self.position, self.position_tag = message.position, message.position_tag
         self.cache.heard()
 
     def _follow(self) -> None:
@@ -529,7 +536,9 @@ class CachingVerifier:
         while not self._closed.is_set():
             try:
                 call: Any = self._stub.WatchRevocations(
-                    key_service_pb2.WatchRevocationsRequest(resume_after=self.position),
+                    key_service_pb2.WatchRevocationsRequest(
+                        resume_after=self.position, resume_tag=self.position_tag
+                    ),
                     timeout=None,
                 )
                 with self._call_lock:

@@ -46,6 +46,7 @@ def _event(event: FeedEvent) -> _pb.WatchRevocationsResponse:
     if event.credential_id:
         return _pb.WatchRevocationsResponse(
             position=event.position,
+            position_tag=event.tag,
             credential=_pb.CredentialChanged(
                 credential_id=event.credential_id,
                 credential_type=_TYPES.get(event.credential_type, _pb.CREDENTIAL_TYPE_UNSPECIFIED),
@@ -57,6 +58,7 @@ def _event(event: FeedEvent) -> _pb.WatchRevocationsResponse:
         )
     return _pb.WatchRevocationsResponse(
         position=event.position,
+        position_tag=event.tag,
         purge=_pb.ScopePurged(
             tenant=event.tenant, project=event.project or "", purge_time=_time(event.at)
         ),
@@ -69,10 +71,13 @@ def to_proto(message: FeedMessage, feed: RevocationFeed) -> _pb.WatchRevocations
         return _event(message)
     if isinstance(message, Heartbeat):
         return _pb.WatchRevocationsResponse(
-            position=message.position, heartbeat=_pb.RevocationFeedHeartbeat()
+            position=message.position,
+            position_tag=message.tag,
+            heartbeat=_pb.RevocationFeedHeartbeat(),
         )
     return _pb.WatchRevocationsResponse(
         position=message.position,
+        position_tag=message.tag,
         synced=_pb.RevocationFeedSynced(
             resync=message.resync,
             heartbeat_interval=_duration(feed.heartbeat_interval),
@@ -103,7 +108,7 @@ def watch_revocations(
             reason="INVALID_RANGE",
             metadata={"field": "resume_after"},
         )
-    subscription = feed.subscribe(request.resume_after)
+    subscription = feed.subscribe(request.resume_after, request.resume_tag)
     try:
         if not context.add_callback(subscription.close):
             return

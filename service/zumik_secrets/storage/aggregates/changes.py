@@ -12,7 +12,7 @@ from datetime import datetime
 
 from zumik_secrets.storage.ports import ChangeListener
 from zumik_secrets.storage.records import ChangeRecord
-from zumik_secrets.storage.sql.kernel import Kernel
+from zumik_secrets.storage.sql.kernel import Kernel, Row
 
 
 class SqlChangeFeed:
@@ -32,7 +32,18 @@ class SqlChangeFeed:
             "SELECT seq, kind, entity_id, at FROM changes WHERE seq > %s ORDER BY seq LIMIT %s",
             (seq, limit),
         )
-        return [ChangeRecord(int(r[0]), r[1], r[2], self._d.time_out(r[3])) for r in rows]
+        return [self._record(r) for r in rows]
+
+    def at(self, seq: int) -> ChangeRecord | None:
+        row = self._db.one("SELECT seq, kind, entity_id, at FROM changes WHERE seq = %s", (seq,))
+        return None if row is None else self._record(row)
+
+    def latest(self) -> ChangeRecord | None:
+        row = self._db.one("SELECT seq, kind, entity_id, at FROM changes ORDER BY seq DESC LIMIT 1")
+        return None if row is None else self._record(row)
+
+    def _record(self, row: Row) -> ChangeRecord:
+        return ChangeRecord(int(row[0]), row[1], row[2], self._d.time_out(row[3]))
 
     def prune_before(self, cutoff: datetime) -> int:
         with self._db.change() as conn:

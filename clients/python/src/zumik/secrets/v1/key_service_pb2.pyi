@@ -1062,18 +1062,29 @@ class WatchRevocationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESUME_AFTER_FIELD_NUMBER: _builtins.int
+    RESUME_TAG_FIELD_NUMBER: _builtins.int
     resume_after: _builtins.int
     """The `position` of the last message the caller applied on an earlier stream; 0 starts
     afresh (the first message then says `resync`).
+    """
+    resume_tag: _builtins.bytes
+    """The `position_tag` of that same message. The server compares it with the tag of its own
+    change record at `resume_after` and says `resync` when they differ or it no longer has
+    that record: a position alone cannot tell a database restored to an earlier point (which
+    then recorded other changes at the same positions), or another database, from the history
+    the caller followed. Empty (a client of an earlier release): only the position is checked,
+    and such a resume cannot detect a restored or different database unless the position is
+    ahead of the server's.
     """
     def __init__(
         self,
         *,
         resume_after: _builtins.int = ...,
+        resume_tag: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_after", b"resume_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_after", b"resume_after", "resume_tag", b"resume_tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1090,9 +1101,16 @@ class WatchRevocationsResponse(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     PURGE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    POSITION_TAG_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Position in the server's change feed after this message; pass the last one applied as
     `resume_after` when subscribing again.
+    """
+    position_tag: _builtins.bytes
+    """Identifies the change record at `position` in the history it belongs to (16 opaque bytes,
+    a digest of that record's position, kind, entity id and commit time: no secret); pass it
+    as `resume_tag` together with `resume_after`. Empty when the position is 0, or when the
+    server no longer knows the record (then resuming from it checks the position only).
     """
     @_builtins.property
     def synced(self) -> Global___RevocationFeedSynced:
@@ -1118,10 +1136,11 @@ class WatchRevocationsResponse(_message.Message):
         credential: Global___CredentialChanged | None = ...,
         purge: Global___ScopePurged | None = ...,
         heartbeat: Global___RevocationFeedHeartbeat | None = ...,
+        position_tag: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "event", b"event", "heartbeat", b"heartbeat", "purge", b"purge", "synced", b"synced"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "event", b"event", "heartbeat", b"heartbeat", "position", b"position", "purge", b"purge", "synced", b"synced"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "event", b"event", "heartbeat", b"heartbeat", "position", b"position", "position_tag", b"position_tag", "purge", b"purge", "synced", b"synced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["synced", "credential", "purge", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
@@ -1140,8 +1159,11 @@ class RevocationFeedSynced(_message.Message):
     PROPAGATION_BOUND_FIELD_NUMBER: _builtins.int
     resync: _builtins.bool
     """True when the caller must drop everything it cached: `resume_after` was 0, older than
-    the events this server still remembers (for example after a restart), or ahead of this
-    server's position (a database restored to an earlier point, or a replica not yet there).
+    the events this server still remembers (for example after a restart), ahead of this
+    server's position (a database restored to an earlier point, or a replica not yet there),
+    or `resume_tag` was given and is not the tag of this server's change record at
+    `resume_after` (a database restored to an earlier point that recorded other changes since,
+    another database, or a record pruned from the change feed and no longer remembered).
     """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:

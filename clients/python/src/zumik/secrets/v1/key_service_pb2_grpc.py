@@ -283,7 +283,8 @@ class KeyServiceServicer:
 
         The first message (after the events replayed from `resume_after`, if any) is `synced`,
         and says whether the caller must drop everything it cached (`resync`: the position is
-        older than this server remembers, or none was given). Events follow within the server's
+        older than this server remembers, none was given, or it belongs to another history than
+        this server's database: see `resume_tag`). Events follow within the server's
         revocation bound; `heartbeat` arrives every `heartbeat_interval` while the server's own
         view of the change feed is fresh, so silence for longer means the caller must stop
         answering from memory. The stream holds no unary worker; it ends when the server drains
