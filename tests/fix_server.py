@@ -107,10 +107,12 @@ class RunningServer:
         *,
         subject: str = "key_test",
         ttl: int = 300,
-        credential_id: str = "key_test",
+        credential_id: str = "ses_test",
     ) -> str:
         """A claim signed by the server's own claim key (for tests that need one directly);
-        ``credential_id`` is the ``cid`` (revoking a credential of that id reaches it)."""
+        ``credential_id`` is the ``cid`` (revoking a credential of that id reaches it). The
+        default names a session, whose claim mints credentials of any lifetime; a ``key_`` id
+        the store does not hold bounds what the claim mints to the claim's own expiry."""
         token, _ = self.runtime.claim_keys.signer.mint(
             tenant, project, subject, scopes, int(time.time()), ttl, credential_id=credential_id
         )

@@ -41,7 +41,7 @@ from tests.security.conftest import dev_policy, role_of
 from tests.security.report import count_cases
 from tests.security.rpcs import Rpc, all_rpcs
 from zumik_secrets.api.contracts import method_guards
-from zumik_secrets.server.authorization import AFTER_PURGE_METHODS
+from zumik_secrets.server.authorization import AFTER_PURGE_METHODS, MINTING_METHODS
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +90,17 @@ def test_every_authority_field_has_a_row() -> None:
     stale += [name for name in AUTHORITY_ROWS if name not in known]
     assert not missing, f"request fields that carry authority without a row: {missing}"
     assert not stale, f"rows naming no such field: {stale}"
+
+
+def test_every_minting_rpc_gets_the_lifetime_bound() -> None:
+    """An RPC that grants scopes mints or rotates a credential: its authority must carry the
+    minter's lifetime bound (``MINTING_METHODS``), else an expiring key could outlive itself."""
+    granting = {
+        "/zumik.secrets.v1." + name.replace(".", "/")
+        for name, row in AUTHORITY_ROWS.items()
+        if GRANT in row.values()
+    }
+    assert granting == set(MINTING_METHODS)
 
 
 # -- helpers -----------------------------------------------------------------------------------

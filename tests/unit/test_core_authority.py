@@ -1,6 +1,8 @@
-"""The one minting rule (core/authority.py), as properties over the scope lattice."""
+"""The one minting rule (core/authority.py), as properties over the scope lattice and time."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -8,6 +10,7 @@ from hypothesis import strategies as st
 
 from zumik_secrets.core.authority import (
     REASON_IMPERSONATION_NOT_ALLOWED,
+    REASON_LIFETIME_ESCALATION,
     REASON_SCOPE_ESCALATION,
     Authority,
     check_grant,
@@ -42,7 +45,7 @@ def test_a_grant_passes_exactly_when_it_stays_within_the_authority(
     authority = Authority.of_claim(held, own, impersonate=imp)
     within = asked <= held and (imp or subject == own)
     try:
-        check_grant(authority, sorted(asked), subject)
+        check_grant(authority, sorted(asked), subject, expire_time=None)
     except PermissionDenied as err:
         assert not within
         if not asked <= held:
@@ -64,7 +67,7 @@ def test_authority_never_grows_along_a_chain_of_mints(
     held = root
     for asked in chain:
         try:
-            check_grant(Authority.of_claim(held, "u"), sorted(asked))
+            check_grant(Authority.of_claim(held, "u"), sorted(asked), expire_time=None)
         except PermissionDenied:
             continue
         held = asked
@@ -75,7 +78,7 @@ def test_authority_never_grows_along_a_chain_of_mints(
 def test_an_identity_acting_without_a_claim_is_bounded_by_policy_only(
     asked: frozenset[str], subject: str
 ) -> None:
-    check_grant(Authority.unbounded(), sorted(asked), subject)
+    check_grant(Authority.unbounded(), sorted(asked), subject, expire_time=None)
 
 
 def test_no_scope_implies_another() -> None:
@@ -84,14 +87,67 @@ def test_no_scope_implies_another() -> None:
         for other in VOCABULARY:
             if other != scope:
                 with pytest.raises(PermissionDenied):
-                    check_grant(Authority.of_claim({scope}, "u"), [other])
+                    check_grant(Authority.of_claim({scope}, "u"), [other], expire_time=None)
 
 
 def test_credentials_without_a_subject_are_not_checked_for_one() -> None:
-    check_grant(Authority.of_claim({"keys.write"}, "user-1"), ["keys.write"], None)
+    check_grant(
+        Authority.of_claim({"keys.write"}, "user-1"), ["keys.write"], None, expire_time=None
+    )
     with pytest.raises(PermissionDenied) as err:
-        check_grant(Authority.of_claim({"sessions.write"}, "user-1"), [], "user-2")
+        check_grant(
+            Authority.of_claim({"sessions.write"}, "user-1"), [], "user-2", expire_time=None
+        )
     assert err.value.reason == REASON_IMPERSONATION_NOT_ALLOWED
+
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+offsets = st.none() | st.integers(min_value=-86_400, max_value=86_400)
+
+
+def _at(offset: int | None) -> datetime | None:
+    return None if offset is None else NOW + timedelta(seconds=offset)
+
+
+@settings(max_examples=300)
+@given(bound=offsets, asked=offsets)
+def test_a_grant_passes_exactly_when_it_ends_no_later_than_the_authority(
+    bound: int | None, asked: int | None
+) -> None:
+    """No bound: any lifetime; a bound: a credential that expires at or before it, never one
+    without expiry."""
+    authority = Authority.of_claim({"keys.write"}, "key_a", not_after=_at(bound))
+    within = bound is None or (asked is not None and asked <= bound)
+    try:
+        check_grant(authority, ["keys.write"], expire_time=_at(asked))
+    except PermissionDenied as err:
+        assert not within
+        assert err.reason == REASON_LIFETIME_ESCALATION
+        assert err.metadata["not_after"] == f"{_at(bound):%Y-%m-%dT%H:%M:%SZ}"
+        return
+    assert within
+
+
+@settings(max_examples=200)
+@given(root=st.integers(min_value=1, max_value=3600), chain=st.lists(offsets, max_size=6))
+def test_lifetime_never_grows_along_a_chain_of_mints(root: int, chain: list[int | None]) -> None:
+    """Each credential minted by the claim of the one before: none outlives the root."""
+    bound: int | None = root
+    for asked in chain:
+        try:
+            check_grant(
+                Authority.of_claim({"keys.write"}, "u", not_after=_at(bound)),
+                ["keys.write"],
+                expire_time=_at(asked),
+            )
+        except PermissionDenied:
+            continue
+        bound = asked
+        assert bound is not None and bound <= root
+
+
+def test_an_identity_acting_without_a_claim_is_not_bounded_in_time() -> None:
+    check_grant(Authority.unbounded(), ["keys.write"], expire_time=None)
 
 
 def test_the_named_rights_are_the_contracts_scopes() -> None:

@@ -51,6 +51,7 @@ from zumik_secrets.app.verification import (
 from zumik_secrets.core import api_keys as key_format
 from zumik_secrets.core import page_tokens
 from zumik_secrets.core.authority import Authority, check_grant
+from zumik_secrets.core.claims import TenantClaim
 from zumik_secrets.core.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -59,6 +60,7 @@ from zumik_secrets.core.errors import (
     Unavailable,
     resource_not_found,
 )
+from zumik_secrets.core.handles import KIND_API_KEY, KIND_SESSION
 from zumik_secrets.core.names import ApiKeyName, ProjectName
 from zumik_secrets.core.primitives import sha256
 from zumik_secrets.storage.ports import ApiKeyStore
@@ -447,6 +449,37 @@ class ApiKeyService:
             return rec
         return replace(rec, last_used_at=seen)
 
+    # -- minting authority ---------------------------------------------------------------------
+
+    def minting_bound(self, claim: TenantClaim) -> datetime | None:
+        """The latest instant a credential minted with ``claim``'s authority may be valid
+        (:attr:`Authority.not_after`; the rules are in :mod:`zumik_secrets.core.authority`).
+
+        One fresh read of the key by the claim's ``cid`` (never the cache: a rotation may have
+        shortened it); the authorizer calls it on the methods that mint or rotate credentials
+        only, never on the verify or read paths.
+
+        Returns:
+            The expiry of the API key the claim was minted from; None for a key without expiry
+            or a session's claim; the claim's own ``exp`` when the key is not in the store (or
+            the ``cid`` names neither a key nor a session): deny by default.
+
+        Raises:
+            Unavailable: storage is down.
+        """
+        kind = claim.credential_id.partition("_")[0]
+        if kind == KIND_SESSION:
+            return None
+        if kind == KIND_API_KEY:
+            rec = self._store.get_by_id(claim.credential_id)
+            if (
+                rec is not None
+                and rec.tenant_id == claim.tenant_id
+                and rec.project_id == claim.project_id
+            ):
+                return rec.expire_time
+        return _dt(claim.expires_at)
+
     # -- management ----------------------------------------------------------------------------
 
     def create(
@@ -464,16 +497,19 @@ class ApiKeyService:
 
         Raises:
             InvalidArgument: a bad display name, environment, ttl or scope list.
-            PermissionDenied: ``SCOPE_ESCALATION``: a scope the caller's authority lacks.
+            PermissionDenied: ``SCOPE_ESCALATION``: a scope the caller's authority lacks;
+                ``LIFETIME_ESCALATION``: the caller's claim comes from an API key that expires
+                and the new key would not (no ttl) or would expire after it.
             Unavailable: storage or (durable) audit is down; no usable key was created.
         """
         display_name = validate_display_name(display_name)
         env = validate_environment(environment)
         granted = validate_scopes(scopes, "scopes", maximum=MAX_KEY_SCOPES, required=True)
-        check_grant(authority, granted)
         if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:
             raise _bad("ttl", "must be positive and at most 3650 days", "INVALID_DURATION")
         now = _dt(self._clock())
+        expire_time = None if ttl is None else now + ttl
+        check_grant(authority, granted, expire_time=expire_time)
         generated = key_format.generate_api_key(env)
         draft = ApiKeyRecord(
             key_id=generated.handle,
@@ -487,7 +523,7 @@ class ApiKeyService:
             scopes=granted,
             state="active",
             created_at=now,
-            expire_time=None if ttl is None else now + ttl,
+            expire_time=expire_time,
             revoke_time=None,
             last_used_at=None,
             rotated_from=None,
@@ -564,14 +600,18 @@ class ApiKeyService:
         """Issue a replacement key; the old one works for ``grace`` more (0: revoked now).
 
         The new key has the old one's scopes, environment, display name and lifetime length;
-        since its raw key goes to the caller, the caller's authority must cover those scopes.
+        since its raw key goes to the caller, the caller's authority must cover those scopes and
+        that lifetime (a key rotated with the claim of an expiring key, itself included, would
+        otherwise renew itself past its expiry).
 
         Raises:
             InvalidArgument: ``grace_period`` over 30 days (``INVALID_DURATION``).
             NotFound: no such key in this tenant and project.
             FailedPrecondition: the key is revoked (``API_KEY_REVOKED``) or expired
                 (``API_KEY_EXPIRED``).
-            PermissionDenied: ``SCOPE_ESCALATION``: the key carries a scope the caller lacks.
+            PermissionDenied: ``SCOPE_ESCALATION``: the key carries a scope the caller lacks;
+                ``LIFETIME_ESCALATION``: the new key would be valid after the expiry of the API
+                key the caller's claim comes from.
             Unavailable: storage or (durable) audit is down.
         """
         if not timedelta(0) <= grace <= MAX_GRACE:
@@ -579,8 +619,10 @@ class ApiKeyService:
         old = self._store.get(name.tenant, name.project, name.id)
         if old is None:
             raise resource_not_found(str(name))
-        check_grant(authority, old.scopes)
         now = _dt(self._clock())
+        lifetime = None if old.expire_time is None else old.expire_time - old.created_at
+        expire_time = None if lifetime is None else now + lifetime
+        check_grant(authority, old.scopes, expire_time=expire_time)
         state = key_state(old, now)
         if state != "active":
             raise FailedPrecondition(
@@ -588,7 +630,6 @@ class ApiKeyService:
                 reason="API_KEY_REVOKED" if state == "revoked" else "API_KEY_EXPIRED",
                 metadata={"resource": str(name)},
             )
-        lifetime = None if old.expire_time is None else old.expire_time - old.created_at
         generated = key_format.generate_api_key(old.env)
         new_rec = replace(
             old,
@@ -597,7 +638,7 @@ class ApiKeyService:
             salt=generated.salt,
             secret_hash=generated.secret_hash,
             created_at=now,
-            expire_time=None if lifetime is None else now + lifetime,
+            expire_time=expire_time,
             revoke_time=None,
             last_used_at=None,
             rotated_from=old.key_id,

@@ -393,13 +393,14 @@ class SessionService:
 
         Raises:
             InvalidArgument: bad user subject, scopes or timeouts.
-            PermissionDenied: ``SCOPE_ESCALATION`` (a scope the caller lacks) or
-                ``IMPERSONATION_NOT_ALLOWED`` (another user than the caller's own subject).
+            PermissionDenied: ``SCOPE_ESCALATION`` (a scope the caller lacks),
+                ``IMPERSONATION_NOT_ALLOWED`` (another user than the caller's own subject) or
+                ``LIFETIME_ESCALATION`` (the caller's claim comes from an expiring API key and
+                the session's absolute expiry is later).
             Unavailable: storage or (durable) audit is down.
         """
         subject = validate_user_subject(user_subject)
         granted = validate_scopes(scopes, "scopes", maximum=MAX_SESSION_SCOPES, required=True)
-        check_grant(authority, granted, subject)
         idle = _timeout(idle_timeout, self._default_idle, MAX_IDLE_TIMEOUT, "idle_timeout")
         default_absolute = (
             self._absolute_for(parent.tenant) if self._absolute_for else self._default_absolute
@@ -408,6 +409,7 @@ class SessionService:
             absolute_timeout, default_absolute, MAX_ABSOLUTE_TIMEOUT, "absolute_timeout"
         )
         now = _dt(self._clock())
+        check_grant(authority, granted, subject, expire_time=now + timedelta(seconds=absolute))
         raw, token_hash = session_tokens.new_session_token()
         draft = SessionRecord(
             session_id=new_handle(KIND_SESSION),
@@ -455,19 +457,27 @@ class SessionService:
         """Give an active session a new token (the old one stops at once); optionally new scopes.
 
         The new token goes to the caller, so the caller's authority must cover the scopes the
-        session will carry and, unless it may impersonate, the session must be its own.
+        session will carry and its absolute expiry and, unless it may impersonate, the session
+        must be its own.
 
         Raises:
             InvalidArgument: malformed scopes.
             NotFound: no such session in this tenant and project.
             FailedPrecondition: the session is revoked or expired (``SESSION_NOT_ACTIVE``).
-            PermissionDenied: ``SCOPE_ESCALATION`` or ``IMPERSONATION_NOT_ALLOWED``.
+            PermissionDenied: ``SCOPE_ESCALATION``, ``IMPERSONATION_NOT_ALLOWED`` or
+                ``LIFETIME_ESCALATION`` (the session's absolute expiry is after the expiry of
+                the API key the caller's claim comes from).
         """
         new_scopes = validate_scopes(scopes, "scopes", maximum=MAX_SESSION_SCOPES, required=False)
         current = self._store.get(name.tenant, name.project, name.id)
         if current is None:
             raise resource_not_found(str(name))
-        check_grant(authority, new_scopes or current.scopes, current.user_subject)
+        check_grant(
+            authority,
+            new_scopes or current.scopes,
+            current.user_subject,
+            expire_time=current.absolute_expire_time,
+        )
         if self._dead(current, self._clock()) is not None:
             raise FailedPrecondition(
                 "the session is no longer active and cannot be rotated",

@@ -20,13 +20,17 @@ One decision per call, in this order (each refusal is audited by the interceptor
    others get UNAUTHENTICATED ``CLAIM_MISSING``. A purged tenant or project refuses them too
    (FAILED_PRECONDITION ``SCOPE_PURGED``), except the methods that read what a purge keeps.
 6. The caller's authority (what it may put into credentials it mints, see
-   :mod:`zumik_secrets.core.authority`) is derived here, once, for the use cases.
+   :mod:`zumik_secrets.core.authority`) is derived here, once, for the use cases. On the
+   methods that mint or rotate credentials (:data:`MINTING_METHODS`) only, a claim's authority
+   also gets its lifetime bound (``not_after``: the expiry of the API key the claim was minted
+   from, one read by ``cid``); no other call pays that read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from zumik_secrets.api.contracts import MethodGuard
@@ -72,6 +76,17 @@ WHOLE_TENANT_METHODS = frozenset(
     }
 )
 """Methods that expose a tenant's whole audit chain: a claim also needs ``audit.read.tenant``."""
+
+MINTING_METHODS = frozenset(
+    {
+        f"{_V1}KeyService/CreateApiKey",
+        f"{_V1}KeyService/RotateApiKey",
+        f"{_V1}KeyService/CreateSession",
+        f"{_V1}KeyService/RotateSession",
+    }
+)
+"""Methods that mint or rotate a credential with the caller's authority: a claim's authority
+gets its lifetime bound (``Authority.not_after``) on these, and a new such method belongs here."""
 
 AFTER_PURGE_METHODS = frozenset(
     {
@@ -150,6 +165,10 @@ def _no_tombstones(_tenant: str, _project: str | None) -> None:
     return None
 
 
+def _no_bound(_claim: TenantClaim) -> datetime | None:
+    return None
+
+
 class Authorizer:
     """Applies the policy and the claim rules to one call."""
 
@@ -158,6 +177,7 @@ class Authorizer:
         policy: Policy,
         verify_claim: Callable[[str], TenantClaim],
         check_scope_open: Callable[[str, str | None], None] = _no_tombstones,
+        minting_bound: Callable[[TenantClaim], datetime | None] = _no_bound,
     ) -> None:
         """Create an authorizer.
 
@@ -166,10 +186,13 @@ class Authorizer:
             verify_claim: Verifies a raw claim token, revocation included (raising
                 ``Unauthenticated``).
             check_scope_open: Raises (``FailedPrecondition``) for a purged tenant/project.
+            minting_bound: The lifetime bound of a claim's authority (the expiry of the API
+                key it was minted from), asked on :data:`MINTING_METHODS` only.
         """
         self._policy = policy
         self._verify_claim = verify_claim
         self._check_scope_open = check_scope_open
+        self._minting_bound = minting_bound
         self._parsed: dict[tuple[str, str], ResourceName] = {}
 
     def _parse(self, resource: str, field: str) -> ResourceName:
@@ -244,6 +267,8 @@ class Authorizer:
                     reason="MISSING_SCOPE",
                     metadata={"scope": guard.scope},
                 )
+            if guard.full_method in MINTING_METHODS:
+                authority = replace(authority, not_after=self._minting_bound(claim))
             tenant_view = AUDIT_TENANT_VIEW in claim.scopes
             if guard.full_method in WHOLE_TENANT_METHODS and not tenant_view:
                 raise PermissionDenied(

@@ -159,7 +159,12 @@ class ZumikServer:
             }
         )
         interceptor = GuardInterceptor(
-            Authorizer(runtime.policy, runtime.verify_claim, runtime.revocations.check_scope),
+            Authorizer(
+                runtime.policy,
+                runtime.verify_claim,
+                runtime.revocations.check_scope,
+                runtime.api_keys.minting_bound,
+            ),
             Telemetry(runtime.tenant_settings.rich_mode, runtime.metrics.otel, served_methods()),
             self.denial_audit,
             guards,

@@ -302,6 +302,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_ABORTED: _ErrorReason.ValueType  # 110
     """ABORTED: the operation was cut short; restart it from a higher level (generic)."""
+    ERROR_REASON_LIFETIME_ESCALATION: _ErrorReason.ValueType  # 111
+    """PERMISSION_DENIED: a credential would be valid after the caller's authority ends: the
+    caller's claim was minted from an API key that expires, and the credential minted or
+    rotated with it (a key without ttl or with a later expiry, a session with a later absolute
+    expiry) would outlive that key. Refused, not shortened, like `SCOPE_ESCALATION`;
+    `metadata.not_after` is the latest expiry allowed.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: every value of `google.rpc.ErrorInfo.reason` this service sends.
@@ -599,4 +606,11 @@ resynchronise).
 """
 ERROR_REASON_ABORTED: ErrorReason.ValueType  # 110
 """ABORTED: the operation was cut short; restart it from a higher level (generic)."""
+ERROR_REASON_LIFETIME_ESCALATION: ErrorReason.ValueType  # 111
+"""PERMISSION_DENIED: a credential would be valid after the caller's authority ends: the
+caller's claim was minted from an API key that expires, and the credential minted or
+rotated with it (a key without ttl or with a later expiry, a session with a later absolute
+expiry) would outlive that key. Refused, not shortened, like `SCOPE_ESCALATION`;
+`metadata.not_after` is the latest expiry allowed.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -144,7 +144,9 @@ class CreateApiKeyRequest(_message.Message):
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long the key lives; unset for no expiry."""
+        """How long the key lives; unset for no expiry. With a claim minted from an API key that
+        expires, required and ending no later than that key's expiry (`LIFETIME_ESCALATION`).
+        """
 
     def __init__(
         self,

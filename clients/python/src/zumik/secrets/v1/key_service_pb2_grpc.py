@@ -132,8 +132,12 @@ class KeyServiceServicer:
         Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
         `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
         PERMISSION_DENIED `SCOPE_ESCALATION` (a requested scope the caller's claim lacks: a key
-        never carries more than its minter holds); UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key
-        was created).
+        never carries more than its minter holds), `LIFETIME_ESCALATION` (the caller's claim was
+        minted from an API key that expires, and the request has no ttl or one ending after that
+        key's expiry: a key never outlives the key whose authority minted it; the request is
+        refused, not shortened, as a scope escalation is; `metadata.not_after` says the latest
+        allowed expiry; a session's claim is not bounded this way); UNAVAILABLE
+        `AUDIT_UNAVAILABLE` (no usable key was created).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,8 +194,11 @@ class KeyServiceServicer:
 
         Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
         NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
-        PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks);
-        UNAVAILABLE `AUDIT_UNAVAILABLE`.
+        PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks),
+        `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires, and the
+        new key, which gets the old one's lifetime length from now, would be valid after that
+        key's expiry; so an expiring key cannot renew itself with its own claim: rotate it without
+        a claim or with a longer-lived credential's); UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,7 +211,9 @@ class KeyServiceServicer:
         `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
         timeout out of range); PERMISSION_DENIED `SCOPE_ESCALATION` (a scope the caller's claim
         lacks), `IMPERSONATION_NOT_ALLOWED` (with a claim, user_subject must be the claim's own
-        subject unless the policy names an impersonation right); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+        subject unless the policy names an impersonation right), `LIFETIME_ESCALATION` (the
+        caller's claim was minted from an API key that expires before the session's absolute
+        expiry); UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,7 +244,9 @@ class KeyServiceServicer:
 
         Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
         FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session).
+        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
+        `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
+        the session's absolute expiry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

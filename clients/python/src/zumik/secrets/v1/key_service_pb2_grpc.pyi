@@ -45,8 +45,12 @@ class KeyServiceStub:
     Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
     `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
     PERMISSION_DENIED `SCOPE_ESCALATION` (a requested scope the caller's claim lacks: a key
-    never carries more than its minter holds); UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key
-    was created).
+    never carries more than its minter holds), `LIFETIME_ESCALATION` (the caller's claim was
+    minted from an API key that expires, and the request has no ttl or one ending after that
+    key's expiry: a key never outlives the key whose authority minted it; the request is
+    refused, not shortened, as a scope escalation is; `metadata.not_after` says the latest
+    allowed expiry; a session's claim is not bounded this way); UNAVAILABLE
+    `AUDIT_UNAVAILABLE` (no usable key was created).
     """
     VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.VerifyApiKeyRequest, _key_service_pb2.VerifyApiKeyResponse]
     """Verifies a presented API key and, when valid, mints a tenant claim. Failures are ordinary
@@ -83,8 +87,11 @@ class KeyServiceStub:
 
     Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
     NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
-    PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks);
-    UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks),
+    `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires, and the
+    new key, which gets the old one's lifetime length from now, would be valid after that
+    key's expiry; so an expiring key cannot renew itself with its own claim: rotate it without
+    a claim or with a longer-lived credential's); UNAVAILABLE `AUDIT_UNAVAILABLE`.
     """
     CreateSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.CreateSessionRequest, _key_service_pb2.CreateSessionResponse]
     """Creates a login session for a user. The raw token is returned once, in this response only.
@@ -93,7 +100,9 @@ class KeyServiceStub:
     `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
     timeout out of range); PERMISSION_DENIED `SCOPE_ESCALATION` (a scope the caller's claim
     lacks), `IMPERSONATION_NOT_ALLOWED` (with a claim, user_subject must be the claim's own
-    subject unless the policy names an impersonation right); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    subject unless the policy names an impersonation right), `LIFETIME_ESCALATION` (the
+    caller's claim was minted from an API key that expires before the session's absolute
+    expiry); UNAVAILABLE `AUDIT_UNAVAILABLE`.
     """
     VerifySession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.VerifySessionRequest, _key_service_pb2.VerifySessionResponse]
     """Verifies a presented session token, slides its idle timeout, and mints a tenant claim.
@@ -112,7 +121,9 @@ class KeyServiceStub:
 
     Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
     FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session).
+    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
+    `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
+    the session's absolute expiry).
     """
     RevokeSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]
     """Revokes one session: its token stops verifying at once.
@@ -175,8 +186,12 @@ class KeyServiceAsyncStub(KeyServiceStub):
     Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
     `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
     PERMISSION_DENIED `SCOPE_ESCALATION` (a requested scope the caller's claim lacks: a key
-    never carries more than its minter holds); UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key
-    was created).
+    never carries more than its minter holds), `LIFETIME_ESCALATION` (the caller's claim was
+    minted from an API key that expires, and the request has no ttl or one ending after that
+    key's expiry: a key never outlives the key whose authority minted it; the request is
+    refused, not shortened, as a scope escalation is; `metadata.not_after` says the latest
+    allowed expiry; a session's claim is not bounded this way); UNAVAILABLE
+    `AUDIT_UNAVAILABLE` (no usable key was created).
     """
     VerifyApiKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.VerifyApiKeyRequest, _key_service_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
     """Verifies a presented API key and, when valid, mints a tenant claim. Failures are ordinary
@@ -213,8 +228,11 @@ class KeyServiceAsyncStub(KeyServiceStub):
 
     Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
     NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
-    PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks);
-    UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks),
+    `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires, and the
+    new key, which gets the old one's lifetime length from now, would be valid after that
+    key's expiry; so an expiring key cannot renew itself with its own claim: rotate it without
+    a claim or with a longer-lived credential's); UNAVAILABLE `AUDIT_UNAVAILABLE`.
     """
     CreateSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.CreateSessionRequest, _key_service_pb2.CreateSessionResponse]  # type: ignore[assignment]
     """Creates a login session for a user. The raw token is returned once, in this response only.
@@ -223,7 +241,9 @@ class KeyServiceAsyncStub(KeyServiceStub):
     `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
     timeout out of range); PERMISSION_DENIED `SCOPE_ESCALATION` (a scope the caller's claim
     lacks), `IMPERSONATION_NOT_ALLOWED` (with a claim, user_subject must be the claim's own
-    subject unless the policy names an impersonation right); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+    subject unless the policy names an impersonation right), `LIFETIME_ESCALATION` (the
+    caller's claim was minted from an API key that expires before the session's absolute
+    expiry); UNAVAILABLE `AUDIT_UNAVAILABLE`.
     """
     VerifySession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.VerifySessionRequest, _key_service_pb2.VerifySessionResponse]  # type: ignore[assignment]
     """Verifies a presented session token, slides its idle timeout, and mints a tenant claim.
@@ -242,7 +262,9 @@ class KeyServiceAsyncStub(KeyServiceStub):
 
     Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
     FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session).
+    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
+    `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
+    the session's absolute expiry).
     """
     RevokeSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]  # type: ignore[assignment]
     """Revokes one session: its token stops verifying at once.
@@ -308,8 +330,12 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT `INVALID_DISPLAY_NAME`, `INVALID_ENVIRONMENT`,
         `INVALID_DURATION` (ttl), `FIELD_REQUIRED` (no scope), `INVALID_SCOPE`, `TOO_MANY_SCOPES`;
         PERMISSION_DENIED `SCOPE_ESCALATION` (a requested scope the caller's claim lacks: a key
-        never carries more than its minter holds); UNAVAILABLE `AUDIT_UNAVAILABLE` (no usable key
-        was created).
+        never carries more than its minter holds), `LIFETIME_ESCALATION` (the caller's claim was
+        minted from an API key that expires, and the request has no ttl or one ending after that
+        key's expiry: a key never outlives the key whose authority minted it; the request is
+        refused, not shortened, as a scope escalation is; `metadata.not_after` says the latest
+        allowed expiry; a session's claim is not bounded this way); UNAVAILABLE
+        `AUDIT_UNAVAILABLE` (no usable key was created).
         """
 
     @_abc_1.abstractmethod
@@ -376,8 +402,11 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
         NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
-        PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks);
-        UNAVAILABLE `AUDIT_UNAVAILABLE`.
+        PERMISSION_DENIED `SCOPE_ESCALATION` (the key carries a scope the caller's claim lacks),
+        `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires, and the
+        new key, which gets the old one's lifetime length from now, would be valid after that
+        key's expiry; so an expiring key cannot renew itself with its own claim: rotate it without
+        a claim or with a longer-lived credential's); UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
 
     @_abc_1.abstractmethod
@@ -392,7 +421,9 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         `INVALID_USER_SUBJECT`, `INVALID_SCOPE`, `TOO_MANY_SCOPES`, `INVALID_DURATION` (a
         timeout out of range); PERMISSION_DENIED `SCOPE_ESCALATION` (a scope the caller's claim
         lacks), `IMPERSONATION_NOT_ALLOWED` (with a claim, user_subject must be the claim's own
-        subject unless the policy names an impersonation right); UNAVAILABLE `AUDIT_UNAVAILABLE`.
+        subject unless the policy names an impersonation right), `LIFETIME_ESCALATION` (the
+        caller's claim was minted from an API key that expires before the session's absolute
+        expiry); UNAVAILABLE `AUDIT_UNAVAILABLE`.
         """
 
     @_abc_1.abstractmethod
@@ -429,7 +460,9 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
         FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session).
+        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
+        `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
+        the session's absolute expiry).
         """
 
     @_abc_1.abstractmethod
