@@ -218,6 +218,59 @@ def test_silent_stream_fails_closed(zumik_server: RunningServer) -> None:
         assert verifier.cache.serving()
 
 
+def test_a_paused_server_cannot_stretch_a_revocation_past_its_stated_bound(
+    zumik_server: RunningServer,
+) -> None:
+    """Issue 18 adversary F2: the verifier's server goes silent (a pause: no heartbeat, no
+    event) and the key is revoked; the verifier kept answering VALID from memory for up to
+    ``stall_after`` = three heartbeat intervals (3 s) after the revocation, twice the
+    ``propagation_bound`` (1.5 s) the server states. By default the last answer from memory now
+    comes within that bound."""
+    key = _new_key(zumik_server)
+    feed = zumik_server.runtime.revocation_feed
+    with _verifier(zumik_server) as verifier:
+        assert verifier.cache.stall_after <= feed.propagation_bound
+        _cached(verifier, lambda: verifier.verify_api_key(key.raw_key))
+        # Wait for a heartbeat, then pause right after it (the worst moment): nothing reaches
+        # the stream any more, neither heartbeats nor the revocation's event.
+        previous = verifier.cache.silent_for()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            silent = verifier.cache.silent_for()
+            if silent < previous:
+                break  # a message just arrived
+            previous = silent
+            time.sleep(0.002)
+        real_fresh, real_subscribers = feed.fresh, feed._subscribers
+        feed.fresh = lambda: False  # type: ignore[method-assign]
+        with feed._lock:
+            feed._subscribers = set()
+        try:
+            zumik_server.stubs("control-plane").keys.RevokeApiKey(
+                key_service_pb2.RevokeApiKeyRequest(name=key.api_key.name), timeout=5
+            )
+            revoked = time.monotonic()
+            last_from_memory = 0.0
+            while time.monotonic() - revoked < 4:
+                hits = verifier.stats().hits
+                answer = verifier.verify_api_key(key.raw_key)
+                if verifier.stats().hits > hits:
+                    assert answer.result == VALID
+                    last_from_memory = time.monotonic() - revoked
+                elif answer.result != VALID:
+                    break
+                time.sleep(0.01)
+            assert answer.result == common_pb2.VERIFY_RESULT_REVOKED
+            assert last_from_memory <= feed.propagation_bound, (
+                f"answered VALID from memory {last_from_memory:.2f} s after the revocation"
+                f" (bound {feed.propagation_bound} s)"
+            )
+        finally:
+            feed.fresh = real_fresh  # type: ignore[method-assign]
+            with feed._lock:
+                feed._subscribers = real_subscribers | feed._subscribers
+
+
 def _first_messages(
     stub: object, resume_after: int, count: int
 ) -> list[key_service_pb2.WatchRevocationsResponse]:

@@ -21,16 +21,22 @@ over gRPC holding one identity (console) plus the claims a gateway mints from ke
    another database (a PostgreSQL server's 3 sent to a SQLite server) was accepted the same
    way. Positions now carry ``position_tag`` (the change record's digest), sent back as
    ``resume_tag``; a tag that is not the server's own at that position means ``resync``.
+7. (issue 18, F5) A call with several ``zumik-claim`` headers was authorized with the first
+   (a proxy that reads the last one would disagree with the server about who is calling); an
+   empty first header made the call count as carrying no claim, so ``WatchRevocations``, which
+   refuses any call carrying a claim, served it, and so did a ``zumik-claim-bin`` header.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from zumik.secrets.v1 import audit_service_pb2 as apb
 from zumik.secrets.v1 import common_pb2
 from zumik.secrets.v1 import key_service_pb2 as kpb
@@ -272,3 +278,125 @@ def test_a_resume_position_of_another_history_forces_a_resync(
         )
         assert revoked_on_c not in replayed
         c.server.drain(grace=0.5)
+
+
+def _claim_of(server: RunningServer, parent: str, scopes: list[str]) -> str:
+    created = server.stubs("control-plane").keys.CreateApiKey(
+        kpb.CreateApiKeyRequest(parent=parent, scopes=scopes)
+    )
+    verified = server.stubs("gateway").keys.VerifyApiKey(
+        kpb.VerifyApiKeyRequest(key=created.raw_key)
+    )
+    assert verified.result == VALID
+    return verified.claim
+
+
+def _refused_malformed(call: Any, what: str, *, header: bool = True) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    code = caught.value.code()  # type: ignore[attr-defined]
+    assert code == grpc.StatusCode.UNAUTHENTICATED, f"{what}: {code} {caught.value}"
+    info = error_info(caught.value)
+    assert info.reason == "CLAIM_MALFORMED", f"{what}: {info.reason}"
+    if header:  # refused for the shape of its headers, not for the token in one
+        assert info.metadata["header"] == "zumik-claim"
+
+
+def test_repeated_empty_or_binary_claim_headers_are_refused_on_every_method(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 6: two claims (A,B and B,A), an empty first header before a valid claim, and a
+    ``zumik-claim-bin`` header are each refused UNAUTHENTICATED ``CLAIM_MALFORMED`` on a console
+    method, on WatchRevocations (which answered the empty-first and binary cases with a
+    subscription), and on an open method (health), before anything else."""
+    server = zumik_server
+    claim_a = _claim_of(server, PARENT, ["keys.read"])
+    claim_b = _claim_of(server, "tenants/beta/projects/web", ["keys.read", "keys.write"])
+    attacks: dict[str, tuple[tuple[str, str | bytes], ...]] = {
+        "A,B": (("zumik-claim", claim_a), ("zumik-claim", claim_b)),
+        "B,A": (("zumik-claim", claim_b), ("zumik-claim", claim_a)),
+        "empty,A": (("zumik-claim", ""), ("zumik-claim", claim_a)),
+        "A,empty": (("zumik-claim", claim_a), ("zumik-claim", "")),
+        "bin": (("zumik-claim-bin", claim_a.encode()),),
+        "A,bin": (("zumik-claim", claim_a), ("zumik-claim-bin", claim_a.encode())),
+    }
+    console = server.stubs("console").keys
+    gateway = server.stubs("gateway").keys
+    health = health_pb2_grpc.HealthStub(server.channel("gateway"))
+    # The one-claim calls work (the attacks below differ only in their claim headers).
+    for parent, claim in ((PARENT, claim_a), ("tenants/beta/projects/web", claim_b)):
+        console.ListApiKeys(
+            kpb.ListApiKeysRequest(parent=parent, page_size=1),
+            metadata=(("zumik-claim", claim),),
+            timeout=10,
+        )
+    for label, metadata in attacks.items():
+        for parent in (PARENT, "tenants/beta/projects/web"):
+            _refused_malformed(
+                lambda parent=parent, metadata=metadata: console.ListApiKeys(
+                    kpb.ListApiKeysRequest(parent=parent, page_size=1),
+                    metadata=metadata,
+                    timeout=10,
+                ),
+                f"[{label}] ListApiKeys {parent}",
+            )
+        _refused_malformed(
+            lambda metadata=metadata: console.CreateApiKey(
+                kpb.CreateApiKeyRequest(parent=PARENT, scopes=["keys.read"]),
+                metadata=metadata,
+                timeout=10,
+            ),
+            f"[{label}] CreateApiKey",
+        )
+        _refused_malformed(
+            lambda metadata=metadata: next(
+                gateway.WatchRevocations(
+                    kpb.WatchRevocationsRequest(), metadata=metadata, timeout=10
+                )
+            ),
+            f"[{label}] WatchRevocations",
+        )
+        _refused_malformed(
+            lambda metadata=metadata: health.Check(
+                health_pb2.HealthCheckRequest(), metadata=metadata, timeout=10
+            ),
+            f"[{label}] Health/Check",
+        )
+    # Nothing was created in acme by the refused CreateApiKey calls.
+    listed = server.stubs("control-plane").keys.ListApiKeys(
+        kpb.ListApiKeysRequest(parent=PARENT, page_size=100), timeout=10
+    )
+    assert len(listed.api_keys) == 1
+
+
+def test_watch_revocations_refuses_any_call_with_a_claim_header(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 6: the feed spans every tenant; a call with one claim header is refused too,
+    whatever the claim: a valid one (CLAIM_NOT_ACCEPTED) or one that does not verify (its
+    claim reason); only a call without any claim header subscribes."""
+    server = zumik_server
+    claim = _claim_of(server, PARENT, ["keys.read"])
+    gateway = server.stubs("gateway").keys
+    with pytest.raises(grpc.RpcError) as caught:
+        next(
+            gateway.WatchRevocations(
+                kpb.WatchRevocationsRequest(), metadata=(("zumik-claim", claim),), timeout=10
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert error_info(caught.value).reason == "CLAIM_NOT_ACCEPTED"
+    for bad in (" ", "not-a-claim"):
+        _refused_malformed(
+            lambda bad=bad: next(
+                gateway.WatchRevocations(
+                    kpb.WatchRevocationsRequest(), metadata=(("zumik-claim", bad),), timeout=10
+                )
+            ),
+            f"WatchRevocations with claim {bad!r}",
+            header=not bad.strip(),
+        )
+    stream = gateway.WatchRevocations(kpb.WatchRevocationsRequest(), timeout=10)
+    first = next(stream)
+    stream.cancel()
+    assert first.HasField("synced")

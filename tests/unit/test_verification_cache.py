@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import grpc
 import pytest
+from google.protobuf import duration_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zumik.secrets.v1 import key_service_pb2
 
 from zumik_secrets.app.revocation_feed import (
     TAG_BYTES,
@@ -18,8 +21,8 @@ from zumik_secrets.app.revocation_feed import (
 )
 from zumik_secrets.core.errors import Aborted
 from zumik_secrets.storage.records import ChangeRecord
-from zumik_secrets_client import VerificationCache
-from zumik_secrets_client.caching import MIN_TTL
+from zumik_secrets_client import CachingVerifier, VerificationCache
+from zumik_secrets_client.caching import MIN_TTL, stall_limit
 
 
 class Clock:
@@ -320,3 +323,73 @@ def test_cache_keys_do_not_run_credential_and_scopes_together() -> None:
     # Scope order does not matter; the kind does.
     assert verifier._key(b"k\x00", "x", ("a", "b")) == verifier._key(b"k\x00", "x", ("b", "a"))
     assert verifier._key(b"k\x00", "x", ()) != verifier._key(b"s\x00", "x", ())
+
+
+def test_the_silence_limit_fits_in_the_servers_propagation_bound() -> None:
+    """Issue 18 adversary F2: a silent server's revocation delay is ``stall_after``; it must fit
+    in the ``propagation_bound`` the server states, and stay above a heartbeat interval."""
+    assert stall_limit(1.0, 1.5) == pytest.approx(1.2)  # the server's defaults: 1.2 H
+    assert stall_limit(1.0, 5.0) == pytest.approx(4.0)  # room enough: P - H
+    assert stall_limit(1.0, 1.0) == pytest.approx(1.0)  # never past P, even below 1.2 H
+    for heartbeat in (0.1, 0.5, 1.0, 2.0):
+        for bound in (0.5, 1.0, 1.5, 3.0, 10.0):
+            limit = stall_limit(heartbeat, bound)
+            assert limit <= bound
+            assert limit >= min(bound, 1.2 * heartbeat)
+    with pytest.raises(ValueError):
+        stall_limit(0.0, 1.5)
+    assert VerificationCache().stall_after <= 1.5
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+def _synced(heartbeat: float, bound: float) -> key_service_pb2.WatchRevocationsResponse:
+    return key_service_pb2.WatchRevocationsResponse(
+        position=1,
+        synced=key_service_pb2.RevocationFeedSynced(
+            resync=True,
+            heartbeat_interval=_duration(heartbeat),
+            propagation_bound=_duration(bound),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "heartbeat", "bound", "expected"),
+    [
+        (None, 1.0, 1.5, 1.2),  # default: derived from what the server announces (was 3.0)
+        (None, 1.0, 5.0, 4.0),
+        (10.0, 1.0, 1.5, 1.2),  # a caller's larger value is capped, never honoured
+        (10.0, 1.0, 5.0, 4.0),
+        (0.5, 1.0, 1.5, 0.5),  # a smaller one tightens
+    ],
+)
+def test_the_verifier_takes_its_silence_limit_from_the_server(
+    given: float | None, heartbeat: float, bound: float, expected: float
+) -> None:
+    # Nothing listens there: the follower keeps failing to connect; _apply is what it would
+    # call with the server's synced message.
+    channel = grpc.insecure_channel("127.0.0.1:9")
+    verifier = CachingVerifier(channel, stall_after=given)
+    try:
+        verifier._apply(_synced(heartbeat, bound))
+        assert verifier.cache.stall_after == pytest.approx(expected)
+        assert verifier.cache.stall_after <= bound
+        assert verifier.cache.serving()
+    finally:
+        verifier.close()
+        channel.close()
+
+
+@pytest.mark.parametrize("given", [0.0, -1.0])
+def test_a_non_positive_stall_after_is_refused(given: float) -> None:
+    channel = grpc.insecure_channel("127.0.0.1:9")
+    try:
+        with pytest.raises(ValueError):
+            CachingVerifier(channel, stall_after=given)
+    finally:
+        channel.close()

@@ -6,6 +6,9 @@ One decision per call, in this order (each refusal is audited by the interceptor
    allowed the method: else PERMISSION_DENIED (``UNKNOWN_IDENTITY`` / ``METHOD_NOT_ALLOWED``).
 2. A claim in the call (metadata ``zumik-claim``) is verified: signature, time, and whether its
    credential was revoked or its tenant/project purged (UNAUTHENTICATED with the claim's reason).
+   Before anything else of the call, the interceptor reads it with
+   :func:`zumik_secrets.api.claim_header.claim_header`: several ``zumik-claim`` headers, an
+   empty one or a ``zumik-claim-bin`` one refuse the call (UNAUTHENTICATED ``CLAIM_MALFORMED``).
 3. For a tenant-scoped method, the resource name in the request field the contract declares is
    parsed, once, with :func:`zumik_secrets.core.names.parse_resource` (INVALID_ARGUMENT when
    malformed); the servicer receives the parsed name on the call context and never parses it
@@ -33,6 +36,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from zumik_secrets.api.claim_header import CLAIM_METADATA_KEY as CLAIM_METADATA_KEY
 from zumik_secrets.api.contracts import MethodGuard
 from zumik_secrets.core.authority import AUDIT_TENANT_VIEW, NO_AUTHORITY, Authority
 from zumik_secrets.core.claims import TenantClaim
@@ -52,13 +56,16 @@ from zumik_secrets.core.names import (
 )
 from zumik_secrets.core.policy import Decision, Policy
 
-CLAIM_METADATA_KEY = "zumik-claim"
 PARSED_NAMES = 4096
 """Bound on the resource names the authorizer remembers parsed (see :meth:`Authorizer._parse`)."""
 
 
 def metadata_value(metadata: Any, key: str) -> str | None:
-    """The first value of ``key`` in a call's invocation metadata (bytes decoded), if any."""
+    """The first value of ``key`` in a call's invocation metadata (bytes decoded), if any.
+
+    Not for the tenant claim: :func:`zumik_secrets.api.claim_header.claim_header` refuses a
+    repeated, empty or binary claim header instead of taking the first.
+    """
     for item in metadata or ():
         if item.key == key:
             value = item.value
@@ -240,7 +247,8 @@ class Authorizer:
             PermissionDenied: the claim lacks the method's scope.
             FailedPrecondition: a call without a claim names a purged scope.
         """
-        claim = self._verify_claim(raw_claim) if raw_claim else None
+        # An empty claim is a malformed one, never "no claim" (the interceptor refuses it first).
+        claim = self._verify_claim(raw_claim) if raw_claim is not None else None
         authority = (
             Authority.of_claim(claim.scopes, claim.subject, impersonate=decision.impersonate)
             if claim is not None

@@ -39,6 +39,7 @@ import grpc
 from opentelemetry import trace
 
 from zumik_secrets.api.call_context import CallContext, reset_call, set_call
+from zumik_secrets.api.claim_header import claim_header
 from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.free_text import refuse_secret_fields
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
@@ -51,12 +52,7 @@ from zumik_secrets.core.errors import (
     ZumikError,
 )
 from zumik_secrets.core.secret_patterns import bounded
-from zumik_secrets.server.authorization import (
-    CLAIM_METADATA_KEY,
-    Authorization,
-    Authorizer,
-    metadata_value,
-)
+from zumik_secrets.server.authorization import Authorization, Authorizer
 from zumik_secrets.server.break_glass import GrantGate, grant_from
 from zumik_secrets.server.limits import Limits, LimitSettings, overloaded
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
@@ -183,10 +179,6 @@ def _decision(
     )
 
 
-def _claim_from(metadata: Any) -> str | None:
-    return metadata_value(metadata, CLAIM_METADATA_KEY)
-
-
 def _releasing(responses: Iterator[Any], release: Callable[[], None]) -> Iterator[Any]:
     try:
         yield from responses
@@ -272,7 +264,6 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             # by the methods the server serves (an unknown path returned above, uncached).
             self._unary_handlers[method] = wrapped
             return wrapped
-        raw_claim = _claim_from(handler_call_details.invocation_metadata)
         blocking_stream = handler.unary_unary is None and not getattr(
             handler.unary_stream, "experimental_non_blocking", False
         )
@@ -288,7 +279,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 )
             return self._in_pool(
                 grpc.unary_stream_rpc_method_handler(
-                    self._unary_stream(handler.unary_stream, method, guard, raw_claim, open_method),
+                    self._unary_stream(handler.unary_stream, method, guard, open_method),
                     request_deserializer=_tolerant(handler.request_deserializer),
                     response_serializer=handler.response_serializer,
                 ),
@@ -335,15 +326,23 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         method: str,
         guard: MethodGuard | None,
         request: Any,
-        raw_claim: str | None,
         open_method: bool,
         *,
+        claims: bool = True,
         peer: tuple[str, str] | None = None,
         trace_hex: str | None = None,
     ) -> tuple[CallContext, AuditEntry | None]:
         """Authorize the call.
 
+        The claim headers are checked first, on every method (open ones and those that take no
+        claim included): a call with several ``zumik-claim`` headers, an empty one or a
+        ``zumik-claim-bin`` one is refused (UNAUTHENTICATED ``CLAIM_MALFORMED``, audited as a
+        denial) before anything else is decided, so no method reads a claim the server and a
+        proxy in front of it would read differently.
+
         Args:
+            claims: Whether the method takes a tenant claim (False: a well-formed claim is
+                ignored, as for reflection and unknown methods).
             peer: The peer's identity and TLS version, when the caller already read them.
             trace_hex: The call's trace id, when the caller already has it (default: the
                 current span's).
@@ -357,10 +356,20 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if trace_hex is None:
             trace_id = trace.get_current_span().get_span_context().trace_id
             trace_hex = f"{trace_id:032x}" if trace_id else ""
+        metadata = context.invocation_metadata()
+        try:
+            raw_claim = claim_header(metadata)
+        except ZumikError as error:
+            self._record_decision(
+                _decision(identity, "", method, "", "denied", error.reason, trace_hex)
+            )
+            raise _Denied(error) from None
         if open_method:
             return CallContext(method, identity, None, None, None, False, trace_hex), None
+        if not claims:
+            raw_claim = None
         resource = ""
-        raw_grant = grant_from(context.invocation_metadata()) if self._grants else None
+        raw_grant = grant_from(metadata) if self._grants else None
         try:
             if raw_grant is not None and self._grants is not None:
                 # Break-glass: the grant, not the policy or a claim, authorizes this call; the
@@ -568,7 +577,6 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                         method,
                         guard,
                         request,
-                        _claim_from(context.invocation_metadata()),
                         open_method,
                         peer=peer,
                         trace_hex=trace_hex,
@@ -611,7 +619,6 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         behavior: Behavior,
         method: str,
         guard: MethodGuard | None,
-        raw_claim: str | None,
         open_method: bool,
     ) -> Behavior:
         service, name = _split(method)
@@ -626,7 +633,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                     try:
                         release = self._limits.stream(_peer(context)[0])
                         call, allow = self._authorize(
-                            context, record, method, guard, request, raw_claim, open_method
+                            context, record, method, guard, request, open_method
                         )
                         record.request = request
                         if guard is not None:
@@ -675,7 +682,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     release = self._limits.stream(_peer(context)[0])
                     try:
-                        self._authorize(context, record, method, None, None, None, open_method)
+                        self._authorize(
+                            context, record, method, None, None, open_method, claims=False
+                        )
                         if request is _UNDECODABLE:
                             raise _Malformed(
                                 InvalidArgument(
@@ -736,7 +745,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     release = self._limits.stream(_peer(context)[0])
                     try:
-                        self._authorize(context, record, method, None, None, None, open_method)
+                        self._authorize(
+                            context, record, method, None, None, open_method, claims=False
+                        )
                     except BaseException:
                         release()
                         raise
@@ -763,7 +774,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             span = self._telemetry.start_span(service, name, context)
             try:
                 try:
-                    self._authorize(context, record, method, None, None, None, False)
+                    self._authorize(context, record, method, None, None, False, claims=False)
                     raise Unimplemented(f"no such method: {method}", reason="METHOD_NOT_FOUND")
                 except Exception as error:  # noqa: BLE001 - mapped to a status below
                     self._fail(context, record, error)

@@ -27,6 +27,35 @@ can, and with a real call otherwise. It is opt-in and fails closed:
   database holds another history at that position (restored to an earlier point, or another
   database) says ``resync`` rather than replaying from a position that means something else.
 
+How long a silence may last (``stall_after``, :func:`stall_limit`). The server announces, in
+the feed's ``synced`` message, its heartbeat interval ``H`` (a message at least that often
+while it follows its change feed) and its ``propagation_bound`` ``P`` (a change committed on
+any replica reaches the stream within ``P``). A server that goes silent (a GC or scheduler
+pause, SIGSTOP, a partition that keeps the TCP connection open) delivers nothing, so a
+revocation committed after it went quiet is answered from memory until the last message heard
+is ``stall_after`` old: that wait is the whole revocation delay a silent server adds, and it
+must fit in the bound the server states, ``P``. It must also be longer than ``H``, or a
+healthy stream whose heartbeat is a little late (scheduling, network) stops the cache between
+two heartbeats. Hence::
+
+    stall_after = min(P, max(P - H, 1.2 * H))
+
+``P - H`` keeps one heartbeat interval of the bound for what the verifier cannot see: how old
+the last message already was when it arrived (send queue, network, the server stopping just
+after it). When that leaves less than ``1.2 * H`` (the server's defaults: ``H`` = 1 s, ``P``
+= 1.5 s, so 1.2 s), ``1.2 * H`` tolerates 20 % of late heartbeats and still fits in ``P``;
+``min(P, ...)`` never lets it exceed ``P`` (a server announcing ``P`` < 1.2 ``H`` gets a cache
+that serves only part of each heartbeat interval: slower, never later). The previous default,
+three heartbeat intervals (3 s), kept answering a revoked key from memory for up to 3 s after
+the revocation when the server paused, twice the stated bound. A revocation already in flight
+when the server goes silent (committed less than ``P`` before) can still be answered for up
+to ``P + stall_after``: the server's own bound plus this one (before: ``P`` + 3 s).
+
+A caller's ``stall_after`` may only tighten this: a larger one is capped to
+:func:`stall_limit` of what the server announces (logged once), never honoured. A silent
+stream is cut and reconnected after ``max(stall_after, 3 * H)`` (a late heartbeat only pauses
+answering from memory; it does not cost a reconnect).
+
 Use the answers as the real call's: forward ``answer.claim`` downstream. Answers are shared
 read-only messages: copy one before changing it.
 """
@@ -50,12 +79,22 @@ __all__ = [
     "CacheStats",
     "CachingVerifier",
     "VerificationCache",
+    "stall_limit",
 ]
 
 _LOG = logging.getLogger("zumik_secrets_client.caching")
 
 #: Default longest life of a cached answer, in seconds.
 DEFAULT_MAX_TTL: Final = 60.0
+#: What a Zumik server announces by default (``synced``): heartbeat interval, propagation bound.
+#: Used only until the feed's ``synced`` message says the server's own.
+DEFAULT_HEARTBEAT: Final = 1.0
+DEFAULT_PROPAGATION_BOUND: Final = 1.5
+#: The shortest silence limit, in heartbeat intervals: a healthy heartbeat may be this late.
+MIN_STALL_INTERVALS: Final = 1.2
+#: A stream silent for this many heartbeat intervals (or ``stall_after``, if longer) is cut and
+#: reconnected.
+RECONNECT_INTERVALS: Final = 3.0
 #: Default number of cached answers.
 DEFAULT_MAX_ENTRIES: Final = 10_000
 #: Shorter lives are not worth an entry.
@@ -67,6 +106,29 @@ _VALID: Final = common_pb2.VERIFY_RESULT_VALID
 _Answer = TypeVar(
     "_Answer", key_service_pb2.VerifyApiKeyResponse, key_service_pb2.VerifySessionResponse
 )
+
+
+def stall_limit(heartbeat_interval: float, propagation_bound: float) -> float:
+    """The longest silence of the feed the cache may answer from memory through, in seconds.
+
+    ``min(P, max(P - H, 1.2 H))`` for the heartbeat interval ``H`` and propagation bound ``P``
+    the server announces: a revocation committed after the server went silent is answered from
+    memory for at most this long, within ``P``; and a healthy stream's heartbeat may be 20 %
+    late without stopping the cache (the reasoning is in the module's docstring).
+
+    Raises:
+        ValueError: ``heartbeat_interval`` or ``propagation_bound`` not positive.
+    """
+    if not heartbeat_interval > 0 or not propagation_bound > 0:
+        raise ValueError("heartbeat_interval and propagation_bound must be positive")
+    return min(
+        propagation_bound,
+        max(propagation_bound - heartbeat_interval, MIN_STALL_INTERVALS * heartbeat_interval),
+    )
+
+
+#: The silence limit for a server with the default heartbeat interval and bound (1.2 s).
+DEFAULT_STALL_AFTER: Final = stall_limit(DEFAULT_HEARTBEAT, DEFAULT_PROPAGATION_BOUND)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +192,8 @@ class VerificationCache:
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_ttl: float = DEFAULT_MAX_TTL,
-        stall_after: float = 3.0,
-        quarantine: float = 1.5,
+        stall_after: float = DEFAULT_STALL_AFTER,
+        quarantine: float = DEFAULT_PROPAGATION_BOUND,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create an empty cache that does not serve until :meth:`mark_synced`.
@@ -139,7 +201,9 @@ class VerificationCache:
         Args:
             max_entries: Most answers kept (least recently used out first).
             max_ttl: Longest life of an answer, in seconds.
-            stall_after: Serve only while the feed was heard from within this many seconds.
+            stall_after: Serve only while the feed was heard from within this many seconds
+                (default: :func:`stall_limit` of a server's default heartbeat and bound; the
+                :class:`CachingVerifier` sets it from what its server announces).
             quarantine: An answer that comes back within this long after a matching event is
                 not cached (the server's ``propagation_bound`` replaces it once synced).
             clock: Monotonic seconds.
@@ -165,6 +229,11 @@ class VerificationCache:
         self._evicted = self._resyncs = 0
 
     # -- answering -------------------------------------------------------------------------
+
+    def silent_for(self, now: float | None = None) -> float:
+        """Seconds since the feed last said something (infinite before it ever did)."""
+        now = self._clock() if now is None else now
+        return now - self._heard
 
     def serving(self, now: float | None = None) -> bool:
         """Whether lookups may answer now: synced, and the feed heard from recently."""
@@ -376,13 +445,18 @@ class CachingVerifier:
             max_ttl: Longest life of an answer, in seconds (also bounded by half of the
                 claim's remaining lifetime).
             stall_after: Stop answering from memory after this long without a message from
-                the feed (default: three heartbeat intervals the server announces).
+                the feed (default: :func:`stall_limit` of the heartbeat interval and
+                propagation bound the server announces, so a silent server cannot stretch a
+                revocation past its stated bound). A larger value is capped to that limit
+                once the server's numbers are known (logged), never honoured.
             timeout: Deadline of each real verify call, in seconds.
             clock: Monotonic seconds (tests).
             wall_clock: Unix seconds, to read claim expiry times (tests).
         """
         if not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
+        if stall_after is not None and not stall_after > 0:
+            raise ValueError("stall_after must be a positive number of seconds")
         self._stub = key_service_pb2_grpc.KeyServiceStub(channel)
         self._timeout = timeout
         self._wall = wall_clock
@@ -393,9 +467,12 @@ class CachingVerifier:
         self.cache = VerificationCache(
             max_entries=max_entries,
             max_ttl=max_ttl,
-            stall_after=stall_after or 3.0,
+            stall_after=min(stall_after or DEFAULT_STALL_AFTER, DEFAULT_STALL_AFTER),
             clock=clock,
         )
+        #: Silence after which the watchdog cuts the stream and reconnects (set on sync).
+        self._reconnect_after = max(self.cache.stall_after, RECONNECT_INTERVALS * DEFAULT_HEARTBEAT)
+        self._capped_warned = False
         #: The position of the last feed message applied (resumed from after a reconnect).
         self.position = 0
         #: That message's ``position_tag``, sent back on resume so that a server whose
@@ -521,15 +598,30 @@ class CachingVerifier:
             self.cache.drop_scope(message.purge.tenant, message.purge.project)
         elif kind == "synced":
             synced = message.synced
-            interval = synced.heartbeat_interval.ToTimedelta().total_seconds() or 1.0
-            if self._fixed_stall is None:
-                self.cache.stall_after = 3.0 * interval
+            interval = synced.heartbeat_interval.ToTimedelta().total_seconds()
+            interval = interval if interval > 0 else DEFAULT_HEARTBEAT
             bound = synced.propagation_bound.ToTimedelta().total_seconds()
+            bound = bound if bound > 0 else DEFAULT_PROPAGATION_BOUND
+            self._set_stall(stall_limit(interval, bound), interval)
             self.cache.quarantine = max(self.cache.quarantine, bound)
             self.cache.mark_synced(resync=synced.resync)
             self._synced_event.set()
         self.position, self.position_tag = message.position, message.position_tag
         self.cache.heard()
+
+    def _set_stall(self, limit: float, interval: float) -> None:
+        """Apply the server's silence limit (a caller's ``stall_after`` only tightens it)."""
+        wanted = self._fixed_stall
+        if wanted is not None and wanted > limit and not self._capped_warned:
+            self._capped_warned = True
+            _LOG.warning(
+                "stall_after %.3f s exceeds what the server's propagation bound allows; "
+                "capped to %.3f s",
+                wanted,
+                limit,
+            )
+        self.cache.stall_after = limit if wanted is None else min(wanted, limit)
+        self._reconnect_after = max(self.cache.stall_after, RECONNECT_INTERVALS * interval)
 
     def _follow(self) -> None:
         backoff = 0.1
@@ -566,7 +658,12 @@ class CachingVerifier:
     def _watch(self) -> None:
         """Cut a stream that went silent, so the follower reconnects (and resyncs)."""
         while not self._closed.wait(max(0.05, self.cache.stall_after / 4)):
-            stalled = self._synced_event.is_set() and not self.cache.serving()
+            # The cache stops answering from memory at stall_after by itself (it checks on
+            # every lookup); the stream is cut only after a longer silence, so a heartbeat
+            # that is merely late does not cost a reconnect.
+            stalled = (
+                self._synced_event.is_set() and self.cache.silent_for() > self._reconnect_after
+            )
             if stalled:
                 _LOG.warning("revocation feed silent too long; reconnecting")
                 self._cancel()

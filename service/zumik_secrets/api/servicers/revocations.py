@@ -4,8 +4,12 @@ Who may subscribe is the policy's decision (only identities that may verify cred
 :mod:`zumik_secrets.core.policy`); what a subscriber may see is decided here, once: the feed
 spans every tenant, so it is served to service identities acting as themselves, never to a
 call carrying a tenant claim (a claim-bound caller would otherwise learn other tenants' key
-ids and purges). The stream runs in the stream pool under the caller's per-peer stream cap
-(the interceptor), and ends when grpc terminates the call (drain, cancel, connection age).
+ids and purges). "Carrying a claim" is any claim header at all, not only a claim the
+interceptor verified: the interceptor already refuses repeated, empty and binary claim
+headers (``CLAIM_MALFORMED``) and invalid claims, and this check of the raw metadata keeps
+the feed closed even if a later change let a claim header through unverified. The stream
+runs in the stream pool under the caller's per-peer stream cap (the interceptor), and ends
+when grpc terminates the call (drain, cancel, connection age).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from zumik.secrets.v1 import key_service_pb2 as _pb
 
 from zumik_secrets.api.call_context import current_call
+from zumik_secrets.api.claim_header import carries_claim_header
 from zumik_secrets.app.revocation_feed import FeedEvent, FeedMessage, Heartbeat, RevocationFeed
 from zumik_secrets.core.errors import InvalidArgument, PermissionDenied
 
@@ -92,11 +97,12 @@ def watch_revocations(
     """Serve one subscriber until grpc ends the call.
 
     Raises:
-        PermissionDenied: reason ``CLAIM_NOT_ACCEPTED`` (the call carries a tenant claim).
+        PermissionDenied: reason ``CLAIM_NOT_ACCEPTED`` (the call carries a tenant claim, or
+            any claim header).
         InvalidArgument: reason ``INVALID_RANGE`` (negative ``resume_after``).
         Aborted: reason ``SUBSCRIBER_TOO_SLOW`` (the subscriber's queue overflowed).
     """
-    if current_call().claim is not None:
+    if current_call().claim is not None or carries_claim_header(context.invocation_metadata()):
         raise PermissionDenied(
             "the revocation feed spans every tenant: subscribe as a service identity, without"
             " a tenant claim",

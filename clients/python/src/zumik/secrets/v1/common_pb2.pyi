@@ -28,7 +28,9 @@ reasons specific to each method, each status code followed by its reasons):
   tenant-scoped method, `MISSING_SCOPE` (the claim lacks the method's scope);
 * UNAUTHENTICATED `CLAIM_MISSING` (a tenant-scoped method called without the `zumik-claim`
   metadata by an identity that may not act without one) or one of the `CLAIM_*` reasons
-  of a claim that does not verify;
+  of a claim that does not verify; `CLAIM_MALFORMED` also, on every method and before
+  anything else, for a call with more than one `zumik-claim` metadata entry, an empty one,
+  or a `zumik-claim-bin` entry (send exactly one claim, as text);
 * INVALID_ARGUMENT `MALFORMED_REQUEST` (the body does not decode), `FIELD_REQUIRED` (the
   resource field is empty), `INVALID_NAME` (the resource name does not match its pattern),
   `SECRET_IN_FIELD` (a field not marked sensitive holds something that looks like a secret:

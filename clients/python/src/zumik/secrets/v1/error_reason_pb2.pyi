@@ -27,7 +27,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_CLAIM_MISSING: _ErrorReason.ValueType  # 1
     """UNAUTHENTICATED: the method needs a tenant claim (metadata `zumik-claim`) and none was sent."""
     ERROR_REASON_CLAIM_MALFORMED: _ErrorReason.ValueType  # 2
-    """UNAUTHENTICATED: the tenant claim is not a well-formed compact JWS with the required claims."""
+    """UNAUTHENTICATED: the tenant claim is not a well-formed compact JWS with the required claims,
+    or the call carries more than one `zumik-claim` metadata entry, an empty one, or a
+    `zumik-claim-bin` entry.
+    """
     ERROR_REASON_CLAIM_ALG_NOT_ALLOWED: _ErrorReason.ValueType  # 3
     """UNAUTHENTICATED: the tenant claim's `alg` is not EdDSA, or its `typ` is not JWT."""
     ERROR_REASON_CLAIM_UNKNOWN_KEY: _ErrorReason.ValueType  # 4
@@ -331,7 +334,10 @@ ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 ERROR_REASON_CLAIM_MISSING: ErrorReason.ValueType  # 1
 """UNAUTHENTICATED: the method needs a tenant claim (metadata `zumik-claim`) and none was sent."""
 ERROR_REASON_CLAIM_MALFORMED: ErrorReason.ValueType  # 2
-"""UNAUTHENTICATED: the tenant claim is not a well-formed compact JWS with the required claims."""
+"""UNAUTHENTICATED: the tenant claim is not a well-formed compact JWS with the required claims,
+or the call carries more than one `zumik-claim` metadata entry, an empty one, or a
+`zumik-claim-bin` entry.
+"""
 ERROR_REASON_CLAIM_ALG_NOT_ALLOWED: ErrorReason.ValueType  # 3
 """UNAUTHENTICATED: the tenant claim's `alg` is not EdDSA, or its `typ` is not JWT."""
 ERROR_REASON_CLAIM_UNKNOWN_KEY: ErrorReason.ValueType  # 4

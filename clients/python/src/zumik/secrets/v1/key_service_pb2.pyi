@@ -1174,7 +1174,11 @@ class RevocationFeedSynced(_message.Message):
     @_builtins.property
     def propagation_bound(self) -> _duration_pb2.Duration:
         """A change committed on any replica reaches this stream within this bound; an answer one
-        replica gave up to this long after an event may predate the event there.
+        replica gave up to this long after an event may predate the event there. A caller that
+        answers from memory stops once the stream was silent longer than this bound allows (a
+        silent server delivers no revocation): the Python client's CachingVerifier stops after
+        min(propagation_bound, max(propagation_bound - heartbeat_interval,
+        1.2 x heartbeat_interval)) without a message.
         """
 
     def __init__(

@@ -159,11 +159,12 @@ class KeyServiceStub:
     or the connection reaches its maximum age (resume from the last `position`).
 
     Only identities that the policy lets call VerifyApiKey or VerifySession may subscribe,
-    and only as themselves: the feed spans every tenant, so a call with a tenant claim is
-    refused.
+    and only as themselves: the feed spans every tenant, so a call with any claim metadata
+    (`zumik-claim`, valid or not, or `zumik-claim-bin`) is refused.
 
     Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative resume_after); PERMISSION_DENIED
-    `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); ABORTED `SUBSCRIBER_TOO_SLOW`
+    `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); UNAUTHENTICATED `CLAIM_MALFORMED`
+    (several, empty or binary claim entries, or a claim that does not verify); ABORTED `SUBSCRIBER_TOO_SLOW`
     (the caller did not read events fast enough and its queue overflowed: subscribe again
     from the last position applied); UNAVAILABLE `UNAVAILABLE` (the server is draining:
     subscribe to another replica).
@@ -300,11 +301,12 @@ class KeyServiceAsyncStub(KeyServiceStub):
     or the connection reaches its maximum age (resume from the last `position`).
 
     Only identities that the policy lets call VerifyApiKey or VerifySession may subscribe,
-    and only as themselves: the feed spans every tenant, so a call with a tenant claim is
-    refused.
+    and only as themselves: the feed spans every tenant, so a call with any claim metadata
+    (`zumik-claim`, valid or not, or `zumik-claim-bin`) is refused.
 
     Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative resume_after); PERMISSION_DENIED
-    `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); ABORTED `SUBSCRIBER_TOO_SLOW`
+    `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); UNAUTHENTICATED `CLAIM_MALFORMED`
+    (several, empty or binary claim entries, or a claim that does not verify); ABORTED `SUBSCRIBER_TOO_SLOW`
     (the caller did not read events fast enough and its queue overflowed: subscribe again
     from the last position applied); UNAVAILABLE `UNAVAILABLE` (the server is draining:
     subscribe to another replica).
@@ -528,11 +530,12 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         or the connection reaches its maximum age (resume from the last `position`).
 
         Only identities that the policy lets call VerifyApiKey or VerifySession may subscribe,
-        and only as themselves: the feed spans every tenant, so a call with a tenant claim is
-        refused.
+        and only as themselves: the feed spans every tenant, so a call with any claim metadata
+        (`zumik-claim`, valid or not, or `zumik-claim-bin`) is refused.
 
         Errors: INVALID_ARGUMENT `INVALID_RANGE` (negative resume_after); PERMISSION_DENIED
-        `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); ABORTED `SUBSCRIBER_TOO_SLOW`
+        `CLAIM_NOT_ACCEPTED` (the call carries a tenant claim); UNAUTHENTICATED `CLAIM_MALFORMED`
+        (several, empty or binary claim entries, or a claim that does not verify); ABORTED `SUBSCRIBER_TOO_SLOW`
         (the caller did not read events fast enough and its queue overflowed: subscribe again
         from the last position applied); UNAVAILABLE `UNAVAILABLE` (the server is draining:
         subscribe to another replica).
