@@ -305,7 +305,7 @@ def _refused_malformed(call: Any, what: str, *, header: bool = True) -> None:
 def test_repeated_empty_or_binary_claim_headers_are_refused_on_every_method(
     zumik_server: RunningServer,
 ) -> None:
-    """Finding 6: two claims (A,B and B,A), an empty first header before a valid claim, and a
+    """Finding 7: two claims (A,B and B,A), an empty first header before a valid claim, and a
     ``zumik-claim-bin`` header are each refused UNAUTHENTICATED ``CLAIM_MALFORMED`` on a console
     method, on WatchRevocations (which answered the empty-first and binary cases with a
     subscription), and on an open method (health), before anything else."""
@@ -372,7 +372,7 @@ def test_repeated_empty_or_binary_claim_headers_are_refused_on_every_method(
 def test_watch_revocations_refuses_any_call_with_a_claim_header(
     zumik_server: RunningServer,
 ) -> None:
-    """Finding 6: the feed spans every tenant; a call with one claim header is refused too,
+    """Finding 7: the feed spans every tenant; a call with one claim header is refused too,
     whatever the claim: a valid one (CLAIM_NOT_ACCEPTED) or one that does not verify (its
     claim reason); only a call without any claim header subscribes."""
     server = zumik_server
