@@ -244,3 +244,38 @@ def test_a_claim_naming_a_key_the_store_lacks_is_bounded_by_its_own_expiry(
         lambda: keys.CreateApiKey(kpb.CreateApiKeyRequest(parent=PARENT, scopes=["keys.read"]))
     )
     assert error_info(err).reason == "LIFETIME_ESCALATION"
+
+
+def test_an_expiring_key_cannot_reach_a_longer_life_through_a_session(
+    server: RunningServer,
+) -> None:
+    """Second adversary pass (N1): the key's claim opened a session for the key itself (its
+    ``sub`` is its own id) within the key's life, and the session's claim then minted a key
+    without expiry, because session claims were not bounded. A session whose subject is an API
+    key's id bounds what it mints by its own absolute expiry."""
+    source, claim = _minter(server, 120)
+    source_id = source.api_key.name.rsplit("/", 1)[-1]
+    machine = server.stubs("console", claim=claim).keys.CreateSession(
+        kpb.CreateSessionRequest(
+            parent=PARENT,
+            user_subject=source_id,
+            scopes=["keys.read", "keys.write"],
+            absolute_timeout=_ttl(60),
+        )
+    )
+    session_claim = (
+        server.stubs("gateway").keys.VerifySession(kpb.VerifySessionRequest(token=machine.token))
+    ).claim
+    keys = server.stubs("console", claim=session_claim).keys
+    before = _key_count(server)
+    for ttl in (None, 3600):
+        request = kpb.CreateApiKeyRequest(parent=PARENT, scopes=["keys.read"])
+        if ttl is not None:
+            request.ttl.CopyFrom(_ttl(ttl))
+        err = _refused(lambda r=request: keys.CreateApiKey(r))
+        _assert_lifetime_escalation(err, machine.session.expire_time.seconds)
+    assert _key_count(server) == before
+    child = keys.CreateApiKey(
+        kpb.CreateApiKeyRequest(parent=PARENT, scopes=["keys.read"], ttl=_ttl(30))
+    )
+    assert child.api_key.expire_time.ToDatetime() <= machine.session.expire_time.ToDatetime()

@@ -36,6 +36,7 @@ from zumik_secrets.app.verification import (
 )
 from zumik_secrets.core import session_tokens
 from zumik_secrets.core.authority import Authority, check_grant
+from zumik_secrets.core.claims import TenantClaim
 from zumik_secrets.core.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -43,7 +44,7 @@ from zumik_secrets.core.errors import (
     Unavailable,
     resource_not_found,
 )
-from zumik_secrets.core.handles import KIND_SESSION, new_handle
+from zumik_secrets.core.handles import KIND_API_KEY, KIND_SESSION, new_handle
 from zumik_secrets.core.names import ProjectName, SessionName
 from zumik_secrets.storage.ports import SessionStore
 from zumik_secrets.storage.records import ChangeRecord, SessionRecord
@@ -240,6 +241,31 @@ class SessionService:
     def on_change(self, record: ChangeRecord) -> None:
         """Change-feed subscriber for ``session`` records."""
         self.invalidate(record.entity_id)
+
+    # -- minting authority ---------------------------------------------------------------------
+
+    def minting_bound(self, claim: TenantClaim) -> datetime | None:
+        """The latest instant a credential minted with the claim of a session may be valid
+        (:attr:`Authority.not_after`), asked on the minting methods only (one fresh read).
+
+        A user's session is not bounded (a logged-in user creating a long-lived key is the
+        console's normal flow). A session whose subject is an API key's id is a machine's:
+        an API key's claim can only open sessions for itself (its ``sub`` is its own id), so
+        without a bound an expiring key could mint a session and, with the session's claim, a
+        key without expiry. Such a session bounds what it mints by its own absolute expiry,
+        which the expiring key already had to bound. A session the store does not have (or of
+        another scope) bounds nothing here: a deleted or purged session's claims are refused by
+        the revocation check before any method runs.
+
+        Raises:
+            Unavailable: storage is down.
+        """
+        rec = self._store.get_by_id(claim.credential_id)
+        if rec is None or rec.tenant_id != claim.tenant_id or rec.project_id != claim.project_id:
+            return None
+        if rec.user_subject.partition("_")[0] == KIND_API_KEY:
+            return rec.absolute_expire_time
+        return None
 
     # -- verify --------------------------------------------------------------------------------
 

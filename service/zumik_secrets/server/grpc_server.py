@@ -163,7 +163,7 @@ class ZumikServer:
                 runtime.policy,
                 runtime.verify_claim,
                 runtime.revocations.check_scope,
-                runtime.api_keys.minting_bound,
+                runtime.minting_bound,
             ),
             Telemetry(runtime.tenant_settings.rich_mode, runtime.metrics.otel, served_methods()),
             self.denial_audit,

@@ -10,7 +10,7 @@ import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from opentelemetry.sdk.metrics.export import MetricReader
@@ -43,6 +43,7 @@ from zumik_secrets.app.usage_recorder import UsageFlusher
 from zumik_secrets.app.verification import FailureGuard
 from zumik_secrets.core import page_tokens
 from zumik_secrets.core.claims import ClaimVerifier, TenantClaim
+from zumik_secrets.core.handles import KIND_SESSION
 from zumik_secrets.core.keyring import MasterKeyring
 from zumik_secrets.core.policy import Policy
 from zumik_secrets.server.config import ServerConfig
@@ -397,6 +398,14 @@ class Runtime:
         self.watcher.catch_up()
         now = time.time()
         return self.revocations.check_claim(self.claim_verifier.verify(token, int(now)), now)
+
+    def minting_bound(self, claim: TenantClaim) -> datetime | None:
+        """The lifetime bound of a claim's authority on the minting methods: the expiry of the
+        API key it was minted from, or of a machine's session (see
+        :meth:`SessionService.minting_bound`); None when unbounded."""
+        if claim.credential_id.partition("_")[0] == KIND_SESSION:
+            return self.sessions.minting_bound(claim)
+        return self.api_keys.minting_bound(claim)
 
     def close(self) -> None:
         """Stop background work (flushing pending usage) and close storage."""
