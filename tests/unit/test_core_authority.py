@@ -146,6 +146,20 @@ def test_lifetime_never_grows_along_a_chain_of_mints(root: int, chain: list[int 
         assert bound is not None and bound <= root
 
 
+def test_a_bounded_authority_opens_sessions_for_its_own_subject_only() -> None:
+    """Even with the impersonation right: another user's session would not carry the bound
+    (a session bounds what it mints only when its subject is an API key's id)."""
+    authority = Authority.of_claim(
+        {"sessions.write"}, "key_a", impersonate=True, not_after=_at(3600)
+    )
+    check_grant(authority, ["sessions.write"], "key_a", expire_time=_at(60))
+    with pytest.raises(PermissionDenied) as err:
+        check_grant(authority, ["sessions.write"], "bob", expire_time=_at(60))
+    assert err.value.reason == REASON_LIFETIME_ESCALATION
+    unbounded = Authority.of_claim({"sessions.write"}, "key_a", impersonate=True)
+    check_grant(unbounded, ["sessions.write"], "bob", expire_time=None)
+
+
 def test_an_identity_acting_without_a_claim_is_not_bounded_in_time() -> None:
     check_grant(Authority.unbounded(), ["keys.write"], expire_time=None)
 

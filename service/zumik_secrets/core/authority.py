@@ -160,6 +160,15 @@ def check_grant(
             reason=REASON_IMPERSONATION_NOT_ALLOWED,
         )
     bound = authority.not_after
+    if bound is not None and subject is not None and subject != authority.subject:
+        # A session carries its bound on only through its subject (a session of an API key's
+        # id is bounded by its own expiry when it mints): another user's session would not.
+        raise PermissionDenied(
+            "an authority bounded in time (an expiring API key's claim) can only open or"
+            " rotate sessions for its own subject (metadata.not_after)",
+            reason=REASON_LIFETIME_ESCALATION,
+            metadata={"not_after": _rfc3339(bound)},
+        )
     if bound is not None and (expire_time is None or expire_time > bound):
         raise PermissionDenied(
             "a credential minted or rotated with the authority of an expiring API key cannot be"
