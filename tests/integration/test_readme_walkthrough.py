@@ -70,7 +70,12 @@ def test_readme_walkthrough_runs_verbatim(checkout: tuple[Path, ServerProcess]) 
         p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != VENV_BIN
     )
     env["ZUMIK_LISTEN"] = server.target
-    script = "\n".join(blocks) + '\necho "KEY_AFTER=[${KEY:-}] CLAIM_AFTER=[${CLAIM:-}]"\n'
+    # Every command that exits non-zero is reported with its line (the ERR trap); only the
+    # ones the README says fail may. Asserting on the output alone let a failing step pass
+    # unseen when another step printed what it promised (the break-glass Open printed nothing,
+    # the executor's Open the plaintext the test looked for).
+    trap = "trap 'echo \"STEP FAILED [$?] line $LINENO\" >&2' ERR\n"
+    script = trap + "\n".join(blocks) + '\necho "KEY_AFTER=[${KEY:-}] CLAIM_AFTER=[${CLAIM:-}]"\n'
     result = subprocess.run(
         ["bash", "-c", script],
         cwd=root,
@@ -96,8 +101,26 @@ def test_readme_walkthrough_runs_verbatim(checkout: tuple[Path, ServerProcess]) 
     assert "SELF_APPROVAL" in out  # break-glass: the requester cannot approve
     assert '"state": "GRANT_STATE_ACTIVE"' in out  # approved by the second operator
     assert '"state": "GRANT_STATE_REVOKED"' in out  # revoked
-    assert "KEY_AFTER=[] CLAIM_AFTER=[]" in out  # unset at the end
-    assert "INVALID_UPDATE_MASK" in out  # the field-mask example and reading an error's reason
+    # The Open under the grant answered the plaintext (as the executor's did), and the one after
+    # RevokeGrant was refused with the reason the README names, in words that say so.
+    assert out.count('"plaintext": "c2stdGVzdA=="') == 2, out
+    assert "Message: the break-glass grant was revoked" in out, out
+    assert '"reason":"GRANT_REVOKED"' in out, out
+    lines = script.splitlines()
+    failed = [
+        (int(code), lines[int(line) - 1].strip())
+        for code, line in re.findall(r"^STEP FAILED \[(\d+)\] line (\d+)$", out, flags=re.M)
+    ]
+    print("failed steps:", *failed, sep="\n  ")
+    # grpcurl exits 64 + the gRPC code; 1 without a client certificate.
+    assert [code for code, _ in failed] == [
+        80,  # console without a claim: UNAUTHENTICATED CLAIM_MISSING
+        1,  # no client certificate
+        69,  # another tenant's name: NOT_FOUND
+        71,  # alice approving her own grant: PERMISSION_DENIED SELF_APPROVAL
+        71,  # Open after RevokeGrant: PERMISSION_DENIED GRANT_REVOKED
+        67,  # the error example: INVALID_ARGUMENT INVALID_UPDATE_MASK
+    ], failed
     assert "command not found" not in out
     # Nothing written into the checkout (no key.json, no claim file).
     after = sorted(p.relative_to(root) for p in root.rglob("*"))

@@ -25,6 +25,12 @@ over gRPC holding one identity (console) plus the claims a gateway mints from ke
    (a proxy that reads the last one would disagree with the server about who is calling); an
    empty first header made the call count as carrying no claim, so ``WatchRevocations``, which
    refuses any call carrying a claim, served it, and so did a ``zumik-claim-bin`` header.
+8. (issue 18, N4) The break-glass header ``zumik-grant`` was read the same first-one-wins way:
+   with an active grant, (valid, bogus), (valid, empty), (valid, valid) and a
+   ``zumik-grant-bin`` entry before the valid one were accepted, (bogus, valid) and
+   (empty, valid) refused ``GRANT_NOT_FOUND``: a proxy and the server could read different
+   grants. Now exactly one text entry, else PERMISSION_DENIED ``GRANT_MALFORMED`` on every
+   method before anything else.
 """
 
 from __future__ import annotations
@@ -37,9 +43,14 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from zumik.secrets.v1 import audit_service_pb2 as apb
+from zumik.secrets.v1 import break_glass_service_pb2 as bpb
+from zumik.secrets.v1 import break_glass_service_pb2_grpc as bgrpc
 from zumik.secrets.v1 import common_pb2
 from zumik.secrets.v1 import key_service_pb2 as kpb
+from zumik.secrets.v1 import seal_service_pb2 as spb
+from zumik.secrets.v1 import seal_service_pb2_grpc as sgrpc
 
 from tests.fix_server import RunningServer, ServerFactory
 from tests.grpc_errors import error_info
@@ -400,3 +411,120 @@ def test_watch_revocations_refuses_any_call_with_a_claim_header(
     first = next(stream)
     stream.cancel()
     assert first.HasField("synced")
+
+
+def _active_grant(server: RunningServer) -> tuple[str, str]:
+    """A secret of acme and alice's active ``open-secret`` grant on acme (approved by bob)."""
+    claim = server.mint_claim("acme", "web", ("secrets.seal",))
+    name = (
+        server.stubs("console", claim=claim)
+        .seal.Seal(
+            spb.SealRequest(parent=PARENT, display_name="provider key", plaintext=b"pt-n4"),
+            timeout=10,
+        )
+        .secret.name
+    )
+    grant = (
+        bgrpc.BreakGlassServiceStub(server.channel("alice"))
+        .RequestGrant(
+            bpb.RequestGrantRequest(
+                parent="tenants/acme",
+                permission_set="open-secret",
+                reason="customer cannot run jobs",
+                ticket="INC-1",
+                duration=duration_pb2.Duration(seconds=600),
+            ),
+            timeout=10,
+        )
+        .grant
+    )
+    approved = (
+        bgrpc.BreakGlassServiceStub(server.channel("bob"))
+        .ApproveGrant(bpb.ApproveGrantRequest(name=grant.name), timeout=10)
+        .grant
+    )
+    assert approved.state == bpb.GRANT_STATE_ACTIVE
+    return str(name), str(grant.grant_id)
+
+
+def test_repeated_empty_or_binary_grant_headers_are_refused_on_every_method(
+    zumik_server: RunningServer,
+) -> None:
+    """Finding 8: with a real active grant, every shape of ``zumik-grant`` other than exactly
+    one non-empty text entry is refused PERMISSION_DENIED ``GRANT_MALFORMED`` on Open (where the
+    first entry decided, valid first or not), on health and on reflection, before anything
+    else; the one-entry call opens the secret, and a well-formed grant on reflection or health
+    is ignored (grpcurl's ``-H`` sends it there too)."""
+    server = zumik_server
+    name, grant = _active_grant(server)
+    bogus = "bg_0000000000000000000001"
+    seal = sgrpc.SealServiceStub(server.channel("alice"))
+    health = health_pb2_grpc.HealthStub(server.channel("alice"))
+    ok = seal.Open(spb.OpenRequest(name=name), metadata=(("zumik-grant", grant),), timeout=10)
+    assert ok.plaintext == b"pt-n4"
+    attacks: dict[str, tuple[tuple[str, str | bytes], ...]] = {
+        "valid,valid": (("zumik-grant", grant), ("zumik-grant", grant)),
+        "valid,bogus": (("zumik-grant", grant), ("zumik-grant", bogus)),
+        "bogus,valid": (("zumik-grant", bogus), ("zumik-grant", grant)),
+        "valid,empty": (("zumik-grant", grant), ("zumik-grant", "")),
+        "empty,valid": (("zumik-grant", ""), ("zumik-grant", grant)),
+        "blank": (("zumik-grant", " "),),
+        "bin,valid": (("zumik-grant-bin", grant.encode()), ("zumik-grant", grant)),
+        "bin": (("zumik-grant-bin", grant.encode()),),
+    }
+
+    def refused(call: Any, what: str) -> None:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        code = caught.value.code()  # type: ignore[attr-defined]
+        assert code == grpc.StatusCode.PERMISSION_DENIED, f"{what}: {code} {caught.value}"
+        info = error_info(caught.value)
+        assert info.reason == "GRANT_MALFORMED", f"{what}: {info.reason}"
+        assert info.metadata["header"] == "zumik-grant"
+        assert grant not in str(caught.value), f"{what}: the message names the header only"
+
+    for label, metadata in attacks.items():
+        refused(
+            lambda metadata=metadata: seal.Open(
+                spb.OpenRequest(name=name), metadata=metadata, timeout=10
+            ),
+            f"[{label}] Open",
+        )
+        refused(
+            lambda metadata=metadata: health.Check(
+                health_pb2.HealthCheckRequest(), metadata=metadata, timeout=10
+            ),
+            f"[{label}] Health/Check",
+        )
+    # A well-formed grant on methods that name no tenant resource is ignored: health and
+    # reflection answer alice as they would without it (the grpcurl walkthrough's -H).
+    assert (
+        health.Check(
+            health_pb2.HealthCheckRequest(), metadata=(("zumik-grant", grant),), timeout=10
+        ).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+    reflection = reflection_pb2_grpc.ServerReflectionStub(server.channel("alice"))
+    answers = list(
+        reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+            metadata=(("zumik-grant", grant),),
+            timeout=10,
+        )
+    )
+    assert any(
+        s.name == "zumik.secrets.v1.SealService" for s in answers[0].list_services_response.service
+    )
+    refused(
+        lambda: list(
+            reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                metadata=(("zumik-grant", grant), ("zumik-grant", bogus)),
+                timeout=10,
+            )
+        ),
+        "[valid,bogus] reflection",
+    )
+    # The grant still works with one header (nothing above used it up).
+    again = seal.Open(spb.OpenRequest(name=name), metadata=(("zumik-grant", grant),), timeout=10)
+    assert again.plaintext == b"pt-n4"

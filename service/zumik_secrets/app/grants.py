@@ -57,20 +57,28 @@ def new_grant_id() -> str:
 
 
 def _use_refused(refusal: str) -> PermissionDenied:
-    """The refusal of a call under a grant; one literal reason per case (the reason scan of
-    tests/unit/test_error_reasons.py follows literals)."""
-    message = "the break-glass grant does not allow this call"
+    """The refusal of a call under a grant, its message saying why (the reason's own words; one
+    literal reason per case: the reason scan of tests/unit/test_error_reasons.py follows
+    literals). The messages tell nothing the reason does not already."""
     if refusal == "GRANT_NOT_APPROVED":
-        return PermissionDenied(message, reason="GRANT_NOT_APPROVED")
+        return PermissionDenied(
+            "the break-glass grant has not been approved", reason="GRANT_NOT_APPROVED"
+        )
     if refusal == "GRANT_EXPIRED":
-        return PermissionDenied(message, reason="GRANT_EXPIRED")
+        return PermissionDenied("the break-glass grant has expired", reason="GRANT_EXPIRED")
     if refusal == "GRANT_REVOKED":
-        return PermissionDenied(message, reason="GRANT_REVOKED")
+        return PermissionDenied("the break-glass grant was revoked", reason="GRANT_REVOKED")
     if refusal == "GRANT_METHOD_NOT_ALLOWED":
-        return PermissionDenied(message, reason="GRANT_METHOD_NOT_ALLOWED")
+        return PermissionDenied(
+            "the break-glass grant's permission set does not include this method",
+            reason="GRANT_METHOD_NOT_ALLOWED",
+        )
     if refusal == "GRANT_WRONG_TENANT":
-        return PermissionDenied(message, reason="GRANT_WRONG_TENANT")
-    return PermissionDenied(message, reason="GRANT_NOT_FOUND")
+        return PermissionDenied(
+            "the request names a resource outside the break-glass grant's tenant",
+            reason="GRANT_WRONG_TENANT",
+        )
+    return PermissionDenied("no such break-glass grant of the caller's", reason="GRANT_NOT_FOUND")
 
 
 def _now() -> datetime:

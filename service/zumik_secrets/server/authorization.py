@@ -7,7 +7,7 @@ One decision per call, in this order (each refusal is audited by the interceptor
 2. A claim in the call (metadata ``zumik-claim``) is verified: signature, time, and whether its
    credential was revoked or its tenant/project purged (UNAUTHENTICATED with the claim's reason).
    Before anything else of the call, the interceptor reads it with
-   :func:`zumik_secrets.api.claim_header.claim_header`: several ``zumik-claim`` headers, an
+   :func:`zumik_secrets.api.call_headers.claim_header`: several ``zumik-claim`` headers, an
    empty one or a ``zumik-claim-bin`` one refuse the call (UNAUTHENTICATED ``CLAIM_MALFORMED``).
 3. For a tenant-scoped method, the resource name in the request field the contract declares is
    parsed, once, with :func:`zumik_secrets.core.names.parse_resource` (INVALID_ARGUMENT when
@@ -34,9 +34,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
-from zumik_secrets.api.claim_header import CLAIM_METADATA_KEY as CLAIM_METADATA_KEY
+from zumik_secrets.api.call_headers import CLAIM_METADATA_KEY as CLAIM_METADATA_KEY
 from zumik_secrets.api.contracts import MethodGuard
 from zumik_secrets.core.authority import AUDIT_TENANT_VIEW, NO_AUTHORITY, Authority
 from zumik_secrets.core.claims import TenantClaim
@@ -58,19 +57,6 @@ from zumik_secrets.core.policy import Decision, Policy
 
 PARSED_NAMES = 4096
 """Bound on the resource names the authorizer remembers parsed (see :meth:`Authorizer._parse`)."""
-
-
-def metadata_value(metadata: Any, key: str) -> str | None:
-    """The first value of ``key`` in a call's invocation metadata (bytes decoded), if any.
-
-    Not for the tenant claim: :func:`zumik_secrets.api.claim_header.claim_header` refuses a
-    repeated, empty or binary claim header instead of taking the first.
-    """
-    for item in metadata or ():
-        if item.key == key:
-            value = item.value
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return None
 
 
 _V1 = "/zumik.secrets.v1."

@@ -1,5 +1,7 @@
 """The break-glass step of authorization: a call that presents a grant (metadata
-``zumik-grant``) is authorized by the grant instead of the identity policy and a tenant claim.
+``zumik-grant``, exactly one entry: read only through
+:func:`zumik_secrets.api.call_headers.grant_header`) is authorized by the grant instead of the
+identity policy and a tenant claim.
 
 Kept apart from :mod:`zumik_secrets.server.authorization` on purpose: it is one small, separate
 decision. A call under a grant:
@@ -16,23 +18,15 @@ decision. A call under a grant:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from zumik_secrets.api.contracts import MethodGuard
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.grants import BreakGlass
 from zumik_secrets.core.authority import NO_AUTHORITY
-from zumik_secrets.core.break_glass import GRANT_METADATA_KEY, is_operator
+from zumik_secrets.core.break_glass import is_operator
 from zumik_secrets.core.errors import InvalidArgument, PermissionDenied
 from zumik_secrets.core.names import ANY_TENANT, name_project, parse_resource
 from zumik_secrets.core.policy import Policy
-from zumik_secrets.server.authorization import Authorization, metadata_value
-
-
-def grant_from(metadata: Sequence[Any] | None) -> str | None:
-    """The ``zumik-grant`` metadata value, if present."""
-    return metadata_value(metadata, GRANT_METADATA_KEY)
+from zumik_secrets.server.authorization import Authorization
 
 
 class GrantGate:

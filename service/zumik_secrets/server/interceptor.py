@@ -39,7 +39,7 @@ import grpc
 from opentelemetry import trace
 
 from zumik_secrets.api.call_context import CallContext, reset_call, set_call
-from zumik_secrets.api.claim_header import claim_header
+from zumik_secrets.api.call_headers import claim_header, grant_header
 from zumik_secrets.api.contracts import OPEN_METHODS, MethodGuard
 from zumik_secrets.api.free_text import refuse_secret_fields
 from zumik_secrets.api.status import internal_status, status_code_for, to_status
@@ -53,7 +53,7 @@ from zumik_secrets.core.errors import (
 )
 from zumik_secrets.core.secret_patterns import bounded
 from zumik_secrets.server.authorization import Authorization, Authorizer
-from zumik_secrets.server.break_glass import GrantGate, grant_from
+from zumik_secrets.server.break_glass import GrantGate
 from zumik_secrets.server.limits import Limits, LimitSettings, overloaded
 from zumik_secrets.server.telemetry import CallRecord, Telemetry
 
@@ -334,15 +334,19 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     ) -> tuple[CallContext, AuditEntry | None]:
         """Authorize the call.
 
-        The claim headers are checked first, on every method (open ones and those that take no
-        claim included): a call with several ``zumik-claim`` headers, an empty one or a
-        ``zumik-claim-bin`` one is refused (UNAUTHENTICATED ``CLAIM_MALFORMED``, audited as a
-        denial) before anything else is decided, so no method reads a claim the server and a
-        proxy in front of it would read differently.
+        The claim and grant headers are checked first, on every method (open ones and those
+        that take no claim included): a call with several ``zumik-claim`` headers, an empty one
+        or a ``zumik-claim-bin`` one is refused (UNAUTHENTICATED ``CLAIM_MALFORMED``), the same
+        shapes of ``zumik-grant`` PERMISSION_DENIED ``GRANT_MALFORMED`` (both audited as a
+        denial), before anything else is decided, so no method reads a claim or grant the
+        server and a proxy in front of it would read differently.
 
         Args:
-            claims: Whether the method takes a tenant claim (False: a well-formed claim is
-                ignored, as for reflection and unknown methods).
+            claims: Whether the method takes a tenant claim or a grant (False: a well-formed
+                claim or grant is ignored, as for reflection, health and unknown methods, which
+                name no tenant resource: the call is decided by the identity policy alone, as
+                without the header; grpcurl's ``-H`` sends its headers on its reflection calls
+                too).
             peer: The peer's identity and TLS version, when the caller already read them.
             trace_hex: The call's trace id, when the caller already has it (default: the
                 current span's).
@@ -359,6 +363,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         metadata = context.invocation_metadata()
         try:
             raw_claim = claim_header(metadata)
+            raw_grant = grant_header(metadata)
         except ZumikError as error:
             self._record_decision(
                 _decision(identity, "", method, "", "denied", error.reason, trace_hex)
@@ -367,9 +372,10 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if open_method:
             return CallContext(method, identity, None, None, None, False, trace_hex), None
         if not claims:
-            raw_claim = None
+            raw_claim = raw_grant = None
+        if self._grants is None:
+            raw_grant = None
         resource = ""
-        raw_grant = grant_from(metadata) if self._grants else None
         try:
             if raw_grant is not None and self._grants is not None:
                 # Break-glass: the grant, not the policy or a claim, authorizes this call; the

@@ -21,7 +21,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from zumik.secrets.v1 import key_service_pb2 as _pb
 
 from zumik_secrets.api.call_context import current_call
-from zumik_secrets.api.claim_header import carries_claim_header
+from zumik_secrets.api.call_headers import carries_claim_header
 from zumik_secrets.app.revocation_feed import FeedEvent, FeedMessage, Heartbeat, RevocationFeed
 from zumik_secrets.core.errors import InvalidArgument, PermissionDenied
 

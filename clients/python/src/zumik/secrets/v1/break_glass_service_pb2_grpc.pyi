@@ -33,8 +33,9 @@ class BreakGlassServiceStub:
     SPIFFE ID is `spiffe://<trust-domain>/operator/<name>`) requests a grant naming a permission
     set of the policy file, a reason and a ticket; a second, different operator approves it (never
     the requester, never the requester's certificate); the grant then lets its requester, and only
-    them, call the set's methods on that tenant, presenting the grant id in the `zumik-grant`
-    metadata, until it expires (at most the set's maximum after approval) or is revoked. A grant
+    them, call the set's methods on that tenant, presenting the grant id in exactly one
+    `zumik-grant` metadata entry (several, an empty one or `zumik-grant-bin`: PERMISSION_DENIED
+    `GRANT_MALFORMED`), until it expires (at most the set's maximum after approval) or is revoked. A grant
     is never extended: ask for a new one. Every step and every call under a grant is a durable
     audit event carrying the grant id, and raises the break-glass alert.
     """
@@ -80,8 +81,9 @@ class BreakGlassServiceAsyncStub(BreakGlassServiceStub):
     SPIFFE ID is `spiffe://<trust-domain>/operator/<name>`) requests a grant naming a permission
     set of the policy file, a reason and a ticket; a second, different operator approves it (never
     the requester, never the requester's certificate); the grant then lets its requester, and only
-    them, call the set's methods on that tenant, presenting the grant id in the `zumik-grant`
-    metadata, until it expires (at most the set's maximum after approval) or is revoked. A grant
+    them, call the set's methods on that tenant, presenting the grant id in exactly one
+    `zumik-grant` metadata entry (several, an empty one or `zumik-grant-bin`: PERMISSION_DENIED
+    `GRANT_MALFORMED`), until it expires (at most the set's maximum after approval) or is revoked. A grant
     is never extended: ask for a new one. Every step and every call under a grant is a durable
     audit event carrying the grant id, and raises the break-glass alert.
     """
@@ -123,8 +125,9 @@ class BreakGlassServiceServicer(metaclass=_abc_1.ABCMeta):
     SPIFFE ID is `spiffe://<trust-domain>/operator/<name>`) requests a grant naming a permission
     set of the policy file, a reason and a ticket; a second, different operator approves it (never
     the requester, never the requester's certificate); the grant then lets its requester, and only
-    them, call the set's methods on that tenant, presenting the grant id in the `zumik-grant`
-    metadata, until it expires (at most the set's maximum after approval) or is revoked. A grant
+    them, call the set's methods on that tenant, presenting the grant id in exactly one
+    `zumik-grant` metadata entry (several, an empty one or `zumik-grant-bin`: PERMISSION_DENIED
+    `GRANT_MALFORMED`), until it expires (at most the set's maximum after approval) or is revoked. A grant
     is never extended: ask for a new one. Every step and every call under a grant is a durable
     audit event carrying the grant id, and raises the break-glass alert.
     """

@@ -31,6 +31,9 @@ reasons specific to each method, each status code followed by its reasons):
   of a claim that does not verify; `CLAIM_MALFORMED` also, on every method and before
   anything else, for a call with more than one `zumik-claim` metadata entry, an empty one,
   or a `zumik-claim-bin` entry (send exactly one claim, as text);
+* PERMISSION_DENIED `GRANT_MALFORMED`, on every method and before anything else, for the
+  same shapes of the break-glass header: more than one `zumik-grant` metadata entry, an empty
+  one, or a `zumik-grant-bin` entry (send exactly one grant id, as text);
 * INVALID_ARGUMENT `MALFORMED_REQUEST` (the body does not decode), `FIELD_REQUIRED` (the
   resource field is empty), `INVALID_NAME` (the resource name does not match its pattern),
   `SECRET_IN_FIELD` (a field not marked sensitive holds something that looks like a secret:
@@ -55,7 +58,10 @@ reasons specific to each method, each status code followed by its reasons):
   break_glass_service.proto): PERMISSION_DENIED `GRANT_NOT_FOUND`, `GRANT_NOT_APPROVED`,
   `GRANT_EXPIRED`, `GRANT_REVOKED`, `GRANT_METHOD_NOT_ALLOWED`, `GRANT_WRONG_TENANT`,
   `GRANT_WITH_CLAIM`; UNAVAILABLE `AUDIT_UNAVAILABLE` (the call could not be audited and did
-  not run).
+  not run). Reflection, health and unknown methods name no tenant resource and ignore a
+  well-formed `zumik-grant` (as they ignore a well-formed `zumik-claim`): the identity policy
+  alone decides them, so grpcurl's `-H`, which also sends the header on its reflection calls,
+  works.
 
 A transport failure (no or untrusted client certificate) is UNAVAILABLE with no details.
 

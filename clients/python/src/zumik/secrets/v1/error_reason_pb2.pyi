@@ -312,6 +312,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     expiry) would outlive that key. Refused, not shortened, like `SCOPE_ESCALATION`;
     `metadata.not_after` is the latest expiry allowed.
     """
+    ERROR_REASON_GRANT_MALFORMED: _ErrorReason.ValueType  # 112
+    """PERMISSION_DENIED: the call's `zumik-grant` metadata is not exactly one non-empty text
+    entry (several entries, an empty one, or a `zumik-grant-bin` one); refused on every method
+    before anything else, like `CLAIM_MALFORMED` for `zumik-claim`. The message names the
+    header, never a value.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: every value of `google.rpc.ErrorInfo.reason` this service sends.
@@ -618,5 +624,11 @@ caller's claim was minted from an API key that expires, and the credential minte
 rotated with it (a key without ttl or with a later expiry, a session with a later absolute
 expiry) would outlive that key. Refused, not shortened, like `SCOPE_ESCALATION`;
 `metadata.not_after` is the latest expiry allowed.
+"""
+ERROR_REASON_GRANT_MALFORMED: ErrorReason.ValueType  # 112
+"""PERMISSION_DENIED: the call's `zumik-grant` metadata is not exactly one non-empty text
+entry (several entries, an empty one, or a `zumik-grant-bin` one); refused on every method
+before anything else, like `CLAIM_MALFORMED` for `zumik-claim`. The message names the
+header, never a value.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
