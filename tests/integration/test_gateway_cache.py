@@ -23,6 +23,8 @@ import grpc
 import pytest
 from zumik.secrets.v1 import common_pb2, key_service_pb2, tenant_service_pb2
 
+import zumik_secrets_client
+from tests import fix_leaks
 from tests.fix_server import RunningServer, ServerFactory
 from tests.grpc_errors import error_info
 from tests.integration.test_revocation_propagation import BOUND_SECONDS
@@ -269,6 +271,59 @@ def test_a_paused_server_cannot_stretch_a_revocation_past_its_stated_bound(
             feed.fresh = real_fresh  # type: ignore[method-assign]
             with feed._lock:
                 feed._subscribers = real_subscribers | feed._subscribers
+
+
+def test_the_verifier_serves_from_memory_again_after_a_stall_longer_than_the_reconnect(
+    zumik_server: RunningServer,
+) -> None:
+    """Adversary finding (issue client2): once its server's stream stayed silent past the
+    reconnect threshold (``max(stall_after, 3 H)``, 3 s), the verifier never answered from
+    memory again for 15-30 s: the watchdog cancelled the stream, but turning the cancelled
+    call into the client's typed error waited for grpc's debug string, which a cancelled call
+    gets only when the transport gives up; the follower stayed blocked and the watchdog cut
+    nothing every 0.3 s. On the channel a gateway really uses (``connect()``), it must fail
+    closed during the stall and serve from memory again within seconds after."""
+    key = _new_key(zumik_server)
+    feed = zumik_server.runtime.revocation_feed
+    pair = zumik_server.pki.client("gateway")
+    channel = fix_leaks.capture(
+        zumik_secrets_client.connect(
+            zumik_server.target,
+            ca_file=zumik_server.pki.ca_cert,
+            cert_file=pair.cert,
+            key_file=pair.key,
+        )
+    )
+    verifier = CachingVerifier(channel)
+    try:
+        assert verifier.wait_synced(10), f"feed not synced: {verifier.last_error!r}"
+        _cached(verifier, lambda: verifier.verify_api_key(key.raw_key))
+        reconnect_after = max(verifier.cache.stall_after, 3 * feed.heartbeat_interval)
+        # The stall: the stream stays open and says nothing (no heartbeat, no synced on a
+        # new stream), for longer than the silence after which the verifier cuts it.
+        real_fresh = feed.fresh
+        feed.fresh = lambda: False  # type: ignore[method-assign]
+        stalled = time.monotonic()
+        try:
+            while time.monotonic() - stalled < reconnect_after + 1.5:
+                hits = verifier.stats().hits
+                assert verifier.verify_api_key(key.raw_key).result == VALID
+                if time.monotonic() - stalled > verifier.cache.stall_after + 0.1:
+                    assert not verifier.cache.serving(), "serving from memory on a silent stream"
+                    assert verifier.stats().hits == hits, "answered from memory while silent"
+                time.sleep(0.05)
+        finally:
+            feed.fresh = real_fresh  # type: ignore[method-assign]
+        resumed = time.monotonic()
+        while not verifier.cache.serving() and time.monotonic() - resumed < 5:
+            time.sleep(0.02)
+        assert verifier.cache.serving(), (
+            f"not serving from memory 5 s after the stall ended: {verifier.last_error!r}"
+        )
+        _cached(verifier, lambda: verifier.verify_api_key(key.raw_key))
+    finally:
+        verifier.close()
+        channel.close()
 
 
 def _first_messages(

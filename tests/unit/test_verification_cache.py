@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 
 import grpc
@@ -21,7 +23,7 @@ from zumik_secrets.app.revocation_feed import (
 )
 from zumik_secrets.core.errors import Aborted
 from zumik_secrets.storage.records import ChangeRecord
-from zumik_secrets_client import CachingVerifier, VerificationCache
+from zumik_secrets_client import CachingVerifier, VerificationCache, errors
 from zumik_secrets_client.caching import MIN_TTL, stall_limit
 
 
@@ -393,3 +395,111 @@ def test_a_non_positive_stall_after_is_refused(given: float) -> None:
             CachingVerifier(channel, stall_after=given)
     finally:
         channel.close()
+
+
+class _Cancelled(grpc.RpcError):
+    """What iterating a cancelled stream raises."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "Locally cancelled by application!"
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def cancelled(self) -> bool:
+        return True
+
+    def debug_error_string(self) -> str:
+        # grpc's waits until the transport reports the call's end (15-30 s on a paused server).
+        raise AssertionError("waited for the debug string of a cancelled call")
+
+
+def test_a_cancelled_calls_error_is_typed_without_waiting_for_grpcs_debug_string() -> None:
+    """Adversary finding (issue client2): converting a cancelled stream's error waited for
+    grpc's debug string, which blocked the verifier's follower for 15-30 s after its watchdog
+    cut a silent stream."""
+    typed = errors.from_rpc_error(_Cancelled())
+    assert typed.code() is grpc.StatusCode.CANCELLED
+    assert typed.debug_error_string() is None
+
+
+class _Stream:
+    """A WatchRevocations call: synced (H = 0.1 s, P = 0.15 s), then heartbeats or silence."""
+
+    def __init__(self, *, heartbeats: bool, teardown: threading.Event | None = None) -> None:
+        self.cancels = 0
+        self._heartbeats = heartbeats
+        self._teardown = teardown
+        self._cancelled = threading.Event()
+        self._sent = False
+
+    def cancel(self) -> bool:
+        self.cancels += 1
+        self._cancelled.set()
+        return True
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> key_service_pb2.WatchRevocationsResponse:
+        if not self._sent:
+            self._sent = True
+            return _synced(0.1, 0.15)
+        if self._heartbeats and not self._cancelled.wait(0.05):
+            return key_service_pb2.WatchRevocationsResponse(position=1)
+        self._cancelled.wait()
+        if self._teardown is not None:
+            self._teardown.wait(10)  # a stream that takes its time to wind down
+        raise _Cancelled()
+
+
+class _Channel:
+    """Just enough of a channel for KeyServiceStub: WatchRevocations hands out ``streams``."""
+
+    def __init__(self, streams: list[_Stream]) -> None:
+        self._streams = iter(streams)
+
+    def _watch(self, _request: object, timeout: float | None = None) -> _Stream:
+        return next(self._streams)
+
+    def unary_stream(self, method: str, *_args: object, **_kwargs: object) -> object:
+        return self._watch if method.endswith("/WatchRevocations") else None
+
+    def unary_unary(self, *_args: object, **_kwargs: object) -> None:
+        return None
+
+    stream_unary = stream_stream = unary_unary
+
+
+def test_a_stream_cut_for_silence_fails_closed_at_once_and_the_next_one_serves() -> None:
+    """The watchdog cuts a silent stream once, stops answering from memory at the cut (not
+    when the follower has wound the stream down), and the next stream serves once synced."""
+    teardown = threading.Event()
+    silent = _Stream(heartbeats=False, teardown=teardown)
+    healthy = [_Stream(heartbeats=True) for _ in range(5)]
+    verifier = CachingVerifier(_Channel([silent, *healthy]))  # type: ignore[arg-type]
+    try:
+        assert verifier.wait_synced(5)
+        reconnect_after = 3 * 0.1  # max(stall_after, 3 H) with H = 0.1 s, P = 0.15 s
+        deadline = time.monotonic() + 5
+        while silent.cancels == 0 and time.monotonic() < deadline:
+            assert verifier.cache.silent_for() < reconnect_after + 0.2
+            time.sleep(0.005)
+        assert silent.cancels == 1
+        time.sleep(0.3)  # the follower is still winding the cut stream down
+        assert not verifier.cache.serving(), "answers from memory on a cut stream"
+        assert not verifier.wait_synced(0)
+        assert silent.cancels == 1, "a stream already cut was cut again"
+        teardown.set()
+        assert verifier.wait_synced(5), f"no new stream: {verifier.last_error!r}"
+        deadline = time.monotonic() + 2
+        while not verifier.cache.serving() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert verifier.cache.serving()
+        assert healthy[0].cancels == 0, "a healthy stream was cut"
+    finally:
+        teardown.set()
+        verifier.close()

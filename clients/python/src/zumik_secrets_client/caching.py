@@ -54,7 +54,11 @@ to ``P + stall_after``: the server's own bound plus this one (before: ``P`` + 3 
 A caller's ``stall_after`` may only tighten this: a larger one is capped to
 :func:`stall_limit` of what the server announces (logged once), never honoured. A silent
 stream is cut and reconnected after ``max(stall_after, 3 * H)`` (a late heartbeat only pauses
-answering from memory; it does not cost a reconnect).
+answering from memory; it does not cost a reconnect). The cut stops answering from memory at
+once and happens once per stream; the next stream, opened after the follower's backoff (0.1 s,
+doubling up to 5 s while attempts fail, each wait +-50 % at random), is judged only once it
+is synced, so the cache serves again as soon as the server answers, however long it was
+silent.
 
 Use the answers as the real call's: forward ``answer.claim`` downstream. Answers are shared
 read-only messages: copy one before changing it.
@@ -666,6 +670,11 @@ class CachingVerifier:
             )
             if stalled:
                 _LOG.warning("revocation feed silent too long; reconnecting")
+                # Fail closed now, not when the follower has wound the stream down, and cut
+                # this stream once: it is no longer synced, so it is not judged again (the
+                # follower's next stream is judged once it is synced, its clock restarted).
+                self._synced_event.clear()
+                self.cache.mark_desynced()
                 self._cancel()
 
     def _cancel(self) -> None:

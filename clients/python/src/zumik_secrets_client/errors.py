@@ -472,6 +472,22 @@ def _rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
     return status
 
 
+def _debug_string(error: grpc.RpcError) -> str | None:
+    """grpc's debug string of a failed call, without waiting for one a cancelled call lacks.
+
+    A stream cancelled by its caller (``call.cancel()``) has its code, details and trailing
+    metadata at once, but grpc's ``debug_error_string()`` waits until the transport reports the
+    call's end, which can take as long as the connection takes to fail (15-30 s when the server
+    is paused): converting the error would block the thread that cancelled or iterates it.
+    """
+    cancelled = getattr(error, "cancelled", None)
+    if callable(cancelled) and cancelled() is True:
+        return None
+    debug_method = getattr(error, "debug_error_string", None)
+    debug: str | None = debug_method() if callable(debug_method) else None
+    return debug
+
+
 def from_rpc_error(error: grpc.RpcError) -> ZumikError:
     """Turn a failed call (sync ``grpc.RpcError`` or ``grpc.aio.AioRpcError``) into its class.
 
@@ -488,8 +504,7 @@ def from_rpc_error(error: grpc.RpcError) -> ZumikError:
     message = (details_method() if callable(details_method) else None) or ""
     trailing_method = getattr(error, "trailing_metadata", None)
     trailing = trailing_method() if callable(trailing_method) else None
-    debug_method = getattr(error, "debug_error_string", None)
-    debug = debug_method() if callable(debug_method) else None
+    debug = _debug_string(error)
 
     reason = domain = None
     metadata: dict[str, str] = {}
