@@ -220,7 +220,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_SCOPE_ESCALATION: _ErrorReason.ValueType  # 81
     """PERMISSION_DENIED: a credential would carry a scope the caller's claim lacks (minting
-    authority never grows); `metadata.scopes` names the refused scopes.
+    authority never grows); `metadata.scope` names the first refused scope (in sorted order).
     """
     ERROR_REASON_IMPERSONATION_NOT_ALLOWED: _ErrorReason.ValueType  # 82
     """PERMISSION_DENIED: a session for another user than the claim's subject needs the policy's
@@ -533,7 +533,7 @@ the value is never echoed, and nothing was stored.
 """
 ERROR_REASON_SCOPE_ESCALATION: ErrorReason.ValueType  # 81
 """PERMISSION_DENIED: a credential would carry a scope the caller's claim lacks (minting
-authority never grows); `metadata.scopes` names the refused scopes.
+authority never grows); `metadata.scope` names the first refused scope (in sorted order).
 """
 ERROR_REASON_IMPERSONATION_NOT_ALLOWED: ErrorReason.ValueType  # 82
 """PERMISSION_DENIED: a session for another user than the claim's subject needs the policy's
