@@ -24,6 +24,7 @@ from zumik.secrets.v1 import break_glass_service_pb2 as bpb
 from zumik.secrets.v1 import break_glass_service_pb2_grpc as bgrpc
 from zumik.secrets.v1 import seal_service_pb2 as spb
 from zumik.secrets.v1 import seal_service_pb2_grpc as sgrpc
+from zumik.secrets.v1 import tenant_service_pb2
 
 from tests.fix_server import RunningServer
 from tests.grpc_errors import error_info
@@ -377,3 +378,25 @@ def test_list_grants_shows_the_tenants_grants(zumik_server: RunningServer) -> No
         bpb.ListGrantsRequest(parent=f"tenants/{TENANT}"), timeout=10
     )
     assert {g.grant_id for g in listed.grants} == {a.grant_id, b.grant_id}
+
+
+def test_a_grant_reaches_nothing_in_a_purged_project(zumik_server: RunningServer) -> None:
+    """Adversary finding (2026-12-04): calls under an active grant skipped the purged-scope
+    check (NOT_FOUND, or a row that raced the purge), where a call without a claim gets
+    FAILED_PRECONDITION SCOPE_PURGED. A grant reaches no more of a purged scope than the policy."""
+    tenant = "bgpurged"
+    secret = _seal_secret(zumik_server, tenant=tenant)
+    grant = _request(zumik_server, "alice", tenant=tenant)
+    _approve(zumik_server, grant, "bob")
+    seal, md = _seal_as(zumik_server, "alice", grant.grant_id)
+    assert seal.Open(spb.OpenRequest(name=secret), metadata=md, timeout=10).plaintext
+    control = zumik_server.stubs("control-plane")
+    project = f"tenants/{tenant}/projects/proj"
+    control.tenants.PurgeProject(
+        tenant_service_pb2.PurgeProjectRequest(name=project, confirm=project), timeout=60
+    )
+    for call in (
+        lambda: seal.Open(spb.OpenRequest(name=secret), metadata=md, timeout=10),
+        lambda: seal.GetSecret(spb.GetSecretRequest(name=secret), metadata=md, timeout=10),
+    ):
+        _fails(call, grpc.StatusCode.FAILED_PRECONDITION, "SCOPE_PURGED")

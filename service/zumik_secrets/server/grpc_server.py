@@ -169,7 +169,7 @@ class ZumikServer:
             self.denial_audit,
             guards,
             self.limits,
-            GrantGate(runtime.policy, runtime.break_glass),
+            GrantGate(runtime.policy, runtime.break_glass, runtime.revocations.check_scope),
         )
         self._server = grpc.server(
             self.limits.unary_pool,
