@@ -329,6 +329,37 @@ def test_query_pages_and_tenant_isolation(zumik_server: RunningServer) -> None:
     assert error_info(err).reason == "INVALID_PAGE_TOKEN"
 
 
+def test_query_filters_are_bounded_before_they_reach_a_query(zumik_server: RunningServer) -> None:
+    """Adversary (2026-12-04): 7 MB action/actor/target filters went to SQL; six callers for 4 s
+    raised a victim's median latency from 2 ms to 130 ms. Longer than any event holds: refused."""
+    append(zumik_server, target="invoices/bounded", action="billing.invoice_paid")
+    claim = zumik_server.mint_claim("acme", "web", ("audit.read", "audit.read.tenant"))
+    console = zumik_server.stubs("console", claim=claim).audit
+    for field in ("action", "actor", "target"):
+        err = _fails(
+            lambda f=field: console.QueryEvents(
+                apb.QueryEventsRequest(parent="tenants/acme", **{f: "x" * 2049}), timeout=5
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert error_info(err).reason == "VALUE_TOO_LARGE"
+        assert error_info(err).metadata["field"] == field
+        assert "x" * 64 not in (err.details() or "")
+        # At the bound: a query, matching nothing.
+        answer = console.QueryEvents(
+            apb.QueryEventsRequest(parent="tenants/acme", **{field: "x" * 2048}), timeout=5
+        )
+        assert not answer.events
+    huge = "billing.invoice_paid" + "x" * (7 * 1024 * 1024)
+    err = _fails(
+        lambda: console.QueryEvents(
+            apb.QueryEventsRequest(parent="tenants/acme", action=huge), timeout=10
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert error_info(err).reason == "VALUE_TOO_LARGE"
+
+
 def test_verify_checkpoint_export_and_offline_verify(
     zumik_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -53,6 +53,12 @@ REASON_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 REDACTED = "[REDACTED]"
 REASON_SECRET_IN_EVENT = "SECRET_IN_EVENT"  # noqa: S105 - a reason code
 REASON_INVALID_EVENT = "INVALID_EVENT"
+MAX_FILTER_LENGTH = 2048
+"""Longest action, actor or target a QueryEvents filter may name: longer than anything an event
+holds (service targets are cut at :data:`MAX_SERVICE_TARGET_LENGTH`, an actor is a SPIFFE ID of
+at most 2048 bytes), so a longer filter could match nothing; it is refused before it reaches a
+query, a log line or the audit event of the call."""
+REASON_VALUE_TOO_LARGE = "VALUE_TOO_LARGE"
 
 
 def _invalid(field: str, problem: str) -> InvalidArgument:
@@ -103,6 +109,24 @@ def validate_appended(action: str, target: str, reason: str, attributes: Mapping
             raise _invalid(where, f"is longer than {MAX_VALUE_LENGTH} characters")
         if secret_kind(value) is not None:
             raise _secret(where)
+
+
+def validate_filter(**fields: str) -> None:
+    """Check QueryEvents' text filters (``action``, ``actor``, ``target``) for length.
+
+    Raises:
+        InvalidArgument: reason ``VALUE_TOO_LARGE`` naming the first field longer than
+            :data:`MAX_FILTER_LENGTH` characters.
+    """
+    for field, value in fields.items():
+        if len(value) > MAX_FILTER_LENGTH:
+            problem = f"is longer than {MAX_FILTER_LENGTH} characters"
+            raise InvalidArgument(
+                f"{field} {problem}; no event holds such a value",
+                reason=REASON_VALUE_TOO_LARGE,
+                metadata={"field": field},
+                violations=[FieldViolation(field, problem)],
+            )
 
 
 _HARMLESS_CACHE_SIZE = 8192

@@ -23,7 +23,7 @@ from zumik_secrets.api.convert import timestamp
 from zumik_secrets.app.audit import AuditEntry
 from zumik_secrets.app.audit_log import AuditLog
 from zumik_secrets.core.audit_chain import SERVICE_TENANT, ChainEvent, ChainFailure, Checkpoint
-from zumik_secrets.core.audit_events import validate_appended
+from zumik_secrets.core.audit_events import validate_appended, validate_filter
 from zumik_secrets.core.encoding import b64url_encode
 from zumik_secrets.core.errors import FieldViolation, InvalidArgument
 from zumik_secrets.core.names import TenantName
@@ -157,6 +157,7 @@ class AuditServicer(_grpc.AuditServiceServicer):
     ) -> _pb.QueryEventsResponse:
         """One page of the tenant's events matching the filters, oldest first."""
         tenant = _parent_tenant()
+        validate_filter(action=request.action, actor=request.actor, target=request.target)
         start = _ts(request.start_time, "start_time", request.HasField("start_time"))
         end = _ts(request.end_time, "end_time", request.HasField("end_time"))
         outcome = _OUTCOME_IN.get(request.outcome)

@@ -300,7 +300,9 @@ class QueryEventsRequest(_message.Message):
     one; with a claim it answers NOT_FOUND.
     """
     action: _builtins.str
-    """Only events with this action."""
+    """Only events with this action. Each of action, actor and target is at most 2048 characters
+    (longer: INVALID_ARGUMENT `VALUE_TOO_LARGE`, `metadata.field` naming it).
+    """
     actor: _builtins.str
     """Only events by this actor (SPIFFE ID)."""
     target: _builtins.str
