@@ -24,7 +24,8 @@ Every call can fail with these, whatever the method (the RPC comments list only 
 reasons specific to each method, each status code followed by its reasons):
 
 * PERMISSION_DENIED `UNKNOWN_IDENTITY` (the client certificate's SPIFFE ID is not in the
-  authorization policy), `METHOD_NOT_ALLOWED` (it may not call this method), and, for a
+  authorization policy), `METHOD_NOT_ALLOWED` (it may not call this method: also the
+  answer for a method this server does not serve, which no policy names), and, for a
   tenant-scoped method, `MISSING_SCOPE` (the claim lacks the method's scope);
 * UNAUTHENTICATED `CLAIM_MISSING` (a tenant-scoped method called without the `zumik-claim`
   metadata by an identity that may not act without one) or one of the `CLAIM_*` reasons
@@ -52,7 +53,9 @@ reasons specific to each method, each status code followed by its reasons):
 * UNAVAILABLE `STORAGE_UNAVAILABLE` (retry with backoff; while the database is known to be
   down it is answered at once), `DEADLINE_TOO_SHORT` (the call's deadline left no time for
   the database or audit wait it needs); both with a `google.rpc.RetryInfo`, and always before
-  the caller's deadline; UNIMPLEMENTED `METHOD_NOT_FOUND`, INTERNAL `INTERNAL` (quote
+  the caller's deadline; UNIMPLEMENTED `METHOD_NOT_FOUND` (a method this server does not
+  serve, called by an identity whose policy names it; deny by default answers any other
+  identity PERMISSION_DENIED first), INTERNAL `INTERNAL` (quote
   `metadata.correlation_id` to the operator);
 * for a call made by an operator under a break-glass grant (metadata `zumik-grant`, see
   break_glass_service.proto): PERMISSION_DENIED `GRANT_NOT_FOUND`, `GRANT_NOT_APPROVED`,
