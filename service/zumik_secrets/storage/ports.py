@@ -228,16 +228,22 @@ class SessionStore(Protocol):
         new_token_hash: bytes,
         scopes: tuple[str, ...],
         at: datetime,
+        *,
+        expected_token_hash: bytes,
     ) -> SessionRecord | None:
         """Rotate an active session's token (the old hash stops resolving) and set its scopes.
 
-        Records a ``session`` change.
+        A compare and swap: the token is replaced only while it is still
+        ``expected_token_hash`` (the one the caller read), so of concurrent rotations of one
+        session exactly one succeeds. Records a ``session`` change.
 
         Returns:
             The updated session, or None if no such *active* session for this tenant and project.
 
         Raises:
             AlreadyExists: new_token_hash belongs to another session.
+            FailedPrecondition: reason ``SESSION_ROTATED``: the session is active but its token
+                is no longer ``expected_token_hash`` (another rotation won); nothing changed.
         """
         ...
 

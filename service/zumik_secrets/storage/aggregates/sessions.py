@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.records import SessionRecord
 from zumik_secrets.storage.sql.dialect import Dialect
@@ -129,14 +130,18 @@ class SqlSessionStore:
         new_token_hash: bytes,
         scopes: tuple[str, ...],
         at: datetime,
+        *,
+        expected_token_hash: bytes,
     ) -> SessionRecord | None:
         d = self._d
         with self._db.transaction() as conn:
+            # Compare and swap: the token the caller read, or nothing. Of concurrent rotations
+            # of one session exactly one matches it (the others see the winner's token).
             row = conn.execute(
                 "UPDATE sessions SET token_hash = %s, scopes = %s,"
                 f" last_seen_at = {d.greatest('last_seen_at', '%s')}"
                 " WHERE session_id = %s AND tenant_id = %s AND project_id = %s"
-                " AND state = 'active'"
+                " AND state = 'active' AND token_hash = %s"
                 f" RETURNING {_COLS}",
                 (
                     new_token_hash,
@@ -145,10 +150,18 @@ class SqlSessionStore:
                     session_id,
                     tenant_id,
                     project_id,
+                    expected_token_hash,
                 ),
             ).fetchone()
             if row is None:
-                return None
+                current = self._get(conn, tenant_id, project_id, session_id)
+                if current is None or current.state != "active":
+                    return None
+                raise errors.FailedPrecondition(
+                    "the session was rotated by a concurrent call and cannot be rotated again"
+                    " from the token this call read",
+                    reason="SESSION_ROTATED",
+                )
             self._db.record_changes(conn, "session", [session_id])
             return _session(d, row)
 

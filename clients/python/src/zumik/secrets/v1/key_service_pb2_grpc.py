@@ -243,10 +243,11 @@ class KeyServiceServicer:
         """Issues a new token for a session and kills the old one (for privilege changes).
 
         Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
-        `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
-        the session's absolute expiry).
+        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired), `SESSION_ROTATED` (a
+        concurrent rotation of the same session won: exactly one of them returns a token);
+        PERMISSION_DENIED `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's
+        session), `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires
+        before the session's absolute expiry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -120,10 +120,11 @@ class KeyServiceStub:
     """Issues a new token for a session and kills the old one (for privilege changes).
 
     Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
-    `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
-    the session's absolute expiry).
+    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired), `SESSION_ROTATED` (a
+    concurrent rotation of the same session won: exactly one of them returns a token);
+    PERMISSION_DENIED `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's
+    session), `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires
+    before the session's absolute expiry).
     """
     RevokeSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]
     """Revokes one session: its token stops verifying at once.
@@ -262,10 +263,11 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """Issues a new token for a session and kills the old one (for privilege changes).
 
     Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
-    `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
-    the session's absolute expiry).
+    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired), `SESSION_ROTATED` (a
+    concurrent rotation of the same session won: exactly one of them returns a token);
+    PERMISSION_DENIED `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's
+    session), `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires
+    before the session's absolute expiry).
     """
     RevokeSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]  # type: ignore[assignment]
     """Revokes one session: its token stops verifying at once.
@@ -461,10 +463,11 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Issues a new token for a session and kills the old one (for privilege changes).
 
         Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
-        `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
-        the session's absolute expiry).
+        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired), `SESSION_ROTATED` (a
+        concurrent rotation of the same session won: exactly one of them returns a token);
+        PERMISSION_DENIED `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's
+        session), `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires
+        before the session's absolute expiry).
         """
 
     @_abc_1.abstractmethod
