@@ -51,6 +51,48 @@ def _session(d: Dialect, row: Row) -> SessionRecord:
     )
 
 
+def revoke_subject_sessions(
+    conn: Connection, d: Dialect, tenant_id: str, project_id: str, subject: str, at: datetime
+) -> list[str]:
+    """Revoke the active sessions of ``subject`` in a project inside the caller's transaction;
+    returns their ids, sorted (the caller records the ``session`` changes last in it).
+
+    Also used by the API-key store: a session whose subject is an API key's id (a machine's,
+    opened with the key's claim) is revoked with the key.
+    """
+    rows = conn.execute(
+        "UPDATE sessions SET state = 'revoked', revoke_time = %s"
+        " WHERE tenant_id = %s AND project_id = %s AND user_subject = %s"
+        " AND state = 'active' RETURNING session_id",
+        (d.time_in(at), tenant_id, project_id, subject),
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
+def bound_subject_sessions(
+    conn: Connection,
+    d: Dialect,
+    tenant_id: str,
+    project_id: str,
+    subject: str,
+    until: datetime,
+) -> list[str]:
+    """Bring the absolute expiry of ``subject``'s active sessions in a project down to
+    ``until`` (never later) inside the caller's transaction; returns the ids changed, sorted.
+
+    Used by the API-key store when a key's life is shortened (a rotation's grace): its
+    machine sessions die with it.
+    """
+    when = d.time_in(until)
+    rows = conn.execute(
+        "UPDATE sessions SET absolute_expire_time = %s"
+        " WHERE tenant_id = %s AND project_id = %s AND user_subject = %s"
+        " AND state = 'active' AND absolute_expire_time > %s RETURNING session_id",
+        (when, tenant_id, project_id, subject, when),
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
 class SqlSessionStore:
     """:class:`~zumik_secrets.storage.ports.SessionStore` over a SQL kernel."""
 
@@ -183,13 +225,7 @@ class SqlSessionStore:
 
     def revoke_user(self, tenant_id: str, project_id: str, user_subject: str, at: datetime) -> int:
         with self._db.transaction() as conn:
-            rows = conn.execute(
-                "UPDATE sessions SET state = 'revoked', revoke_time = %s"
-                " WHERE tenant_id = %s AND project_id = %s AND user_subject = %s"
-                " AND state = 'active' RETURNING session_id",
-                (self._d.time_in(at), tenant_id, project_id, user_subject),
-            ).fetchall()
-            ids = sorted(str(r[0]) for r in rows)
+            ids = revoke_subject_sessions(conn, self._d, tenant_id, project_id, user_subject, at)
             self._db.record_changes(conn, "session", ids)
             return len(ids)
 
