@@ -31,11 +31,22 @@ over gRPC holding one identity (console) plus the claims a gateway mints from ke
    (empty, valid) refused ``GRANT_NOT_FOUND``: a proxy and the server could read different
    grants. Now exactly one text entry, else PERMISSION_DENIED ``GRANT_MALFORMED`` on every
    method before anything else.
+9. An API key's claim opened a session for its own subject (a machine's session); after
+   RevokeApiKey of that key the session still verified VALID with ``sub`` = the revoked key's
+   id, and its claim created a 29-day API key. Revoking a key now revokes its machine sessions
+   in the same transaction (their claims are refused, ``CLAIM_REVOKED``); a rotation without
+   grace does the same, one with grace bounds them to the grace's end.
+10. 8 concurrent RotateSession calls on one session all answered OK with a new token, but only
+   one token verified. The rotation is a compare and swap on the token it read: exactly one
+   wins, the others get FAILED_PRECONDITION ``SESSION_ROTATED`` (as concurrent grace-0
+   RotateApiKey calls get ``API_KEY_REVOKED``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +539,206 @@ def test_repeated_empty_or_binary_grant_headers_are_refused_on_every_method(
     # The grant still works with one header (nothing above used it up).
     again = seal.Open(spb.OpenRequest(name=name), metadata=(("zumik-grant", grant),), timeout=10)
     assert again.plaintext == b"pt-n4"
+
+
+def _refused_revoked(call: Any) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert error_info(caught.value).reason == "CLAIM_REVOKED"
+
+
+def _machine_session(
+    server: RunningServer, scopes: list[str], **session: Any
+) -> tuple[kpb.CreateApiKeyResponse, str, kpb.CreateSessionResponse]:
+    """A key, its claim, and the session that claim opened for the key's own subject."""
+    key = server.stubs("control-plane").keys.CreateApiKey(
+        kpb.CreateApiKeyRequest(parent=PARENT, display_name="machine", scopes=scopes)
+    )
+    claim = server.stubs("gateway").keys.VerifyApiKey(kpb.VerifyApiKeyRequest(key=key.raw_key))
+    assert claim.result == VALID
+    subject = key.api_key.name.rsplit("/", 1)[1]
+    opened = server.stubs("console", claim=claim.claim).keys.CreateSession(
+        kpb.CreateSessionRequest(
+            parent=PARENT,
+            user_subject=subject,
+            scopes=scopes,
+            idle_timeout=duration_pb2.Duration(seconds=7 * 86400),
+            absolute_timeout=duration_pb2.Duration(seconds=30 * 86400),
+        ),
+        timeout=10,
+    )
+    return key, claim.claim, opened
+
+
+def test_revoking_an_api_key_revokes_the_sessions_it_opened_for_itself(
+    zumik_server_any_backend: RunningServer,
+) -> None:
+    """Finding 9 (the adversary's repro_machine_session_survives.py)."""
+    server = zumik_server_any_backend
+    control = server.stubs("control-plane").keys
+    gateway = server.stubs("gateway").keys
+    scopes = ["sessions.write", "keys.write", "keys.read"]
+    key, _, machine = _machine_session(server, scopes)
+    bystander_key, _, bystander = _machine_session(server, scopes)
+    user = control.CreateSession(
+        kpb.CreateSessionRequest(parent=PARENT, user_subject="erin", scopes=["keys.read"])
+    )
+    verified = gateway.VerifySession(kpb.VerifySessionRequest(token=machine.token))
+    assert verified.result == VALID
+    holder = server.stubs("console", claim=verified.claim).keys
+    holder.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
+
+    control.RevokeApiKey(kpb.RevokeApiKeyRequest(name=key.api_key.name))
+
+    # At once, on the replica that answered: the session is revoked and its claim refused.
+    again = gateway.VerifySession(kpb.VerifySessionRequest(token=machine.token))
+    assert again.result == common_pb2.VERIFY_RESULT_REVOKED and not again.claim
+    assert (
+        control.GetSession(kpb.GetSessionRequest(name=machine.session.name)).session.state
+        == common_pb2.CREDENTIAL_STATE_REVOKED
+    )
+    _refused_revoked(
+        lambda: holder.CreateApiKey(
+            kpb.CreateApiKeyRequest(
+                parent=PARENT,
+                display_name="persist",
+                scopes=["keys.read"],
+                ttl=duration_pb2.Duration(seconds=29 * 86400),
+            ),
+            timeout=10,
+        )
+    )
+    _refused_revoked(
+        lambda: holder.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
+    )
+    # Sessions of other subjects (another key's, a user's) are untouched.
+    for token in (bystander.token, user.token):
+        assert gateway.VerifySession(kpb.VerifySessionRequest(token=token)).result == VALID
+    assert bystander_key.api_key.name != key.api_key.name
+    # The revocation of the sessions is in the audit trail, with the key's.
+    events = server.stubs("auditor").audit.QueryEvents(
+        apb.QueryEventsRequest(parent="tenants/acme", action="session.revoke_user", page_size=1000),
+        timeout=10,
+    )
+    subject = key.api_key.name.rsplit("/", 1)[1]
+    assert any(
+        e.attributes.get("user_subject") == subject and e.target == PARENT for e in events.events
+    )
+
+
+def test_rotating_an_api_key_ends_the_sessions_it_opened_for_itself(
+    zumik_server_any_backend: RunningServer,
+) -> None:
+    """Finding 9, rotation: without grace the old key's machine sessions are revoked with it;
+    with a grace they end when it does (their absolute expiry is brought down to its end)."""
+    server = zumik_server_any_backend
+    control = server.stubs("control-plane").keys
+    gateway = server.stubs("gateway").keys
+    scopes = ["sessions.write", "keys.read"]
+    key, _, machine = _machine_session(server, scopes)
+    control.RotateApiKey(kpb.RotateApiKeyRequest(name=key.api_key.name))
+    assert (
+        gateway.VerifySession(kpb.VerifySessionRequest(token=machine.token)).result
+        == common_pb2.VERIFY_RESULT_REVOKED
+    )
+
+    key, _, machine = _machine_session(server, scopes)
+    rotated = control.RotateApiKey(
+        kpb.RotateApiKeyRequest(
+            name=key.api_key.name, grace_period=duration_pb2.Duration(seconds=2)
+        )
+    )
+    grace_end = (
+        rotated.previous_api_key.expire_time.seconds
+        + rotated.previous_api_key.expire_time.nanos / 1e9
+    )
+    session = control.GetSession(kpb.GetSessionRequest(name=machine.session.name)).session
+    assert session.expire_time.seconds + session.expire_time.nanos / 1e9 <= grace_end
+    during = gateway.VerifySession(kpb.VerifySessionRequest(token=machine.token))
+    assert during.result == VALID  # the old key and its sessions work during the grace
+    assert during.claim_expire_time.seconds <= grace_end
+    time.sleep(max(0.0, grace_end - time.time() + 0.2))
+    assert (
+        gateway.VerifySession(kpb.VerifySessionRequest(token=machine.token)).result
+        == common_pb2.VERIFY_RESULT_EXPIRED
+    )
+    holder = server.stubs("console", claim=during.claim).keys
+    with pytest.raises(grpc.RpcError) as caught:
+        holder.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+
+def _race(calls: list[Any]) -> list[Any]:
+    """Run ``calls`` at once (one thread each, released together); their answers or errors."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = calls[i]()
+        except grpc.RpcError as error:
+            outcomes[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+class _ReadTogether:
+    """The session store of a running server whose ``get`` (RotateSession's read of the
+    session) returns only once ``parties`` calls have read: every rotation of the race reads
+    the same token, the window the adversary hit by chance, made certain."""
+
+    def __init__(self, store: Any, parties: int) -> None:
+        self._store = store
+        self._barrier = threading.Barrier(parties)
+
+    def get(self, *args: Any) -> Any:
+        rec = self._store.get(*args)
+        self._barrier.wait(timeout=20)
+        return rec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_concurrent_session_rotations_have_exactly_one_winner(
+    zumik_server_any_backend: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 10 (the adversary's repro_double_rotate_grace0.py, its session half): of
+    rotations that read the same token exactly one replaces it. (A rotation that reads the
+    session after another one committed is a later rotation and succeeds, as two sequential
+    RotateSession calls do; the winner's token then stops, as it would.)"""
+    server = zumik_server_any_backend
+    control = server.stubs("control-plane").keys
+    gateway = server.stubs("gateway").keys
+    n = 8
+    stubs = [server.stubs("control-plane").keys for _ in range(n)]
+    for stub in stubs:  # connected before the race
+        stub.ListApiKeys(kpb.ListApiKeysRequest(parent=PARENT, page_size=1), timeout=10)
+    service = server.runtime.sessions
+    for _trial in range(2):
+        created = control.CreateSession(
+            kpb.CreateSessionRequest(parent=PARENT, user_subject="frank", scopes=["keys.read"])
+        )
+        request = kpb.RotateSessionRequest(name=created.session.name)
+        with monkeypatch.context() as patched:
+            patched.setattr(service, "_store", _ReadTogether(service._store, n))
+            outcomes = _race([partial(s.RotateSession, request, timeout=30) for s in stubs])
+        won = [o for o in outcomes if isinstance(o, kpb.RotateSessionResponse)]
+        lost = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+        assert len(won) == 1, outcomes
+        assert len(lost) == n - 1
+        for error in lost:
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+            assert error_info(error).reason == "SESSION_ROTATED"
+        assert gateway.VerifySession(kpb.VerifySessionRequest(token=won[0].token)).result == VALID
+        assert (
+            gateway.VerifySession(kpb.VerifySessionRequest(token=created.token)).result
+            == common_pb2.VERIFY_RESULT_NOT_FOUND
+        )

@@ -7,7 +7,7 @@ from datetime import UTC, timedelta, timezone
 
 import pytest
 
-from tests.storage.data import T0, api_key, at
+from tests.storage.data import T0, api_key, at, session
 from zumik_secrets.core import errors
 
 
@@ -226,3 +226,109 @@ def test_timestamps_come_back_in_utc(store):
     assert got.expire_time.tzinfo is not None
     assert got.expire_time.astimezone(UTC) == got.expire_time
     assert got.expire_time.utcoffset() == timedelta(0)
+
+
+# -- a key's machine sessions (sessions whose subject is the key's id) end with it ----------
+# Adversary finding 9: a session an API key's claim opened for itself stayed VALID after the
+# key was revoked, and its claim still minted keys.
+
+
+def _machine_sessions(store, key_id):
+    """Two sessions of the key's subject in its project, plus bystanders that must not move:
+    another user's, and the key's subject in another project and another tenant (not the
+    key's: its claim could not have opened them)."""
+    mine = [store.sessions.insert(session(user=key_id)) for _ in range(2)]
+    others = [
+        store.sessions.insert(session(user="user-1")),
+        store.sessions.insert(session("acme", "api", user=key_id)),
+        store.sessions.insert(session("zeta", "web", user=key_id)),
+    ]
+    return mine, others
+
+
+def test_revoking_a_key_revokes_its_machine_sessions_in_the_same_transaction(store):
+    key = store.api_keys.insert(api_key())
+    mine, others = _machine_sessions(store, key.key_id)
+    store.sessions.revoke("acme", "web", mine[1].session_id, at(1))  # already revoked: no change
+    before = store.changes.latest_seq()
+    store.api_keys.revoke("acme", "web", key.key_id, at(5))
+    first = store.sessions.get_by_id(mine[0].session_id)
+    assert (first.state, first.revoke_time) == ("revoked", at(5))
+    assert store.sessions.get_by_id(mine[1].session_id).revoke_time == at(1)
+    for rec in others:
+        assert store.sessions.get_by_id(rec.session_id) == rec
+    assert [(c.kind, c.entity_id) for c in store.changes.since(before)] == [
+        ("api_key", key.key_id),
+        ("session", mine[0].session_id),
+    ]
+
+
+def test_revoking_a_revoked_key_again_revokes_a_session_opened_since(store):
+    key = store.api_keys.insert(api_key())
+    store.api_keys.revoke("acme", "web", key.key_id, at(5))
+    late = store.sessions.insert(session(user=key.key_id))  # opened by a not-yet-refused claim
+    before = store.changes.latest_seq()
+    again = store.api_keys.revoke("acme", "web", key.key_id, at(9))
+    assert again.revoke_time == at(5)  # the key is unchanged
+    assert store.sessions.get_by_id(late.session_id).state == "revoked"
+    assert [(c.kind, c.entity_id) for c in store.changes.since(before)] == [
+        ("session", late.session_id)
+    ]
+    before = store.changes.latest_seq()
+    store.api_keys.revoke("acme", "web", key.key_id, at(10))
+    assert store.changes.since(before) == []  # nothing left to revoke: nothing recorded
+
+
+def test_rotation_without_grace_revokes_the_old_keys_machine_sessions(store):
+    old = store.api_keys.insert(api_key())
+    mine, others = _machine_sessions(store, old.key_id)
+    before = store.changes.latest_seq()
+    store.api_keys.insert_rotation(api_key(created=at(100)), old.key_id, at(100))
+    for rec in mine:
+        got = store.sessions.get_by_id(rec.session_id)
+        assert (got.state, got.revoke_time) == ("revoked", at(100))
+    for rec in others:
+        assert store.sessions.get_by_id(rec.session_id) == rec
+    assert [(c.kind, c.entity_id) for c in store.changes.since(before)] == [
+        ("api_key", old.key_id),
+        *sorted(("session", r.session_id) for r in mine),
+    ]
+
+
+def test_rotation_with_grace_bounds_the_old_keys_machine_sessions_to_the_grace_end(store):
+    old = store.api_keys.insert(api_key(expire=at(10_000)))
+    short = store.sessions.insert(session(user=old.key_id, absolute=at(300)))
+    mine, others = _machine_sessions(store, old.key_id)  # absolute expiry T0 + 12 h
+    before = store.changes.latest_seq()
+    store.api_keys.insert_rotation(api_key(created=at(100)), old.key_id, at(400))
+    for rec in mine:
+        got = store.sessions.get_by_id(rec.session_id)
+        assert (got.state, got.absolute_expire_time) == ("active", at(400))
+    assert store.sessions.get_by_id(short.session_id) == short  # already ends before: kept
+    for rec in others:
+        assert store.sessions.get_by_id(rec.session_id) == rec
+    assert [(c.kind, c.entity_id) for c in store.changes.since(before)] == [
+        ("api_key", old.key_id),
+        *sorted(("session", r.session_id) for r in mine),
+    ]
+    # A grace longer than the key's own life bounds them by the key's expiry.
+    key = store.api_keys.insert(api_key(expire=at(200)))
+    ses = store.sessions.insert(session(user=key.key_id))
+    store.api_keys.insert_rotation(api_key(created=at(100)), key.key_id, at(5000))
+    assert store.sessions.get_by_id(ses.session_id).absolute_expire_time == at(200)
+
+
+def test_a_new_expiry_bounds_the_keys_machine_sessions(store):
+    key = store.api_keys.insert(api_key())
+    mine, others = _machine_sessions(store, key.key_id)
+    before = store.changes.latest_seq()
+    store.api_keys.set_expiry("acme", "web", key.key_id, at(600))
+    for rec in mine:
+        assert store.sessions.get_by_id(rec.session_id).absolute_expire_time == at(600)
+    for rec in others:
+        assert store.sessions.get_by_id(rec.session_id) == rec
+    assert [c.kind for c in store.changes.since(before)] == ["api_key", "session", "session"]
+    before = store.changes.latest_seq()
+    store.api_keys.set_expiry("acme", "web", key.key_id, None)  # clearing extends nothing
+    assert store.sessions.get_by_id(mine[0].session_id).absolute_expire_time == at(600)
+    assert [c.kind for c in store.changes.since(before)] == ["api_key"]

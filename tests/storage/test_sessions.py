@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 
 import pytest
 
@@ -47,7 +48,13 @@ def test_replace_token_rotates_hash_and_records_change(store):
     before = store.changes.latest_seq()
     new_hash = hashlib.sha256(b"new token").digest()
     updated = store.sessions.replace_token(
-        "acme", "web", rec.session_id, new_hash, ("console", "admin"), at(30)
+        "acme",
+        "web",
+        rec.session_id,
+        new_hash,
+        ("console", "admin"),
+        at(30),
+        expected_token_hash=rec.token_hash,
     )
     assert updated.token_hash == new_hash
     assert updated.scopes == ("console", "admin")
@@ -63,12 +70,76 @@ def test_replace_token_refuses_other_tenant_revoked_and_taken_hash(store):
     rec = store.sessions.insert(session())
     other = store.sessions.insert(session())
     new_hash = hashlib.sha256(b"x").digest()
-    assert store.sessions.replace_token("evil", "web", rec.session_id, new_hash, (), at(1)) is None
+    old = rec.token_hash
+    replace = store.sessions.replace_token
+    assert (
+        replace("evil", "web", rec.session_id, new_hash, (), at(1), expected_token_hash=old) is None
+    )
     with pytest.raises(errors.AlreadyExists):
-        store.sessions.replace_token("acme", "web", rec.session_id, other.token_hash, (), at(1))
+        replace("acme", "web", rec.session_id, other.token_hash, (), at(1), expected_token_hash=old)
     assert store.sessions.get_by_token_hash(rec.token_hash) == rec  # rolled back
     store.sessions.revoke("acme", "web", rec.session_id, at(2))
-    assert store.sessions.replace_token("acme", "web", rec.session_id, new_hash, (), at(3)) is None
+    assert (
+        replace("acme", "web", rec.session_id, new_hash, (), at(3), expected_token_hash=old) is None
+    )
+
+
+def test_replace_token_is_a_compare_and_swap_on_the_token_read(store):
+    """Adversary finding 10: of two rotations that read the same token, the second must not
+    replace the first's token (both callers were told OK; only one token verified)."""
+    rec = store.sessions.insert(session())
+    first = hashlib.sha256(b"first").digest()
+    second = hashlib.sha256(b"second").digest()
+    replace = store.sessions.replace_token
+    won = replace(
+        "acme", "web", rec.session_id, first, ("a",), at(1), expected_token_hash=rec.token_hash
+    )
+    assert won.token_hash == first
+    before = store.changes.latest_seq()
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        replace(
+            "acme", "web", rec.session_id, second, ("b",), at(2), expected_token_hash=rec.token_hash
+        )
+    assert caught.value.reason == "SESSION_ROTATED"
+    assert store.sessions.get_by_token_hash(first) == won  # the winner's token stays
+    assert store.sessions.get_by_token_hash(second) is None
+    assert store.changes.since(before) == []  # the loser recorded no change
+    # A rotation from the current token still works.
+    again = replace("acme", "web", rec.session_id, second, (), at(3), expected_token_hash=first)
+    assert again.token_hash == second
+
+
+def test_concurrent_replace_token_has_exactly_one_winner(store):
+    rec = store.sessions.insert(session())
+    n = 8
+    barrier = threading.Barrier(n)
+    outcomes: list[object] = [None] * n
+
+    def rotate(i: int) -> None:
+        new_hash = hashlib.sha256(f"token {i}".encode()).digest()
+        barrier.wait()
+        try:
+            outcomes[i] = store.sessions.replace_token(
+                "acme",
+                "web",
+                rec.session_id,
+                new_hash,
+                (),
+                at(5),
+                expected_token_hash=rec.token_hash,
+            )
+        except errors.FailedPrecondition as error:
+            outcomes[i] = error.reason
+
+    threads = [threading.Thread(target=rotate, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [o for o in outcomes if not isinstance(o, str)]
+    assert len(winners) == 1, outcomes
+    assert outcomes.count("SESSION_ROTATED") == n - 1
+    assert store.sessions.get_by_id(rec.session_id).token_hash == winners[0].token_hash
 
 
 def test_revoke_is_idempotent_and_scoped(store):

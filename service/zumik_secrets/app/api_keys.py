@@ -580,12 +580,20 @@ class ApiKeyService:
     def revoke(self, name: ApiKeyName, actor: Actor) -> ApiKeyRecord:
         """Revoke a key now (idempotent); this process stops accepting it at once.
 
+        The key's machine sessions (its project's sessions whose subject is the key's id: an
+        API key's claim opens sessions only for itself) are revoked with it, in the same
+        transaction, recorded as a ``session.revoke_user`` event of the key's id; their claims
+        are refused like the key's.
+
         Raises:
             NotFound: no such key in this tenant and project.
         """
-        entry = event(actor, name.tenant, "api_key.revoke", str(name))
+        entries = (
+            event(actor, name.tenant, "api_key.revoke", str(name)),
+            _machine_sessions_revoked(name, actor, "api_key.revoke"),
+        )
         try:
-            with audited_change(self._audit, entry):
+            with audited_change(self._audit, *entries):
                 rec = self._store.revoke(name.tenant, name.project, name.id, _dt(self._clock()))
                 if rec is None:
                     raise resource_not_found(str(name))
@@ -598,6 +606,9 @@ class ApiKeyService:
         self, name: ApiKeyName, grace: timedelta, actor: Actor, *, authority: Authority
     ) -> RotatedApiKey:
         """Issue a replacement key; the old one works for ``grace`` more (0: revoked now).
+
+        The old key's machine sessions end with it: revoked now without grace, else their
+        absolute expiry is brought down to the end of the grace (see :meth:`revoke`).
 
         The new key has the old one's scopes, environment, display name and lifetime length;
         since its raw key goes to the caller, the caller's authority must cover those scopes and
@@ -644,8 +655,13 @@ class ApiKeyService:
             rotated_from=old.key_id,
             seq=0,
         )
+        entries = [self._issue_entry("api_key.rotate", new_rec, actor)]
+        if not grace:
+            # The old key is revoked now, and its machine sessions with it (with a grace they
+            # are only bounded by its new expiry, the end of the grace).
+            entries.append(_machine_sessions_revoked(name, actor, "api_key.rotate"))
         try:
-            with audited_change(self._audit, self._issue_entry("api_key.rotate", new_rec, actor)):
+            with audited_change(self._audit, *entries):
                 inserted = self._store.insert_rotation(new_rec, old.key_id, now + grace)
         except NotFound:
             raise resource_not_found(str(name)) from None
@@ -654,6 +670,19 @@ class ApiKeyService:
         self.after_change()
         previous = self._store.get(name.tenant, name.project, name.id) or old
         return RotatedApiKey(inserted, generated.raw, self._overlay(previous))
+
+
+def _machine_sessions_revoked(name: ApiKeyName, actor: Actor, cause: str) -> AuditEntry:
+    """The event of a key's machine sessions revoked with it, shaped like RevokeUserSessions'
+    (the project, the subject: the key's id); written with the key's change. The count is
+    known only inside the transaction: as for RevokeUserSessions, the event names the subject."""
+    return event(
+        actor,
+        name.tenant,
+        "session.revoke_user",
+        f"tenants/{name.tenant}/projects/{name.project}",
+        attributes={"user_subject": name.id, "cause": cause},
+    )
 
 
 def _binding(parent: ProjectName, show_revoked: bool) -> str:

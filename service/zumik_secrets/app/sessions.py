@@ -489,7 +489,10 @@ class SessionService:
         Raises:
             InvalidArgument: malformed scopes.
             NotFound: no such session in this tenant and project.
-            FailedPrecondition: the session is revoked or expired (``SESSION_NOT_ACTIVE``).
+            FailedPrecondition: the session is revoked or expired (``SESSION_NOT_ACTIVE``), or
+                a concurrent rotation replaced the token this call read (``SESSION_ROTATED``:
+                of concurrent rotations exactly one returns a token, as for RotateApiKey
+                without grace).
             PermissionDenied: ``SCOPE_ESCALATION``, ``IMPERSONATION_NOT_ALLOWED`` or
                 ``LIFETIME_ESCALATION`` (the session's absolute expiry is after the expiry of
                 the API key the caller's claim comes from).
@@ -516,7 +519,13 @@ class SessionService:
         try:
             with audited_change(self._audit, entry):
                 rec = self._store.replace_token(
-                    name.tenant, name.project, name.id, token_hash, granted, _dt(self._clock())
+                    name.tenant,
+                    name.project,
+                    name.id,
+                    token_hash,
+                    granted,
+                    _dt(self._clock()),
+                    expected_token_hash=current.token_hash,
                 )
                 if rec is None:
                     raise FailedPrecondition(

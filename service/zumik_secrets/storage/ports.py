@@ -135,7 +135,10 @@ class ApiKeyStore(Protocol):
     ) -> ApiKeyRecord | None:
         """Revoke a key. Idempotent: revoking a revoked key changes nothing and returns it.
 
-        The first revocation records an ``api_key`` change in the same transaction.
+        The first revocation records an ``api_key`` change in the same transaction. Every
+        revocation (a repeated one too) also revokes the key's machine sessions, the active
+        sessions of its project whose ``user_subject`` is the key's id, recording a ``session``
+        change for each, in the same transaction.
 
         Returns:
             The key as stored afterwards, or None if not found for this tenant and project.
@@ -146,6 +149,9 @@ class ApiKeyStore(Protocol):
         self, tenant_id: str, project_id: str, key_id: str, expire_time: datetime | None
     ) -> ApiKeyRecord | None:
         """Set (or clear, with None) a key's expiry; records an ``api_key`` change.
+
+        A new expiry also brings the absolute expiry of the key's machine sessions (see
+        :meth:`revoke`) down to it, recording their ``session`` changes.
 
         Returns:
             The updated key, or None if not found for this tenant and project.
@@ -160,7 +166,9 @@ class ApiKeyStore(Protocol):
         ``new_rec.created_at`` is the rotation time. If ``old_expire_time`` is at or before it
         the old key is revoked now; otherwise its expiry becomes ``old_expire_time`` (never later
         than an expiry it already had). The new key is stored with ``rotated_from=old_key_id``.
-        Records an ``api_key`` change for the old key.
+        Records an ``api_key`` change for the old key. The old key's machine sessions (see
+        :meth:`revoke`) end with it: revoked with it, or their absolute expiry brought down to
+        its new expiry, each with a ``session`` change.
 
         Returns:
             The new key with its ``seq``.
@@ -228,16 +236,22 @@ class SessionStore(Protocol):
         new_token_hash: bytes,
         scopes: tuple[str, ...],
         at: datetime,
+        *,
+        expected_token_hash: bytes,
     ) -> SessionRecord | None:
         """Rotate an active session's token (the old hash stops resolving) and set its scopes.
 
-        Records a ``session`` change.
+        A compare and swap: the token is replaced only while it is still
+        ``expected_token_hash`` (the one the caller read), so of concurrent rotations of one
+        session exactly one succeeds. Records a ``session`` change.
 
         Returns:
             The updated session, or None if no such *active* session for this tenant and project.
 
         Raises:
             AlreadyExists: new_token_hash belongs to another session.
+            FailedPrecondition: reason ``SESSION_ROTATED``: the session is active but its token
+                is no longer ``expected_token_hash`` (another rotation won); nothing changed.
         """
         ...
 

@@ -13,6 +13,10 @@ from typing import Any
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates.sessions import (
+    bound_subject_sessions,
+    revoke_subject_sessions,
+)
 from zumik_secrets.storage.records import ApiKeyRecord
 from zumik_secrets.storage.sql.dialect import Dialect
 from zumik_secrets.storage.sql.kernel import Connection, Kernel, Row
@@ -106,6 +110,26 @@ class SqlApiKeyStore:
         with self._db.change() as conn:
             return self._insert(conn, rec)
 
+    def _end_sessions(
+        self, conn: Connection, key: ApiKeyRecord, at: datetime, until: datetime | None
+    ) -> list[str]:
+        """A machine session never outlives the key it belongs to (its subject is the key's
+        id: an API key's claim opens sessions only for itself): with the key revoked (``until``
+        at or before ``at``) its project's active sessions of that subject are revoked; with
+        its life shortened to ``until`` (a rotation's grace, a new expiry) their absolute
+        expiry is brought down to the key's. Returns the sessions changed (the caller records
+        their ``session`` changes last in the transaction)."""
+        if until is not None and until <= at:
+            return revoke_subject_sessions(
+                conn, self._d, key.tenant_id, key.project_id, key.key_id, at
+            )
+        ends = [t for t in (until, key.expire_time) if t is not None]
+        if not ends:
+            return []
+        return bound_subject_sessions(
+            conn, self._d, key.tenant_id, key.project_id, key.key_id, min(ends)
+        )
+
     def get_by_id(self, key_id: str) -> ApiKeyRecord | None:
         row = self._db.one(f"SELECT {_COLS} FROM api_keys WHERE key_id = %s", (key_id,))
         return None if row is None else _api_key(self._d, row)
@@ -144,9 +168,17 @@ class SqlApiKeyStore:
                 (self._d.time_in(at), key_id, tenant_id, project_id),
             ).fetchone()
             if row is None:
-                return self._get(conn, tenant_id, project_id, key_id)
+                rec = self._get(conn, tenant_id, project_id, key_id)
+                if rec is not None:
+                    # Revoking again sweeps again: a session the key's claim opened while the
+                    # first revocation was on its way to the replica that served it.
+                    self._db.record_changes(conn, "session", self._end_sessions(conn, rec, at, at))
+                return rec
+            rec = _api_key(self._d, row)
+            ended = self._end_sessions(conn, rec, at, at)
             self._db.record_changes(conn, "api_key", [key_id])
-            return _api_key(self._d, row)
+            self._db.record_changes(conn, "session", ended)
+            return rec
 
     def set_expiry(
         self, tenant_id: str, project_id: str, key_id: str, expire_time: datetime | None
@@ -160,8 +192,11 @@ class SqlApiKeyStore:
             ).fetchone()
             if row is None:
                 return None
+            rec = _api_key(self._d, row)
+            ended = [] if expire_time is None else self._end_sessions(conn, rec, c.now(), None)
             self._db.record_changes(conn, "api_key", [key_id])
-            return _api_key(self._d, row)
+            self._db.record_changes(conn, "session", ended)
+            return rec
 
     def insert_rotation(
         self, new_rec: ApiKeyRecord, old_key_id: str, old_expire_time: datetime
@@ -190,7 +225,9 @@ class SqlApiKeyStore:
                     (old_expire, old_expire, old_key_id),
                 )
             inserted = self._insert(conn, dataclasses.replace(new_rec, rotated_from=old_key_id))
+            ended = self._end_sessions(conn, old, new_rec.created_at, old_expire_time)
             self._db.record_changes(conn, "api_key", [old_key_id])
+            self._db.record_changes(conn, "session", ended)
             return inserted
 
     def record_last_used(self, updates: Mapping[str, datetime]) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
 from zumik_secrets.storage.records import SessionRecord
 from zumik_secrets.storage.sql.dialect import Dialect
@@ -48,6 +49,48 @@ def _session(d: Dialect, row: Row) -> SessionRecord:
         revoke_time=d.opt_time_out(row[11]),
         seq=row[12],
     )
+
+
+def revoke_subject_sessions(
+    conn: Connection, d: Dialect, tenant_id: str, project_id: str, subject: str, at: datetime
+) -> list[str]:
+    """Revoke the active sessions of ``subject`` in a project inside the caller's transaction;
+    returns their ids, sorted (the caller records the ``session`` changes last in it).
+
+    Also used by the API-key store: a session whose subject is an API key's id (a machine's,
+    opened with the key's claim) is revoked with the key.
+    """
+    rows = conn.execute(
+        "UPDATE sessions SET state = 'revoked', revoke_time = %s"
+        " WHERE tenant_id = %s AND project_id = %s AND user_subject = %s"
+        " AND state = 'active' RETURNING session_id",
+        (d.time_in(at), tenant_id, project_id, subject),
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
+def bound_subject_sessions(
+    conn: Connection,
+    d: Dialect,
+    tenant_id: str,
+    project_id: str,
+    subject: str,
+    until: datetime,
+) -> list[str]:
+    """Bring the absolute expiry of ``subject``'s active sessions in a project down to
+    ``until`` (never later) inside the caller's transaction; returns the ids changed, sorted.
+
+    Used by the API-key store when a key's life is shortened (a rotation's grace): its
+    machine sessions die with it.
+    """
+    when = d.time_in(until)
+    rows = conn.execute(
+        "UPDATE sessions SET absolute_expire_time = %s"
+        " WHERE tenant_id = %s AND project_id = %s AND user_subject = %s"
+        " AND state = 'active' AND absolute_expire_time > %s RETURNING session_id",
+        (when, tenant_id, project_id, subject, when),
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows)
 
 
 class SqlSessionStore:
@@ -129,14 +172,18 @@ class SqlSessionStore:
         new_token_hash: bytes,
         scopes: tuple[str, ...],
         at: datetime,
+        *,
+        expected_token_hash: bytes,
     ) -> SessionRecord | None:
         d = self._d
         with self._db.transaction() as conn:
+            # Compare and swap: the token the caller read, or nothing. Of concurrent rotations
+            # of one session exactly one matches it (the others see the winner's token).
             row = conn.execute(
                 "UPDATE sessions SET token_hash = %s, scopes = %s,"
                 f" last_seen_at = {d.greatest('last_seen_at', '%s')}"
                 " WHERE session_id = %s AND tenant_id = %s AND project_id = %s"
-                " AND state = 'active'"
+                " AND state = 'active' AND token_hash = %s"
                 f" RETURNING {_COLS}",
                 (
                     new_token_hash,
@@ -145,10 +192,18 @@ class SqlSessionStore:
                     session_id,
                     tenant_id,
                     project_id,
+                    expected_token_hash,
                 ),
             ).fetchone()
             if row is None:
-                return None
+                current = self._get(conn, tenant_id, project_id, session_id)
+                if current is None or current.state != "active":
+                    return None
+                raise errors.FailedPrecondition(
+                    "the session was rotated by a concurrent call and cannot be rotated again"
+                    " from the token this call read",
+                    reason="SESSION_ROTATED",
+                )
             self._db.record_changes(conn, "session", [session_id])
             return _session(d, row)
 
@@ -170,13 +225,7 @@ class SqlSessionStore:
 
     def revoke_user(self, tenant_id: str, project_id: str, user_subject: str, at: datetime) -> int:
         with self._db.transaction() as conn:
-            rows = conn.execute(
-                "UPDATE sessions SET state = 'revoked', revoke_time = %s"
-                " WHERE tenant_id = %s AND project_id = %s AND user_subject = %s"
-                " AND state = 'active' RETURNING session_id",
-                (self._d.time_in(at), tenant_id, project_id, user_subject),
-            ).fetchall()
-            ids = sorted(str(r[0]) for r in rows)
+            ids = revoke_subject_sessions(conn, self._d, tenant_id, project_id, user_subject, at)
             self._db.record_changes(conn, "session", ids)
             return len(ids)
 

@@ -318,6 +318,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     before anything else, like `CLAIM_MALFORMED` for `zumik-claim`. The message names the
     header, never a value.
     """
+    ERROR_REASON_SESSION_ROTATED: _ErrorReason.ValueType  # 113
+    """FAILED_PRECONDITION: RotateSession lost a race: another rotation of the same session
+    replaced its token first (a rotation replaces the token this call read, or nothing). The
+    session keeps the winner's token; this call changed nothing and returned no token.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: every value of `google.rpc.ErrorInfo.reason` this service sends.
@@ -630,5 +635,10 @@ ERROR_REASON_GRANT_MALFORMED: ErrorReason.ValueType  # 112
 entry (several entries, an empty one, or a `zumik-grant-bin` one); refused on every method
 before anything else, like `CLAIM_MALFORMED` for `zumik-claim`. The message names the
 header, never a value.
+"""
+ERROR_REASON_SESSION_ROTATED: ErrorReason.ValueType  # 113
+"""FAILED_PRECONDITION: RotateSession lost a race: another rotation of the same session
+replaced its token first (a rotation replaces the token this call read, or nothing). The
+session keeps the winner's token; this call changed nothing and returned no token.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

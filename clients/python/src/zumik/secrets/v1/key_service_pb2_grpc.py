@@ -179,8 +179,11 @@ class KeyServiceServicer:
         """Revokes an API key. When the call returns, the revocation is durable; within 1 second
         every replica answers VerifyApiKey for it with VERIFY_RESULT_REVOKED, and refuses with
         UNAUTHENTICATED every tenant claim already minted from the key (a claim names the
-        credential it was minted from), even before the claim's own expiry. Revoking a revoked key
-        changes nothing and returns it.
+        credential it was minted from), even before the claim's own expiry. The key's machine
+        sessions (its project's sessions whose user_subject is the key's id, which the key's claim
+        may open) are revoked with it, in the same transaction, and their claims refused the same
+        way. Revoking a revoked key changes nothing and returns it (a machine session opened since
+        is revoked).
 
         Errors: NOT_FOUND `NOT_FOUND`.
         """
@@ -190,7 +193,8 @@ class KeyServiceServicer:
 
     def RotateApiKey(self, request, context):
         """Replaces an API key with a new one; the old key keeps working for the grace period, then
-        is refused like a revoked one.
+        is refused like a revoked one. Its machine sessions (see RevokeApiKey) end with it: revoked
+        at once without grace, else their absolute expiry becomes the end of the grace.
 
         Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
         NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
@@ -243,10 +247,11 @@ class KeyServiceServicer:
         """Issues a new token for a session and kills the old one (for privilege changes).
 
         Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
-        `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
-        the session's absolute expiry).
+        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired), `SESSION_ROTATED` (a
+        concurrent rotation of the same session won: exactly one of them returns a token);
+        PERMISSION_DENIED `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's
+        session), `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires
+        before the session's absolute expiry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

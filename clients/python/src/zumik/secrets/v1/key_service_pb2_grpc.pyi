@@ -76,14 +76,18 @@ class KeyServiceStub:
     """Revokes an API key. When the call returns, the revocation is durable; within 1 second
     every replica answers VerifyApiKey for it with VERIFY_RESULT_REVOKED, and refuses with
     UNAUTHENTICATED every tenant claim already minted from the key (a claim names the
-    credential it was minted from), even before the claim's own expiry. Revoking a revoked key
-    changes nothing and returns it.
+    credential it was minted from), even before the claim's own expiry. The key's machine
+    sessions (its project's sessions whose user_subject is the key's id, which the key's claim
+    may open) are revoked with it, in the same transaction, and their claims refused the same
+    way. Revoking a revoked key changes nothing and returns it (a machine session opened since
+    is revoked).
 
     Errors: NOT_FOUND `NOT_FOUND`.
     """
     RotateApiKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RotateApiKeyRequest, _key_service_pb2.RotateApiKeyResponse]
     """Replaces an API key with a new one; the old key keeps working for the grace period, then
-    is refused like a revoked one.
+    is refused like a revoked one. Its machine sessions (see RevokeApiKey) end with it: revoked
+    at once without grace, else their absolute expiry becomes the end of the grace.
 
     Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
     NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
@@ -120,10 +124,11 @@ class KeyServiceStub:
     """Issues a new token for a session and kills the old one (for privilege changes).
 
     Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
-    `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
-    the session's absolute expiry).
+    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired), `SESSION_ROTATED` (a
+    concurrent rotation of the same session won: exactly one of them returns a token);
+    PERMISSION_DENIED `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's
+    session), `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires
+    before the session's absolute expiry).
     """
     RevokeSession: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]
     """Revokes one session: its token stops verifying at once.
@@ -218,14 +223,18 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """Revokes an API key. When the call returns, the revocation is durable; within 1 second
     every replica answers VerifyApiKey for it with VERIFY_RESULT_REVOKED, and refuses with
     UNAUTHENTICATED every tenant claim already minted from the key (a claim names the
-    credential it was minted from), even before the claim's own expiry. Revoking a revoked key
-    changes nothing and returns it.
+    credential it was minted from), even before the claim's own expiry. The key's machine
+    sessions (its project's sessions whose user_subject is the key's id, which the key's claim
+    may open) are revoked with it, in the same transaction, and their claims refused the same
+    way. Revoking a revoked key changes nothing and returns it (a machine session opened since
+    is revoked).
 
     Errors: NOT_FOUND `NOT_FOUND`.
     """
     RotateApiKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RotateApiKeyRequest, _key_service_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
     """Replaces an API key with a new one; the old key keeps working for the grace period, then
-    is refused like a revoked one.
+    is refused like a revoked one. Its machine sessions (see RevokeApiKey) end with it: revoked
+    at once without grace, else their absolute expiry becomes the end of the grace.
 
     Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
     NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
@@ -262,10 +271,11 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """Issues a new token for a session and kills the old one (for privilege changes).
 
     Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-    `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
-    `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
-    the session's absolute expiry).
+    FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired), `SESSION_ROTATED` (a
+    concurrent rotation of the same session won: exactly one of them returns a token);
+    PERMISSION_DENIED `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's
+    session), `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires
+    before the session's absolute expiry).
     """
     RevokeSession: _aio.UnaryUnaryMultiCallable[_key_service_pb2.RevokeSessionRequest, _key_service_pb2.RevokeSessionResponse]  # type: ignore[assignment]
     """Revokes one session: its token stops verifying at once.
@@ -387,8 +397,11 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revokes an API key. When the call returns, the revocation is durable; within 1 second
         every replica answers VerifyApiKey for it with VERIFY_RESULT_REVOKED, and refuses with
         UNAUTHENTICATED every tenant claim already minted from the key (a claim names the
-        credential it was minted from), even before the claim's own expiry. Revoking a revoked key
-        changes nothing and returns it.
+        credential it was minted from), even before the claim's own expiry. The key's machine
+        sessions (its project's sessions whose user_subject is the key's id, which the key's claim
+        may open) are revoked with it, in the same transaction, and their claims refused the same
+        way. Revoking a revoked key changes nothing and returns it (a machine session opened since
+        is revoked).
 
         Errors: NOT_FOUND `NOT_FOUND`.
         """
@@ -400,7 +413,8 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.RotateApiKeyResponse, _abc.Awaitable[_key_service_pb2.RotateApiKeyResponse]]:
         """Replaces an API key with a new one; the old key keeps working for the grace period, then
-        is refused like a revoked one.
+        is refused like a revoked one. Its machine sessions (see RevokeApiKey) end with it: revoked
+        at once without grace, else their absolute expiry becomes the end of the grace.
 
         Errors: INVALID_ARGUMENT `INVALID_DURATION` (grace_period negative or over 30 days);
         NOT_FOUND `NOT_FOUND`; FAILED_PRECONDITION `API_KEY_REVOKED`, `API_KEY_EXPIRED`;
@@ -461,10 +475,11 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Issues a new token for a session and kills the old one (for privilege changes).
 
         Errors: INVALID_ARGUMENT `INVALID_SCOPE`, `TOO_MANY_SCOPES`; NOT_FOUND `NOT_FOUND`;
-        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired); PERMISSION_DENIED
-        `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's session),
-        `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires before
-        the session's absolute expiry).
+        FAILED_PRECONDITION `SESSION_NOT_ACTIVE` (revoked or expired), `SESSION_ROTATED` (a
+        concurrent rotation of the same session won: exactly one of them returns a token);
+        PERMISSION_DENIED `SCOPE_ESCALATION`, `IMPERSONATION_NOT_ALLOWED` (another user's
+        session), `LIFETIME_ESCALATION` (the caller's claim was minted from an API key that expires
+        before the session's absolute expiry).
         """
 
     @_abc_1.abstractmethod
