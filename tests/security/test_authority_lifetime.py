@@ -25,6 +25,7 @@ from zumik.secrets.v1 import key_service_pb2 as kpb
 
 from tests.fix_server import RunningServer, ServerFactory
 from tests.grpc_errors import error_info
+from zumik_secrets.core.errors import Unauthenticated
 
 pytestmark = pytest.mark.integration
 
@@ -279,3 +280,30 @@ def test_an_expiring_key_cannot_reach_a_longer_life_through_a_session(
         kpb.CreateApiKeyRequest(parent=PARENT, scopes=["keys.read"], ttl=_ttl(30))
     )
     assert child.api_key.expire_time.ToDatetime() <= machine.session.expire_time.ToDatetime()
+
+
+def test_the_fresh_read_of_a_minting_call_refuses_a_revoked_credentials_claim(
+    server: RunningServer,
+) -> None:
+    """Adversary 2026-12-04 (helper note on finding 9): the minting methods read the claim's key
+    or session fresh for its lifetime bound but ignored its state, so on a replica the change
+    feed had not reached yet, a revoked key's claim could still open a session (within the 1 s
+    propagation bound). The fresh read now refuses it: CLAIM_REVOKED, as the cut-off would.
+    The claim is parsed before the revocation, as a replica behind the feed would hold it."""
+    source, claim = _minter(server, None)
+    session = server.stubs("control-plane").keys.CreateSession(
+        kpb.CreateSessionRequest(parent=PARENT, user_subject="user_1", scopes=["keys.read"])
+    )
+    session_claim = (
+        server.stubs("gateway").keys.VerifySession(kpb.VerifySessionRequest(token=session.token))
+    ).claim
+    held = [server.runtime.verify_claim(c) for c in (claim, session_claim)]
+    assert server.runtime.minting_bound(held[0]) is None  # a key without expiry: unbounded
+    assert server.runtime.minting_bound(held[1]) is None  # a user's session: unbounded
+    control = server.stubs("control-plane").keys
+    control.RevokeApiKey(kpb.RevokeApiKeyRequest(name=source.api_key.name))
+    control.RevokeSession(kpb.RevokeSessionRequest(name=session.session.name))
+    for parsed in held:
+        with pytest.raises(Unauthenticated) as info:
+            server.runtime.minting_bound(parsed)
+        assert info.value.reason == "CLAIM_REVOKED"

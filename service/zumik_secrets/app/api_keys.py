@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from zumik_secrets.app.actor import Actor
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event
 from zumik_secrets.app.claim_issuer import ClaimIssuer, IssuedClaim
+from zumik_secrets.app.claim_revocations import REASON_CLAIM_REVOKED
 from zumik_secrets.app.verification import (
     MAX_REQUIRED_SCOPES,
     FailureGuard,
@@ -57,6 +58,7 @@ from zumik_secrets.core.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Unauthenticated,
     Unavailable,
     resource_not_found,
 )
@@ -465,6 +467,8 @@ class ApiKeyService:
             the ``cid`` names neither a key nor a session): deny by default.
 
         Raises:
+            Unauthenticated: ``CLAIM_REVOKED``, the key was revoked (this read sees it before
+                the change feed has reached this replica's claim cut-offs).
             Unavailable: storage is down.
         """
         kind = claim.credential_id.partition("_")[0]
@@ -477,6 +481,8 @@ class ApiKeyService:
                 and rec.tenant_id == claim.tenant_id
                 and rec.project_id == claim.project_id
             ):
+                if rec.state != "active":
+                    raise Unauthenticated("tenant claim was revoked", reason=REASON_CLAIM_REVOKED)
                 return rec.expire_time
         return _dt(claim.expires_at)
 

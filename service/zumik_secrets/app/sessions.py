@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from zumik_secrets.app.actor import SYSTEM, Actor
 from zumik_secrets.app.audit import AuditEntry, AuditRecorder, audited_change, event, record
 from zumik_secrets.app.claim_issuer import ClaimIssuer, IssuedClaim
+from zumik_secrets.app.claim_revocations import REASON_CLAIM_REVOKED
 from zumik_secrets.app.verification import (
     MAX_REQUIRED_SCOPES,
     FailureGuard,
@@ -41,6 +42,7 @@ from zumik_secrets.core.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    Unauthenticated,
     Unavailable,
     resource_not_found,
 )
@@ -258,11 +260,15 @@ class SessionService:
         the revocation check before any method runs.
 
         Raises:
+            Unauthenticated: ``CLAIM_REVOKED``, the session was revoked (this read sees it before
+                the change feed has reached this replica's claim cut-offs).
             Unavailable: storage is down.
         """
         rec = self._store.get_by_id(claim.credential_id)
         if rec is None or rec.tenant_id != claim.tenant_id or rec.project_id != claim.project_id:
             return None
+        if rec.state != "active":
+            raise Unauthenticated("tenant claim was revoked", reason=REASON_CLAIM_REVOKED)
         if rec.user_subject.partition("_")[0] == KIND_API_KEY:
             return rec.absolute_expire_time
         return None
