@@ -62,3 +62,25 @@ def test_missing_required_settings_fail_closed() -> None:
 def test_inline_keyring_is_not_in_repr() -> None:
     config = ServerConfig.load(REQUIRED | {"ZUMIK_MASTER_KEYRING": "SENTINEL-KEYRING"})
     assert config.master_keyring == "SENTINEL-KEYRING" and "SENTINEL" not in repr(config)
+
+
+def test_dev_witness_belongs_to_one_database() -> None:
+    """Two dev servers on different databases sharing var/dev/audit-witness saw each other's
+    checkpoints as a rewrite (a false CHECKPOINT_MISMATCH; adversary 2026-12-04)."""
+
+    def witness(url: str) -> str:
+        return ServerConfig.load({"ZUMIK_DEV": "1", "ZUMIK_DATABASE_URL": url}).audit_witness_dir
+
+    sqlite = witness("sqlite:///var/zumik.db")
+    pg = witness("postgresql://postgres@127.0.0.1:5432/zumik")
+    assert sqlite != pg
+    assert all(w.startswith("var/dev/audit-witness/") for w in (sqlite, pg))
+    assert witness("sqlite:///var/zumik.db") == sqlite
+    # Replicas given the same database with another password share the witness; the path holds
+    # no digest of the password.
+    assert witness("postgresql://postgres:a@127.0.0.1:5432/zumik") == witness(
+        "postgresql://postgres:b@127.0.0.1:5432/zumik"
+    )
+    # An explicit setting wins.
+    explicit = ServerConfig.load({"ZUMIK_DEV": "1", "ZUMIK_AUDIT_WITNESS_DIR": "/w"})
+    assert explicit.audit_witness_dir == "/w"

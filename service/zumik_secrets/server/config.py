@@ -8,6 +8,7 @@ without it, TLS files, the policy and the keyring must be configured explicitly 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,8 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from zumik_secrets.app.purge import PAUSE_PHASES
+from zumik_secrets.storage.factory import redact_url
 
 DEV_DIR = Path("var/dev")
+
+
+def dev_witness_dir(database_url: str) -> Path:
+    """The development witness of one database: ``var/dev/audit-witness/<16 hex digits of the
+    URL's SHA-256>``. A witness pins the chains of one database; two dev servers on different
+    databases sharing one directory made each other's checkpoints look like a rewrite
+    (VerifyChain CHECKPOINT_MISMATCH, a false tamper alarm; noticed by the 2026-12-04
+    adversary). Replicas of one database share it, as they should. The digest is of the URL
+    without its password."""
+    digest = hashlib.sha256(redact_url(database_url).encode()).hexdigest()[:16]
+    return DEV_DIR / "audit-witness" / digest
+
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/zumik.db"
 _LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "OFF"})
@@ -320,7 +335,7 @@ class ServerConfig:
             "tls_client_ca_file": str(pki / "ca.crt"),
             "policy_file": str(dev_policy_path()),
             "master_keyring_file": str(DEV_DIR / "keyring.json"),
-            "audit_witness_dir": str(DEV_DIR / "audit-witness"),
+            "audit_witness_dir": str(dev_witness_dir(self.database_url)),
         }
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in defaults.items():
