@@ -10,10 +10,14 @@ offline with counts matching what was created.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +25,7 @@ from google.protobuf import json_format
 from zumik.secrets.v1 import audit_service_pb2 as apb
 from zumik.secrets.v1 import common_pb2
 from zumik.secrets.v1 import fingerprint_service_pb2 as fpb
+from zumik.secrets.v1 import key_service_pb2 as kpb
 from zumik.secrets.v1 import seal_service_pb2 as spb
 from zumik.secrets.v1 import tenant_service_pb2 as tpb
 
@@ -338,4 +343,123 @@ def test_other_replica_forgets_purged_keys_within_the_bound(
         lambda: second.stubs("executor", claim=claim).fingerprints.ResolveHandle(
             fpb.ResolveHandleRequest(name=a.handles[0]), timeout=10
         )
+    )
+
+
+def test_creates_racing_a_project_purge_do_not_survive_it(
+    zumik_server_any_backend: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Callers create keys and sessions and seal secrets in a project while PurgeProject runs
+    (the adversary's race): afterwards none of them verifies or remains, every later create is
+    refused (FAILED_PRECONDITION SCOPE_PURGED, or the claim CLAIM_REVOKED), and the receipt
+    counts exactly the ones that were created."""
+    server = zumik_server_any_backend
+    url = server.runtime.config.database_url
+    # Widen the race as a loaded server does: each create reaches storage up to 60 ms after it
+    # was authorised (the in-memory tombstone checked), so many are authorised before the purge
+    # job exists and insert while (or after) it runs.
+    store = server.runtime.store
+    for aggregate in (store.api_keys, store.sessions, store.sealed_secrets):
+        real = aggregate.insert
+
+        def late_insert(rec: Any, real: Any = real) -> Any:
+            time.sleep(random.uniform(0, 0.06))
+            return real(rec)
+
+        monkeypatch.setattr(aggregate, "insert", late_insert)
+    tenant = ps.tenant_id("race")
+    parent = f"tenants/{tenant}/projects/p1"
+    keys: list[str] = []
+    sessions: list[str] = []
+    sealed: list[str] = []
+    refusals: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def attempt(kind: str, call: Any) -> None:
+        try:
+            made = call()
+        except grpc.RpcError as err:
+            with lock:
+                refusals.append((err.code().name, error_info(err).reason))  # type: ignore[attr-defined]
+            return
+        with lock:
+            {"key": keys, "session": sessions, "secret": sealed}[kind].append(made)
+
+    def spam(i: int) -> None:
+        with_claim = ps.claim_stubs(server, tenant, "p1")
+        control = server.stubs("control-plane")
+        while not stop.is_set():
+            stubs = with_claim if i % 2 else control
+            attempt(
+                "key",
+                lambda s=stubs: (
+                    s.keys.CreateApiKey(
+                        kpb.CreateApiKeyRequest(parent=parent, display_name="x", scopes=["a.b"]),
+                        timeout=10,
+                    ).raw_key
+                ),
+            )
+            attempt(
+                "session",
+                lambda s=stubs: (
+                    s.keys.CreateSession(
+                        kpb.CreateSessionRequest(
+                            parent=parent, user_subject="user-1", scopes=["console"]
+                        ),
+                        timeout=10,
+                    ).token
+                ),
+            )
+            attempt(
+                "secret",
+                lambda: (
+                    with_claim.seal.Seal(
+                        spb.SealRequest(parent=parent, plaintext=b"MUST-BE-SHREDDED"), timeout=10
+                    ).secret.name
+                ),
+            )
+
+    threads = [threading.Thread(target=spam, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    receipt = (
+        server.stubs("control-plane")
+        .tenants.PurgeProject(tpb.PurgeProjectRequest(name=parent, confirm=parent), timeout=60)
+        .receipt
+    )
+    time.sleep(0.4)  # creates keep coming after the answer: each must be refused
+    stop.set()
+    for t in threads:
+        t.join(30)
+
+    assert keys and sessions and sealed, "some creates succeeded before the purge"
+    assert refusals, "creates after the purge were refused"
+    assert set(refusals) <= {
+        ("FAILED_PRECONDITION", "SCOPE_PURGED"),
+        ("UNAUTHENTICATED", "CLAIM_REVOKED"),
+    }, set(refusals)
+    counts = {c.kind: c.count for c in receipt.destroyed}
+    assert (counts["api_keys"], counts["sessions"], counts["secrets"]) == (
+        len(keys),
+        len(sessions),
+        len(sealed),
+    )
+    for table in ("api_keys", "sessions", "sealed_secrets", "data_keys"):
+        assert ps.query(
+            url,
+            f"SELECT count(*) FROM {table} WHERE tenant_id = %s",  # noqa: S608
+            (tenant,),
+        ) == [(0,)]
+    assert all(ps.verify_key(server, raw) == NOT_FOUND for raw in keys)
+    assert all(ps.verify_session(server, token) == NOT_FOUND for token in sessions)
+    # Listing them: a claim for the project is refused (the scope is a tombstone), and the rows
+    # are gone (above).
+    stubs = ps.claim_stubs(server, tenant, "p1")
+    ps.claim_refused(
+        lambda: stubs.keys.ListApiKeys(kpb.ListApiKeysRequest(parent=parent), timeout=10)
+    )
+    ps.claim_refused(
+        lambda: stubs.seal.ListSecrets(spb.ListSecretsRequest(parent=parent), timeout=10)
     )

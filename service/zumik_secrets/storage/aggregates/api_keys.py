@@ -13,6 +13,7 @@ from typing import Any
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates import fence
 from zumik_secrets.storage.aggregates.sessions import (
     bound_subject_sessions,
     revoke_subject_sessions,
@@ -70,6 +71,7 @@ class SqlApiKeyStore:
 
     def _insert(self, conn: Connection, rec: ApiKeyRecord) -> ApiKeyRecord:
         d = self._d
+        fence.check(self._db, conn, rec.tenant_id, rec.project_id)
         row = conn.execute(
             "INSERT INTO api_keys (key_id, tenant_id, project_id, display_name, env,"
             " masked_prefix, salt, secret_hash, scopes, state, created_at, expire_time,"
@@ -107,7 +109,7 @@ class SqlApiKeyStore:
         return None if row is None else _api_key(self._d, row)
 
     def insert(self, rec: ApiKeyRecord) -> ApiKeyRecord:
-        with self._db.change() as conn:
+        with self._db.transaction() as conn:
             return self._insert(conn, rec)
 
     def _end_sessions(
@@ -205,6 +207,8 @@ class SqlApiKeyStore:
         rotated_at = d.time_in(new_rec.created_at)
         old_expire = d.time_in(old_expire_time)
         with self._db.transaction() as conn:
+            # The fence's shared lock before the row lock (the order of every create).
+            fence.check(self._db, conn, new_rec.tenant_id, new_rec.project_id)
             old = self._get(conn, new_rec.tenant_id, new_rec.project_id, old_key_id, lock=True)
             if old is None:
                 raise errors.NotFound("API key not found", reason="API_KEY_NOT_FOUND")

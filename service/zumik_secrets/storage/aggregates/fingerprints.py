@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from zumik_secrets.storage.aggregates import fence
 from zumik_secrets.storage.records import HandleRecord, ScheduledDestroy
 from zumik_secrets.storage.sql.dialect import Dialect
 from zumik_secrets.storage.sql.kernel import Kernel, Row
@@ -37,6 +38,7 @@ class SqlFingerprintScheduleStore:
         at = d.time_in(destroy_at)
         earliest = d.least("fingerprint_key_schedule.destroy_at", "excluded.destroy_at")
         with self._db.transaction() as conn:
+            fence.check(self._db, conn, tenant_id, project_id)
             conn.executemany(
                 f"INSERT INTO fingerprint_key_schedule ({_SD_COLS}) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (tenant_id, project_id, version)"
@@ -113,6 +115,9 @@ class SqlHandleStore:
 
     def insert(self, rec: HandleRecord) -> HandleRecord:
         with self._db.transaction() as conn:
+            # A handle minted without a project ('') is the tenant's: only a tenant purge
+            # covers it.
+            fence.check(self._db, conn, rec.tenant_id, rec.project_id)
             conn.execute(
                 "INSERT INTO handles (tenant_id, handle, kind, reference, created_at, project_id)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",

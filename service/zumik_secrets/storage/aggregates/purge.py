@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from zumik_secrets.core import errors
+from zumik_secrets.storage.aggregates import fence
 from zumik_secrets.storage.records import PurgeJob, PurgeReceiptRecord, ShreddedKey
 from zumik_secrets.storage.sql.kernel import Connection, Kernel
 
@@ -139,6 +140,9 @@ class SqlPurgeStore:
 
     def create_job(self, job: PurgeJob) -> PurgeJob:
         with self._db.transaction() as conn:
+            # Creates of the tenant in flight commit first (and are deleted and counted by
+            # delete_rows); later ones see this job and are refused (aggregates/fence.py).
+            fence.exclude(self._db, conn, job.tenant_id)
             conn.execute(
                 f"INSERT INTO purge_jobs ({_JOB_COLS}, target)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -217,6 +221,10 @@ class SqlPurgeStore:
             job = self._locked_job(conn, receipt_id)
             if job.phase != "shredded":
                 return job
+            # No create of the scope commits after the deletes below (the counts are what was
+            # really deleted): the fence's exclusive lock waits for those in flight, and every
+            # later one sees the job. Taken before the deletes' snapshots (own statement).
+            fence.exclude(db, conn, job.tenant_id)
             where, params = _scope(job.tenant_id, job.project_id)
             # Versions created after the shred phase (a racing first use) lose their key here.
             late = conn.execute(

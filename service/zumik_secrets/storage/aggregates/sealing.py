@@ -15,8 +15,11 @@ Where the backends differ:
   replicas' Open row caches drop it (app/sealed_secrets.py); an insert records none (no replica
   can hold a row that did not exist).
 - ``SealedSecretStore.insert`` (Seal's hot path) goes through
-  :meth:`~zumik_secrets.storage.sql.kernel.Kernel.write_hot`: group commit on SQLite, the row
-  and its staged audit events in one statement on PostgreSQL.
+  :meth:`~zumik_secrets.storage.sql.kernel.Kernel.write_hot`: group commit on SQLite; on
+  PostgreSQL a transaction that takes the purge fence's shared lock, then inserts.
+- Every create (``insert_first``, ``rotate``, ``insert``, ``SqlCustomerKeyStore.put``) is
+  fenced against a purge of its scope (aggregates/fence.py): FAILED_PRECONDITION
+  ``SCOPE_PURGED``.
 """
 
 # Column lists are module constants, never input: the f-strings below cannot inject.
@@ -31,6 +34,7 @@ from typing import Any
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates import fence
 from zumik_secrets.storage.ports import DataKeyId
 from zumik_secrets.storage.records import CustomerKeyRecord, DataKeyRecord, SealedSecretRecord
 from zumik_secrets.storage.sql.kernel import Connection, Kernel
@@ -84,18 +88,9 @@ class SqlDataKeyStore:
 
     def insert_first(self, rec: DataKeyRecord) -> None:
         with self._db.transaction() as conn:
-            # Defence in depth behind the claim tombstones: a late call that raced a purge
-            # (on another replica, inside the change-feed bound) re-creates no data key.
-            purged = conn.execute(
-                "SELECT 1 FROM purge_jobs WHERE tenant_id = %s"
-                " AND (project_id IS NULL OR project_id = %s) LIMIT 1",
-                (rec.tenant_id, rec.project_id),
-            ).fetchone()
-            if purged is not None:
-                raise errors.FailedPrecondition(
-                    "the tenant or project was purged; nothing can be created in it again",
-                    reason="SCOPE_PURGED",
-                )
+            # The claim tombstones cannot stop a call that raced a purge (authorised before it
+            # began, or on another replica inside the change-feed bound): the fence does.
+            fence.check(self._db, conn, rec.tenant_id, rec.project_id)
             conn.execute(
                 self._d.insert_ignore(
                     f"INTO data_keys ({_DK_COLS}) VALUES (%s, %s, %s, 1, 'primary', %s, %s, %s,"
@@ -147,6 +142,8 @@ class SqlDataKeyStore:
     ) -> DataKeyRecord:
         triple = (tenant_id, project_id, purpose)
         with self._db.transaction() as conn:
+            # A new version is created in the scope: fenced (first, as every create).
+            fence.check(self._db, conn, tenant_id, project_id)
             # Concurrent rotations of one triple queue here (the max + 1 below would race).
             self._db.lock_key(conn, "zumik-dek/" + _entity(*triple))
             row = conn.execute(
@@ -232,10 +229,12 @@ _SS_COLS = (
     "secret_id, tenant_id, project_id, display_name, metadata, version, data_key_version,"
     " size_bytes, ciphertext, created_at, updated_at, seq"
 )
+# Seal's insert, fenced in the statement itself (no row: the scope was purged); write_hot takes
+# the fence's shared lock before it (aggregates/fence.py).
 _SS_INSERT = (
     "INSERT INTO sealed_secrets (secret_id, tenant_id, project_id, display_name, metadata,"
     " version, data_key_version, size_bytes, ciphertext, created_at, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq"
+    f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s WHERE {fence.NOT_PURGED} RETURNING seq"
 )
 _SS_KEY = "secret_id = %s AND tenant_id = %s AND project_id = %s"
 
@@ -280,8 +279,12 @@ class SqlSealedSecretStore:
                 rec.ciphertext,
                 d.time_in(rec.created_at),
                 d.time_in(rec.updated_at),
+                *fence.params(rec.tenant_id, rec.project_id),
             ),
+            shared_lock=fence.lock_key(rec.tenant_id),
         )
+        if row is None:
+            raise fence.scope_purged()
         return dataclasses.replace(rec, seq=c.returned_int(row))
 
     def get(self, tenant_id: str, project_id: str, secret_id: str) -> SealedSecretRecord | None:
@@ -397,6 +400,7 @@ class SqlCustomerKeyStore:
         rewrapped: Sequence[tuple[DataKeyId, bytes, bytes]],
     ) -> None:
         with self._db.transaction() as conn:
+            fence.check(self._db, conn, rec.tenant_id, None)
             for key, old, new in rewrapped:
                 if key[0] != rec.tenant_id or not _swap_wrapped(conn, key, old, new, "customer"):
                     raise errors.FailedPrecondition(

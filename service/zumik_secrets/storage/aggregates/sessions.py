@@ -13,6 +13,7 @@ from typing import Any
 
 from zumik_secrets.core import errors
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates import fence
 from zumik_secrets.storage.records import SessionRecord
 from zumik_secrets.storage.sql.dialect import Dialect
 from zumik_secrets.storage.sql.kernel import Connection, Kernel, Row
@@ -112,7 +113,8 @@ class SqlSessionStore:
 
     def insert(self, rec: SessionRecord) -> SessionRecord:
         d = self._d
-        with self._db.change() as conn:
+        with self._db.transaction() as conn:
+            fence.check(self._db, conn, rec.tenant_id, rec.project_id)
             row = conn.execute(
                 "INSERT INTO sessions (session_id, token_hash, tenant_id, project_id,"
                 " user_subject, scopes, state, created_at, last_seen_at, idle_timeout_seconds,"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from zumik_secrets.storage import _common as c
+from zumik_secrets.storage.aggregates import fence
 from zumik_secrets.storage.records import TenantSettings
 from zumik_secrets.storage.sql.kernel import Kernel
 
@@ -29,6 +30,7 @@ class SqlTenantSettingsStore:
 
     def put(self, settings: TenantSettings) -> None:
         with self._db.transaction() as conn:
+            fence.check(self._db, conn, settings.tenant_id, None)  # a tenant purge only
             conn.execute(
                 "INSERT INTO tenant_settings (tenant_id, telemetry_mode, updated_at,"
                 " audit_retention_s, revoked_key_retention_s, session_absolute_lifetime_s)"

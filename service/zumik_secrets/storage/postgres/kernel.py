@@ -211,12 +211,21 @@ class PgKernel:
         events are staged or the deadline is short)."""
         return self._conn()
 
-    def write_hot(self, sql: str, params: Sequence[Any]) -> Row | None:
+    def write_hot(
+        self, sql: str, params: Sequence[Any], *, shared_lock: str | None = None
+    ) -> Row | None:
         """One ``INSERT ... RETURNING``; with staged audit events, one statement that writes
-        them too (a data-modifying CTE: one round trip, both or neither)."""
+        them too (a data-modifying CTE: one round trip, both or neither).
+
+        With ``shared_lock``: a transaction, the shared advisory lock first and then the
+        statement, whose snapshot is taken once the lock is held (see
+        :meth:`Kernel.lock_key`); staged events are written in it if a row was inserted.
+        """
         staged = outbox.pending()
-        if staged is None:
+        if staged is None or shared_lock is not None:
             with self.transaction() as conn:
+                if shared_lock is not None:
+                    self.lock_key(conn, shared_lock, shared=True)
                 return conn.execute(sql, params).fetchone()
         events_sql, events_params = outbox_cte(staged.drafts)
         with self._autocommit() as conn:
@@ -231,9 +240,13 @@ class PgKernel:
         """See :func:`record_changes`."""
         record_changes(conn, kind, entity_ids)
 
-    def lock_key(self, conn: Connection, key: str) -> None:
-        """A transaction-scoped advisory lock on ``key`` (hashed to 64 bits)."""
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+    def lock_key(self, conn: Connection, key: str, *, shared: bool = False) -> None:
+        """A transaction-scoped advisory lock on ``key`` (hashed to 64 bits), shared or
+        exclusive."""
+        if shared:
+            conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (key,))
+        else:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
     def listen(self, callback: Callable[[], None]) -> PgChangeListener:
         """Start a listener; waits (up to the connect timeout) for its first connection attempt.

@@ -106,16 +106,30 @@ class Kernel(Protocol):
         """
         ...
 
-    def write_hot(self, sql: str, params: Sequence[Any]) -> Row | None:
-        """Run one hot ``INSERT ... RETURNING`` and return its row (see the module doc)."""
+    def write_hot(
+        self, sql: str, params: Sequence[Any], *, shared_lock: str | None = None
+    ) -> Row | None:
+        """Run one hot ``INSERT ... RETURNING`` and return its row (see the module doc).
+
+        ``shared_lock``: take :meth:`lock_key` (``shared=True``) on this key first, in the same
+        transaction, and start ``sql`` only once it is held (its snapshot then sees every
+        transaction that held the key exclusively before).
+        """
         ...
 
     def record_changes(self, conn: Connection, kind: str, entity_ids: Sequence[str]) -> None:
         """Append to the change feed in ``conn``'s transaction (call it last in it)."""
         ...
 
-    def lock_key(self, conn: Connection, key: str) -> None:
-        """Serialise transactions that name the same ``key`` until ``conn``'s commits."""
+    def lock_key(self, conn: Connection, key: str, *, shared: bool = False) -> None:
+        """Serialise transactions that name the same ``key`` until ``conn``'s commits.
+
+        ``shared``: holders of the shared lock do not exclude one another, only a holder of the
+        exclusive one (and it waits for them). Take it as its own statement before the
+        statements it must order: under READ COMMITTED a statement's snapshot is taken when it
+        starts, so a statement that began before the lock was held may miss what the exclusive
+        holder committed.
+        """
         ...
 
     def listen(self, callback: Callable[[], None]) -> ChangeListener | None:

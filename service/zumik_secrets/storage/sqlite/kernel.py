@@ -311,8 +311,11 @@ class SqliteKernel:
         """A connection inside ``BEGIN IMMEDIATE``; commits on success, rolls back on error."""
         return _Write(self)
 
-    def write_hot(self, sql: str, params: Sequence[Any]) -> Row | None:
-        """One hot ``INSERT ... RETURNING`` through group commit (:meth:`write_combined`)."""
+    def write_hot(
+        self, sql: str, params: Sequence[Any], *, shared_lock: str | None = None
+    ) -> Row | None:
+        """One hot ``INSERT ... RETURNING`` through group commit (:meth:`write_combined`);
+        ``shared_lock`` needs nothing (see :meth:`lock_key`)."""
         row: Row | None = self.write_combined(lambda conn: conn.execute(sql, params).fetchone())
         return row
 
@@ -325,8 +328,9 @@ class SqliteKernel:
             [(kind, eid, at) for eid in entity_ids],
         )
 
-    def lock_key(self, conn: Connection, key: str) -> None:
-        """Nothing to take: ``BEGIN IMMEDIATE`` already serialises every writer of the file."""
+    def lock_key(self, conn: Connection, key: str, *, shared: bool = False) -> None:
+        """Nothing to take, shared or not: ``BEGIN IMMEDIATE`` already serialises every writer
+        of the file."""
 
     def listen(self, callback: Callable[[], None]) -> None:
         """SQLite cannot push: always None (poll the change feed's latest seq)."""
