@@ -10,6 +10,11 @@ for a row of another tenant or project, exactly as for a missing row.
 Every change that must invalidate caches on other replicas (revocations, expiry changes, token
 rotation, signing-key state, tenant settings) appends a :class:`ChangeRecord` in the same
 transaction, so the change feed never reports a change that did not commit nor misses one that did.
+
+Every method that creates a row inside a tenant or project (API keys, sessions, sealed secrets,
+data keys, handles, the fingerprint key schedule, customer keys, tenant settings) raises
+:class:`~zumik_secrets.core.errors.FailedPrecondition` (reason ``SCOPE_PURGED``) once a purge job
+covers the scope, atomically with the purge (``storage/aggregates/fence.py``).
 """
 
 from __future__ import annotations
